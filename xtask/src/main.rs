@@ -1,0 +1,46 @@
+//! `cargo xtask`: the project's automation. `setup` bootstraps the native dependencies into
+//! `.deps/` from the package registries, `test` runs every test the project has.
+
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// seqforge project automation.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install libtorch 2.11.0 (CPU, assembled from PyPI wheels) and ONNX Runtime 1.31.1 into
+    /// `.deps/`. Idempotent: a second run only verifies what is there.
+    Setup(setup::SetupArgs),
+    /// Run setup, then the whole workspace's tests (cargo-nextest when installed, else
+    /// `cargo test`), then the Python-side checks.
+    Test(test::TestArgs),
+}
+
+/// The workspace root (the parent of this crate's folder).
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(PathBuf::from)
+        .context("xtask's manifest directory has no parent folder")
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Command::Setup(args) => setup::run(&root, &args).map(|_| ()),
+        Command::Test(args) => test::run(&root, &args),
+    }
+}

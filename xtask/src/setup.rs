@@ -1,0 +1,479 @@
+//! `cargo xtask setup`: assembles the native dependencies in `.deps/` from PyPI wheels.
+//!
+//! - `.deps/libtorch`: a CPU libtorch 2.11.0 for `tch` 0.24 built from the `torch==2.11.0` wheel's
+//!   `include/` and `lib/{libtorch_cpu,libc10,libgomp}`, plus `libcudart`/`libcupti` (which
+//!   `libtorch_cpu.so` needs even on CPU) from the `nvidia-cuda-runtime`/`nvidia-cuda-cupti` wheels,
+//!   plus an empty `libtorch.so` stub standing in for the CUDA part. With
+//!   `--libtorch-from-python` it is a symlink to an installed (CUDA) torch 2.11 instead.
+//! - `.deps/onnxruntime/lib`: `libonnxruntime.so.1.31.1` from `onnxruntime==1.31.1` (or
+//!   `onnxruntime-gpu==1.31.1` with `--gpu`, which adds the CUDA and TensorRT providers).
+//!
+//! Every component is installed into a staging folder, verified (version and a `dlopen`) and
+//! renamed into place, and a stamp records what was installed, so a second run only verifies.
+
+use std::ffi::{CStr, c_char};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// The libtorch version `tch` 0.24 is built against.
+pub const TORCH_VERSION: &str = "2.11.0";
+/// The ONNX Runtime version `ort` 2.0.0-rc.15 (`api-31`) expects.
+pub const ORT_VERSION: &str = "1.31.1";
+/// The CUDA runtime wheel pinned by torch 2.11.0's `cuda-toolkit==13.0.2` requirement.
+const CUDA_RUNTIME: &str = "nvidia-cuda-runtime==13.0.96";
+/// The CUPTI wheel pinned the same way.
+const CUDA_CUPTI: &str = "nvidia-cuda-cupti==13.0.85";
+/// Platform tags of the wheels above (the NVIDIA ones are tagged manylinux2014/2_17/2_25).
+const PLATFORMS: [&str; 4] = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_25_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+];
+
+/// Options of `cargo xtask setup` (also taken by `cargo xtask test`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SetupArgs {
+    /// Take ONNX Runtime from `onnxruntime-gpu==1.31.1` (CUDA and TensorRT execution
+    /// providers; needs CUDA 13 at run time) instead of the CPU `onnxruntime` wheel.
+    #[arg(long)]
+    pub gpu: bool,
+    /// Point `.deps/libtorch` at the torch 2.11 installed for the Python interpreter (e.g. a
+    /// CUDA build on a GPU machine) instead of assembling a CPU libtorch from wheels.
+    #[arg(long)]
+    pub libtorch_from_python: bool,
+    /// A folder that already holds the wheels (offline installs); by default they are
+    /// downloaded with `pip download` from the configured Python package index.
+    #[arg(long, value_name = "DIR")]
+    pub wheel_dir: Option<PathBuf>,
+    /// Reinstall every component even when the installed one verifies.
+    #[arg(long)]
+    pub force: bool,
+    /// The Python interpreter whose pip fetches wheels (and whose torch
+    /// `--libtorch-from-python` uses).
+    #[arg(long, default_value = "python3", value_name = "PYTHON")]
+    pub python: String,
+}
+
+/// Where setup put things.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// `.deps/` itself.
+    pub root: PathBuf,
+    /// The libtorch folder (`include/`, `lib/`).
+    pub libtorch: PathBuf,
+    /// The ONNX Runtime shared library.
+    pub onnxruntime: PathBuf,
+}
+
+/// Runs the whole bootstrap and returns the installed locations.
+pub fn run(workspace: &Path, args: &SetupArgs) -> Result<Deps> {
+    let start = Instant::now();
+    let root = workspace.join(".deps");
+    fs::create_dir_all(root.join("stamps"))
+        .with_context(|| format!("creating {}", root.join("stamps").display()))?;
+    let libtorch = ensure_libtorch(&root, args)?;
+    let onnxruntime = ensure_onnxruntime(&root, args)?;
+    println!(
+        "setup: ready in {:.1}s ({} used by {})",
+        start.elapsed().as_secs_f64(),
+        human_size(dir_size(&root)),
+        root.display()
+    );
+    Ok(Deps { root, libtorch, onnxruntime })
+}
+
+// ---------------------------------------------------------------------------------------------
+// libtorch
+
+fn ensure_libtorch(root: &Path, args: &SetupArgs) -> Result<PathBuf> {
+    let dest = root.join("libtorch");
+    let stamp = root.join("stamps/libtorch");
+    let (wanted, python_torch) = if args.libtorch_from_python {
+        let (version, dir) = python_torch(&args.python)?;
+        (format!("python torch {version} at {}", dir.display()), Some(dir))
+    } else {
+        (format!("wheels torch=={TORCH_VERSION} {CUDA_RUNTIME} {CUDA_CUPTI}"), None)
+    };
+    if !args.force && read_stamp(&stamp).as_deref() == Some(wanted.as_str()) {
+        match verify_libtorch(&dest) {
+            Ok(detail) => {
+                println!("libtorch: present, {detail} ({})", dest.display());
+                return Ok(dest);
+            }
+            Err(e) => println!("libtorch: installed copy failed verification ({e:#}); reinstalling"),
+        }
+    }
+    remove_stamp(&stamp)?;
+    let start = Instant::now();
+    if let Some(dir) = python_torch {
+        remove_path(&dest)?;
+        std::os::unix::fs::symlink(&dir, &dest)
+            .with_context(|| format!("linking {} -> {}", dest.display(), dir.display()))?;
+    } else {
+        let staging = root.join("libtorch.partial");
+        remove_path(&staging)?;
+        let fetched = Fetcher::new(root, args)?;
+        let torch = fetched.wheel(&format!("torch=={TORCH_VERSION}"), "torch-")?;
+        let cudart = fetched.wheel(CUDA_RUNTIME, "nvidia_cuda_runtime-")?;
+        let cupti = fetched.wheel(CUDA_CUPTI, "nvidia_cuda_cupti-")?;
+        println!("libtorch: unpacking {}", torch.display());
+        extract(
+            &torch,
+            &staging,
+            &[
+                Pick::Tree("torch/include/", "include"),
+                Pick::File("torch/lib/libtorch_cpu.so", "lib"),
+                Pick::File("torch/lib/libc10.so", "lib"),
+                Pick::File("torch/lib/libgomp.so.1", "lib"),
+            ],
+        )?;
+        extract(&cudart, &staging, &[Pick::File("nvidia/cu13/lib/libcudart.so.13", "lib")])?;
+        extract(&cupti, &staging, &[Pick::File("nvidia/cu13/lib/libcupti.so.13", "lib")])?;
+        build_stub_libtorch(&staging.join("lib/libtorch.so"))?;
+        // torch-sys compares this file with the version it was written for.
+        fs::write(staging.join("build-version"), format!("{TORCH_VERSION}+cpu.seqforge\n"))?;
+        verify_libtorch(&staging).context("verifying the freshly assembled libtorch")?;
+        remove_path(&dest)?;
+        fs::rename(&staging, &dest)
+            .with_context(|| format!("renaming {} to {}", staging.display(), dest.display()))?;
+        fetched.cleanup();
+    }
+    let detail = verify_libtorch(&dest)?;
+    write_stamp(&stamp, &wanted)?;
+    println!(
+        "libtorch: installed in {:.1}s, {detail} ({})",
+        start.elapsed().as_secs_f64(),
+        dest.display()
+    );
+    Ok(dest)
+}
+
+/// Asks the Python interpreter for its torch version and folder; torch must be 2.11.0.
+fn python_torch(python: &str) -> Result<(String, PathBuf)> {
+    let out = Command::new(python)
+        .args(["-c", "import os, torch; print(torch.__version__); print(os.path.dirname(torch.__file__))"])
+        .output()
+        .with_context(|| format!("running `{python}` to locate torch (--libtorch-from-python)"))?;
+    ensure!(
+        out.status.success(),
+        "--libtorch-from-python: `{python} -c 'import torch'` failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let (Some(version), Some(dir)) = (lines.next(), lines.next()) else {
+        bail!("--libtorch-from-python: unexpected answer from {python}: {text:?}");
+    };
+    ensure!(
+        version.split('+').next() == Some(TORCH_VERSION),
+        "--libtorch-from-python: {python} has torch {version}, but tch 0.24 needs {TORCH_VERSION}"
+    );
+    Ok((version.to_string(), PathBuf::from(dir)))
+}
+
+/// Checks the header version and that `libtorch_cpu.so` loads with everything it needs.
+fn verify_libtorch(dir: &Path) -> Result<String> {
+    let header = dir.join("include/torch/headeronly/version.h");
+    let text = fs::read_to_string(&header)
+        .with_context(|| format!("reading {} (is libtorch complete?)", header.display()))?;
+    let version = text
+        .split("#define TORCH_VERSION ")
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .with_context(|| format!("{}: no TORCH_VERSION string", header.display()))?;
+    ensure!(
+        version == TORCH_VERSION,
+        "{} says libtorch {version}, expected {TORCH_VERSION}",
+        header.display()
+    );
+    let lib = dir.join("lib/libtorch_cpu.so");
+    // SAFETY: loading libtorch runs its static initialisers, which have no preconditions.
+    unsafe { libloading::Library::new(&lib) }
+        .with_context(|| format!("loading {}", lib.display()))?;
+    let cuda = dir.join("lib/libtorch_cuda.so").exists();
+    Ok(format!("libtorch {version} ({})", if cuda { "CUDA" } else { "CPU" }))
+}
+
+/// Writes an empty shared library named `libtorch.so`: binaries link it with `--no-as-needed`,
+/// so that a real libtorch (which pulls in libtorch_cuda) found at run time keeps CUDA.
+fn build_stub_libtorch(path: &Path) -> Result<()> {
+    let status = Command::new("cc")
+        .args(["-shared", "-Wl,-soname,libtorch.so", "-x", "c", "/dev/null", "-o"])
+        .arg(path)
+        .status()
+        .context("running `cc` to build the libtorch.so stub (install gcc)")?;
+    ensure!(status.success(), "`cc` failed to build {}", path.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// ONNX Runtime
+
+fn ensure_onnxruntime(root: &Path, args: &SetupArgs) -> Result<PathBuf> {
+    let dest = root.join("onnxruntime");
+    let lib = dest.join(format!("lib/libonnxruntime.so.{ORT_VERSION}"));
+    let stamp = root.join("stamps/onnxruntime");
+    let package = if args.gpu { "onnxruntime-gpu" } else { "onnxruntime" };
+    let wanted = format!("{package}=={ORT_VERSION}");
+    if !args.force && read_stamp(&stamp).as_deref() == Some(wanted.as_str()) {
+        match onnxruntime_version(&lib) {
+            Ok(v) if v == ORT_VERSION => {
+                println!("onnxruntime: present, {wanted} ({})", lib.display());
+                return Ok(lib);
+            }
+            Ok(v) => println!("onnxruntime: installed copy is {v}; reinstalling"),
+            Err(e) => println!("onnxruntime: installed copy failed verification ({e:#}); reinstalling"),
+        }
+    }
+    remove_stamp(&stamp)?;
+    let start = Instant::now();
+    let staging = root.join("onnxruntime.partial");
+    remove_path(&staging)?;
+    let fetched = Fetcher::new(root, args)?;
+    let wheel = fetched.wheel(&wanted, &format!("{}-{ORT_VERSION}-", package.replace('-', "_")))?;
+    let main = format!("onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}");
+    let mut picks = vec![
+        Pick::File(&main, "lib"),
+        Pick::File("onnxruntime/capi/libonnxruntime_providers_shared.so", "lib"),
+    ];
+    if args.gpu {
+        picks.push(Pick::File("onnxruntime/capi/libonnxruntime_providers_cuda.so", "lib"));
+        picks.push(Pick::File("onnxruntime/capi/libonnxruntime_providers_tensorrt.so", "lib"));
+    }
+    extract(&wheel, &staging, &picks)?;
+    std::os::unix::fs::symlink(
+        format!("libonnxruntime.so.{ORT_VERSION}"),
+        staging.join("lib/libonnxruntime.so"),
+    )?;
+    let staged = staging.join(format!("lib/libonnxruntime.so.{ORT_VERSION}"));
+    let version = onnxruntime_version(&staged)?;
+    ensure!(version == ORT_VERSION, "{} reports {version}, expected {ORT_VERSION}", staged.display());
+    remove_path(&dest)?;
+    fs::rename(&staging, &dest)
+        .with_context(|| format!("renaming {} to {}", staging.display(), dest.display()))?;
+    fetched.cleanup();
+    write_stamp(&stamp, &wanted)?;
+    println!(
+        "onnxruntime: installed {wanted} in {:.1}s ({})",
+        start.elapsed().as_secs_f64(),
+        lib.display()
+    );
+    Ok(lib)
+}
+
+/// The C struct `OrtApiBase`: two function pointers.
+#[repr(C)]
+struct OrtApiBase {
+    #[allow(dead_code)]
+    get_api: unsafe extern "C" fn(u32) -> *const std::ffi::c_void,
+    get_version_string: unsafe extern "C" fn() -> *const c_char,
+}
+
+/// Loads the library and asks it for its version string.
+fn onnxruntime_version(lib: &Path) -> Result<String> {
+    // SAFETY: loading ONNX Runtime runs no code with preconditions; the symbol has the
+    // documented C signature `const OrtApiBase* OrtGetApiBase(void)`.
+    unsafe {
+        let library = libloading::Library::new(lib)
+            .with_context(|| format!("loading {}", lib.display()))?;
+        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const OrtApiBase> = library
+            .get(b"OrtGetApiBase\0")
+            .with_context(|| format!("{} has no OrtGetApiBase", lib.display()))?;
+        let base = get_base();
+        ensure!(!base.is_null(), "{}: OrtGetApiBase returned null", lib.display());
+        let version = ((*base).get_version_string)();
+        ensure!(!version.is_null(), "{}: no version string", lib.display());
+        Ok(CStr::from_ptr(version).to_string_lossy().into_owned())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wheels
+
+/// Finds wheels in `--wheel-dir` or downloads them with pip into `.deps/wheels`.
+struct Fetcher<'a> {
+    dir: PathBuf,
+    /// Whether `dir` is ours (and emptied after a successful install).
+    owned: bool,
+    args: &'a SetupArgs,
+}
+
+impl<'a> Fetcher<'a> {
+    fn new(root: &Path, args: &'a SetupArgs) -> Result<Self> {
+        match &args.wheel_dir {
+            Some(dir) => Ok(Self { dir: dir.clone(), owned: false, args }),
+            None => {
+                let dir = root.join("wheels");
+                fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                Ok(Self { dir, owned: true, args })
+            }
+        }
+    }
+
+    /// Returns the wheel for `spec` (`name==version`) whose file name starts with `prefix`.
+    fn wheel(&self, spec: &str, prefix: &str) -> Result<PathBuf> {
+        if let Some(found) = self.find(prefix)? {
+            return Ok(found);
+        }
+        if !self.owned {
+            bail!(
+                "no wheel for {spec} (a file named {prefix}*.whl) in --wheel-dir {}",
+                self.dir.display()
+            );
+        }
+        println!("fetching {spec} from the Python package index (pip download)");
+        let mut cmd = Command::new(&self.args.python);
+        cmd.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet"]);
+        for platform in PLATFORMS {
+            cmd.args(["--platform", platform]);
+        }
+        cmd.arg("--dest").arg(&self.dir).arg(spec);
+        let out = cmd.output().with_context(|| {
+            format!("running `{} -m pip` to fetch {spec}: is Python 3 with pip installed?", self.args.python)
+        })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(12).collect();
+            bail!(
+                "could not fetch {spec} from the Python package index with `{} -m pip download` \
+                 ({}).\npip said:\n{}\nWhat to try: check that the package index is reachable \
+                 (`{} -m pip config list` shows the configured index), or download the wheel on \
+                 another machine and pass its folder with --wheel-dir.",
+                self.args.python,
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                self.args.python,
+            );
+        }
+        self.find(prefix)?
+            .with_context(|| format!("pip reported success but no {prefix}*.whl is in {}", self.dir.display()))
+    }
+
+    fn find(&self, prefix: &str) -> Result<Option<PathBuf>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", self.dir.display())),
+        };
+        for entry in entries {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(prefix) && name.ends_with(".whl") {
+                return Ok(Some(self.dir.join(&*name)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes downloaded wheels once their contents are installed (they are large).
+    fn cleanup(&self) {
+        if self.owned {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// What to take out of a wheel.
+enum Pick<'a> {
+    /// Every file under a folder prefix (ending in `/`), keeping relative paths, into a folder.
+    Tree(&'a str, &'a str),
+    /// One file, which must exist, into a folder.
+    File(&'a str, &'a str),
+}
+
+fn extract(wheel: &Path, dest: &Path, picks: &[Pick<'_>]) -> Result<()> {
+    let file = fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(io::BufReader::new(file))
+        .with_context(|| format!("{} is not a readable wheel (zip)", wheel.display()))?;
+    let mut found = vec![false; picks.len()];
+    for index in 0..archive.len() {
+        let mut entry = archive.by_index(index)?;
+        let name = entry.name().to_string();
+        if entry.is_dir() {
+            continue;
+        }
+        let target = picks.iter().enumerate().find_map(|(i, pick)| match pick {
+            Pick::Tree(prefix, to) => name.strip_prefix(prefix).map(|rest| (i, dest.join(to).join(rest))),
+            Pick::File(path, to) => (name == *path).then(|| {
+                let base = Path::new(path).file_name().unwrap_or_default();
+                (i, dest.join(to).join(base))
+            }),
+        });
+        let Some((i, target)) = target else { continue };
+        ensure!(
+            !name.contains("..") && entry.enclosed_name().is_some(),
+            "{}: unsafe path {name:?} in archive",
+            wheel.display()
+        );
+        found[i] = true;
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut out = fs::File::create(&target)
+            .with_context(|| format!("creating {}", target.display()))?;
+        io::copy(&mut entry, &mut out)
+            .with_context(|| format!("unpacking {name} from {}", wheel.display()))?;
+    }
+    for (pick, found) in picks.iter().zip(found) {
+        let (Pick::Tree(what, _) | Pick::File(what, _)) = pick;
+        ensure!(found, "{} has no {what}: is it the right wheel?", wheel.display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+fn read_stamp(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+fn write_stamp(path: &Path, value: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{value}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn remove_stamp(path: &Path) -> Result<()> {
+    remove_path(path)
+}
+
+/// Removes a file, symlink or folder; a missing path is fine.
+fn remove_path(path: &Path) -> Result<()> {
+    let result = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+    };
+    result.with_context(|| format!("removing {}", path.display()))
+}
+
+/// Bytes used under a folder (symlinks not followed).
+pub fn dir_size(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| dir_size(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// `1.2 GB`-style sizes.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
