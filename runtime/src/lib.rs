@@ -1,1 +1,13 @@
-//! x
+//! seqforge's runtime: executes exported models and searches over their outputs.
+//!
+//! - [`onnx`] (feature `onnx`, on by default): the ONNX Runtime backend — locating and loading
+//!   the ONNX Runtime shared library, and building sessions from exported graphs.
+//!
+//! The crate builds without the `onnx` feature (the trainer uses it that way), so code that
+//! does not need ONNX Runtime never links or loads it.
+
+mod error;
+#[cfg(feature = "onnx")]
+pub mod onnx;
+
+pub use error::{Error, Result};

@@ -1,0 +1,44 @@
+//! Building ONNX Runtime sessions from model files, with errors that name the file.
+
+use std::path::Path;
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+use crate::{Error, Result};
+
+/// How to build a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Intra-op threads; 0 lets ONNX Runtime choose (one per physical core).
+    pub intra_threads: usize,
+    /// Apply all graph optimizations (default) or none (useful when debugging a graph).
+    pub optimize: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { intra_threads: 0, optimize: true }
+    }
+}
+
+/// Loads a model file into a CPU session.
+pub fn load_session(path: &Path, config: &SessionConfig) -> Result<Session> {
+    let bytes =
+        std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    load_session_from_memory(&bytes, path, config)
+}
+
+/// Loads a serialized model held in memory; `name` is used in error messages.
+pub fn load_session_from_memory(bytes: &[u8], name: &Path, config: &SessionConfig) -> Result<Session> {
+    let environment = super::environment()?;
+    let invalid = |message: String| Error::InvalidModel { path: name.to_path_buf(), message };
+    let mut builder = Session::builder(environment)?;
+    if config.intra_threads > 0 {
+        builder = builder.with_intra_threads(config.intra_threads).map_err(ort::Error::from)?;
+    }
+    let level =
+        if config.optimize { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
+    builder = builder.with_optimization_level(level).map_err(ort::Error::from)?;
+    builder.commit_from_memory(bytes).map_err(|e| invalid(e.to_string()))
+}

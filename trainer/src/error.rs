@@ -1,0 +1,25 @@
+//! The trainer's error type: one enum wrapping each module's own errors.
+
+/// Everything that can go wrong in the trainer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Building or reading a corpus.
+    #[error(transparent)]
+    Corpus(#[from] crate::corpus::Error),
+    /// Dictionaries, binarized datasets, preprocessing.
+    #[error(transparent)]
+    Data(#[from] crate::data::Error),
+    /// Subword tokenization.
+    #[error(transparent)]
+    Bpe(#[from] crate::bpe::Error),
+    /// Batching and epoch iteration.
+    #[error(transparent)]
+    Batching(#[from] crate::batching::Error),
+    /// An operation in libtorch failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// The trainer's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
