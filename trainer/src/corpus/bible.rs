@@ -8,9 +8,10 @@
 //!    ([`super::osis`]).
 //! 2. **Drop caps** (source only): RV1909 writes the first word of each chapter in capitals
 //!    (`EN el principio`, `Y FUÉ …`, `Y JEHOVÁ habló …`). In verse 1 of each chapter, a leading
-//!    all-capitals word (alone or after a one-letter word such as `Y`) is re-cased: first word
-//!    → capitalised (`En`), second word → lower case if the word occurs in lower case
-//!    anywhere in the module, else capitalised (`fué`, but `Jehová`).
+//!    all-capitals word (alone or after a one-letter word such as `Y`; also after a Psalm
+//!    superscription) is re-cased: first word → capitalised (`En`), second word → lower case
+//!    if the word occurs in lower case anywhere in the module, else capitalised (`fué`, but
+//!    `Jehová`); see [`fix_dropcap`].
 //! 3. **Chapter shifts**: where RV1909 starts a chapter `k` verses earlier than the KJV, the
 //!    module leaves the last `k` verses of the previous chapter empty, shifts the chapter by
 //!    `k` and merges the overflow into the chapter's last slot. When a chapter ends in `k`
@@ -32,6 +33,14 @@
 //!    split is written in Bible order.
 //! 6. **Write** `train.es`, `train.en`, `valid.es`, `valid.en`, `test.es`, `test.en` (one
 //!    verse per line) to temporary files in the output folder, then rename them into place.
+//!
+//! With the Debian bookworm packages (sword-text-sparv 2.60-1, sword-text-kjv 14.3-1) this
+//! gives: 31,102 verses, 1,186 drop caps re-cased, 6 shifted chapters (125 links re-paired),
+//! 31,094 pairs, 10 with an empty Spanish side, 67 dropped by the ratio filter, 31,017
+//! usable pairs of which 442 have a duplicated side; train 29,017, valid 1,000, test 1,000.
+//! Known leftovers: RV1909 keeps the Pauline subscriptions (`Escrita de Roma …`) that the
+//! KJV text lacks, and a few chapters with other numbering differences (1 Kgs 22, 1 Chr 21,
+//! Job 40–41, …) keep some neighbour-shifted pairs of similar length.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -466,26 +475,54 @@ fn word_spans(text: &str) -> Vec<Range<usize>> {
 
 /// Re-cases a chapter-initial capitals word (see the module docs); `None` if nothing to do.
 /// `lower` holds the words that occur in lower case somewhere in the module.
+///
+/// Only the first all-capitals word of the text is considered, and only when it starts a
+/// clause (the text start, or after `.` `:` `;` `!` `?`, as after a Psalm superscription),
+/// possibly after a one-letter word (`Y JEHOVÁ`), and is not followed by another
+/// all-capitals word (inscriptions such as `SANTIDAD Á JEHOVÁ` are left alone).
 pub fn fix_dropcap(text: &str, lower: &HashSet<String>) -> Option<String> {
     let spans = word_spans(text);
     let word = |i: usize| spans.get(i).map(|r| &text[r.clone()]);
-    let w0 = word(0)?;
-    let (target, replacement) = if is_caps_word(w0) {
-        if word(1).is_some_and(is_caps_word) {
+    let first_caps = spans.iter().position(|r| is_caps_word(&text[r.clone()]))?;
+    let clause = (0..=first_caps).rev().find(|&j| {
+        j == 0
+            || spans
+                .get(j - 1)
+                .zip(spans.get(j))
+                .is_some_and(|(a, b)| text[a.end..b.start].contains(['.', ':', ';', '!', '?']))
+    })?;
+    let all_upper = |w: &str| w.chars().all(|c| !c.is_lowercase());
+    if word(first_caps + 1).is_some_and(all_upper) {
+        // Two capitals words opening the verse (`DE SIETE años`): re-case both.
+        let (Some(w0), Some(w1)) = (word(0), word(1)) else { return None };
+        if first_caps != 0 || !is_caps_word(w1) || word(2).is_none_or(all_upper) {
             return None;
         }
-        (0, capitalize(w0))
-    } else if w0.chars().count() == 1 && w0.chars().all(char::is_uppercase) {
-        let w1 = word(1).filter(|w| is_caps_word(w))?;
-        if word(2).is_some_and(is_caps_word) {
-            return None;
-        }
+        let (r0, r1) = (spans.first()?.clone(), spans.get(1)?.clone());
         let low = w1.to_lowercase();
-        (1, if lower.contains(&low) { low } else { capitalize(w1) })
+        let second = if lower.contains(&low) { low } else { capitalize(w1) };
+        return Some(format!(
+            "{}{}{}{}{}",
+            &text[..r0.start],
+            capitalize(w0),
+            &text[r0.end..r1.start],
+            second,
+            &text[r1.end..]
+        ));
+    }
+    let w = word(first_caps)?;
+    let replacement = if first_caps == clause {
+        capitalize(w)
+    } else if first_caps == clause + 1
+        && word(clause)
+            .is_some_and(|w0| w0.chars().count() == 1 && w0.chars().all(char::is_uppercase))
+    {
+        let low = w.to_lowercase();
+        if lower.contains(&low) { low } else { capitalize(w) }
     } else {
         return None;
     };
-    let r = spans.get(target)?.clone();
+    let r = spans.get(first_caps)?.clone();
     Some(format!("{}{}{}", &text[..r.start], replacement, &text[r.end..]))
 }
 
@@ -783,8 +820,27 @@ mod tests {
         assert_eq!(fix_dropcap("En el principio", &l), None);
         assert_eq!(fix_dropcap("Y dijo", &l), None);
         assert_eq!(fix_dropcap("ESTE ES JESÚS", &l), None);
+        let l2 = lower(&["siete", "de"]);
+        assert_eq!(
+            fix_dropcap("DE SIETE años era Joas", &l2).as_deref(),
+            Some("De siete años era Joas")
+        );
+        assert_eq!(fix_dropcap("Y JEHOVÁ DIJO", &l2), None);
         assert_eq!(fix_dropcap("", &l), None);
         assert_eq!(fix_dropcap("A", &l), None);
+        // After a Psalm superscription.
+        assert_eq!(
+            fix_dropcap("Salmo de David. ¡OH Jehová, cuánto", &l).as_deref(),
+            Some("Salmo de David. ¡Oh Jehová, cuánto")
+        );
+        assert_eq!(
+            fix_dropcap("Al Músico principal: Salmo de David. JEHOVÁ, no me", &l).as_deref(),
+            Some("Al Músico principal: Salmo de David. Jehová, no me")
+        );
+        // Mid-clause capitals and inscriptions stay.
+        assert_eq!(fix_dropcap("Yo soy JEHOVÁ; di á Faraón", &l), None);
+        assert_eq!(fix_dropcap("grabadura de sello, SANTIDAD Á JEHOVÁ.", &l), None);
+        assert_eq!(fix_dropcap("Y dijo: SANTIDAD Á JEHOVÁ.", &l), None);
     }
 
     /// A tiny versification-shaped corpus: builds src/tgt arrays of the real KJV size with
@@ -975,7 +1031,9 @@ mod tests {
                     );
                     assert!(raw.contains(&id), "entry {i}: {raw}");
                 }
-                EntryKind::Verse(_) => assert!(!raw.contains("<chapter "), "entry {i}: {raw}"),
+                EntryKind::Verse(_) => {
+                    assert!(!raw.contains("<chapter n="), "entry {i}: {raw}")
+                }
                 _ => {}
             }
         }
@@ -999,7 +1057,7 @@ mod tests {
         println!("{report}");
         assert_eq!(report.entries_per_module, 32_361);
         assert_eq!(report.headings_per_module, 1_259);
-        assert_eq!(report.empty_source + report.empty_target, 12);
+        assert_eq!(report.empty_source + report.empty_target, 10);
         assert!((30_900..=31_100).contains(&report.pairs), "{} pairs", report.pairs);
         assert_eq!((report.valid, report.test), (1000, 1000));
         assert_eq!(report.train + report.valid + report.test, report.pairs);

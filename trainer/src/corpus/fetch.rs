@@ -121,10 +121,15 @@ impl Fetcher {
             }
             return Err(Error::Tool {
                 action,
-                message: format!("{} failed: {}", describe(&out), tail(&stderr)),
+                message: format!(
+                    "`apt-get download {}` failed ({}): {}",
+                    pkg.package,
+                    describe(&out),
+                    tail(&stderr)
+                ),
                 hint: if unknown {
                     format!(
-                        "{} is in Debian main (bookworm and later); check /etc/apt/sources.list(.d) \
+                        "{} is in Debian main; check /etc/apt/sources.list(.d) \
                          and network access, or download the module yourself and pass --sword-dir \
                          DIR (a folder with mods.d/ and modules/)",
                         pkg.package
@@ -148,7 +153,7 @@ impl Fetcher {
             Err(Error::Tool {
                 action,
                 message: format!(
-                    "{} failed: {}",
+                    "`apt-get update` failed ({}): {}",
                     describe(&out),
                     tail(&String::from_utf8_lossy(&out.stderr))
                 ),
@@ -175,7 +180,7 @@ impl Fetcher {
             return Err(Error::Tool {
                 action,
                 message: format!(
-                    "{} failed: {}",
+                    "`dpkg-deb -x` failed ({}): {}",
                     describe(&out),
                     tail(&String::from_utf8_lossy(&out.stderr))
                 ),

@@ -196,7 +196,7 @@ pub fn parse_verse_index(bytes: &[u8], path: &Path) -> Result<Vec<VerseEntry>> {
 }
 
 fn check_record_size(len: usize, record: usize, path: &Path) -> Result<()> {
-    if len % record == 0 {
+    if len.is_multiple_of(record) {
         Ok(())
     } else {
         let at = len - len % record;
