@@ -30,10 +30,7 @@ enum Command {
 /// The workspace root (the parent of this crate's folder).
 fn workspace_root() -> Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(PathBuf::from)
-        .context("xtask's manifest directory has no parent folder")
+    manifest.parent().map(PathBuf::from).context("xtask's manifest directory has no parent folder")
 }
 
 fn main() -> Result<()> {

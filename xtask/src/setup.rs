@@ -106,7 +106,9 @@ fn ensure_libtorch(root: &Path, args: &SetupArgs) -> Result<PathBuf> {
                 println!("libtorch: present, {detail} ({})", dest.display());
                 return Ok(dest);
             }
-            Err(e) => println!("libtorch: installed copy failed verification ({e:#}); reinstalling"),
+            Err(e) => {
+                println!("libtorch: installed copy failed verification ({e:#}); reinstalling")
+            }
         }
     }
     remove_stamp(&stamp)?;
@@ -157,7 +159,10 @@ fn ensure_libtorch(root: &Path, args: &SetupArgs) -> Result<PathBuf> {
 /// Asks the Python interpreter for its torch version and folder; torch must be 2.11.0.
 fn python_torch(python: &str) -> Result<(String, PathBuf)> {
     let out = Command::new(python)
-        .args(["-c", "import os, torch; print(torch.__version__); print(os.path.dirname(torch.__file__))"])
+        .args([
+            "-c",
+            "import os, torch; print(torch.__version__); print(os.path.dirname(torch.__file__))",
+        ])
         .output()
         .with_context(|| format!("running `{python}` to locate torch (--libtorch-from-python)"))?;
     ensure!(
@@ -228,7 +233,9 @@ fn ensure_onnxruntime(root: &Path, args: &SetupArgs) -> Result<PathBuf> {
                 return Ok(lib);
             }
             Ok(v) => println!("onnxruntime: installed copy is {v}; reinstalling"),
-            Err(e) => println!("onnxruntime: installed copy failed verification ({e:#}); reinstalling"),
+            Err(e) => {
+                println!("onnxruntime: installed copy failed verification ({e:#}); reinstalling")
+            }
         }
     }
     remove_stamp(&stamp)?;
@@ -253,7 +260,11 @@ fn ensure_onnxruntime(root: &Path, args: &SetupArgs) -> Result<PathBuf> {
     )?;
     let staged = staging.join(format!("lib/libonnxruntime.so.{ORT_VERSION}"));
     let version = onnxruntime_version(&staged)?;
-    ensure!(version == ORT_VERSION, "{} reports {version}, expected {ORT_VERSION}", staged.display());
+    ensure!(
+        version == ORT_VERSION,
+        "{} reports {version}, expected {ORT_VERSION}",
+        staged.display()
+    );
     remove_path(&dest)?;
     fs::rename(&staging, &dest)
         .with_context(|| format!("renaming {} to {}", staging.display(), dest.display()))?;
@@ -280,8 +291,8 @@ fn onnxruntime_version(lib: &Path) -> Result<String> {
     // SAFETY: loading ONNX Runtime runs no code with preconditions; the symbol has the
     // documented C signature `const OrtApiBase* OrtGetApiBase(void)`.
     unsafe {
-        let library = libloading::Library::new(lib)
-            .with_context(|| format!("loading {}", lib.display()))?;
+        let library =
+            libloading::Library::new(lib).with_context(|| format!("loading {}", lib.display()))?;
         let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const OrtApiBase> = library
             .get(b"OrtGetApiBase\0")
             .with_context(|| format!("{} has no OrtGetApiBase", lib.display()))?;
@@ -335,7 +346,10 @@ impl<'a> Fetcher<'a> {
         }
         cmd.arg("--dest").arg(&self.dir).arg(spec);
         let out = cmd.output().with_context(|| {
-            format!("running `{} -m pip` to fetch {spec}: is Python 3 with pip installed?", self.args.python)
+            format!(
+                "running `{} -m pip` to fetch {spec}: is Python 3 with pip installed?",
+                self.args.python
+            )
         })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -351,8 +365,9 @@ impl<'a> Fetcher<'a> {
                 self.args.python,
             );
         }
-        self.find(prefix)?
-            .with_context(|| format!("pip reported success but no {prefix}*.whl is in {}", self.dir.display()))
+        self.find(prefix)?.with_context(|| {
+            format!("pip reported success but no {prefix}*.whl is in {}", self.dir.display())
+        })
     }
 
     fn find(&self, prefix: &str) -> Result<Option<PathBuf>> {
@@ -399,7 +414,9 @@ fn extract(wheel: &Path, dest: &Path, picks: &[Pick<'_>]) -> Result<()> {
             continue;
         }
         let target = picks.iter().enumerate().find_map(|(i, pick)| match pick {
-            Pick::Tree(prefix, to) => name.strip_prefix(prefix).map(|rest| (i, dest.join(to).join(rest))),
+            Pick::Tree(prefix, to) => {
+                name.strip_prefix(prefix).map(|rest| (i, dest.join(to).join(rest)))
+            }
             Pick::File(path, to) => (name == *path).then(|| {
                 let base = Path::new(path).file_name().unwrap_or_default();
                 (i, dest.join(to).join(base))
@@ -415,8 +432,8 @@ fn extract(wheel: &Path, dest: &Path, picks: &[Pick<'_>]) -> Result<()> {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent)?;
         }
-        let mut out = fs::File::create(&target)
-            .with_context(|| format!("creating {}", target.display()))?;
+        let mut out =
+            fs::File::create(&target).with_context(|| format!("creating {}", target.display()))?;
         io::copy(&mut entry, &mut out)
             .with_context(|| format!("unpacking {name} from {}", wheel.display()))?;
     }

@@ -1,0 +1,36 @@
+//! `seqforge-train`: make corpora, preprocess them into fairseq-compatible binarized datasets,
+//! and train models on libtorch.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// seqforge's training tool: corpus → preprocess → train.
+#[derive(Parser)]
+#[command(name = "seqforge-train", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    // SUBCOMMANDS: one variant per subcommand, each with its args struct from the library.
+    /// Make a parallel corpus from registry packages (e.g. `corpus bible --out DIR`).
+    #[command(subcommand)]
+    Corpus(seqforge_trainer::corpus::CorpusCommand),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        // DISPATCH: one arm per subcommand.
+        Command::Corpus(cmd) => Ok(cmd.execute()?),
+    }
+}
