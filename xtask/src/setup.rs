@@ -100,12 +100,23 @@ fn ensure_libtorch(root: &Path, args: &SetupArgs) -> Result<PathBuf> {
     } else {
         (format!("wheels torch=={TORCH_VERSION} {CUDA_RUNTIME} {CUDA_CUPTI}"), None)
     };
-    if !args.force && read_stamp(&stamp).as_deref() == Some(wanted.as_str()) {
+    // A libtorch linked from Python by an earlier `--libtorch-from-python` is kept by a plain
+    // setup (e.g. the one `cargo xtask test` runs); `--force` goes back to the CPU wheels.
+    let installed = read_stamp(&stamp);
+    let keep_python = !args.force
+        && !args.libtorch_from_python
+        && installed.as_deref().is_some_and(|s| s.starts_with("python torch"));
+    let wanted = if keep_python { installed.clone().unwrap_or(wanted) } else { wanted };
+    if !args.force && installed.as_deref() == Some(wanted.as_str()) {
         match verify_libtorch(&dest) {
             Ok(detail) => {
                 println!("libtorch: present, {detail} ({})", dest.display());
                 return Ok(dest);
             }
+            Err(e) if keep_python => bail!(
+                "libtorch linked from Python ({wanted}) no longer verifies: {e:#}\nRe-run with \
+                 --libtorch-from-python, or with --force to go back to the CPU wheels"
+            ),
             Err(e) => {
                 println!("libtorch: installed copy failed verification ({e:#}); reinstalling")
             }
@@ -225,8 +236,12 @@ fn ensure_onnxruntime(root: &Path, args: &SetupArgs) -> Result<PathBuf> {
     let lib = dest.join(format!("lib/libonnxruntime.so.{ORT_VERSION}"));
     let stamp = root.join("stamps/onnxruntime");
     let package = if args.gpu { "onnxruntime-gpu" } else { "onnxruntime" };
+    let installed = read_stamp(&stamp);
+    // The GPU build also runs on CPU: a plain setup keeps it; `--force` goes back to the CPU one.
+    let gpu_installed = installed.as_deref() == Some(&*format!("onnxruntime-gpu=={ORT_VERSION}"));
+    let package = if gpu_installed && !args.force { "onnxruntime-gpu" } else { package };
     let wanted = format!("{package}=={ORT_VERSION}");
-    if !args.force && read_stamp(&stamp).as_deref() == Some(wanted.as_str()) {
+    if !args.force && installed.as_deref() == Some(wanted.as_str()) {
         match onnxruntime_version(&lib) {
             Ok(v) if v == ORT_VERSION => {
                 println!("onnxruntime: present, {wanted} ({})", lib.display());
@@ -249,7 +264,7 @@ fn ensure_onnxruntime(root: &Path, args: &SetupArgs) -> Result<PathBuf> {
         Pick::File(&main, "lib"),
         Pick::File("onnxruntime/capi/libonnxruntime_providers_shared.so", "lib"),
     ];
-    if args.gpu {
+    if package == "onnxruntime-gpu" {
         picks.push(Pick::File("onnxruntime/capi/libonnxruntime_providers_cuda.so", "lib"));
         picks.push(Pick::File("onnxruntime/capi/libonnxruntime_providers_tensorrt.so", "lib"));
     }
