@@ -1,11 +1,14 @@
 //! seqforge's runtime: executes exported models and searches over their outputs.
 //!
+//! - [`decoding`]: the [`decoding::IncrementalDecoder`] contract between search and models,
+//!   implemented by the trainer's libtorch models and by the ONNX backend.
 //! - [`onnx`] (feature `onnx`, on by default): the ONNX Runtime backend — locating and loading
 //!   the ONNX Runtime shared library, and building sessions from exported graphs.
 //!
 //! The crate builds without the `onnx` feature (the trainer uses it that way), so code that
 //! does not need ONNX Runtime never links or loads it.
 
+pub mod decoding;
 mod error;
 #[cfg(feature = "onnx")]
 pub mod onnx;

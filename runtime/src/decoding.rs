@@ -1,0 +1,90 @@
+//! The contract between search and models: an incremental decoder with explicit state.
+//!
+//! The trainer's libtorch Transformer and the runtime's ONNX Runtime backend both implement
+//! [`IncrementalDecoder`]; the search (beam, diverse beam, sampling, greedy) only sees this
+//! trait, so the trainer's validation decoding and deployment run the same search code.
+//!
+//! State is explicit (never hidden in modules): [`IncrementalDecoder::State`] holds everything
+//! one decoding run needs (self-attention caches, cross-attention keys/values, the step
+//! index), one *row* per live hypothesis. Search keeps rows in sync with its hypotheses by
+//! calling [`IncrementalDecoder::reorder`] with a gather index after every step: beam
+//! reordering, expansion and pruning of finished sentences are all the same operation.
+
+/// Special token ids of a vocabulary (fairseq's defaults: `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// Beginning of sentence.
+    pub bos: u32,
+    /// Padding.
+    pub pad: u32,
+    /// End of sentence (also the first decoder input, as in fairseq).
+    pub eos: u32,
+    /// Unknown word.
+    pub unk: u32,
+}
+
+impl Default for SpecialTokens {
+    fn default() -> Self {
+        Self { bos: 0, pad: 1, eos: 2, unk: 3 }
+    }
+}
+
+/// Log-probabilities for each row after one step, row-major `[rows, vocab]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogProbs {
+    /// Number of rows (live hypotheses).
+    pub rows: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// `rows × vocab` values, natural-log probabilities.
+    pub data: Vec<f32>,
+}
+
+impl LogProbs {
+    /// The log-probabilities of one row.
+    pub fn row(&self, row: usize) -> &[f32] {
+        &self.data[row * self.vocab..(row + 1) * self.vocab]
+    }
+}
+
+/// A model that decodes one target position at a time with a cache.
+pub trait IncrementalDecoder {
+    /// The encoder's output for a batch of source sentences.
+    type Encoded;
+    /// The decoding state: one row per live hypothesis.
+    type State;
+    /// The backend's error type.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Target vocabulary size (the width of [`LogProbs`]).
+    fn vocab_size(&self) -> usize;
+
+    /// Special token ids of the target dictionary.
+    fn special_tokens(&self) -> SpecialTokens;
+
+    /// The longest target the model can decode (its maximum target positions).
+    fn max_target_positions(&self) -> usize;
+
+    /// Encodes a batch of source sentences, each a list of token ids ending with EOS.
+    /// Padding is the backend's business: results must not depend on how sentences are batched.
+    fn encode(&mut self, sources: &[Vec<u32>]) -> Result<Self::Encoded, Self::Error>;
+
+    /// A fresh state with `rows_per_sentence` rows for each encoded sentence (row
+    /// `s * rows_per_sentence + k` belongs to sentence `s`), with an empty cache.
+    fn init_state(
+        &mut self,
+        encoded: &Self::Encoded,
+        rows_per_sentence: usize,
+    ) -> Result<Self::State, Self::Error>;
+
+    /// Feeds one token per row (the previous output; EOS at step 0) and returns the
+    /// log-probabilities of the next token for every row. Appends to the cache.
+    fn step(&mut self, tokens: &[u32], state: &mut Self::State) -> Result<LogProbs, Self::Error>;
+
+    /// Rebuilds the state so that new row `i` is old row `order[i]` (`order` may repeat rows and
+    /// be shorter than before: this is both beam reordering and pruning of finished rows).
+    fn reorder(&mut self, state: &mut Self::State, order: &[usize]) -> Result<(), Self::Error>;
+
+    /// Number of rows in a state.
+    fn rows(&self, state: &Self::State) -> usize;
+}
