@@ -16,6 +16,12 @@ pub enum Error {
     /// Batching and epoch iteration.
     #[error(transparent)]
     Batching(#[from] crate::batching::Error),
+    /// Building or running a model.
+    #[error(transparent)]
+    Model(#[from] crate::models::Error),
+    /// Optimizers and learning-rate schedulers.
+    #[error(transparent)]
+    Optim(#[from] crate::optim::Error),
     /// An operation in libtorch failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

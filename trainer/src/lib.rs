@@ -6,11 +6,17 @@
 //! - [`data`]: fairseq-compatible dictionaries, binarized (mmap indexed) datasets, preprocess.
 //! - [`bpe`]: subword tokenization (learning and applying BPE with `tokenizers`).
 //! - [`batching`]: language-pair batches by token budget and a resumable epoch iterator.
+//! - [`models`]: the Transformer (fairseq names and maths) with incremental decoding.
+//! - [`criterions`]: cross entropy and label-smoothed cross entropy.
+//! - [`optim`]: optimizers (adam, nag, sgd, adafactor) and learning-rate schedulers.
 
 pub mod batching;
 pub mod bpe;
 pub mod corpus;
+pub mod criterions;
 pub mod data;
 mod error;
+pub mod models;
+pub mod optim;
 
 pub use error::{Error, Result};
