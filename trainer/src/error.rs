@@ -22,6 +22,9 @@ pub enum Error {
     /// Optimizers and learning-rate schedulers.
     #[error(transparent)]
     Optim(#[from] crate::optim::Error),
+    /// Looking up or registering a named component.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
     /// An operation in libtorch failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -8,6 +8,7 @@
 //! - [`batching`]: language-pair batches by token budget and a resumable epoch iterator.
 //! - [`models`]: the Transformer (fairseq names and maths) with incremental decoding.
 //! - [`criterions`]: cross entropy and label-smoothed cross entropy.
+//! - [`registry`]: named components (models, criterions, optimizers, schedulers) and plugins.
 //! - [`optim`]: optimizers (adam, nag, sgd, adafactor) and learning-rate schedulers.
 
 pub mod batching;
@@ -18,5 +19,6 @@ pub mod data;
 mod error;
 pub mod models;
 pub mod optim;
+pub mod registry;
 
 pub use error::{Error, Result};
