@@ -18,6 +18,8 @@ enum Command {
     /// Make a parallel corpus from registry packages (e.g. `corpus bible --out DIR`).
     #[command(subcommand)]
     Corpus(seqforge_trainer::corpus::CorpusCommand),
+    /// Build vocabularies and binarize text into fairseq-compatible datasets (fairseq-preprocess).
+    Preprocess(seqforge_trainer::data::PreprocessArgs),
 }
 
 fn main() -> Result<()> {
@@ -32,5 +34,9 @@ fn main() -> Result<()> {
     match cli.command {
         // DISPATCH: one arm per subcommand.
         Command::Corpus(cmd) => Ok(cmd.execute()?),
+        Command::Preprocess(args) => {
+            seqforge_trainer::data::preprocess::run(&args)?;
+            Ok(())
+        }
     }
 }
