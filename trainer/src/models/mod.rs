@@ -1,6 +1,12 @@
-//! (being written)
+//! Models on libtorch (`tch`), with fairseq's parameter names and maths.
+//!
+//! - [`transformer`]: the encoder-decoder Transformer (Vaswani et al., 2017, "Attention Is All
+//!   You Need") as fairseq 0.12.2 builds it, with named architecture presets and an
+//!   incremental decoder for search ([`transformer::TorchDecoder`]).
 
-/// Errors of this module.
+pub mod transformer;
+
+/// Errors of the models.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -13,4 +19,22 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A configuration a model cannot be built from.
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    /// An architecture preset name that does not exist.
+    #[error("unknown architecture {0:?}; known: {known}", known = transformer::PRESETS.join(", "))]
+    UnknownPreset(String),
+    /// Inputs a model cannot run on (wrong shape, token out of the vocabulary, too long, …).
+    #[error("invalid model input: {0}")]
+    Input(String),
+    /// A variable the model wants to create already exists in the var store.
+    #[error("variable {0:?} already exists in the var store (two models on one path?)")]
+    DuplicateVariable(String),
+    /// An operation in libtorch failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
 }
+
+/// The models' result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

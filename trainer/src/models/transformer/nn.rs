@@ -1,0 +1,189 @@
+//! Building blocks shared by the Transformer's layers: a parameter scope that records fairseq
+//! names, linear layers, layer norms and embeddings with fairseq's initialisation.
+
+use std::cell::RefCell;
+
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+use super::config::Activation;
+use crate::models::{Error, Result};
+
+/// fairseq's `LayerNorm` epsilon (PyTorch's default).
+pub(super) const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// One entry of the model's fairseq state dict, in fairseq's order.
+pub(super) enum Entry {
+    /// A variable of the var store, under its fairseq name.
+    Param(String, Tensor),
+    /// A name that fairseq's state dict also lists for a tied parameter: (alias, canonical).
+    Alias(String, String),
+    /// A buffer fairseq keeps in its state dict (`version`, `_float_tensor`); not a variable.
+    Buffer(String, Tensor),
+}
+
+/// A var-store path plus the fairseq name it stands for, recording every variable created.
+pub(super) struct Scope<'a, 'r> {
+    path: nn::Path<'a>,
+    name: String,
+    entries: &'r RefCell<Vec<Entry>>,
+}
+
+impl<'a, 'r> Scope<'a, 'r> {
+    /// The root scope: fairseq names are relative to `path`.
+    pub(super) fn root(path: &nn::Path<'a>, entries: &'r RefCell<Vec<Entry>>) -> Self {
+        Self { path: path.clone(), name: String::new(), entries }
+    }
+
+    /// The scope of a sub-module.
+    pub(super) fn sub(&self, component: impl ToString) -> Scope<'a, 'r> {
+        let component = component.to_string();
+        let name = if self.name.is_empty() {
+            component.clone()
+        } else {
+            format!("{}.{component}", self.name)
+        };
+        Scope { path: &self.path / component, name, entries: self.entries }
+    }
+
+    /// The fairseq name of `leaf` in this scope.
+    pub(super) fn name_of(&self, leaf: &str) -> String {
+        if self.name.is_empty() { leaf.to_string() } else { format!("{}.{leaf}", self.name) }
+    }
+
+    /// The device variables are created on.
+    pub(super) fn device(&self) -> tch::Device {
+        self.path.device()
+    }
+
+    /// The float kind variables are created with.
+    pub(super) fn kind(&self) -> Kind {
+        self.path.kind()
+    }
+
+    /// Creates a trainable variable `leaf` and records it.
+    pub(super) fn var(&self, leaf: &str, dims: &[i64], init: Init) -> Result<Tensor> {
+        if self.path.get(leaf).is_some() {
+            return Err(Error::DuplicateVariable(self.path.path(leaf)));
+        }
+        let tensor = self.path.f_var(leaf, dims, init)?;
+        self.entries.borrow_mut().push(Entry::Param(self.name_of(leaf), tensor.shallow_clone()));
+        Ok(tensor)
+    }
+
+    /// Records that fairseq's state dict also lists `leaf` (in this scope) for `canonical`.
+    pub(super) fn alias(&self, leaf: &str, canonical: &str) {
+        self.entries.borrow_mut().push(Entry::Alias(self.name_of(leaf), canonical.to_string()));
+    }
+
+    /// Records a fairseq buffer `leaf` (not a variable of the var store).
+    pub(super) fn buffer(&self, leaf: &str, tensor: Tensor) {
+        self.entries.borrow_mut().push(Entry::Buffer(self.name_of(leaf), tensor));
+    }
+}
+
+/// `nn.Linear` with a weight of shape `[out, in]` (fairseq/PyTorch layout).
+pub(super) struct Linear {
+    pub(super) weight: Tensor,
+    pub(super) bias: Option<Tensor>,
+}
+
+/// How a linear layer's weight is initialised.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum LinearInit {
+    /// PyTorch's `nn.Linear` default: weight and bias uniform in `±1/sqrt(in)`.
+    TorchDefault,
+    /// `xavier_uniform_(weight, gain)`; the bias keeps PyTorch's default.
+    Xavier { gain: f64 },
+    /// `xavier_uniform_(weight)` and a zero bias (fairseq's attention `out_proj`).
+    XavierZeroBias,
+}
+
+impl Linear {
+    /// A linear layer `leaf.{weight,bias}` from `in_dim` to `out_dim`.
+    pub(super) fn new(
+        scope: &Scope<'_, '_>,
+        in_dim: i64,
+        out_dim: i64,
+        init: LinearInit,
+    ) -> Result<Self> {
+        let default_bound = 1.0 / (in_dim as f64).sqrt();
+        let xavier_bound = |gain: f64| gain * (6.0 / (in_dim + out_dim) as f64).sqrt();
+        let uniform = |b: f64| Init::Uniform { lo: -b, up: b };
+        let (weight_init, bias_init) = match init {
+            LinearInit::TorchDefault => (uniform(default_bound), uniform(default_bound)),
+            LinearInit::Xavier { gain } => (uniform(xavier_bound(gain)), uniform(default_bound)),
+            LinearInit::XavierZeroBias => (uniform(xavier_bound(1.0)), Init::Const(0.0)),
+        };
+        let weight = scope.var("weight", &[out_dim, in_dim], weight_init)?;
+        let bias = scope.var("bias", &[out_dim], bias_init)?;
+        Ok(Self { weight, bias: Some(bias) })
+    }
+
+    /// `x @ weight.T + bias`.
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+}
+
+/// `nn.LayerNorm(dim)` with fairseq's epsilon, weight 1 and bias 0 at initialisation.
+pub(super) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    dim: i64,
+}
+
+impl LayerNorm {
+    /// A layer norm `scope.{weight,bias}`.
+    pub(super) fn new(scope: &Scope<'_, '_>, dim: i64) -> Result<Self> {
+        let weight = scope.var("weight", &[dim], Init::Const(1.0))?;
+        let bias = scope.var("bias", &[dim], Init::Const(0.0))?;
+        Ok(Self { weight, bias, dim })
+    }
+
+    /// Normalises the last dimension.
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_layer_norm([self.dim], Some(&self.weight), Some(&self.bias), LAYER_NORM_EPS, true)?)
+    }
+}
+
+/// An embedding matrix `scope.weight` of shape `[num, dim]`, initialised as fairseq's
+/// `Embedding`: normal with std `dim^-0.5`, the padding row zero.
+pub(super) fn embedding_weight(
+    scope: &Scope<'_, '_>,
+    num: i64,
+    dim: i64,
+    padding_idx: Option<i64>,
+) -> Result<Tensor> {
+    let std = (dim as f64).powf(-0.5);
+    let weight = scope.var("weight", &[num, dim], Init::Randn { mean: 0.0, stdev: std })?;
+    if let Some(pad) = padding_idx {
+        let _guard = tch::no_grad_guard();
+        let mut row = weight.f_select(0, pad)?;
+        let _ = row.f_fill_(0.0)?;
+    }
+    Ok(weight)
+}
+
+/// Looks `tokens` up in `weight`; the padding row gets no gradient (as `nn.Embedding`).
+pub(super) fn embed(weight: &Tensor, tokens: &Tensor, padding_idx: i64) -> Result<Tensor> {
+    Ok(Tensor::f_embedding(weight, tokens, padding_idx, false, false)?)
+}
+
+/// Dropout that is the identity outside training or at `p == 0`.
+pub(super) fn dropout(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 { Ok(x.f_dropout(p, true)?) } else { Ok(x) }
+}
+
+impl Activation {
+    /// Applies the activation as fairseq does (`gelu` in fp32, cast back).
+    pub(super) fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Relu => x.f_relu()?,
+            Activation::Gelu => x.f_to_kind(Kind::Float)?.f_gelu("none")?.f_to_kind(x.kind())?,
+            Activation::GeluAccurate => x.f_gelu("tanh")?,
+            Activation::Tanh => x.f_tanh()?,
+            Activation::Linear => x.shallow_clone(),
+        })
+    }
+}
