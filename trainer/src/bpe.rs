@@ -152,6 +152,10 @@ struct LineStream {
 }
 
 impl LineStream {
+    fn new(files: Vec<PathBuf>, error: Arc<Mutex<Option<Error>>>) -> Self {
+        Self { files: files.into_iter(), current: None, error, buf: Vec::new() }
+    }
+
     fn fail(&mut self, e: Error) -> Option<String> {
         let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
@@ -246,12 +250,7 @@ impl Bpe {
         let mut trainer = TrainerWrapper::from(trainer);
         let mut tokenizer = Self::pipeline();
         let error = Arc::new(Mutex::new(None));
-        let lines = LineStream {
-            files: files.to_vec().into_iter(),
-            current: None,
-            error: Arc::clone(&error),
-            buf: Vec::new(),
-        };
+        let lines = LineStream::new(files.to_vec(), Arc::clone(&error));
         let trained = tokenizer.train(&mut trainer, lines).map(|_| ());
         if let Some(e) = error.lock().unwrap_or_else(PoisonError::into_inner).take() {
             return Err(e);
@@ -310,7 +309,8 @@ impl Bpe {
         result
     }
 
-    /// The vocabulary size (number of pieces).
+    /// The vocabulary size (number of pieces). Costs O(vocabulary): `tokenizers` builds the
+    /// vocabulary map to count it.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
     }
@@ -325,20 +325,24 @@ impl Bpe {
         self.tokenizer.id_to_token(id)
     }
 
-    fn encoding(&self, line: &str) -> Result<tokenizers::Encoding> {
-        self.tokenizer
-            .encode(line, false)
-            .map_err(|source| Error::Encode { line: truncate(line), source })
+    /// Encodes with piece strings (`fast`: ids only, no piece strings, no offsets).
+    fn encoding(&self, line: &str, fast: bool) -> Result<tokenizers::Encoding> {
+        let encoding = if fast {
+            self.tokenizer.encode_fast(line, false)
+        } else {
+            self.tokenizer.encode(line, false)
+        };
+        encoding.map_err(|source| Error::Encode { line: truncate(line), source })
     }
 
     /// Encodes a line into pieces (none contains whitespace).
     pub fn encode_pieces(&self, line: &str) -> Result<Vec<String>> {
-        Ok(self.encoding(line)?.get_tokens().to_vec())
+        Ok(self.encoding(line, false)?.get_tokens().to_vec())
     }
 
     /// Encodes a line into vocabulary ids.
     pub fn encode_ids(&self, line: &str) -> Result<Vec<u32>> {
-        Ok(self.encoding(line)?.get_ids().to_vec())
+        Ok(self.encoding(line, true)?.get_ids().to_vec())
     }
 
     /// Encodes a line into pieces joined by single spaces: the form fairseq-style
@@ -350,11 +354,13 @@ impl Bpe {
     /// Decodes vocabulary ids back into text. An id outside the vocabulary is an error
     /// (`tokenizers` itself would silently drop it).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let vocab_size = self.vocab_size();
         let mut pieces = Vec::with_capacity(ids.len());
         for &id in ids {
-            let piece =
-                self.tokenizer.id_to_token(id).ok_or(Error::UnknownId { id, vocab_size })?;
+            // The vocabulary size only on error: computing it builds the whole vocabulary.
+            let piece = self
+                .tokenizer
+                .id_to_token(id)
+                .ok_or_else(|| Error::UnknownId { id, vocab_size: self.vocab_size() })?;
             pieces.push(piece);
         }
         self.decode_owned_pieces(pieces)
@@ -425,12 +431,7 @@ pub fn run(args: &LearnBpeArgs) -> Result<LearnBpeReport> {
     if args.check_round_trip {
         use unicode_normalization::UnicodeNormalization;
         let error = Arc::new(Mutex::new(None));
-        let lines = LineStream {
-            files: args.input.clone().into_iter(),
-            current: None,
-            error: Arc::clone(&error),
-            buf: Vec::new(),
-        };
+        let lines = LineStream::new(args.input.clone(), Arc::clone(&error));
         for line in lines {
             let ids = bpe.encode_ids(&line)?;
             pieces += ids.len();
@@ -514,7 +515,7 @@ mod tests {
                 state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let w = words[(state >> 33) as usize % words.len()];
                 if j > 0 {
-                    line.push_str(if (state >> 20) % 13 == 0 { "  " } else { " " });
+                    line.push_str(if (state >> 20).is_multiple_of(13) { "  " } else { " " });
                 }
                 line.push_str(w);
             }
@@ -543,7 +544,8 @@ mod tests {
         let ids = bpe.encode_ids(line).unwrap();
         assert_eq!(bpe.decode(&ids).unwrap(), nfc, "ids of {line:?}");
         let pieces = bpe.encode_pieces(line).unwrap();
-        assert_eq!(pieces.len(), ids.len());
+        let piece_ids: Vec<u32> = pieces.iter().map(|p| bpe.piece_to_id(p).unwrap()).collect();
+        assert_eq!(piece_ids, ids, "pieces and ids of {line:?} agree");
         for p in &pieces {
             assert!(!p.is_empty() && !p.chars().any(char::is_whitespace), "piece {p:?}");
         }
