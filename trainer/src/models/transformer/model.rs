@@ -233,7 +233,6 @@ impl Transformer {
         dec.buffer("version", Tensor::f_from_slice(&[3f32])?.f_to_device(vs.device())?);
         let dec_dim = int(c.decoder_embed_dim, "decoder_embed_dim")?;
         let tgt_vocab = int(c.tgt_vocab_size, "tgt_vocab_size")?;
-        let dec_tokens_name = dec.sub("embed_tokens").name_of("weight");
         let dec_tokens = if c.share_all_embeddings {
             dec.sub("embed_tokens").alias("weight", &enc.sub("embed_tokens").name_of("weight"));
             enc_tokens.shallow_clone()
@@ -281,7 +280,13 @@ impl Transformer {
             None
         };
         let output_projection = if c.shares_decoder_output() {
-            dec.sub("output_projection").alias("weight", &dec_tokens_name);
+            // Name the var-store variable: the encoder's embedding when all are shared.
+            let canonical = if c.share_all_embeddings {
+                enc.sub("embed_tokens").name_of("weight")
+            } else {
+                dec.sub("embed_tokens").name_of("weight")
+            };
+            dec.sub("output_projection").alias("weight", &canonical);
             dec_tokens.shallow_clone()
         } else {
             // fairseq: normal(0, output_embed_dim^-0.5), no padding row.
@@ -328,9 +333,11 @@ impl Transformer {
             .collect()
     }
 
-    /// The `(alias, parameter)` names of tied weights (`decoder.embed_tokens.weight` →
-    /// `encoder.embed_tokens.weight` with `share_all_embeddings`,
-    /// `decoder.output_projection.weight` → the decoder embedding when shared).
+    /// The `(alias, parameter)` names of tied weights, the parameter being the var-store
+    /// variable: with `share_all_embeddings`, `decoder.embed_tokens.weight` and
+    /// `decoder.output_projection.weight` → `encoder.embed_tokens.weight`; with
+    /// `share_decoder_input_output_embed` only, `decoder.output_projection.weight` →
+    /// `decoder.embed_tokens.weight`.
     pub fn tied_parameters(&self) -> Vec<(String, String)> {
         self.entries
             .iter()

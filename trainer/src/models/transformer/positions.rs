@@ -86,7 +86,7 @@ impl PositionalEmbedding {
                 let flat = positions.f_reshape([-1])?;
                 let rows = table.f_index_select(0, &flat)?;
                 let mut shape = size;
-                shape.push(-1);
+                shape.push(table.size()[1]);
                 Ok(rows.f_reshape(shape)?)
             }
             Self::Learned { weight, padding_idx } => {
