@@ -438,7 +438,7 @@ impl Transformer {
             x = layer.forward(
                 &x,
                 SelfAttention::Full { causal_mask: &causal_mask, padding_mask: &padding_mask },
-                &super::model::KeyValue { key, value },
+                &KeyValue { key, value },
                 &encoder_out.padding_mask,
                 train,
             )?;
