@@ -182,6 +182,23 @@ impl TokenDataset for Vec<Vec<u32>> {
     }
 }
 
+/// fairseq's binarized datasets: items already end with EOS (preprocess appends it).
+impl TokenDataset for crate::data::indexed::IndexedDataset {
+    fn len(&self) -> usize {
+        crate::data::indexed::IndexedDataset::len(self)
+    }
+    fn size(&self, i: usize) -> usize {
+        self.sizes().get(i).map_or(0, |&s| s as usize)
+    }
+    fn get(&self, i: usize) -> Result<Vec<u32>> {
+        crate::data::indexed::IndexedDataset::get(self, i)
+            .map_err(|e| Error::Dataset { index: i, source: Box::new(e) })
+    }
+    fn sizes(&self) -> Vec<usize> {
+        crate::data::indexed::IndexedDataset::sizes(self).iter().map(|&s| s as usize).collect()
+    }
+}
+
 impl<T: TokenDataset + ?Sized> TokenDataset for &T {
     fn len(&self) -> usize {
         (**self).len()

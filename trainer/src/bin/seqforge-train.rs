@@ -18,6 +18,8 @@ enum Command {
     /// Make a parallel corpus from registry packages (e.g. `corpus bible --out DIR`).
     #[command(subcommand)]
     Corpus(seqforge_trainer::corpus::CorpusCommand),
+    /// Learn a byte-level BPE (tokenizer.json) on training text; lossless on NFC text.
+    LearnBpe(seqforge_trainer::bpe::LearnBpeArgs),
     /// Build vocabularies and binarize text into fairseq-compatible datasets (fairseq-preprocess).
     Preprocess(seqforge_trainer::data::PreprocessArgs),
 }
@@ -34,6 +36,23 @@ fn main() -> Result<()> {
     match cli.command {
         // DISPATCH: one arm per subcommand.
         Command::Corpus(cmd) => Ok(cmd.execute()?),
+        Command::LearnBpe(args) => {
+            let report = seqforge_trainer::bpe::run(&args)?;
+            println!(
+                "learn-bpe: {} pieces in {}{}",
+                report.vocab_size,
+                report.out.display(),
+                if report.lines_checked > 0 {
+                    format!(
+                        "; round trip exact on {} lines ({} pieces)",
+                        report.lines_checked, report.pieces
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            Ok(())
+        }
         Command::Preprocess(args) => {
             seqforge_trainer::data::preprocess::run(&args)?;
             Ok(())
