@@ -2,6 +2,8 @@
 //!
 //! - [`decoding`]: the [`decoding::IncrementalDecoder`] contract between search and models,
 //!   implemented by the trainer's libtorch models and by the ONNX backend.
+//! - [`search`]: beam, diverse beam, diverse siblings, sampling and greedy search over any
+//!   [`decoding::IncrementalDecoder`], with fairseq 0.12.2's semantics; needs no ONNX Runtime.
 //! - [`onnx`] (feature `onnx`, on by default): the ONNX Runtime backend — locating and loading
 //!   the ONNX Runtime shared library, and building sessions from exported graphs.
 //!
@@ -12,5 +14,6 @@ pub mod decoding;
 mod error;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod search;
 
 pub use error::{Error, Result};
