@@ -41,8 +41,15 @@ pub(crate) fn top_k_by(
     }
     if k <= SCAN_MAX_K {
         let start = out.len();
+        // Once the window is full, anything strictly below its worst score is out: one float
+        // comparison for almost every entry (NaN and equal scores take the exact path).
+        let mut threshold = f32::NEG_INFINITY;
         for t in 0..n {
-            let cand = (value(t), base + t as u32);
+            let v = value(t);
+            if v < threshold {
+                continue;
+            }
+            let cand = (v, base + t as u32);
             if out.len() - start == k {
                 match out.last() {
                     Some(&worst) if best_first(cand, worst) == Ordering::Less => {
@@ -54,6 +61,9 @@ pub(crate) fn top_k_by(
             let pos =
                 start + out[start..].partition_point(|&x| best_first(x, cand) == Ordering::Less);
             out.insert(pos, cand);
+            if out.len() - start == k {
+                threshold = out.last().map_or(f32::NEG_INFINITY, |w| rank_key(w.0));
+            }
         }
     } else {
         scratch.clear();

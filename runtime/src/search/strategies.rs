@@ -19,7 +19,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 use super::error::{Error, Result};
-use super::select::{keep_best, top_k_by};
+use super::select::{best_first, keep_best, top_k_by};
 
 /// The shape of a search step's input: `sentences × beam` rows of `vocab` log-probabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,10 +396,15 @@ impl Sampling {
         self.dist.clear();
         if let Some(p) = self.top_p {
             // Grow a sorted prefix until the running sum reaches p (usually a handful of tokens).
+            // Selected by log-probability (exp is monotone), then ordered by probability.
             let mut m = vocab.min(32);
             loop {
                 self.dist.clear();
-                top_k_by(vocab, m, 0, |t| row[t].exp(), &mut self.dist, &mut self.scratch);
+                top_k_by(vocab, m, 0, |t| row[t], &mut self.dist, &mut self.scratch);
+                for entry in &mut self.dist {
+                    entry.0 = entry.0.exp();
+                }
+                self.dist.sort_by(|a, b| best_first(*a, *b));
                 let mut cum = 0.0f64;
                 let mut below = 0;
                 for &(prob, _) in &self.dist {
