@@ -8,6 +8,10 @@
 //! - `.deps/onnxruntime/lib`: `libonnxruntime.so.1.31.1` from `onnxruntime==1.31.1` (or
 //!   `onnxruntime-gpu==1.31.1` with `--gpu`, which adds the CUDA and TensorRT providers).
 //!
+//! - `.deps/sword/<package>/usr/share/sword`: the public-domain SWORD Bible modules the
+//!   corpus recipe reads (`sword-text-sparv`, `sword-text-kjv`), unpacked from Debian packages
+//!   with `apt-get download` + `dpkg-deb -x` (no system install). `--no-corpus` skips them.
+//!
 //! Every component is installed into a staging folder, verified (version and a `dlopen`) and
 //! renamed into place, and a stamp records what was installed, so a second run only verifies.
 
@@ -54,6 +58,9 @@ pub struct SetupArgs {
     /// Reinstall every component even when the installed one verifies.
     #[arg(long)]
     pub force: bool,
+    /// Do not fetch the SWORD Bible packages (tests that need the Bible corpus then skip).
+    #[arg(long)]
+    pub no_corpus: bool,
     /// The Python interpreter whose pip fetches wheels (and whose torch
     /// `--libtorch-from-python` uses).
     #[arg(long, default_value = "python3", value_name = "PYTHON")]
@@ -79,6 +86,11 @@ pub fn run(workspace: &Path, args: &SetupArgs) -> Result<Deps> {
         .with_context(|| format!("creating {}", root.join("stamps").display()))?;
     let libtorch = ensure_libtorch(&root, args)?;
     let onnxruntime = ensure_onnxruntime(&root, args)?;
+    if args.no_corpus {
+        println!("sword: skipped (--no-corpus)");
+    } else {
+        ensure_sword(&root, args.force)?;
+    }
     println!(
         "setup: ready in {:.1}s ({} used by {})",
         start.elapsed().as_secs_f64(),
@@ -320,6 +332,91 @@ fn onnxruntime_version(lib: &Path) -> Result<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// SWORD Bible modules (Debian packages)
+
+/// The Debian packages holding the corpus recipe's modules, with a file each must contain.
+const SWORD_PACKAGES: [(&str, &str); 2] = [
+    ("sword-text-sparv", "usr/share/sword/mods.d/spaRV1909eb.conf"),
+    ("sword-text-kjv", "usr/share/sword/mods.d/engKJV2006eb.conf"),
+];
+
+fn ensure_sword(root: &Path, force: bool) -> Result<()> {
+    let dir = root.join("sword");
+    let start = Instant::now();
+    let mut updated = false;
+    for (package, marker) in SWORD_PACKAGES {
+        let dest = dir.join(package);
+        if !force && dest.join(marker).is_file() {
+            println!("sword: present, {package} ({})", dest.display());
+            continue;
+        }
+        let debs = dir.join("debs");
+        fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+        let deb = loop {
+            println!("fetching {package} from the Debian archive (apt-get download)");
+            let out = Command::new("apt-get")
+                .args(["download", package])
+                .current_dir(&debs)
+                .output()
+                .context(
+                    "running `apt-get download` for the Bible corpus (is this Debian/Ubuntu? \
+                          pass --no-corpus to skip)",
+                )?;
+            if out.status.success() {
+                break find_prefixed(&debs, &format!("{package}_"), ".deb")?.with_context(
+                    || {
+                        format!(
+                            "apt-get reported success but no {package}_*.deb is in {}",
+                            debs.display()
+                        )
+                    },
+                )?;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            if !updated {
+                // A fresh machine has empty package lists: update once and retry.
+                println!("sword: apt-get does not know {package} yet; running apt-get update");
+                let status = Command::new("apt-get")
+                    .args(["update", "-qq"])
+                    .status()
+                    .context("running `apt-get update`")?;
+                ensure!(
+                    status.success(),
+                    "`apt-get update` failed ({status}); is the Debian archive reachable?"
+                );
+                updated = true;
+                continue;
+            }
+            bail!(
+                "could not fetch {package} with `apt-get download`: {}\nWhat to try: \
+                   check that the Debian archive is reachable, or pass --no-corpus",
+                stderr.trim()
+            );
+        };
+        let staging = dir.join(format!("{package}.partial"));
+        remove_path(&staging)?;
+        let status = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&staging)
+            .status()
+            .context("running `dpkg-deb -x`")?;
+        ensure!(status.success(), "`dpkg-deb -x {}` failed ({status})", deb.display());
+        ensure!(staging.join(marker).is_file(), "{} has no {marker}", deb.display());
+        remove_path(&dest)?;
+        fs::rename(&staging, &dest)
+            .with_context(|| format!("renaming {} to {}", staging.display(), dest.display()))?;
+        remove_path(&deb)?;
+        println!(
+            "sword: installed {package} in {:.1}s ({})",
+            start.elapsed().as_secs_f64(),
+            dest.display()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Wheels
 
 /// Finds wheels in `--wheel-dir` or downloads them with pip into `.deps/wheels`.
@@ -386,19 +483,7 @@ impl<'a> Fetcher<'a> {
     }
 
     fn find(&self, prefix: &str) -> Result<Option<PathBuf>> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", self.dir.display())),
-        };
-        for entry in entries {
-            let name = entry?.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(prefix) && name.ends_with(".whl") {
-                return Ok(Some(self.dir.join(&*name)));
-            }
-        }
-        Ok(None)
+        find_prefixed(&self.dir, prefix, ".whl")
     }
 
     /// Deletes downloaded wheels once their contents are installed (they are large).
@@ -461,6 +546,23 @@ fn extract(wheel: &Path, dest: &Path, picks: &[Pick<'_>]) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
+
+/// The first file in `dir` named `{prefix}…{suffix}`; a missing folder holds none.
+fn find_prefixed(dir: &Path, prefix: &str, suffix: &str) -> Result<Option<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(prefix) && name.ends_with(suffix) {
+            return Ok(Some(dir.join(&*name)));
+        }
+    }
+    Ok(None)
+}
 
 fn read_stamp(path: &Path) -> Option<String> {
     fs::read_to_string(path).ok().map(|s| s.trim().to_string())
