@@ -176,7 +176,11 @@ impl GraphBuilder {
         };
         fill(&mut tensor);
         self.initializers.push(tensor);
-        Ok(Value { name: name.to_string(), dtype, shape: dims.iter().map(|&d| Dim::Fixed(d)).collect() })
+        Ok(Value {
+            name: name.to_string(),
+            dtype,
+            shape: dims.iter().map(|&d| Dim::Fixed(d)).collect(),
+        })
     }
 
     fn node(
@@ -271,7 +275,10 @@ impl GraphBuilder {
             ir_version: Some(seqforge_schemas::onnx::SUPPORTED_IR_VERSION),
             producer_name: Some("seqforge".to_string()),
             producer_version: Some(env!("CARGO_PKG_VERSION").to_string()),
-            opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(OPSET),
+            }],
             metadata_props: metadata
                 .iter()
                 .map(|(k, v)| StringStringEntryProto {
@@ -291,7 +298,10 @@ fn same_dtype(node: &str, a: &Value, b: &Value) -> Result<()> {
     } else {
         Err(Error::Node {
             node: node.to_string(),
-            message: format!("dtype mismatch: {} is {:?}, {} is {:?}", a.name, a.dtype, b.name, b.dtype),
+            message: format!(
+                "dtype mismatch: {} is {:?}, {} is {:?}",
+                a.name, a.dtype, b.name, b.dtype
+            ),
         })
     }
 }

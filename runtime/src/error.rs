@@ -34,7 +34,9 @@ pub enum Error {
         message: String,
     },
     /// ONNX Runtime is already loaded from another file in this process.
-    #[error("ONNX Runtime is already loaded from {loaded}; cannot switch to {requested} in the same process")]
+    #[error(
+        "ONNX Runtime is already loaded from {loaded}; cannot switch to {requested} in the same process"
+    )]
     OrtAlreadyLoaded {
         /// The library in use.
         loaded: PathBuf,

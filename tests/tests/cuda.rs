@@ -24,7 +24,8 @@ fn gpu_matmul_matches_cpu_when_a_gpu_is_present() -> Result<()> {
     let diff = (on_gpu.f_to(Device::Cpu)? - &cpu).f_abs()?.f_max()?.f_double_value(&[])?;
     // TF32 may be on for matmuls; allow its precision.
     ensure!(diff < 5e-2, "GPU and CPU matmuls differ by {diff}");
-    let half = a.f_to(gpu)?.f_to_kind(Kind::Half)?.f_matmul(&b.f_to(gpu)?.f_to_kind(Kind::Half)?)?;
+    let half =
+        a.f_to(gpu)?.f_to_kind(Kind::Half)?.f_matmul(&b.f_to(gpu)?.f_to_kind(Kind::Half)?)?;
     ensure!(half.kind() == Kind::Half, "fp16 matmul on GPU returned {:?}", half.kind());
     println!("CUDA: {} device(s), matmul max diff vs CPU {diff:.2e}", tch::Cuda::device_count());
     Ok(())

@@ -74,7 +74,8 @@ fn max_diff(a: &[f32], b: &Array2<f32>) -> f32 {
 #[test]
 fn f32_graph_matches_ndarray() -> Result<()> {
     let bytes = build_model(DType::F32)?;
-    let mut session = load_session_from_memory(&bytes, Path::new("f32"), &SessionConfig::default())?;
+    let mut session =
+        load_session_from_memory(&bytes, Path::new("f32"), &SessionConfig::default())?;
     for batch in [1, 3, 8] {
         let x = input(batch)?;
         let expected = reference(&x)?;
@@ -91,7 +92,8 @@ fn f32_graph_matches_ndarray() -> Result<()> {
 #[test]
 fn f16_graph_matches_ndarray_to_half_precision() -> Result<()> {
     let bytes = build_model(DType::F16)?;
-    let mut session = load_session_from_memory(&bytes, Path::new("f16"), &SessionConfig::default())?;
+    let mut session =
+        load_session_from_memory(&bytes, Path::new("f16"), &SessionConfig::default())?;
     let x = input(4)?;
     let expected = reference(&x)?;
     let halves: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
@@ -123,7 +125,8 @@ fn a_corrupted_model_is_a_clear_error() -> Result<()> {
     bytes.truncate(half);
     bytes.extend_from_slice(&[0xff; 7]);
     std::fs::write(&path, &bytes)?;
-    let err = load_session(&path, &SessionConfig::default()).err().context("corrupt model loaded")?;
+    let err =
+        load_session(&path, &SessionConfig::default()).err().context("corrupt model loaded")?;
     ensure!(matches!(err, Error::InvalidModel { .. }), "wrong error kind: {err:?}");
     let text = err.to_string();
     ensure!(text.contains("corrupt.onnx"), "error does not name the file: {text}");

@@ -51,7 +51,11 @@ pub fn locate(explicit: Option<&Path>) -> Result<(PathBuf, LibraryOrigin)> {
         return Err(Error::OrtLibraryUnconfigured);
     };
     if !path.is_file() {
-        return Err(Error::OrtLibraryMissing { path, origin: origin.describe(), wanted: ORT_VERSION });
+        return Err(Error::OrtLibraryMissing {
+            path,
+            origin: origin.describe(),
+            wanted: ORT_VERSION,
+        });
     }
     Ok((path, origin))
 }
@@ -67,13 +71,13 @@ static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
 pub fn init(explicit: Option<&Path>) -> Result<PathBuf> {
     let mut loaded = LOADED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(current) = loaded.as_ref() {
-        if let Some(requested) = explicit {
-            if requested != current {
-                return Err(Error::OrtAlreadyLoaded {
-                    loaded: current.clone(),
-                    requested: requested.to_path_buf(),
-                });
-            }
+        if let Some(requested) = explicit
+            && requested != current
+        {
+            return Err(Error::OrtAlreadyLoaded {
+                loaded: current.clone(),
+                requested: requested.to_path_buf(),
+            });
         }
         return Ok(current.clone());
     }
@@ -110,7 +114,8 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_is_not_onnxruntime_is_an_error_not_a_panic() -> Result<(), Box<dyn std::error::Error>> {
+    fn a_file_that_is_not_onnxruntime_is_an_error_not_a_panic()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = std::env::temp_dir().join(format!("seqforge-ort-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let fake = dir.join("libonnxruntime.so");

@@ -30,7 +30,11 @@ pub fn load_session(path: &Path, config: &SessionConfig) -> Result<Session> {
 }
 
 /// Loads a serialized model held in memory; `name` is used in error messages.
-pub fn load_session_from_memory(bytes: &[u8], name: &Path, config: &SessionConfig) -> Result<Session> {
+pub fn load_session_from_memory(
+    bytes: &[u8],
+    name: &Path,
+    config: &SessionConfig,
+) -> Result<Session> {
     let environment = super::environment()?;
     let invalid = |message: String| Error::InvalidModel { path: name.to_path_buf(), message };
     let mut builder = Session::builder(environment)?;
