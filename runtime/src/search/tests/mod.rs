@@ -3,4 +3,5 @@
 
 mod behaviour;
 mod fairseq;
+mod oracle;
 mod scripted;

@@ -175,6 +175,16 @@ impl IncrementalDecoder for ScriptedDecoder {
 /// probability grows with the prefix length (so sentences end at different steps); bos, pad
 /// and unk get some mass too, to exercise the bans and the unk penalty.
 pub fn random_script(vocab: usize, seed: u64) -> impl Fn(&[u32], &[u32]) -> Vec<f32> + 'static {
+    random_script_with(vocab, seed, false)
+}
+
+/// [`random_script`], optionally without any mass on `<s>` (fairseq does not forbid `<s>`, so
+/// the fairseq oracle's twin of this script, `testdata/fairseq_oracle.py`, zeroes it).
+pub fn random_script_with(
+    vocab: usize,
+    seed: u64,
+    zero_bos: bool,
+) -> impl Fn(&[u32], &[u32]) -> Vec<f32> + 'static {
     move |source: &[u32], prefix: &[u32]| {
         let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         for &t in source.iter().chain([u32::MAX].iter()).chain(prefix) {
@@ -192,6 +202,9 @@ pub fn random_script(vocab: usize, seed: u64) -> impl Fn(&[u32], &[u32]) -> Vec<
             .collect();
         let grow = (prefix.len() as f64 + 1.0).powi(2) * 0.02;
         weights[EOS as usize] *= grow;
+        if zero_bos {
+            weights[BOS as usize] = 0.0;
+        }
         let total: f64 = weights.iter().sum();
         weights.iter().map(|w| (w / total) as f32).collect()
     }
