@@ -13,19 +13,7 @@
 //! 5. finished sentences are pruned (a shorter [`IncrementalDecoder::reorder`] index) and each
 //!    remaining sentence continues with its first `beam` non-EOS candidates.
 //!
-//! Deliberate differences from fairseq, all so that a sentence's result does not depend on the
-//! batch it is in (fairseq #427/#3078):
-//! - the maximum length uses each sentence's own source length (fairseq uses the padded batch
-//!   width); `match_source_len` likewise uses the sentence's own length (fairseq: the batch max);
-//! - prefixes of different lengths: a sentence whose prefix is used up gets the `min_len` rule
-//!   at once (fairseq skips it until the longest prefix in the batch is used up);
-//! - a sentence reaching its maximum length without any finite EOS candidate is finished with
-//!   what it has (fairseq fails an assertion);
-//! - sampling draws from one random stream per sentence.
-//!
-//! Also: step 0 runs the decoder on one row per sentence (all of a sentence's hypotheses are
-//! the same empty prefix there) and expands to `beam` rows with the first reorder, and `<s>` is
-//! never generated (fairseq only forbids `<pad>`).
+//! Where this differs from fairseq is listed in the [`search`](super) module documentation.
 
 use serde::{Deserialize, Serialize};
 

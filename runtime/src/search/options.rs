@@ -60,6 +60,10 @@ fn default_temperature() -> f64 {
 }
 
 /// Options of one generation run (fairseq's generation flags).
+///
+/// With serde (e.g. JSON): `{"beam": 5, "lenpen": 0.6, "strategy": {"kind": "diverse_beam",
+/// "groups": 5}}`; missing fields take fairseq's defaults, unknown fields are errors. Strategy
+/// kinds: `beam`, `diverse_beam`, `diverse_siblings`, `sampling`, `greedy`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GenerationOptions {
