@@ -22,6 +22,9 @@ pub enum Error {
     /// Optimizers and learning-rate schedulers.
     #[error(transparent)]
     Optim(#[from] crate::optim::Error),
+    /// Computing a loss.
+    #[error(transparent)]
+    Criterion(#[from] crate::criterions::Error),
     /// Looking up or registering a named component.
     #[error(transparent)]
     Registry(#[from] crate::registry::Error),
