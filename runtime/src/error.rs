@@ -60,6 +60,9 @@ pub enum Error {
         /// What ONNX Runtime said.
         message: String,
     },
+    /// Generation failed (invalid options, or the decoder failed during search).
+    #[error(transparent)]
+    Search(#[from] crate::search::Error),
     /// Any other ONNX Runtime failure.
     #[cfg(feature = "onnx")]
     #[error("ONNX Runtime: {0}")]
