@@ -25,6 +25,12 @@ pub enum Error {
     /// Computing a loss.
     #[error(transparent)]
     Criterion(#[from] crate::criterions::Error),
+    /// Saving or loading a checkpoint.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::Error),
+    /// Mixed precision: loss scaling and master weights.
+    #[error(transparent)]
+    Fp16(#[from] crate::fp16::Error),
     /// Looking up or registering a named component.
     #[error(transparent)]
     Registry(#[from] crate::registry::Error),

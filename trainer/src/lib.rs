@@ -8,15 +8,19 @@
 //! - [`batching`]: language-pair batches by token budget and a resumable epoch iterator.
 //! - [`models`]: the Transformer (fairseq names and maths) with incremental decoding.
 //! - [`criterions`]: cross entropy and label-smoothed cross entropy.
+//! - [`checkpoint`]: checkpoint directories (safetensors + JSON), atomic saves, retention.
+//! - [`fp16`]: the dynamic loss scaler, fp32 master weights, gradient clipping.
 //! - [`registry`]: named components (models, criterions, optimizers, schedulers) and plugins.
 //! - [`optim`]: optimizers (adam, nag, sgd, adafactor) and learning-rate schedulers.
 
 pub mod batching;
 pub mod bpe;
+pub mod checkpoint;
 pub mod corpus;
 pub mod criterions;
 pub mod data;
 mod error;
+pub mod fp16;
 pub mod models;
 pub mod optim;
 pub mod registry;
