@@ -12,6 +12,7 @@
 //! - [`fp16`]: the dynamic loss scaler, fp32 master weights, gradient clipping.
 //! - [`registry`]: named components (models, criterions, optimizers, schedulers) and plugins.
 //! - [`optim`]: optimizers (adam, nag, sgd, adafactor) and learning-rate schedulers.
+//! - [`train`]: the training loop (`seqforge-train train`, fairseq-train's flags), logging.
 
 pub mod batching;
 pub mod bpe;
@@ -24,5 +25,6 @@ pub mod fp16;
 pub mod models;
 pub mod optim;
 pub mod registry;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -3,11 +3,20 @@
 //! `register_*` decorators do, but without import-time magic.
 //!
 //! Each kind of component is a [`Catalog`] of factories. Registering a name twice is an
-//! error; asking for an unknown name is an error that lists the known ones. Core components
-//! are added by `register_builtins` functions; a plugin crate adds its own the same way
+//! error; asking for an unknown name is an error that lists the known ones. A [`Registry`]
+//! holds one catalog per kind; [`Registry::with_builtins`] fills it with seqforge's own
+//! components (each module's `builtin_*` list), and a plugin adds its own the same way
 //! (`registry.criterions.register("my_loss", factory)`), with no change to the core crates.
+//!
+//! Models have two levels, as in fairseq: a *model* (`transformer`: a [`ModelFactory`] that
+//! adds the model's flags and builds it) and named *architectures* (`transformer_tiny`, …: an
+//! [`Architecture`], i.e. the model's name plus a preset config that the flags override).
 
 use std::collections::BTreeMap;
+
+use crate::criterions::{CriterionFactory, builtin_criterions};
+use crate::optim::{LrSchedulerFactory, OptimizerFactory, builtin_lr_schedulers, builtin_optimizers};
+pub use crate::train::model::{Architecture, ModelFactory, builtin_architectures, builtin_models};
 
 /// Registry errors.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,9 +89,85 @@ impl<F> Catalog<F> {
     }
 }
 
+/// All named components a training run can be built from: one [`Catalog`] per kind.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// Models by name (`transformer`): flags and builder.
+    pub models: Catalog<ModelFactory>,
+    /// Architectures by `--arch` name (`transformer_tiny`): a model name and a preset config.
+    pub architectures: Catalog<Architecture>,
+    /// Criteria by `--criterion` name.
+    pub criterions: Catalog<CriterionFactory>,
+    /// Optimizers by `--optimizer` name.
+    pub optimizers: Catalog<OptimizerFactory>,
+    /// Learning-rate schedulers by `--lr-scheduler` name.
+    pub lr_schedulers: Catalog<LrSchedulerFactory>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// A registry with empty catalogs.
+    pub fn new() -> Self {
+        Self {
+            models: Catalog::new("model"),
+            architectures: Catalog::new("architecture"),
+            criterions: Catalog::new("criterion"),
+            optimizers: Catalog::new("optimizer"),
+            lr_schedulers: Catalog::new("lr scheduler"),
+        }
+    }
+
+    /// A registry holding seqforge's built-in components (see [`Registry::register_builtins`]).
+    pub fn with_builtins() -> Result<Self, Error> {
+        let mut registry = Self::new();
+        registry.register_builtins()?;
+        Ok(registry)
+    }
+
+    /// Registers seqforge's built-in models, architectures, criteria, optimizers and
+    /// schedulers; an error if one of their names is already taken.
+    pub fn register_builtins(&mut self) -> Result<(), Error> {
+        for (name, factory) in builtin_models() {
+            self.models.register(name, factory)?;
+        }
+        for (name, arch) in builtin_architectures() {
+            self.architectures.register(&name, arch)?;
+        }
+        for (name, factory) in builtin_criterions() {
+            self.criterions.register(name, factory)?;
+        }
+        for (name, factory) in builtin_optimizers() {
+            self.optimizers.register(name, factory)?;
+        }
+        for (name, factory) in builtin_lr_schedulers() {
+            self.lr_schedulers.register(name, factory)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builtins_are_registered_once() {
+        let mut registry = Registry::with_builtins().unwrap_or_default();
+        assert!(registry.criterions.get("cross_entropy").is_ok());
+        assert!(registry.optimizers.get("adam").is_ok());
+        assert!(registry.lr_schedulers.get("inverse_sqrt").is_ok());
+        assert!(registry.models.get("transformer").is_ok());
+        assert_eq!(
+            registry.architectures.get("transformer_tiny").map(|a| a.model.as_str()),
+            Ok("transformer")
+        );
+        assert!(matches!(registry.register_builtins(), Err(Error::Duplicate { .. })));
+    }
 
     #[test]
     fn duplicates_are_rejected_and_unknown_names_list_the_known_ones() {

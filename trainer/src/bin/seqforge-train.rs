@@ -22,6 +22,9 @@ enum Command {
     LearnBpe(seqforge_trainer::bpe::LearnBpeArgs),
     /// Build vocabularies and binarize text into fairseq-compatible datasets (fairseq-preprocess).
     Preprocess(seqforge_trainer::data::PreprocessArgs),
+    /// Train a model on a preprocessed data folder (fairseq-train's flags; `train --help`
+    /// lists those of the chosen --arch, --criterion, --optimizer and --lr-scheduler).
+    Train(seqforge_trainer::train::TrainCommand),
 }
 
 fn main() -> Result<()> {
@@ -57,6 +60,17 @@ fn main() -> Result<()> {
         Command::Preprocess(args) => {
             seqforge_trainer::data::preprocess::run(&args)?;
             Ok(())
+        }
+        Command::Train(cmd) => {
+            let registry = seqforge_trainer::registry::Registry::with_builtins()?;
+            match cmd.run(&registry) {
+                Err(seqforge_trainer::train::Error::Args(e)) => e.exit(),
+                Err(e) => Err(e.into()),
+                Ok(summary) => {
+                    println!("{}", summary.to_json());
+                    Ok(())
+                }
+            }
         }
     }
 }

@@ -1,0 +1,256 @@
+//! The `train` command line: the core flags ([`TrainArgs`], fairseq's names and defaults) and
+//! the resolved configuration of a run ([`TrainConfig`]) with the flags of the chosen model,
+//! criterion, optimizer and scheduler.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, FromArgMatches};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Error;
+use crate::registry::Registry;
+
+/// How log lines are printed on the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `epoch 001 | loss 4.321 | …` (fairseq's `simple`).
+    #[default]
+    Simple,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The trainer's own flags (fairseq's names and defaults). The flags of the model, criterion,
+/// optimizer and scheduler are added by their factories (see [`TrainConfig::from_args`]).
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// The preprocessed data folder (`dict.{lang}.txt`, `{split}.{src}-{tgt}.{lang}.bin/.idx`).
+    #[arg(value_name = "DATA")]
+    pub data: PathBuf,
+    /// Source language (inferred from the file names in DATA when there is one pair).
+    #[arg(short = 's', long, value_name = "SRC")]
+    pub source_lang: Option<String>,
+    /// Target language (inferred from the file names in DATA when there is one pair).
+    #[arg(short = 't', long, value_name = "TARGET")]
+    pub target_lang: Option<String>,
+    /// Model architecture (a registered name, e.g. transformer_tiny).
+    #[arg(short = 'a', long, default_value = "transformer")]
+    pub arch: String,
+    /// Training criterion.
+    #[arg(long, default_value = "cross_entropy")]
+    pub criterion: String,
+    /// Optimizer.
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    /// Learning-rate scheduler.
+    #[arg(long, default_value = "fixed")]
+    pub lr_scheduler: String,
+    /// Learning rate(s), comma-separated (one per epoch for `fixed`).
+    #[arg(long, value_delimiter = ',', default_value = "0.25")]
+    pub lr: Vec<f64>,
+    /// Stop training when the learning rate falls to this value or below.
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    pub stop_min_lr: f64,
+    /// Maximum tokens per batch (padding included).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Maximum sentences per batch.
+    #[arg(long, visible_alias = "max-sentences")]
+    pub batch_size: Option<usize>,
+    /// Batch sizes are rounded to a multiple of this where possible.
+    #[arg(long, default_value_t = 8)]
+    pub required_batch_size_multiple: usize,
+    /// Maximum tokens per validation batch (default: --max-tokens).
+    #[arg(long)]
+    pub max_tokens_valid: Option<usize>,
+    /// Maximum sentences per validation batch (default: --batch-size).
+    #[arg(long, visible_alias = "max-sentences-valid")]
+    pub batch_size_valid: Option<usize>,
+    /// Accumulate gradients over N batches before each update.
+    #[arg(long, default_value_t = 1)]
+    pub update_freq: usize,
+    /// Clip the gradient norm to this value (0: no clipping).
+    #[arg(long, default_value_t = 0.0)]
+    pub clip_norm: f64,
+    /// Normalize gradients by the number of sentences instead of tokens.
+    #[arg(long)]
+    pub sentence_avg: bool,
+    /// Stop after this many updates (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_update: u64,
+    /// Stop after this many epochs (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_epoch: u64,
+    /// Validate every N epochs.
+    #[arg(long, default_value_t = 1)]
+    pub validate_interval: u64,
+    /// Also validate every N updates (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub validate_interval_updates: u64,
+    /// Do not validate.
+    #[arg(long)]
+    pub disable_validation: bool,
+    /// Stop when the validation loss has not improved for N validations (-1: off).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub patience: i64,
+    /// The training split.
+    #[arg(long, default_value = "train")]
+    pub train_subset: String,
+    /// The validation split.
+    #[arg(long, default_value = "valid")]
+    pub valid_subset: String,
+    /// Drop validation samples longer than the model's maximum positions instead of failing
+    /// (training samples that are too long are always dropped, as in fairseq).
+    #[arg(long)]
+    pub skip_invalid_size_inputs_valid_test: bool,
+    /// Random seed (libtorch and the batch order).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Log format on the terminal.
+    #[arg(long, value_enum, default_value_t = LogFormat::Simple)]
+    pub log_format: LogFormat,
+    /// Log every N updates.
+    #[arg(long, default_value_t = 100)]
+    pub log_interval: u64,
+    /// JSON-lines log file (default: SAVE_DIR/train_log.jsonl).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress_bar: bool,
+    /// Where the run's files go (config.json, the log).
+    #[arg(long, default_value = "checkpoints")]
+    pub save_dir: PathBuf,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Train on the CPU even when CUDA is available.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+/// Everything a run is built from: the core flags, and the names and JSON configs of the
+/// model (after flag overrides), criterion, optimizer and scheduler. Written to
+/// `SAVE_DIR/config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The core flags.
+    pub args: TrainArgs,
+    /// The model's registry name (from the architecture).
+    pub model: String,
+    /// The model's config: the architecture's preset with the model flags applied.
+    pub model_config: Value,
+    /// The criterion's config.
+    pub criterion_config: Value,
+    /// The optimizer's config.
+    pub optimizer_config: Value,
+    /// The scheduler's config.
+    pub lr_scheduler_config: Value,
+}
+
+/// The value of `--flag V`, `--flag=V` (or `-s V` for a short alias) in `args`, if present.
+fn scan_flag(args: &[OsString], long: &str, short: Option<&str>) -> Option<String> {
+    let prefix = format!("{long}=");
+    let mut found = None;
+    let mut iter = args.iter().map(|a| a.to_string_lossy());
+    while let Some(arg) = iter.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == long || short.is_some_and(|s| arg == s) {
+            found = iter.next().map(|v| v.into_owned());
+        } else if let Some(v) = arg.strip_prefix(&prefix) {
+            found = Some(v.to_string());
+        }
+    }
+    found
+}
+
+impl TrainConfig {
+    /// The `train` command for the chosen components: the core flags plus the flags of the
+    /// model of `arch`, and of `criterion`, `optimizer` and `lr_scheduler` (only theirs, as
+    /// fairseq does: several components share flag names such as `--warmup-updates`).
+    pub fn command(
+        registry: &Registry,
+        arch: &str,
+        criterion: &str,
+        optimizer: &str,
+        lr_scheduler: &str,
+    ) -> Result<clap::Command, Error> {
+        let architecture = registry.architectures.get(arch)?;
+        let model = registry.models.get(&architecture.model)?;
+        let mut cmd = TrainArgs::augment_args(clap::Command::new("train"));
+        cmd = (model.augment_args)(cmd);
+        cmd = (registry.criterions.get(criterion)?.augment_args)(cmd);
+        cmd = (registry.optimizers.get(optimizer)?.augment_args)(cmd);
+        cmd = (registry.lr_schedulers.get(lr_scheduler)?.augment_args)(cmd);
+        // The components' `augment_args` set their own descriptions: put the command's back.
+        Ok(cmd
+            .bin_name("seqforge-train train")
+            .about("Train a model on a preprocessed data folder (fairseq-train's flags).")
+            .long_about(None::<&str>))
+    }
+
+    /// Parses `train` flags (without the program or subcommand name): reads `--arch`,
+    /// `--criterion`, `--optimizer` and `--lr-scheduler` first, then parses everything with
+    /// the flags of those components. Unknown names are errors listing the known ones;
+    /// `--help` is an [`Error::Args`] whose message is the help of the chosen components.
+    pub fn from_args<I, T>(args: I, registry: &Registry) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let pick = |long: &str, short: Option<&str>, default: &str| {
+            scan_flag(&args, long, short).unwrap_or_else(|| default.to_string())
+        };
+        let arch = pick("--arch", Some("-a"), "transformer");
+        let criterion = pick("--criterion", None, "cross_entropy");
+        let optimizer = pick("--optimizer", None, "adam");
+        let lr_scheduler = pick("--lr-scheduler", None, "fixed");
+        let cmd = Self::command(registry, &arch, &criterion, &optimizer, &lr_scheduler)?;
+        let matches = cmd.try_get_matches_from(
+            std::iter::once(OsString::from("train")).chain(args.iter().cloned()),
+        )?;
+        let args = TrainArgs::from_arg_matches(&matches)?;
+        let architecture = registry.architectures.get(&args.arch)?;
+        let model = registry.models.get(&architecture.model)?;
+        let model_config = (model.apply_args)(&matches, architecture.config.clone())?;
+        let criterion_config =
+            (registry.criterions.get(&args.criterion)?.config_from_matches)(&matches)?;
+        let optimizer_config =
+            (registry.optimizers.get(&args.optimizer)?.config_from_matches)(&matches)?;
+        let lr_scheduler_config =
+            (registry.lr_schedulers.get(&args.lr_scheduler)?.config_from_matches)(&matches)?;
+        Ok(Self {
+            model: architecture.model.clone(),
+            args,
+            model_config,
+            criterion_config,
+            optimizer_config,
+            lr_scheduler_config,
+        })
+    }
+}
+
+/// The `train` subcommand as the binary embeds it: the raw flags, parsed by
+/// [`TrainConfig::from_args`] once the chosen components are known (so `--help` lists the
+/// flags of the chosen optimizer, scheduler, criterion and model).
+#[derive(Debug, Clone, Args)]
+#[command(disable_help_flag = true)]
+pub struct TrainCommand {
+    /// DATA and the flags (see `train --help`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
+}
+
+impl TrainCommand {
+    /// Parses the flags and trains (see [`super::run`]).
+    pub fn run(&self, registry: &Registry) -> Result<super::TrainSummary, Error> {
+        let config = TrainConfig::from_args(self.args.iter().cloned(), registry)?;
+        super::run(&config, registry)
+    }
+}

@@ -1,0 +1,625 @@
+//! [`Trainer`]: fairseq's training loop (`fairseq_cli/train.py` with `Trainer.train_step`), and
+//! [`run`], which drives it and returns a [`TrainSummary`].
+
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tch::{Device, Kind, Tensor, nn};
+
+use super::args::TrainConfig;
+use super::dataset::{LanguagePair, PairDataset, infer_language_pair, load_dictionary, load_split};
+use super::model::{Model, ModelContext};
+use super::progress::{Logger, Meter};
+use super::{Error, Result};
+use crate::batching::{Batch, BatchConfig, EpochBatchIterator, IteratorConfig, Tokens2d};
+use crate::criterions::{Criterion, CriterionContext, LoggingOutput, Metrics, safe_round};
+use crate::optim::{LrScheduler, Optimizer, ScheduleContext};
+use crate::registry::Registry;
+
+/// Why training stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// `--max-update` updates were made.
+    MaxUpdate,
+    /// `--max-epoch` epochs were trained.
+    MaxEpoch,
+    /// `--patience` validations without improvement.
+    Patience,
+    /// The learning rate fell to `--stop-min-lr`.
+    MinLr,
+}
+
+/// One validation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValidSummary {
+    /// The epoch it ran in.
+    pub epoch: u64,
+    /// Updates made before it.
+    pub num_updates: u64,
+    /// Loss, nll_loss (base 2) and perplexity on the validation split (unrounded).
+    pub metrics: Metrics,
+    /// The summed counts behind them.
+    pub logging: LoggingOutput,
+}
+
+/// One (possibly partial) training epoch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpochSummary {
+    /// The epoch (1-based).
+    pub epoch: u64,
+    /// Updates made by the end of it.
+    pub num_updates: u64,
+    /// Training loss, nll_loss and perplexity over the epoch (unrounded).
+    pub train: Metrics,
+    /// The last validation of the epoch, if any.
+    pub valid: Option<Metrics>,
+    /// Target tokens trained on.
+    pub words: u64,
+    /// Seconds spent in training steps.
+    pub train_wall: f64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainSummary {
+    /// Per-epoch training results.
+    pub epochs: Vec<EpochSummary>,
+    /// Every validation, in order.
+    pub validations: Vec<ValidSummary>,
+    /// Updates made.
+    pub num_updates: u64,
+    /// Target tokens trained on.
+    pub words: u64,
+    /// Seconds spent in training steps (forward, backward, update).
+    pub train_wall: f64,
+    /// `words / train_wall`.
+    pub words_per_sec: f64,
+    /// The lowest validation loss (base 2).
+    pub best_valid_loss: Option<f64>,
+    /// Why training stopped.
+    pub stop_reason: StopReason,
+    /// FNV-1a 64 of the final parameters (names and fp32 bytes, sorted by name), as hex: equal
+    /// digests mean bit-identical weights.
+    pub params_digest: String,
+}
+
+/// What one update did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateOutput {
+    /// Summed logging numbers of the update's batches.
+    pub logging: LoggingOutput,
+    /// The gradient norm before clipping (of the normalized fp32 gradients).
+    pub gnorm: f64,
+    /// Whether the gradients were clipped.
+    pub clipped: bool,
+    /// The learning rate the update used.
+    pub lr: f64,
+}
+
+/// A training run in progress: model, criterion, optimizer, scheduler, data and counters.
+pub struct Trainer {
+    config: TrainConfig,
+    device: Device,
+    // Owns the model's variables.
+    _vs: nn::VarStore,
+    model: Box<dyn Model>,
+    params: Vec<(String, Tensor)>,
+    criterion: Box<dyn Criterion>,
+    optimizer: Box<dyn Optimizer>,
+    scheduler: Box<dyn LrScheduler>,
+    pair: LanguagePair,
+    train_data: PairDataset,
+    epoch_itr: EpochBatchIterator,
+    valid: Option<(PairDataset, Vec<Vec<usize>>)>,
+    pad: i64,
+    num_updates: u64,
+    best_loss: Option<f64>,
+    bad_validations: u64,
+    logger: Logger,
+    start: Instant,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("arch", &self.config.args.arch)
+            .field("pair", &self.pair)
+            .field("device", &self.device)
+            .field("num_updates", &self.num_updates)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Trains as configured and returns what happened (see the [module docs](super)).
+pub fn run(config: &TrainConfig, registry: &Registry) -> Result<TrainSummary> {
+    Trainer::new(config, registry)?.train()
+}
+
+fn tensor2d(t: &Tokens2d, device: Device) -> Result<Tensor> {
+    let rows = i64::try_from(t.rows).map_err(|_| Error::Config("batch too large".into()))?;
+    let cols = i64::try_from(t.cols).map_err(|_| Error::Config("batch too large".into()))?;
+    Ok(Tensor::f_from_slice(&t.data)?.f_reshape([rows, cols])?.f_to_device(device)?)
+}
+
+fn batch_config(
+    max_tokens: Option<usize>,
+    max_sentences: Option<usize>,
+    config: &TrainConfig,
+    max_positions: (usize, usize),
+    skip_invalid: bool,
+) -> BatchConfig {
+    BatchConfig {
+        max_tokens,
+        max_sentences,
+        required_batch_size_multiple: config.args.required_batch_size_multiple,
+        max_source_positions: Some(max_positions.0),
+        max_target_positions: Some(max_positions.1),
+        skip_invalid_size_inputs: skip_invalid,
+        shuffle: true,
+        seed: config.args.seed,
+    }
+}
+
+impl Trainer {
+    /// Builds everything a run needs from `config`, taking components from `registry`: sets the
+    /// thread count and seeds libtorch, reads the data folder, builds the model on the device
+    /// (CUDA when available unless `--cpu`), criterion, optimizer and scheduler, plans the
+    /// batches, and writes `SAVE_DIR/config.json`.
+    pub fn new(config: &TrainConfig, registry: &Registry) -> Result<Self> {
+        let a = &config.args;
+        if a.update_freq == 0 {
+            return Err(Error::Config("--update-freq must be at least 1".into()));
+        }
+        if let Some(n) = a.threads {
+            let n = i32::try_from(n).map_err(|_| Error::Config(format!("--threads {n}")))?;
+            tch::set_num_threads(n.max(1));
+        }
+        tch::manual_seed(i64::try_from(a.seed).unwrap_or(i64::MAX));
+        let device = if a.cpu { Device::Cpu } else { Device::cuda_if_available() };
+
+        let pair = infer_language_pair(&a.data, a.source_lang.as_deref(), a.target_lang.as_deref())?;
+        let src_dict = load_dictionary(&a.data, &pair.src)?;
+        let tgt_dict = load_dictionary(&a.data, &pair.tgt)?;
+        if src_dict.pad() != tgt_dict.pad() {
+            return Err(Error::Config("source and target dictionaries differ in <pad>".into()));
+        }
+        let ctx = ModelContext {
+            src_vocab_size: src_dict.len(),
+            tgt_vocab_size: tgt_dict.len(),
+            pad_index: src_dict.pad() as usize,
+        };
+
+        let vs = nn::VarStore::new(device);
+        let model_factory = registry.models.get(&config.model)?;
+        let model = (model_factory.build)(&vs.root(), &config.model_config, &ctx)?;
+        let mut params = model.parameters();
+        params.sort_by(|x, y| x.0.cmp(&y.0));
+
+        let criterion = (registry.criterions.get(&a.criterion)?.build)(
+            &config.criterion_config,
+            &CriterionContext { sentence_avg: a.sentence_avg },
+        )?;
+        let optimizer = (registry.optimizers.get(&a.optimizer)?.build)(&config.optimizer_config)?;
+        let mut scheduler = (registry.lr_schedulers.get(&a.lr_scheduler)?.build)(
+            &config.lr_scheduler_config,
+            &ScheduleContext {
+                lr: a.lr.clone(),
+                max_update: a.max_update,
+                maximize_best_checkpoint_metric: false,
+            },
+        )?;
+        scheduler.step_update(0);
+
+        let max_positions = model.max_positions();
+        let train_data = load_split(&a.data, &a.train_subset, &pair)?;
+        let plan = train_data.plan_batches(&batch_config(
+            a.max_tokens,
+            a.batch_size,
+            config,
+            max_positions,
+            true,
+        ))?;
+        if !plan.skipped.is_empty() {
+            tracing::warn!(
+                "{} samples of '{}' are longer than the model's maximum positions {:?} and \
+                 were skipped",
+                plan.skipped.len(),
+                a.train_subset,
+                max_positions
+            );
+        }
+        if plan.batches.is_empty() {
+            return Err(Error::Data {
+                path: a.data.clone(),
+                message: format!("no training batches in split '{}'", a.train_subset),
+            });
+        }
+        let epoch_itr = EpochBatchIterator::new(
+            plan.batches,
+            IteratorConfig { seed: a.seed, shuffle: true, ..IteratorConfig::default() },
+        )?;
+
+        let valid = if a.disable_validation {
+            None
+        } else {
+            let data = load_split(&a.data, &a.valid_subset, &pair)?;
+            let plan = data.plan_batches(&batch_config(
+                a.max_tokens_valid.or(a.max_tokens),
+                a.batch_size_valid.or(a.batch_size),
+                config,
+                max_positions,
+                a.skip_invalid_size_inputs_valid_test,
+            ))?;
+            Some((data, plan.batches))
+        };
+
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::create_dir_all(&a.save_dir).map_err(io(&a.save_dir))?;
+        let config_path = a.save_dir.join("config.json");
+        let text = serde_json::to_string_pretty(config)
+            .map_err(|e| Error::Config(format!("config.json: {e}")))?;
+        std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
+        let log_path = a.log_file.clone().unwrap_or_else(|| a.save_dir.join("train_log.jsonl"));
+        let show_bar = !a.no_progress_bar;
+        let logger = Logger::new(a.log_format, &log_path, show_bar)?;
+
+        tracing::info!(
+            target: "seqforge::train",
+            "{} ({}): {}-{}, {} train / {} valid sentences, {} params, {} batches per epoch, \
+             device {:?}",
+            a.arch,
+            config.model,
+            pair.src,
+            pair.tgt,
+            train_data.len(),
+            valid.as_ref().map_or(0, |v| v.0.len()),
+            params.iter().map(|(_, t)| t.numel()).sum::<usize>(),
+            epoch_itr.len(),
+            device
+        );
+
+        Ok(Self {
+            config: config.clone(),
+            device,
+            _vs: vs,
+            model,
+            params,
+            criterion,
+            optimizer,
+            scheduler,
+            pair,
+            train_data,
+            epoch_itr,
+            valid,
+            pad: i64::from(src_dict.pad()),
+            num_updates: 0,
+            best_loss: None,
+            bad_validations: 0,
+            logger,
+            start: Instant::now(),
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
+    /// The parameters, sorted by name (the order the optimizer sees them in).
+    pub fn parameters(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    /// Updates made so far.
+    pub fn num_updates(&self) -> u64 {
+        self.num_updates
+    }
+
+    /// The current learning rate.
+    pub fn lr(&self) -> f64 {
+        self.scheduler.lr()
+    }
+
+    /// The language pair being trained.
+    pub fn language_pair(&self) -> &LanguagePair {
+        &self.pair
+    }
+
+    /// Loss of one batch with gradients (when `train`) or without.
+    fn forward_batch(&self, batch: &Batch, train: bool) -> Result<(Tensor, LoggingOutput)> {
+        let (Some(prev), Some(target)) = (&batch.prev_output_tokens, &batch.target) else {
+            return Err(Error::Config("a batch without a target side".into()));
+        };
+        let src_tokens = tensor2d(&batch.src_tokens, self.device)?;
+        let src_lengths = Tensor::f_from_slice(&batch.src_lengths)?.f_to_device(self.device)?;
+        let prev = tensor2d(prev, self.device)?;
+        let target = tensor2d(target, self.device)?;
+        let logits = self.model.forward(&src_tokens, &src_lengths, &prev, train)?;
+        let lprobs = self.model.get_normalized_probs(&logits, true)?;
+        let out = self.criterion.compute(&lprobs, &target, self.pad)?;
+        let logging = out.logging_output()?;
+        Ok((out.loss, logging))
+    }
+
+    fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect()
+    }
+
+    /// One update over `batches` (fairseq's `train_step` with `len(batches)` as the update
+    /// frequency): forward and backward on each, gradients divided by the summed
+    /// `sample_size`, norm taken and clipped, optimizer step, scheduler step.
+    pub fn train_step(&mut self, batches: &[Batch]) -> Result<UpdateOutput> {
+        let mut logging = LoggingOutput::default();
+        for batch in batches.iter().filter(|b| !b.is_empty()) {
+            let (loss, out) = self.forward_batch(batch, true)?;
+            loss.f_backward()?;
+            logging += out;
+        }
+        let mut grads = self.grads();
+        let _guard = tch::no_grad_guard();
+        if logging.sample_size > 0 {
+            let scale = 1.0 / logging.sample_size as f64;
+            for g in &mut grads {
+                let _ = g.f_mul_scalar_(scale)?;
+            }
+        }
+        let gnorm = if grads.is_empty() {
+            0.0
+        } else {
+            let norms = grads
+                .iter()
+                .map(|g| g.f_norm_scalaropt_dtype(2, Kind::Float))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Tensor::f_stack(&norms, 0)?.f_norm()?.f_double_value(&[])?
+        };
+        let update = self.num_updates + 1;
+        if !gnorm.is_finite() {
+            return Err(Error::NonFiniteGradients { update, norm: gnorm });
+        }
+        let clip_norm = self.config.args.clip_norm;
+        let clipped = clip_norm > 0.0 && gnorm > clip_norm;
+        if clip_norm > 0.0 {
+            let coef = (clip_norm / (gnorm + 1e-6)).min(1.0);
+            if coef < 1.0 {
+                for g in &mut grads {
+                    let _ = g.f_mul_scalar_(coef)?;
+                }
+            }
+        }
+        let lr = self.scheduler.lr();
+        self.optimizer.step(&self.params, lr)?;
+        for g in &mut grads {
+            let _ = g.f_zero_()?;
+        }
+        self.num_updates = update;
+        self.scheduler.step_update(update);
+        Ok(UpdateOutput { logging, gnorm, clipped, lr })
+    }
+
+    /// Loss, nll_loss and perplexity on the validation split (no dropout, no gradients), or
+    /// `None` with `--disable-validation`.
+    pub fn validate(&self) -> Result<Option<(Metrics, LoggingOutput, f64)>> {
+        let Some((data, batches)) = &self.valid else {
+            return Ok(None);
+        };
+        let start = Instant::now();
+        let _guard = tch::no_grad_guard();
+        let mut logging = LoggingOutput::default();
+        for indices in batches {
+            let batch = data.batch(indices)?;
+            if batch.is_empty() {
+                continue;
+            }
+            logging += self.forward_batch(&batch, false)?.1;
+        }
+        Ok(Some((logging.metrics(), logging, start.elapsed().as_secs_f64())))
+    }
+
+    /// Validates, logs, and updates the best loss and the patience counter; returns the loss
+    /// and whether patience ran out.
+    fn validate_and_log(
+        &mut self,
+        epoch: u64,
+        validations: &mut Vec<ValidSummary>,
+    ) -> Result<(Option<f64>, bool)> {
+        let Some((metrics, logging, secs)) = self.validate()? else {
+            return Ok((None, false));
+        };
+        let loss = metrics.loss;
+        let improved = self.best_loss.is_none_or(|b| loss < b);
+        if improved {
+            self.best_loss = Some(loss);
+        }
+        let r = metrics.rounded();
+        let batches = self.valid.as_ref().map_or(0, |v| v.1.len()).max(1) as f64;
+        let mut stats = Map::new();
+        stats.insert("loss".into(), json!(r.loss));
+        stats.insert("nll_loss".into(), json!(r.nll_loss));
+        stats.insert("ppl".into(), json!(r.ppl));
+        if let Some(acc) = r.accuracy {
+            stats.insert("accuracy".into(), json!(acc));
+        }
+        stats.insert("wps".into(), json!(safe_round(logging.ntokens as f64 / secs.max(1e-9), 0)));
+        stats.insert("wpb".into(), json!(safe_round(logging.ntokens as f64 / batches, 1)));
+        stats.insert("bsz".into(), json!(safe_round(logging.nsentences as f64 / batches, 1)));
+        stats.insert("num_updates".into(), json!(self.num_updates));
+        stats.insert("best_loss".into(), json!(self.best_loss.map(|b| safe_round(b, 3))));
+        self.logger.log("valid", epoch, None, &stats)?;
+        validations.push(ValidSummary { epoch, num_updates: self.num_updates, metrics, logging });
+        // fairseq's should_stop_early.
+        let patience = self.config.args.patience;
+        let out_of_patience = if patience <= 0 {
+            false
+        } else if improved {
+            self.bad_validations = 0;
+            false
+        } else {
+            self.bad_validations += 1;
+            self.bad_validations >= patience.unsigned_abs()
+        };
+        if out_of_patience {
+            tracing::info!(
+                target: "seqforge::train",
+                "early stop since valid performance hasn't improved for last {patience} runs"
+            );
+        }
+        Ok((Some(loss), out_of_patience))
+    }
+
+    /// Trains until `--max-update`, `--max-epoch`, `--patience` or `--stop-min-lr` stops it.
+    pub fn train(mut self) -> Result<TrainSummary> {
+        let a = self.config.args.clone();
+        let mut epochs = Vec::new();
+        let mut validations = Vec::new();
+        let mut stop_reason = StopReason::MaxEpoch;
+        let (mut words, mut train_wall) = (0u64, 0f64);
+        let mut lr = self.scheduler.lr();
+        loop {
+            if a.max_epoch > 0 && self.epoch_itr.next_epoch_idx() > a.max_epoch {
+                stop_reason = StopReason::MaxEpoch;
+                break;
+            }
+            if lr <= a.stop_min_lr {
+                tracing::info!(
+                    target: "seqforge::train",
+                    "stopping training because the learning rate ({lr}) reached --stop-min-lr"
+                );
+                stop_reason = StopReason::MinLr;
+                break;
+            }
+            let epoch = self.epoch_itr.next_epoch_itr();
+            self.scheduler.step_begin_epoch(epoch);
+            self.scheduler.step_update(self.num_updates);
+            let n_updates = self.epoch_itr.len().div_ceil(a.update_freq);
+            self.logger.begin_epoch(epoch, n_updates as u64);
+            let mut inner = Meter::new();
+            let mut whole = Meter::new();
+            let mut valid_loss = None;
+            let mut epoch_valid = None;
+            let mut should_stop = false;
+            let mut i = 0usize;
+            while self.epoch_itr.has_next() {
+                let mut batches = Vec::with_capacity(a.update_freq);
+                while batches.len() < a.update_freq {
+                    let Some(indices) = self.epoch_itr.next_batch() else { break };
+                    let indices = indices.to_vec();
+                    batches.push(self.train_data.batch(&indices)?);
+                }
+                let t0 = Instant::now();
+                let out = self.train_step(&batches)?;
+                let secs = t0.elapsed().as_secs_f64();
+                i += 1;
+                words += out.logging.ntokens;
+                train_wall += secs;
+                inner.add(&out.logging, out.gnorm, out.clipped, secs);
+                whole.add(&out.logging, out.gnorm, out.clipped, secs);
+                self.logger.tick();
+                let wall = self.start.elapsed().as_secs_f64();
+                if a.log_interval > 0 && self.num_updates.is_multiple_of(a.log_interval) {
+                    let stats = inner.train_stats(self.num_updates, self.scheduler.lr(), wall);
+                    self.logger.log("train_inner", epoch, Some((i, n_updates)), &stats)?;
+                    inner = Meter::new();
+                }
+                // fairseq's validate_and_save.
+                let end_of_epoch = !self.epoch_itr.has_next();
+                let max_update_reached = a.max_update > 0 && self.num_updates >= a.max_update;
+                let do_validate = (end_of_epoch
+                    && epoch.is_multiple_of(a.validate_interval.max(1)))
+                    || max_update_reached
+                    || (a.validate_interval_updates > 0
+                        && self.num_updates.is_multiple_of(a.validate_interval_updates));
+                let mut out_of_patience = false;
+                if do_validate {
+                    let n = validations.len();
+                    (valid_loss, out_of_patience) = self.validate_and_log(epoch, &mut validations)?;
+                    if validations.len() > n {
+                        epoch_valid = validations.last().map(|v: &ValidSummary| v.metrics);
+                    }
+                }
+                if max_update_reached {
+                    stop_reason = StopReason::MaxUpdate;
+                    should_stop = true;
+                } else if out_of_patience {
+                    stop_reason = StopReason::Patience;
+                    should_stop = true;
+                }
+                if should_stop {
+                    break;
+                }
+            }
+            self.logger.end_epoch();
+            let wall = self.start.elapsed().as_secs_f64();
+            let stats = whole.train_stats(self.num_updates, self.scheduler.lr(), wall);
+            self.logger.log("train", epoch, None, &stats)?;
+            epochs.push(EpochSummary {
+                epoch,
+                num_updates: self.num_updates,
+                train: whole.logging.metrics(),
+                valid: epoch_valid,
+                words: whole.logging.ntokens,
+                train_wall: whole.train_wall,
+            });
+            if should_stop {
+                break;
+            }
+            self.scheduler.step_epoch(epoch, valid_loss);
+            lr = self.scheduler.step_update(self.num_updates);
+        }
+        tracing::info!(
+            target: "seqforge::train",
+            "done training: {} updates, {words} words in {train_wall:.1} s of training steps \
+             ({:.0} words/s); stopped by {stop_reason:?}",
+            self.num_updates,
+            words as f64 / train_wall.max(1e-9)
+        );
+        Ok(TrainSummary {
+            epochs,
+            validations,
+            num_updates: self.num_updates,
+            words,
+            train_wall,
+            words_per_sec: words as f64 / train_wall.max(1e-9),
+            best_valid_loss: self.best_loss,
+            stop_reason,
+            params_digest: self.params_digest()?,
+        })
+    }
+
+    /// FNV-1a 64 over the parameters' names and fp32 bytes, in name order.
+    pub fn params_digest(&self) -> Result<String> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for (name, p) in &self.params {
+            eat(name.as_bytes());
+            let flat = p
+                .f_detach()?
+                .f_to_device(Device::Cpu)?
+                .f_to_kind(Kind::Float)?
+                .f_contiguous()?
+                .f_reshape([-1])?;
+            let values = Vec::<f32>::try_from(&flat)?;
+            for v in values {
+                eat(&v.to_le_bytes());
+            }
+        }
+        Ok(format!("{h:016x}"))
+    }
+}
+
+/// The configuration a summary's numbers refer to, for reports (`words_per_sec` etc.).
+impl TrainSummary {
+    /// The summary as a JSON value.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
