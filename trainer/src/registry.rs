@@ -15,7 +15,9 @@
 use std::collections::BTreeMap;
 
 use crate::criterions::{CriterionFactory, builtin_criterions};
-use crate::optim::{LrSchedulerFactory, OptimizerFactory, builtin_lr_schedulers, builtin_optimizers};
+use crate::optim::{
+    LrSchedulerFactory, OptimizerFactory, builtin_lr_schedulers, builtin_optimizers,
+};
 pub use crate::train::model::{Architecture, ModelFactory, builtin_architectures, builtin_models};
 
 /// Registry errors.

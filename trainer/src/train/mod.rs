@@ -30,7 +30,8 @@
 //! `SAVE_DIR/config.json`.
 //!
 //! Determinism: on the CPU, a fixed `--seed` (libtorch's generator and the batch order) and a
-//! fixed `--threads` give bit-identical runs.
+//! fixed `--threads` give bit-identical runs. libtorch's generator and thread count are
+//! process-wide, so two trainings running at the same time in one process disturb each other.
 //!
 //! Not offered yet: checkpoints (saving, `--restore-file`, `--save-interval*`) and `--fp16` /
 //! `--bf16` wait for the `checkpoint` and `fp16` modules; data-parallel training;

@@ -45,8 +45,7 @@ pub struct ModelContext {
 }
 
 /// Builds a model from its JSON config under a var-store path.
-pub type BuildModel =
-    fn(&nn::Path<'_>, &Value, &ModelContext) -> Result<Box<dyn Model>, Error>;
+pub type BuildModel = fn(&nn::Path<'_>, &Value, &ModelContext) -> Result<Box<dyn Model>, Error>;
 
 /// How a registry builds one kind of model by name.
 ///

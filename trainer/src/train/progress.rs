@@ -91,13 +91,7 @@ impl Logger {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         let file = BufWriter::new(File::create(path).map_err(io)?);
-        Ok(Self {
-            format,
-            file,
-            path: path.to_path_buf(),
-            bar: ProgressBar::hidden(),
-            show_bar,
-        })
+        Ok(Self { format, file, path: path.to_path_buf(), bar: ProgressBar::hidden(), show_bar })
     }
 
     /// Starts the progress bar of an epoch of `len` updates.
@@ -158,7 +152,10 @@ impl Logger {
                         format!("epoch {epoch:03}: {i:>6} / {n} {}", fields(", ", "="))
                     }
                     ("valid", _) => {
-                        format!("epoch {epoch:03} | valid on 'valid' subset | {}", fields(" | ", " "))
+                        format!(
+                            "epoch {epoch:03} | valid on 'valid' subset | {}",
+                            fields(" | ", " ")
+                        )
                     }
                     _ => format!("epoch {epoch:03} | {}", fields(" | ", " ")),
                 }

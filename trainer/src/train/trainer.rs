@@ -179,7 +179,8 @@ impl Trainer {
         tch::manual_seed(i64::try_from(a.seed).unwrap_or(i64::MAX));
         let device = if a.cpu { Device::Cpu } else { Device::cuda_if_available() };
 
-        let pair = infer_language_pair(&a.data, a.source_lang.as_deref(), a.target_lang.as_deref())?;
+        let pair =
+            infer_language_pair(&a.data, a.source_lang.as_deref(), a.target_lang.as_deref())?;
         let src_dict = load_dictionary(&a.data, &pair.src)?;
         let tgt_dict = load_dictionary(&a.data, &pair.tgt)?;
         if src_dict.pad() != tgt_dict.pad() {
@@ -536,7 +537,8 @@ impl Trainer {
                 let mut out_of_patience = false;
                 if do_validate {
                     let n = validations.len();
-                    (valid_loss, out_of_patience) = self.validate_and_log(epoch, &mut validations)?;
+                    (valid_loss, out_of_patience) =
+                        self.validate_and_log(epoch, &mut validations)?;
                     if validations.len() > n {
                         epoch_valid = validations.last().map(|v: &ValidSummary| v.metrics);
                     }
