@@ -69,7 +69,8 @@ fn a_batch_decodes_like_its_sentences_alone() -> Result<()> {
     let model = model(&vs)?;
     for strategy in [Strategy::Beam, Strategy::Greedy] {
         let beam = if matches!(strategy, Strategy::Greedy) { 1 } else { 4 };
-        let options = GenerationOptions { beam, nbest: 1, strategy, ..Default::default() };
+        let options =
+            GenerationOptions { beam, nbest: 1, max_len_b: 20, strategy, ..Default::default() };
         let batched = generate(&mut TorchDecoder::new(&model), &sources(), &options)?;
         for (i, source) in sources().into_iter().enumerate() {
             let alone = generate(&mut TorchDecoder::new(&model), &[source], &options)?;
