@@ -353,6 +353,30 @@ impl Checkpoint {
     }
 }
 
+/// The model tensors to save when training in fp16/bf16: `state_dict` (e.g.
+/// [`crate::models::Transformer::fairseq_state_dict`] of the half-precision model) with every
+/// parameter replaced by its fp32 master copy (`masters`, e.g.
+/// [`crate::fp16::MasterWeights::params`]), tied aliases following their parameter (`tied`:
+/// [`crate::models::Transformer::tied_parameters`]). Names without a master (buffers, frozen
+/// parameters) keep the model's tensor. Resume with [`Checkpoint::load_model_into`] on the model,
+/// then [`crate::fp16::MasterWeights::load_fp32`] with [`Checkpoint::model`]: the masters come
+/// back bit for bit.
+pub fn with_fp32_masters(
+    state_dict: &[(String, Tensor)],
+    masters: &[(String, Tensor)],
+    tied: &[(String, String)],
+) -> Vec<(String, Tensor)> {
+    let master_of = |name: &str| {
+        let canonical =
+            tied.iter().find(|(alias, _)| alias == name).map_or(name, |(_, c)| c.as_str());
+        masters.iter().find(|(n, _)| n == canonical).map(|(_, t)| t.shallow_clone())
+    };
+    state_dict
+        .iter()
+        .map(|(name, t)| (name.clone(), master_of(name).unwrap_or_else(|| t.shallow_clone())))
+        .collect()
+}
+
 /// Compares saved and current dictionary identities (see [`Checkpoint::check_dictionaries`]).
 pub fn check_dictionaries(
     saved: &[DictionaryIdentity],
@@ -977,6 +1001,48 @@ mod tests {
         save(dir.path().join("c"), &ckpt)?;
         let back = load(dir.path().join("c"))?;
         assert!(back.model.iter().all(|(_, t)| t.kind() == Kind::Float));
+        Ok(())
+    }
+
+    #[test]
+    fn fp16_run_resumes_its_fp32_masters_exactly() -> TestResult {
+        use crate::fp16::MasterWeights;
+        let (mut vs, model) = tiny()?;
+        vs.half();
+        let mut master = MasterWeights::new(&model.parameters())?;
+        // Masters that half precision cannot hold: what fp16 training produces.
+        let nudged: Vec<(String, Tensor)> = master
+            .params()
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_add_scalar(1e-4)?)))
+            .collect::<Result<_, tch::TchError>>()?;
+        master.load_fp32(&nudged)?;
+        let (mut ckpt, _) = make_checkpoint(&tiny()?.1)?;
+        ckpt.config.precision = Precision::Fp16;
+        ckpt.model = with_fp32_masters(
+            &model.fairseq_state_dict(),
+            master.params(),
+            &model.tied_parameters(),
+        );
+        let dir = tempfile::tempdir()?;
+        save(dir.path().join("checkpoint_last"), &ckpt)?;
+        let back = load(dir.path().join("checkpoint_last"))?;
+
+        let (mut vs2, model2) = tiny()?;
+        vs2.half();
+        back.load_model_into(&model2.fairseq_state_dict())?;
+        let mut master2 = MasterWeights::new(&model2.parameters())?;
+        master2.load_fp32(&back.model)?;
+        assert_same_tensors(master2.params(), master.params())?;
+        assert_same_tensors(&model2.parameters(), &model.parameters())?;
+        // The tied output projection was saved as the master of the embedding.
+        let get = |name: &str| back.model.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        let (Some(a), Some(b)) =
+            (get("decoder.embed_tokens.weight"), get("decoder.output_projection.weight"))
+        else {
+            return Err("tied names missing".into());
+        };
+        assert!(bits_equal(a, b)?);
         Ok(())
     }
 

@@ -490,10 +490,15 @@ pub struct MasterWeights {
 impl MasterWeights {
     /// fp32 copies of `model_params` (name, parameter) — the model's own tensors, e.g.
     /// [`crate::models::Transformer::parameters`] of a half-precision var store, which are kept
-    /// (shallow clones) to copy gradients from and weights back to.
+    /// (shallow clones) to copy gradients from and weights back to. Parameters that do not
+    /// require a gradient (frozen) are left out, as fairseq only optimizes trainable ones.
+    ///
+    /// Must not be called inside `no_grad` (each copy gets a zero gradient through a backward).
     pub fn new(model_params: &[(String, Tensor)]) -> Result<Self> {
+        let model_params: Vec<&(String, Tensor)> =
+            model_params.iter().filter(|(_, p)| p.requires_grad()).collect();
         let mut master = Vec::with_capacity(model_params.len());
-        for (name, p) in model_params {
+        for (name, p) in &model_params {
             let m = tch::no_grad(|| p.f_detach()?.f_to_dtype(Kind::Float, false, true))?;
             let m = m.set_requires_grad(true);
             // Give the copy a (zero) gradient so later copies can write into it in place.
