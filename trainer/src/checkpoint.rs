@@ -346,6 +346,27 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Checks the optimizer tensors' names against the parameters being optimized (the names
+    /// passed to [`crate::optim::Optimizer::step`]): every entry must be
+    /// `<optimizer>.<field>.<parameter>` of a known parameter, or an optimizer-wide
+    /// `<optimizer>.<field>`, with `<optimizer>` the one in `config.json`. Shapes are checked by
+    /// the optimizer's own [`crate::optim::Optimizer::load_state`].
+    pub fn validate_optimizer(&self, params: &[(String, Tensor)]) -> Result<()> {
+        let prefix = format!("{}.", self.config.optimizer.name);
+        for (key, _) in &self.optimizer {
+            let unexpected =
+                || Error::UnexpectedTensor { file: OPTIMIZER_FILE.to_owned(), name: key.clone() };
+            let rest = key.strip_prefix(&prefix).ok_or_else(unexpected)?;
+            match rest.split_once('.') {
+                None if !rest.is_empty() => {}
+                Some((field, param))
+                    if !field.is_empty() && params.iter().any(|(n, _)| n == param) => {}
+                _ => return Err(unexpected()),
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses to resume over other vocabularies: `current` (the data directory's
     /// dictionaries) must list the same names with the same sizes and hashes.
     pub fn check_dictionaries(&self, current: &[DictionaryIdentity]) -> Result<()> {
@@ -981,6 +1002,7 @@ mod tests {
         sched2.load_state(&back.state.lr_scheduler)?;
         assert_eq!(sched2.lr().to_bits(), sched.lr().to_bits());
         back.check_dictionaries(&ckpt.config.dictionaries)?;
+        back.validate_optimizer(&model2.parameters())?;
         // Saving again over it replaces it.
         save(&path, &back)?;
         assert_same_tensors(&load(&path)?.model, &ckpt.model)?;
@@ -1217,6 +1239,22 @@ mod tests {
         c.model.push(("encoder.extra".into(), Tensor::f_zeros([1], (Kind::Float, Device::Cpu))?));
         let e = c.validate_model(&expected);
         assert!(matches!(&e, Err(Error::UnexpectedTensor { name, .. }) if name == "encoder.extra"));
+        // Optimizer state of an unknown parameter, or of another optimizer.
+        let params = model.parameters();
+        let mut c = load(&path)?;
+        c.validate_optimizer(&params)?;
+        c.optimizer.push((
+            "adam.exp_avg.encoder.gone".into(),
+            Tensor::f_zeros([1], (Kind::Float, Device::Cpu))?,
+        ));
+        let e = c.validate_optimizer(&params);
+        assert!(
+            matches!(&e, Err(Error::UnexpectedTensor { file, name }) if file == OPTIMIZER_FILE && name == "adam.exp_avg.encoder.gone"),
+            "{e:?}"
+        );
+        c.optimizer.pop();
+        c.config.optimizer.name = "nag".into();
+        assert!(matches!(c.validate_optimizer(&params), Err(Error::UnexpectedTensor { .. })));
         // Another vocabulary.
         let data = vec![
             DictionaryIdentity::of("dict.de.txt", &dict(&["a", "x"])),
