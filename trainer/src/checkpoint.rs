@@ -326,7 +326,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Checks the model tensors against `expected` (e.g.
-    /// [`crate::models::Transformer::fairseq_state_dict`]): every expected name present with
+    /// [`crate::models::transformer::Transformer::fairseq_state_dict`]): every expected name present with
     /// the same shape, nothing else.
     pub fn validate_model(&self, expected: &[(String, Tensor)]) -> Result<()> {
         check_names_and_shapes(MODEL_FILE, &self.model, expected)
@@ -375,10 +375,10 @@ impl Checkpoint {
 }
 
 /// The model tensors to save when training in fp16/bf16: `state_dict` (e.g.
-/// [`crate::models::Transformer::fairseq_state_dict`] of the half-precision model) with every
+/// [`crate::models::transformer::Transformer::fairseq_state_dict`] of the half-precision model) with every
 /// parameter replaced by its fp32 master copy (`masters`, e.g.
 /// [`crate::fp16::MasterWeights::params`]), tied aliases following their parameter (`tied`:
-/// [`crate::models::Transformer::tied_parameters`]). Names without a master (buffers, frozen
+/// [`crate::models::transformer::Transformer::tied_parameters`]). Names without a master (buffers, frozen
 /// parameters) keep the model's tensor. Resume with [`Checkpoint::load_model_into`] on the model,
 /// then [`crate::fp16::MasterWeights::load_fp32`] with [`Checkpoint::model`]: the masters come
 /// back bit for bit.

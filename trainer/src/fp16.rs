@@ -489,7 +489,7 @@ pub struct MasterWeights {
 
 impl MasterWeights {
     /// fp32 copies of `model_params` (name, parameter) — the model's own tensors, e.g.
-    /// [`crate::models::Transformer::parameters`] of a half-precision var store, which are kept
+    /// [`crate::models::transformer::Transformer::parameters`] of a half-precision var store, which are kept
     /// (shallow clones) to copy gradients from and weights back to. Parameters that do not
     /// require a gradient (frozen) are left out, as fairseq only optimizes trainable ones.
     ///
