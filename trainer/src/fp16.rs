@@ -649,6 +649,35 @@ mod tests {
     }
 
     #[test]
+    fn flags_are_fairseqs() -> TestResult {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            scaler: LossScalerConfig,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(["x"])?;
+        assert_eq!(cli.scaler, LossScalerConfig::default());
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "x",
+            "--fp16-init-scale",
+            "4",
+            "--fp16-scale-window",
+            "10",
+            "--fp16-scale-tolerance",
+            "0.25",
+            "--min-loss-scale",
+            "0.5",
+            "--threshold-loss-scale",
+            "1",
+        ])?;
+        let s = DynamicLossScaler::new(&cli.scaler, 8, 8)?;
+        assert_eq!((s.loss_scale(), s.scale_window()), (4.0, 10));
+        assert_eq!(cli.scaler.threshold_loss_scale, Some(1.0));
+        assert_eq!(cli.scaler.min_loss_scale, 0.5);
+        Ok(())
+    }
+
+    #[test]
     fn overflow_halves_and_skips() -> TestResult {
         let mut s = scaler(4)?;
         assert_eq!(s.check_overflow(3.0)?, GradCheck::Finite { grad_norm: 3.0 });
