@@ -277,3 +277,26 @@ fn binary_trains_and_writes_its_log() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("--momentum") && !help.contains("--adam-betas"), "{help}");
 }
+
+#[test]
+fn patience_stops_when_the_valid_loss_stops_improving() {
+    let _torch = torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = toy_data(dir.path());
+    let registry = Registry::with_builtins().unwrap();
+    // With --lr 0 the weights never change, so the valid loss never beats its first value.
+    let mut cfg = config(
+        &bin,
+        &dir.path().join("p"),
+        &["--max-update", "100", "--validate-interval-updates", "2", "--patience", "2"],
+    );
+    cfg.args.lr = vec![0.0];
+    let summary = train::run(&cfg, &registry).unwrap();
+    assert_eq!(summary.stop_reason, StopReason::Patience);
+    // The first validation sets the best loss; the next two (every 2 updates, or at the end
+    // of an epoch) do not improve on it.
+    assert_eq!(summary.validations.len(), 3);
+    assert!(summary.num_updates <= 6, "{}", summary.num_updates);
+    let first = summary.validations[0].metrics.loss;
+    assert!(summary.validations.iter().all(|v| v.metrics.loss == first));
+}

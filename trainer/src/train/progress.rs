@@ -10,6 +10,9 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value, json};
 
+/// Named statistics in fairseq's order.
+pub(crate) type Stats = Vec<(String, Value)>;
+
 use super::args::LogFormat;
 use super::{Error, Result};
 use crate::criterions::{LoggingOutput, safe_round};
@@ -47,30 +50,30 @@ impl Meter {
     }
 
     /// fairseq's training statistics for this span (rounded as fairseq logs them).
-    pub fn train_stats(&self, num_updates: u64, lr: f64, wall: f64) -> Map<String, Value> {
+    pub fn train_stats(&self, num_updates: u64, lr: f64, wall: f64) -> Stats {
         let m = self.logging.metrics().rounded();
         let elapsed = self.start.elapsed().as_secs_f64().max(1e-9);
         let per_update = |x: u64| x as f64 / self.updates.max(1) as f64;
-        let mut s = Map::new();
-        s.insert("loss".into(), json!(m.loss));
-        s.insert("nll_loss".into(), json!(m.nll_loss));
-        s.insert("ppl".into(), json!(m.ppl));
+        let mut s = Stats::new();
+        s.push(("loss".into(), json!(m.loss)));
+        s.push(("nll_loss".into(), json!(m.nll_loss)));
+        s.push(("ppl".into(), json!(m.ppl)));
         if let Some(acc) = m.accuracy {
-            s.insert("accuracy".into(), json!(acc));
+            s.push(("accuracy".into(), json!(acc)));
         }
-        s.insert("wps".into(), json!(safe_round(self.logging.ntokens as f64 / elapsed, 0)));
-        s.insert("ups".into(), json!(safe_round(self.updates as f64 / elapsed, 2)));
-        s.insert("wpb".into(), json!(safe_round(per_update(self.logging.ntokens), 1)));
-        s.insert("bsz".into(), json!(safe_round(per_update(self.logging.nsentences), 1)));
-        s.insert("num_updates".into(), json!(num_updates));
-        s.insert("lr".into(), json!(lr));
-        s.insert("gnorm".into(), json!(safe_round(self.gnorm_sum / self.updates.max(1) as f64, 3)));
-        s.insert(
+        s.push(("wps".into(), json!(safe_round(self.logging.ntokens as f64 / elapsed, 0))));
+        s.push(("ups".into(), json!(safe_round(self.updates as f64 / elapsed, 2))));
+        s.push(("wpb".into(), json!(safe_round(per_update(self.logging.ntokens), 1))));
+        s.push(("bsz".into(), json!(safe_round(per_update(self.logging.nsentences), 1))));
+        s.push(("num_updates".into(), json!(num_updates)));
+        s.push(("lr".into(), json!(lr)));
+        s.push(("gnorm".into(), json!(safe_round(self.gnorm_sum / self.updates.max(1) as f64, 3))));
+        s.push((
             "clip".into(),
             json!(safe_round(100.0 * self.clipped as f64 / self.updates.max(1) as f64, 1)),
-        );
-        s.insert("train_wall".into(), json!(safe_round(self.train_wall, 0)));
-        s.insert("wall".into(), json!(safe_round(wall, 0)));
+        ));
+        s.push(("train_wall".into(), json!(safe_round(self.train_wall, 0))));
+        s.push(("wall".into(), json!(safe_round(wall, 0))));
         s
     }
 }
@@ -82,16 +85,24 @@ pub(crate) struct Logger {
     path: PathBuf,
     bar: ProgressBar,
     show_bar: bool,
+    valid_subset: String,
 }
 
 impl Logger {
-    pub fn new(format: LogFormat, path: &Path, show_bar: bool) -> Result<Self> {
+    pub fn new(format: LogFormat, path: &Path, show_bar: bool, valid_subset: &str) -> Result<Self> {
         let io = |source| Error::Io { path: path.to_path_buf(), source };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         let file = BufWriter::new(File::create(path).map_err(io)?);
-        Ok(Self { format, file, path: path.to_path_buf(), bar: ProgressBar::hidden(), show_bar })
+        Ok(Self {
+            format,
+            file,
+            path: path.to_path_buf(),
+            bar: ProgressBar::hidden(),
+            show_bar,
+            valid_subset: valid_subset.to_string(),
+        })
     }
 
     /// Starts the progress bar of an epoch of `len` updates.
@@ -128,7 +139,7 @@ impl Logger {
         tag: &str,
         epoch: u64,
         position: Option<(usize, usize)>,
-        stats: &Map<String, Value>,
+        stats: &[(String, Value)],
     ) -> Result<()> {
         let prefix = if tag == "valid" { "valid_" } else { "" };
         let mut record = Map::new();
@@ -153,7 +164,8 @@ impl Logger {
                     }
                     ("valid", _) => {
                         format!(
-                            "epoch {epoch:03} | valid on 'valid' subset | {}",
+                            "epoch {epoch:03} | valid on '{}' subset | {}",
+                            self.valid_subset,
                             fields(" | ", " ")
                         )
                     }

@@ -4,13 +4,13 @@
 use std::time::Instant;
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn};
 
 use super::args::TrainConfig;
 use super::dataset::{LanguagePair, PairDataset, infer_language_pair, load_dictionary, load_split};
 use super::model::{Model, ModelContext};
-use super::progress::{Logger, Meter};
+use super::progress::{Logger, Meter, Stats};
 use super::{Error, Result};
 use crate::batching::{Batch, BatchConfig, EpochBatchIterator, IteratorConfig, Tokens2d};
 use crate::criterions::{Criterion, CriterionContext, LoggingOutput, Metrics, safe_round};
@@ -267,7 +267,7 @@ impl Trainer {
         std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
         let log_path = a.log_file.clone().unwrap_or_else(|| a.save_dir.join("train_log.jsonl"));
         let show_bar = !a.no_progress_bar;
-        let logger = Logger::new(a.log_format, &log_path, show_bar)?;
+        let logger = Logger::new(a.log_format, &log_path, show_bar, &a.valid_subset)?;
 
         tracing::info!(
             target: "seqforge::train",
@@ -438,18 +438,18 @@ impl Trainer {
         }
         let r = metrics.rounded();
         let batches = self.valid.as_ref().map_or(0, |v| v.1.len()).max(1) as f64;
-        let mut stats = Map::new();
-        stats.insert("loss".into(), json!(r.loss));
-        stats.insert("nll_loss".into(), json!(r.nll_loss));
-        stats.insert("ppl".into(), json!(r.ppl));
+        let mut stats = Stats::new();
+        stats.push(("loss".into(), json!(r.loss)));
+        stats.push(("nll_loss".into(), json!(r.nll_loss)));
+        stats.push(("ppl".into(), json!(r.ppl)));
         if let Some(acc) = r.accuracy {
-            stats.insert("accuracy".into(), json!(acc));
+            stats.push(("accuracy".into(), json!(acc)));
         }
-        stats.insert("wps".into(), json!(safe_round(logging.ntokens as f64 / secs.max(1e-9), 0)));
-        stats.insert("wpb".into(), json!(safe_round(logging.ntokens as f64 / batches, 1)));
-        stats.insert("bsz".into(), json!(safe_round(logging.nsentences as f64 / batches, 1)));
-        stats.insert("num_updates".into(), json!(self.num_updates));
-        stats.insert("best_loss".into(), json!(self.best_loss.map(|b| safe_round(b, 3))));
+        stats.push(("wps".into(), json!(safe_round(logging.ntokens as f64 / secs.max(1e-9), 0))));
+        stats.push(("wpb".into(), json!(safe_round(logging.ntokens as f64 / batches, 1))));
+        stats.push(("bsz".into(), json!(safe_round(logging.nsentences as f64 / batches, 1))));
+        stats.push(("num_updates".into(), json!(self.num_updates)));
+        stats.push(("best_loss".into(), json!(self.best_loss.map(|b| safe_round(b, 3)))));
         self.logger.log("valid", epoch, None, &stats)?;
         validations.push(ValidSummary { epoch, num_updates: self.num_updates, metrics, logging });
         // fairseq's should_stop_early.
