@@ -136,6 +136,7 @@ fn a_plugin_criterion_trains_through_the_registry() {
             "--threads".into(),
             "1".into(),
             "--no-progress-bar".into(),
+            "--no-save".into(),
             "--max-tokens".into(),
             "300".into(),
             "--lr".into(),

@@ -67,6 +67,7 @@ fn config(bin: &Path, save: &Path, extra: &[&str]) -> TrainConfig {
         "--threads".into(),
         "1".into(),
         "--no-progress-bar".into(),
+        "--no-save".into(),
         "--max-tokens".into(),
         "400".into(),
         "--lr".into(),
@@ -299,4 +300,33 @@ fn patience_stops_when_the_valid_loss_stops_improving() {
     assert!(summary.num_updates <= 6, "{}", summary.num_updates);
     let first = summary.validations[0].metrics.loss;
     assert!(summary.validations.iter().all(|v| v.metrics.loss == first));
+}
+
+#[test]
+fn checkpoints_are_saved_under_fairseq_names() {
+    let _torch = torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = toy_data(dir.path());
+    let save = dir.path().join("ckpt");
+    let mut cfg = config(&bin, &save, &["--max-epoch", "2", "--keep-last-epochs", "1"]);
+    cfg.args.no_save = false;
+    let summary = train::run(&cfg, &Registry::with_builtins().unwrap()).unwrap();
+    assert_eq!(summary.epochs.len(), 2);
+    assert!(!save.join("checkpoint1").exists(), "pruned by --keep-last-epochs 1");
+    for name in ["checkpoint2", "checkpoint_best", "checkpoint_last"] {
+        assert!(
+            save.join(name).join("model.safetensors").is_file(),
+            "{name}: {:?}",
+            std::fs::read_dir(&save).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>()
+        );
+    }
+    let last = seqforge_trainer::checkpoint::load(save.join("checkpoint_last")).unwrap();
+    assert_eq!(last.state.num_updates, summary.num_updates);
+    assert_eq!(last.state.epoch, 2);
+    assert!(last.state.end_of_epoch);
+    assert_eq!(last.state.iterator.epoch, 3, "resumes at the next epoch");
+    assert_eq!(last.config.arch, "transformer_tiny");
+    assert_eq!(last.state.best, summary.best_valid_loss);
+    assert!(last.model.iter().any(|(n, _)| n == "encoder.layers.0.fc1.weight"));
+    assert!(last.optimizer.iter().any(|(n, _)| n.starts_with("adam.exp_avg.")));
 }

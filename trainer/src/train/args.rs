@@ -121,9 +121,30 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress_bar: bool,
-    /// Where the run's files go (config.json, the log).
+    /// Where the run's files go (checkpoints, config.json, the log).
     #[arg(long, default_value = "checkpoints")]
     pub save_dir: PathBuf,
+    /// Write no checkpoints.
+    #[arg(long)]
+    pub no_save: bool,
+    /// Save an epoch checkpoint (`checkpoint{epoch}`) every N epochs.
+    #[arg(long, default_value_t = 1)]
+    pub save_interval: u64,
+    /// Also save (and validate) every N updates, as `checkpoint_{epoch}_{updates}` (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub save_interval_updates: u64,
+    /// Do not keep epoch checkpoints (`checkpoint{epoch}`).
+    #[arg(long)]
+    pub no_epoch_checkpoints: bool,
+    /// Do not write `checkpoint_last`.
+    #[arg(long)]
+    pub no_last_checkpoints: bool,
+    /// Keep only the N newest epoch checkpoints (-1: all).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub keep_last_epochs: i64,
+    /// Keep only the N newest update checkpoints (-1: all).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub keep_interval_updates: i64,
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<usize>,

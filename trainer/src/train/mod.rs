@@ -33,8 +33,15 @@
 //! fixed `--threads` give bit-identical runs. libtorch's generator and thread count are
 //! process-wide, so two trainings running at the same time in one process disturb each other.
 //!
-//! Not offered yet: checkpoints (saving, `--restore-file`, `--save-interval*`) and `--fp16` /
-//! `--bf16` wait for the `checkpoint` and `fp16` modules; data-parallel training;
+//! Checkpoints ([`crate::checkpoint`]) are saved as fairseq saves them: at the end of every
+//! `--save-interval` epochs, every `--save-interval-updates` updates (with a validation) and
+//! when training stops, under fairseq's names (`checkpoint_last`, `checkpoint_best`,
+//! `checkpoint{epoch}`, `checkpoint_{epoch}_{updates}`) with `--keep-last-epochs` /
+//! `--keep-interval-updates` retention; `--no-save` turns them off. Before every update
+//! libtorch is reseeded with `seed + num_updates` (fairseq's `_set_seed`), so dropout depends
+//! only on the seed and the update number.
+//!
+//! Not offered yet: resuming (`--restore-file`), `--fp16` / `--bf16`, data-parallel training,
 //! per-epoch `--update-freq` lists.
 
 mod args;
@@ -109,6 +116,7 @@ component_errors!(
     crate::optim::Error,
     crate::criterions::Error,
     crate::registry::Error,
+    crate::checkpoint::Error,
     tch::TchError,
 );
 

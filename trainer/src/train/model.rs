@@ -31,6 +31,12 @@ pub trait Model: Send {
 
     /// `(max source positions, max target positions)` in tokens, EOS included.
     fn max_positions(&self) -> (usize, usize);
+
+    /// What a checkpoint stores: named tensors (by default the parameters; the Transformer
+    /// gives fairseq's full state dict, tied aliases and buffers included).
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.parameters()
+    }
 }
 
 /// What a model needs besides its own config: the dictionaries' sizes and padding index.
@@ -260,5 +266,9 @@ impl Model for Transformer {
 
     fn max_positions(&self) -> (usize, usize) {
         (self.config().max_source_positions, self.config().max_target_positions)
+    }
+
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.fairseq_state_dict()
     }
 }

@@ -13,6 +13,10 @@ use super::model::{Model, ModelContext};
 use super::progress::{Logger, Meter, Stats};
 use super::{Error, Result};
 use crate::batching::{Batch, BatchConfig, EpochBatchIterator, IteratorConfig, Tokens2d};
+use crate::checkpoint::{
+    self, Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState, SaveOptions,
+    TrainerState,
+};
 use crate::criterions::{Criterion, CriterionContext, LoggingOutput, Metrics, safe_round};
 use crate::optim::{LrScheduler, Optimizer, ScheduleContext};
 use crate::registry::Registry;
@@ -114,6 +118,7 @@ pub struct Trainer {
     epoch_itr: EpochBatchIterator,
     valid: Option<(PairDataset, Vec<Vec<usize>>)>,
     pad: i64,
+    dictionaries: Vec<DictionaryIdentity>,
     num_updates: u64,
     best_loss: Option<f64>,
     bad_validations: u64,
@@ -284,6 +289,10 @@ impl Trainer {
             device
         );
 
+        let dictionaries = vec![
+            DictionaryIdentity::of(format!("dict.{}.txt", pair.src), &src_dict),
+            DictionaryIdentity::of(format!("dict.{}.txt", pair.tgt), &tgt_dict),
+        ];
         Ok(Self {
             config: config.clone(),
             device,
@@ -298,6 +307,7 @@ impl Trainer {
             epoch_itr,
             valid,
             pad: i64::from(src_dict.pad()),
+            dictionaries,
             num_updates: 0,
             best_loss: None,
             bad_validations: 0,
@@ -355,6 +365,7 @@ impl Trainer {
     /// frequency): forward and backward on each, gradients divided by the summed
     /// `sample_size`, norm taken and clipped, optimizer step, scheduler step.
     pub fn train_step(&mut self, batches: &[Batch]) -> Result<UpdateOutput> {
+        RngState::reseed(self.config.args.seed, self.num_updates);
         let mut logging = LoggingOutput::default();
         for batch in batches.iter().filter(|b| !b.is_empty()) {
             let (loss, out) = self.forward_batch(batch, true)?;
@@ -529,19 +540,28 @@ impl Trainer {
                 // fairseq's validate_and_save.
                 let end_of_epoch = !self.epoch_itr.has_next();
                 let max_update_reached = a.max_update > 0 && self.num_updates >= a.max_update;
-                let do_validate = (end_of_epoch
-                    && epoch.is_multiple_of(a.validate_interval.max(1)))
+                let do_save = (end_of_epoch && epoch.is_multiple_of(a.save_interval.max(1)))
+                    || max_update_reached
+                    || (a.save_interval_updates > 0
+                        && self.num_updates.is_multiple_of(a.save_interval_updates));
+                // fairseq also validates at mid-epoch saves.
+                let do_validate = (!end_of_epoch && do_save && !a.no_save)
+                    || (end_of_epoch && epoch.is_multiple_of(a.validate_interval.max(1)))
                     || max_update_reached
                     || (a.validate_interval_updates > 0
                         && self.num_updates.is_multiple_of(a.validate_interval_updates));
                 let mut out_of_patience = false;
+                let mut step_val = None;
                 if do_validate {
                     let n = validations.len();
-                    (valid_loss, out_of_patience) =
-                        self.validate_and_log(epoch, &mut validations)?;
+                    (step_val, out_of_patience) = self.validate_and_log(epoch, &mut validations)?;
                     if validations.len() > n {
+                        valid_loss = step_val;
                         epoch_valid = validations.last().map(|v: &ValidSummary| v.metrics);
                     }
+                }
+                if do_save || out_of_patience {
+                    self.save_checkpoint(epoch, end_of_epoch, step_val)?;
                 }
                 if max_update_reached {
                     stop_reason = StopReason::MaxUpdate;
@@ -590,6 +610,82 @@ impl Trainer {
             stop_reason,
             params_digest: self.params_digest()?,
         })
+    }
+
+    /// Saves a checkpoint under the names fairseq would use at this point (none with
+    /// `--no-save`) and prunes old ones; returns the paths written.
+    pub fn save_checkpoint(
+        &self,
+        epoch: u64,
+        end_of_epoch: bool,
+        val_loss: Option<f64>,
+    ) -> Result<Vec<std::path::PathBuf>> {
+        let a = &self.config.args;
+        let opts = SaveOptions {
+            no_save: a.no_save,
+            save_interval: a.save_interval,
+            save_interval_updates: a.save_interval_updates,
+            no_epoch_checkpoints: a.no_epoch_checkpoints,
+            no_last_checkpoints: a.no_last_checkpoints,
+            maximize_best_checkpoint_metric: false,
+        };
+        // `best_loss` already includes `val_loss`: a tie with it marks the new best.
+        let (names, best) = checkpoint::checkpoint_names(
+            &opts,
+            epoch,
+            self.num_updates,
+            end_of_epoch,
+            val_loss,
+            self.best_loss,
+        );
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ckpt = Checkpoint {
+            config: CheckpointConfig {
+                format_version: checkpoint::FORMAT_VERSION,
+                arch: a.arch.clone(),
+                model: self.config.model_config.clone(),
+                task: ComponentConfig::new(
+                    "translation",
+                    json!({ "source_lang": self.pair.src, "target_lang": self.pair.tgt }),
+                ),
+                criterion: ComponentConfig::new(&a.criterion, self.config.criterion_config.clone()),
+                optimizer: ComponentConfig::new(&a.optimizer, self.config.optimizer_config.clone()),
+                lr_scheduler: ComponentConfig::new(
+                    &a.lr_scheduler,
+                    self.config.lr_scheduler_config.clone(),
+                ),
+                precision: crate::fp16::Precision::Fp32,
+                dictionaries: self.dictionaries.clone(),
+            },
+            state: TrainerState {
+                format_version: checkpoint::FORMAT_VERSION,
+                num_updates: self.num_updates,
+                epoch,
+                end_of_epoch,
+                iterator: self.epoch_itr.state_dict(),
+                lr_scheduler: self.scheduler.state()?,
+                loss_scaler: None,
+                best,
+                val_loss,
+                rng: RngState { seed: a.seed, num_updates: self.num_updates },
+                extra: json!({ "bad_validations": self.bad_validations }),
+            },
+            model: self.model.state_dict(),
+            optimizer: self.optimizer.state(),
+        };
+        let paths = checkpoint::save_as(&a.save_dir, &names, &ckpt)?;
+        let keep = |n: i64| usize::try_from(n).unwrap_or(0);
+        let keep_updates = if end_of_epoch { 0 } else { keep(a.keep_interval_updates) };
+        checkpoint::prune(&a.save_dir, keep(a.keep_last_epochs), keep_updates)?;
+        tracing::info!(
+            target: "seqforge::train",
+            "saved checkpoint {} (epoch {epoch} @ {} updates, score {val_loss:?})",
+            names.join(", "),
+            self.num_updates
+        );
+        Ok(paths)
     }
 
     /// FNV-1a 64 over the parameters' names and fp32 bytes, in name order.
