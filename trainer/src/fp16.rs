@@ -73,53 +73,8 @@ pub enum Error {
 /// The result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Serde for `f64` that round-trips exactly (inf and NaN included): written as the shortest
-/// decimal string that parses back to the same bits; plain JSON numbers are accepted on read.
-/// (serde_json's default float parser may be off by one ulp.)
-pub(crate) mod exact_f64 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Writes `v` as a string.
-    pub(crate) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{v:?}"))
-    }
-
-    /// Reads a string (exact) or a number.
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Text(String),
-            Number(f64),
-        }
-        match Repr::deserialize(d)? {
-            Repr::Text(t) => t.trim().parse::<f64>().map_err(serde::de::Error::custom),
-            Repr::Number(v) => Ok(v),
-        }
-    }
-
-    /// The same for `Option<f64>` (`null` is `None`).
-    pub(crate) mod option {
-        use serde::{Deserialize, Deserializer, Serializer};
-
-        /// Writes `Some(v)` as a string, `None` as `null`.
-        pub(crate) fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
-            match v {
-                Some(v) => super::serialize(v, s),
-                None => s.serialize_none(),
-            }
-        }
-
-        /// Reads `null`, a string or a number.
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<f64>, D::Error> {
-            #[derive(Deserialize)]
-            struct Wrap(#[serde(with = "super")] f64);
-            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
-        }
-    }
-}
+/// Exact `f64` serde (shared with the optimizers' and schedulers' states).
+pub(crate) use crate::optim::util::exact_f64;
 
 /// The numeric format of training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ mod adam;
 pub mod lr_scheduler;
 mod nag;
 mod sgd;
-mod util;
+pub(crate) mod util;
 
 use std::fmt;
 use std::str::FromStr;
