@@ -4,13 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use seqforge_trainer::criterions::{
     Criterion, CriterionConfig, CriterionContext, CriterionFactory, CriterionOutput, Error,
 };
-use seqforge_trainer::data::PreprocessArgs;
 use seqforge_trainer::registry::Registry;
 use seqforge_trainer::train::{self, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -83,37 +84,15 @@ impl Criterion for ScaledCrossEntropy {
 
 /// A small reversal task, binarized with the real `preprocess`.
 fn toy_data(dir: &Path) -> PathBuf {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
-    for (split, lines) in [("train", 200), ("valid", 30)] {
-        let (mut src, mut tgt) = (String::new(), String::new());
-        for _ in 0..lines {
-            let words: Vec<u64> = (0..3 + next(5)).map(|_| next(20)).collect();
-            let s: Vec<String> = words.iter().map(|w| format!("w{w}")).collect();
-            let t: Vec<String> = words.iter().rev().map(|w| format!("v{w}")).collect();
-            src += &(s.join(" ") + "\n");
-            tgt += &(t.join(" ") + "\n");
-        }
-        std::fs::write(dir.join(format!("{split}.xx")), src).unwrap();
-        std::fs::write(dir.join(format!("{split}.yy")), tgt).unwrap();
-    }
-    let bin = dir.join("bin");
-    let prefix = |s: &str| Some(dir.join(s).to_string_lossy().into_owned());
-    seqforge_trainer::data::preprocess::run(&PreprocessArgs {
-        source_lang: Some("xx".into()),
-        target_lang: Some("yy".into()),
-        trainpref: prefix("train"),
-        validpref: prefix("valid"),
-        destdir: bin.clone(),
-        ..PreprocessArgs::default()
-    })
-    .unwrap();
-    bin
+    common::toy_data(
+        dir,
+        &common::ToyTask {
+            seed: 0x9e37_79b9_7f4a_7c15,
+            langs: ("xx", "yy"),
+            lines: (200, 30),
+            extra_len: 5,
+        },
+    )
 }
 
 #[test]

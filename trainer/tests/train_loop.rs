@@ -5,10 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use seqforge_trainer::data::PreprocessArgs;
 use seqforge_trainer::registry::Registry;
 use seqforge_trainer::train::{self, StopReason, TrainConfig, Trainer};
 
@@ -19,41 +20,17 @@ fn torch_lock() -> MutexGuard<'static, ()> {
     TORCH.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Writes `{split}.de` / `{split}.en` (a reversal task over a 20-word vocabulary) and
-/// preprocesses them into `dir/bin`.
+/// The reversal task over a 20-word vocabulary, preprocessed into `dir/bin`.
 fn toy_data(dir: &Path) -> PathBuf {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
-    for (split, lines) in [("train", 240), ("valid", 40)] {
-        let (mut src, mut tgt) = (String::new(), String::new());
-        for _ in 0..lines {
-            let len = 3 + next(6);
-            let words: Vec<u64> = (0..len).map(|_| next(20)).collect();
-            let s: Vec<String> = words.iter().map(|w| format!("w{w}")).collect();
-            let t: Vec<String> = words.iter().rev().map(|w| format!("v{w}")).collect();
-            src += &(s.join(" ") + "\n");
-            tgt += &(t.join(" ") + "\n");
-        }
-        std::fs::write(dir.join(format!("{split}.de")), src).unwrap();
-        std::fs::write(dir.join(format!("{split}.en")), tgt).unwrap();
-    }
-    let bin = dir.join("bin");
-    let prefix = |s: &str| Some(dir.join(s).to_string_lossy().into_owned());
-    seqforge_trainer::data::preprocess::run(&PreprocessArgs {
-        source_lang: Some("de".into()),
-        target_lang: Some("en".into()),
-        trainpref: prefix("train"),
-        validpref: prefix("valid"),
-        destdir: bin.clone(),
-        ..PreprocessArgs::default()
-    })
-    .unwrap();
-    bin
+    common::toy_data(
+        dir,
+        &common::ToyTask {
+            seed: 0x2545_f491_4f6c_dd1d,
+            langs: ("de", "en"),
+            lines: (240, 40),
+            extra_len: 6,
+        },
+    )
 }
 
 fn config(bin: &Path, save: &Path, extra: &[&str]) -> TrainConfig {
