@@ -2,6 +2,10 @@
 //!
 //! - [`onnx`]: the ONNX IR (`ModelProto`, `GraphProto`, `NodeProto`, `TensorProto`, …), used by
 //!   the exporter to write graphs and by tests to inspect them.
+//! - [`contract`]: the exported model directory (file names, graph input/output names, the
+//!   `metadata_props` keys, `manifest.json`, fairseq dictionaries) shared by exporter and runtime.
+
+pub mod contract;
 
 /// The ONNX IR, generated from `proto/onnx.proto` (onnx 1.23.2).
 #[allow(missing_docs, clippy::all)]
