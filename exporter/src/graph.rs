@@ -260,6 +260,350 @@ impl GraphBuilder {
         self.node("Cast", out, &[x], attributes, to, x.shape.clone())
     }
 
+    /// Adds an i64 constant tensor (shapes, axes, indices).
+    pub fn initializer_i64(&mut self, name: &str, dims: &[i64], data: &[i64]) -> Result<Value> {
+        self.initializer(name, dims, DType::I64, data.len(), |t| t.int64_data = data.to_vec())
+    }
+
+    /// Adds float constant data as `dtype` (`F32` or `F16`, converted here).
+    pub fn initializer_float(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        dims: &[i64],
+        data: &[f32],
+    ) -> Result<Value> {
+        match dtype {
+            DType::F32 => self.initializer_f32(name, dims, data),
+            DType::F16 => {
+                let halves: Vec<f16> = data.iter().map(|&v| f16::from_f32(v)).collect();
+                self.initializer_f16(name, dims, &halves)
+            }
+            other => Err(Error::Node {
+                node: name.to_string(),
+                message: format!("a float initializer cannot have dtype {other:?}"),
+            }),
+        }
+    }
+
+    /// A rank-0 float constant of `dtype` (`F32` or `F16`).
+    pub fn scalar(&mut self, name: &str, dtype: DType, value: f32) -> Result<Value> {
+        self.initializer_float(name, dtype, &[], &[value])
+    }
+
+    /// `Gather(data, indices, axis)`: `indices` (int64) picks slices of `data` along `axis`.
+    pub fn gather(&mut self, out: &str, data: &Value, indices: &Value, axis: i64) -> Result<Value> {
+        require_dtype(out, indices, &[DType::I64])?;
+        let axis = normalize_axis(out, axis, data.shape.len())?;
+        let mut shape = data.shape[..axis].to_vec();
+        shape.extend(indices.shape.iter().cloned());
+        shape.extend(data.shape[axis + 1..].iter().cloned());
+        let attributes = vec![int_attribute("axis", axis as i64)];
+        self.node("Gather", out, &[data, indices], attributes, data.dtype, shape)
+    }
+
+    /// `Gemm(a, b, transB=1)`: `a` `[M, K]` times `b` `[N, K]` transposed, giving `[M, N]`
+    /// (a linear layer on a weight stored as PyTorch does, `[out, in]`).
+    pub fn gemm_transposed_b(&mut self, out: &str, a: &Value, b: &Value) -> Result<Value> {
+        let fail = |message: String| Error::Node { node: out.to_string(), message };
+        same_dtype(out, a, b)?;
+        require_float(out, a)?;
+        if a.shape.len() != 2 || b.shape.len() != 2 {
+            return Err(fail(format!(
+                "Gemm needs rank-2 inputs, got {} and {}",
+                a.shape.len(),
+                b.shape.len()
+            )));
+        }
+        if !dims_compatible(&a.shape[1], &b.shape[1]) {
+            return Err(fail(format!(
+                "contracted dims differ: {:?} vs {:?}",
+                a.shape[1], b.shape[1]
+            )));
+        }
+        let shape = vec![a.shape[0].clone(), b.shape[0].clone()];
+        let attributes = vec![int_attribute("transB", 1)];
+        self.node("Gemm", out, &[a, b], attributes, a.dtype, shape)
+    }
+
+    /// `Sub(a, b)` with numpy broadcasting.
+    pub fn sub(&mut self, out: &str, a: &Value, b: &Value) -> Result<Value> {
+        self.binary("Sub", out, a, b)
+    }
+
+    /// `Mul(a, b)` with numpy broadcasting.
+    pub fn mul(&mut self, out: &str, a: &Value, b: &Value) -> Result<Value> {
+        self.binary("Mul", out, a, b)
+    }
+
+    /// `Div(a, b)` with numpy broadcasting.
+    pub fn div(&mut self, out: &str, a: &Value, b: &Value) -> Result<Value> {
+        self.binary("Div", out, a, b)
+    }
+
+    fn binary(&mut self, op: &str, out: &str, a: &Value, b: &Value) -> Result<Value> {
+        same_dtype(out, a, b)?;
+        if a.dtype == DType::Bool {
+            return Err(Error::Node {
+                node: out.to_string(),
+                message: format!("{op} needs numeric inputs, got bool"),
+            });
+        }
+        let shape = broadcast(&a.shape, &b.shape)
+            .map_err(|message| Error::Node { node: out.to_string(), message })?;
+        self.node(op, out, &[a, b], vec![], a.dtype, shape)
+    }
+
+    /// `Reshape(x, spec)` with a constant target `spec` (stored as the initializer
+    /// `{out}.shape`): `0` copies the input's dimension at that position, `-1` is inferred.
+    /// Without `-1`, a zero-sized dimension stays legal (an empty past reshapes fine).
+    pub fn reshape(&mut self, out: &str, x: &Value, spec: &[i64]) -> Result<Value> {
+        let fail = |message: String| Error::Node { node: out.to_string(), message };
+        if spec.iter().filter(|&&d| d == -1).count() > 1 {
+            return Err(fail(format!("Reshape spec {spec:?} has more than one -1")));
+        }
+        let mut shape = Vec::with_capacity(spec.len());
+        for (i, &d) in spec.iter().enumerate() {
+            shape.push(match d {
+                0 => x.shape.get(i).cloned().ok_or_else(|| {
+                    fail(format!(
+                        "Reshape spec {spec:?}: 0 at {i} but the input has rank {}",
+                        x.shape.len()
+                    ))
+                })?,
+                -1 => Dim::Named(format!("{out}_dim{i}")),
+                n if n > 0 => Dim::Fixed(n),
+                n => return Err(fail(format!("Reshape spec {spec:?}: invalid size {n}"))),
+            });
+        }
+        let fixed = |s: &[Dim]| -> Option<i64> {
+            s.iter().map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None }).product()
+        };
+        if let (Some(a), Some(b)) = (fixed(&x.shape), fixed(&shape))
+            && a != b
+        {
+            return Err(fail(format!(
+                "Reshape from {:?} to {shape:?} changes the element count ({a} vs {b})",
+                x.shape
+            )));
+        }
+        let target = self.initializer_i64(&format!("{out}.shape"), &[spec.len() as i64], spec)?;
+        self.node("Reshape", out, &[x, &target], vec![], x.dtype, shape)
+    }
+
+    /// `Transpose(x, perm)`.
+    pub fn transpose(&mut self, out: &str, x: &Value, perm: &[i64]) -> Result<Value> {
+        let rank = x.shape.len();
+        let mut seen = vec![false; rank];
+        for &p in perm {
+            match usize::try_from(p).ok().filter(|&p| p < rank) {
+                Some(p) if !seen[p] => seen[p] = true,
+                _ => {
+                    return Err(Error::Node {
+                        node: out.to_string(),
+                        message: format!("perm {perm:?} is not a permutation of rank {rank}"),
+                    });
+                }
+            }
+        }
+        if perm.len() != rank {
+            return Err(Error::Node {
+                node: out.to_string(),
+                message: format!("perm {perm:?} is not a permutation of rank {rank}"),
+            });
+        }
+        let shape = perm.iter().map(|&p| x.shape[p as usize].clone()).collect();
+        self.node("Transpose", out, &[x], vec![ints_attribute("perm", perm)], x.dtype, shape)
+    }
+
+    /// `Concat(inputs, axis)`: same dtype and rank, equal sizes off `axis`.
+    pub fn concat(&mut self, out: &str, inputs: &[&Value], axis: i64) -> Result<Value> {
+        let fail = |message: String| Error::Node { node: out.to_string(), message };
+        let first = inputs.first().ok_or_else(|| fail("Concat of nothing".into()))?;
+        let axis = normalize_axis(out, axis, first.shape.len())?;
+        let mut shape = first.shape.clone();
+        for v in &inputs[1..] {
+            same_dtype(out, first, v)?;
+            if v.shape.len() != first.shape.len() {
+                return Err(fail(format!("rank mismatch: {:?} vs {:?}", first.shape, v.shape)));
+            }
+            for (i, (a, b)) in shape.iter().zip(&v.shape).enumerate() {
+                if i != axis && !dims_compatible(a, b) {
+                    return Err(fail(format!(
+                        "dimension {i} differs: {:?} vs {:?}",
+                        first.shape, v.shape
+                    )));
+                }
+            }
+            shape[axis] = match (&shape[axis], &v.shape[axis]) {
+                (Dim::Fixed(a), Dim::Fixed(b)) => Dim::Fixed(a + b),
+                (a, b) => Dim::Named(format!("{}+{}", dim_text(a), dim_text(b))),
+            };
+        }
+        let attributes = vec![int_attribute("axis", axis as i64)];
+        self.node("Concat", out, inputs, attributes, first.dtype, shape)
+    }
+
+    /// `Shape(x)[start..end]` as a 1-D int64 tensor.
+    pub fn shape(&mut self, out: &str, x: &Value, start: i64, end: i64) -> Result<Value> {
+        let rank = x.shape.len() as i64;
+        if !(0 <= start && start < end && end <= rank) {
+            return Err(Error::Node {
+                node: out.to_string(),
+                message: format!("Shape slice {start}..{end} out of range for rank {rank}"),
+            });
+        }
+        let attributes = vec![int_attribute("start", start), int_attribute("end", end)];
+        let shape = vec![Dim::Fixed(end - start)];
+        self.node("Shape", out, &[x], attributes, DType::I64, shape)
+    }
+
+    /// `Unsqueeze(x, axes)` (axes of the output, stored as the initializer `{out}.axes`).
+    pub fn unsqueeze(&mut self, out: &str, x: &Value, axes: &[i64]) -> Result<Value> {
+        let rank = x.shape.len() + axes.len();
+        let mut positions = Vec::with_capacity(axes.len());
+        for &a in axes {
+            positions.push(normalize_axis(out, a, rank)?);
+        }
+        positions.sort_unstable();
+        if positions.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::Node {
+                node: out.to_string(),
+                message: format!("Unsqueeze axes {axes:?} repeat"),
+            });
+        }
+        let mut rest = x.shape.iter();
+        let shape = (0..rank)
+            .map(|i| {
+                if positions.contains(&i) {
+                    Dim::Fixed(1)
+                } else {
+                    rest.next().cloned().unwrap_or(Dim::Fixed(1))
+                }
+            })
+            .collect();
+        let axes = self.initializer_i64(&format!("{out}.axes"), &[axes.len() as i64], axes)?;
+        self.node("Unsqueeze", out, &[x, &axes], vec![], x.dtype, shape)
+    }
+
+    /// `Equal(a, b)` → bool, with broadcasting.
+    pub fn equal(&mut self, out: &str, a: &Value, b: &Value) -> Result<Value> {
+        same_dtype(out, a, b)?;
+        let shape = broadcast(&a.shape, &b.shape)
+            .map_err(|message| Error::Node { node: out.to_string(), message })?;
+        self.node("Equal", out, &[a, b], vec![], DType::Bool, shape)
+    }
+
+    /// `Not(x)` of a bool tensor.
+    pub fn not(&mut self, out: &str, x: &Value) -> Result<Value> {
+        require_dtype(out, x, &[DType::Bool])?;
+        self.node("Not", out, &[x], vec![], DType::Bool, x.shape.clone())
+    }
+
+    /// `Where(cond, x, y)`: `x` where `cond` (bool) holds, else `y`; broadcasting.
+    pub fn where_(&mut self, out: &str, cond: &Value, x: &Value, y: &Value) -> Result<Value> {
+        require_dtype(out, cond, &[DType::Bool])?;
+        same_dtype(out, x, y)?;
+        let fail = |message: String| Error::Node { node: out.to_string(), message };
+        let shape = broadcast(&cond.shape, &x.shape).map_err(fail)?;
+        let shape = broadcast(&shape, &y.shape).map_err(fail)?;
+        self.node("Where", out, &[cond, x, y], vec![], x.dtype, shape)
+    }
+
+    /// `CumSum(x, axis)` (inclusive, forward) of an int64 or float tensor.
+    pub fn cumsum(&mut self, out: &str, x: &Value, axis: i64) -> Result<Value> {
+        require_dtype(out, x, &[DType::I64, DType::F32])?;
+        let axis = normalize_axis(out, axis, x.shape.len())? as i64;
+        let axis = self.initializer_i64(&format!("{out}.axis"), &[], &[axis])?;
+        self.node("CumSum", out, &[x, &axis], vec![], x.dtype, x.shape.clone())
+    }
+
+    /// `LogSoftmax(x)` along `axis`.
+    pub fn log_softmax(&mut self, out: &str, x: &Value, axis: i64) -> Result<Value> {
+        require_float(out, x)?;
+        let axis = normalize_axis(out, axis, x.shape.len())? as i64;
+        let attributes = vec![int_attribute("axis", axis)];
+        self.node("LogSoftmax", out, &[x], attributes, x.dtype, x.shape.clone())
+    }
+
+    /// `LayerNormalization(x, scale, bias)` over the last axis (opset 17), statistics in the
+    /// input's dtype; `scale` and `bias` are `[E]` of the same dtype.
+    pub fn layer_norm(
+        &mut self,
+        out: &str,
+        x: &Value,
+        scale: &Value,
+        bias: &Value,
+        epsilon: f32,
+    ) -> Result<Value> {
+        require_float(out, x)?;
+        same_dtype(out, x, scale)?;
+        same_dtype(out, x, bias)?;
+        let last = x.shape.last().ok_or_else(|| Error::Node {
+            node: out.to_string(),
+            message: "LayerNormalization of a scalar".into(),
+        })?;
+        for p in [scale, bias] {
+            if p.shape.len() != 1 || !dims_compatible(&p.shape[0], last) {
+                return Err(Error::Node {
+                    node: out.to_string(),
+                    message: format!("{} has shape {:?}, expected [{last:?}]", p.name, p.shape),
+                });
+            }
+        }
+        let attributes = vec![int_attribute("axis", -1), float_attribute("epsilon", epsilon)];
+        self.node(
+            "LayerNormalization",
+            out,
+            &[x, scale, bias],
+            attributes,
+            x.dtype,
+            x.shape.clone(),
+        )
+    }
+
+    /// `ReduceMean(x, axes, keepdims=1)` (opset 17: axes as an attribute).
+    pub fn reduce_mean(&mut self, out: &str, x: &Value, axes: &[i64]) -> Result<Value> {
+        require_float(out, x)?;
+        let mut shape = x.shape.clone();
+        for &a in axes {
+            let a = normalize_axis(out, a, x.shape.len())?;
+            shape[a] = Dim::Fixed(1);
+        }
+        let attributes = vec![ints_attribute("axes", axes), int_attribute("keepdims", 1)];
+        self.node("ReduceMean", out, &[x], attributes, x.dtype, shape)
+    }
+
+    /// `Identity(x)`: gives a value a second name (e.g. a graph output's contract name).
+    pub fn identity(&mut self, out: &str, x: &Value) -> Result<Value> {
+        self.node("Identity", out, &[x], vec![], x.dtype, x.shape.clone())
+    }
+
+    /// `Relu(x)`.
+    pub fn relu(&mut self, out: &str, x: &Value) -> Result<Value> {
+        self.unary_float("Relu", out, x)
+    }
+
+    /// `Tanh(x)`.
+    pub fn tanh(&mut self, out: &str, x: &Value) -> Result<Value> {
+        self.unary_float("Tanh", out, x)
+    }
+
+    /// `Erf(x)`.
+    pub fn erf(&mut self, out: &str, x: &Value) -> Result<Value> {
+        self.unary_float("Erf", out, x)
+    }
+
+    /// `Sqrt(x)`.
+    pub fn sqrt(&mut self, out: &str, x: &Value) -> Result<Value> {
+        self.unary_float("Sqrt", out, x)
+    }
+
+    fn unary_float(&mut self, op: &str, out: &str, x: &Value) -> Result<Value> {
+        require_float(out, x)?;
+        self.node(op, out, &[x], vec![], x.dtype, x.shape.clone())
+    }
+
     /// Finishes the model: IR version ONNX Runtime 1.31 accepts, opset [`OPSET`], and the given
     /// `metadata_props`.
     pub fn finish(self, metadata: &[(&str, &str)]) -> ModelProto {
@@ -328,6 +672,58 @@ fn broadcast(a: &[Dim], b: &[Dim]) -> std::result::Result<Vec<Dim>, String> {
             (x, y) => Err(format!("shapes {a:?} and {b:?} do not broadcast ({x:?} vs {y:?})")),
         })
         .collect()
+}
+
+fn require_dtype(node: &str, x: &Value, allowed: &[DType]) -> Result<()> {
+    if allowed.contains(&x.dtype) {
+        Ok(())
+    } else {
+        Err(Error::Node {
+            node: node.to_string(),
+            message: format!("{} is {:?}, expected one of {allowed:?}", x.name, x.dtype),
+        })
+    }
+}
+
+fn require_float(node: &str, x: &Value) -> Result<()> {
+    require_dtype(node, x, &[DType::F32, DType::F16])
+}
+
+/// `axis` (negative counts from the end) as an index into a shape of `rank`.
+fn normalize_axis(node: &str, axis: i64, rank: usize) -> Result<usize> {
+    let r = rank as i64;
+    if axis < -r || axis >= r {
+        return Err(Error::Node {
+            node: node.to_string(),
+            message: format!("axis {axis} out of range for rank {rank}"),
+        });
+    }
+    Ok(if axis < 0 { (axis + r) as usize } else { axis as usize })
+}
+
+fn dim_text(d: &Dim) -> String {
+    match d {
+        Dim::Fixed(n) => n.to_string(),
+        Dim::Named(s) => s.clone(),
+    }
+}
+
+fn ints_attribute(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_string()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn float_attribute(name: &str, value: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_string()),
+        r#type: Some(AttributeType::Float as i32),
+        f: Some(value),
+        ..Default::default()
+    }
 }
 
 fn int_attribute(name: &str, value: i64) -> AttributeProto {

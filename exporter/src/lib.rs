@@ -2,9 +2,22 @@
 //!
 //! - [`graph`]: a small ONNX graph builder over the `seqforge-schemas` protobuf types — one
 //!   method per operator, dtypes and shapes checked as nodes are added, readable node names.
+//! - [`config`]: the checkpoint's `config.json` (architecture, Transformer hyper-parameters,
+//!   languages, dictionary identities).
+//! - [`weights`]: the checkpoint's `model.safetensors`, every tensor checked by name and shape.
+//! - [`transformer`]: fairseq's Transformer as the contract's encoder and decoder-step graphs
+//!   (fp32, or fp16 with fp32 layer norms and softmaxes).
+//! - [`export`]: the model directory (graphs, dictionaries, tokenizer, manifest), written
+//!   atomically. The `seqforge-export` binary is a thin command line over [`export::export`].
 
+pub mod config;
+pub mod export;
 pub mod graph;
+pub mod transformer;
+pub mod weights;
 
 mod error;
 
 pub use error::{Error, Result};
+pub use export::{ExportOptions, ExportSummary, compile, export};
+pub use transformer::BuildOptions;

@@ -1,0 +1,55 @@
+//! `seqforge-export CHECKPOINT_DIR --data DATA_DIR --out MODEL_DIR [--dtype fp32|fp16]
+//! [--tokenizer FILE] [--force]`: compiles a trainer checkpoint into a model directory (ONNX
+//! encoder, ONNX decoder step, dictionaries, tokenizer, manifest).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use seqforge_exporter::{BuildOptions, ExportOptions, export};
+use seqforge_schemas::contract::Dtype;
+
+/// Compile a seqforge checkpoint into an ONNX model directory.
+#[derive(Parser, Debug)]
+#[command(name = "seqforge-export", version, about)]
+struct Args {
+    /// The checkpoint directory (`model.safetensors`, `config.json`).
+    checkpoint: PathBuf,
+    /// The data directory the model was trained on (`dict.{src,tgt}.txt`, maybe `tokenizer.json`).
+    #[arg(long)]
+    data: PathBuf,
+    /// The model directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Weights and activations dtype: fp32 or fp16 (fp16 keeps layer norms and softmaxes in fp32).
+    #[arg(long, default_value = "fp32")]
+    dtype: Dtype,
+    /// The tokenizer to ship (default: DATA_DIR/tokenizer.json when it exists).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Replace an existing model directory (atomically).
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let options = ExportOptions {
+        checkpoint: args.checkpoint,
+        data: args.data,
+        out: args.out,
+        build: BuildOptions { dtype: args.dtype, naive_fp16_for_tests: false },
+        tokenizer: args.tokenizer,
+        force: args.force,
+    };
+    let summary = export(&options)?;
+    println!("{}", summary.render());
+    Ok(())
+}

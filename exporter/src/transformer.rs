@@ -1,0 +1,608 @@
+//! fairseq's Transformer compiled to the two graphs of the model contract
+//! ([`seqforge_schemas::contract`]): the encoder and one incremental decoder step.
+//!
+//! The maths follow the trainer's `models::transformer` (itself fairseq 0.12.2): token
+//! embeddings × `sqrt(dim)` (unless `no_scale_embedding`), positions numbered from `pad + 1`
+//! skipping padding (`cumsum(non-pad) · non-pad + pad`, so left padding works), sinusoidal
+//! tables computed as fairseq does or learned tables, optional `layernorm_embedding`, the
+//! encoder output zeroed at padding, post- or pre-norm layers, attention with `q_proj(x) ·
+//! head_dim^-0.5`, key-padding masks, final layer norms, and the output projection (tied or
+//! not). Node and value names follow the fairseq parameter names
+//! (`decoder.layers.3.encoder_attn.q_proj`, …). Linear weights are stored transposed
+//! (`….weight_t`, `[in, out]`) for `MatMul`; the output projection keeps fairseq's `[V, E]`
+//! layout and runs as a `Gemm` with `transB`, so a tied embedding is stored once per graph.
+//!
+//! In fp16, weights and activations are fp16, while layer norms (cast up, normalise, cast
+//! down), attention softmaxes, GELU and the final log-softmax run in fp32. Masked attention
+//! scores get a large negative bias (-1e9) in fp32 rather than `-inf`: the same probabilities
+//! as fairseq wherever a row has a real key (sources always end with EOS), and never a NaN.
+
+use seqforge_schemas::contract::{Dtype, names};
+
+use crate::config::{Activation, TransformerConfig};
+use crate::error::Result;
+use crate::graph::{DType, Dim, GraphBuilder, Value};
+use crate::weights::Weights;
+
+/// fairseq's `LayerNorm` epsilon.
+const LAYER_NORM_EPS: f32 = 1e-5;
+/// The additive bias of masked attention scores (fp32).
+const MASKED_SCORE: f32 = -1e9;
+
+/// How the graphs are numerically built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BuildOptions {
+    /// Weights and activations dtype.
+    pub dtype: Dtype,
+    /// **Tests only.** With fp16, build layer norms as plain fp16 arithmetic
+    /// (`E[x²] − E[x]²`, which overflows past |x| ≈ 256) and softmaxes in fp16: the naive
+    /// graph the fp16 overflow test compares against. Never set it for a real export.
+    pub naive_fp16_for_tests: bool,
+}
+
+/// The sinusoidal position table of fairseq's `SinusoidalPositionalEmbedding.get_embedding`,
+/// `[rows, dim]` row-major: sines in the first half of a row, cosines in the second (a zero
+/// column for odd `dim`), row `pad` zero. Computed in f32 step by step as PyTorch does.
+pub fn sinusoidal_table(rows: usize, dim: usize, pad: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let scale = (10000f64.ln() / (half as f64 - 1.0)) as f32;
+    let freq: Vec<f32> = (0..half).map(|i| (i as f32 * -scale).exp()).collect();
+    let mut table = vec![0f32; rows * dim];
+    for r in 0..rows {
+        if r == pad {
+            continue;
+        }
+        let row = &mut table[r * dim..(r + 1) * dim];
+        for (i, &f) in freq.iter().enumerate() {
+            let arg = r as f32 * f;
+            row[i] = arg.sin();
+            row[half + i] = arg.cos();
+        }
+    }
+    table
+}
+
+/// One side's shape of layers.
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    dim: usize,
+    ffn: usize,
+    heads: usize,
+    normalize_before: bool,
+}
+
+impl Side {
+    fn head_dim(&self) -> usize {
+        self.dim / self.heads
+    }
+}
+
+/// A graph under construction with the weights it reads.
+struct Net<'w> {
+    g: GraphBuilder,
+    w: &'w Weights,
+    t: DType,
+    naive: bool,
+    activation: Activation,
+}
+
+fn i(v: usize) -> i64 {
+    v as i64
+}
+
+impl<'w> Net<'w> {
+    fn new(name: &str, w: &'w Weights, c: &TransformerConfig, options: BuildOptions) -> Self {
+        let t = match options.dtype {
+            Dtype::Fp32 => DType::F32,
+            Dtype::Fp16 => DType::F16,
+        };
+        Self {
+            g: GraphBuilder::new(name),
+            w,
+            t,
+            naive: options.naive_fp16_for_tests && t == DType::F16,
+            activation: c.activation_fn,
+        }
+    }
+
+    /// Tensor `name` of `shape` as an initializer of the model dtype under the same name.
+    fn param(&mut self, name: &str, shape: &[usize]) -> Result<Value> {
+        let data = self.w.get(name, shape)?;
+        let dims: Vec<i64> = shape.iter().map(|&d| i(d)).collect();
+        self.g.initializer_float(name, self.t, &dims, data)
+    }
+
+    /// To fp32 (a no-op name-wise in fp32 graphs).
+    fn up(&mut self, out: &str, x: &Value) -> Result<Value> {
+        if x.dtype() == DType::F32 { Ok(x.clone()) } else { self.g.cast(out, x, DType::F32) }
+    }
+
+    /// Back to the model dtype.
+    fn down(&mut self, out: &str, x: &Value) -> Result<Value> {
+        if x.dtype() == self.t { Ok(x.clone()) } else { self.g.cast(out, x, self.t) }
+    }
+
+    /// `prefix` = `x @ prefix.weight.T + prefix.bias`, weight `[out, in]` in the checkpoint.
+    fn linear(&mut self, prefix: &str, x: &Value, in_dim: usize, out_dim: usize) -> Result<Value> {
+        let weight = self.w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let mut transposed = vec![0f32; weight.len()];
+        for o in 0..out_dim {
+            for k in 0..in_dim {
+                transposed[k * out_dim + o] = weight[o * in_dim + k];
+            }
+        }
+        let wt = self.g.initializer_float(
+            &format!("{prefix}.weight_t"),
+            self.t,
+            &[i(in_dim), i(out_dim)],
+            &transposed,
+        )?;
+        let bias = self.param(&format!("{prefix}.bias"), &[out_dim])?;
+        let xw = self.g.matmul(&format!("{prefix}.matmul"), x, &wt)?;
+        self.g.add(prefix, &xw, &bias)
+    }
+
+    /// fairseq's `LayerNorm` `prefix` over the last axis (statistics in fp32).
+    fn layer_norm(&mut self, prefix: &str, x: &Value, dim: usize) -> Result<Value> {
+        let wname = format!("{prefix}.weight");
+        let bname = format!("{prefix}.bias");
+        if self.naive {
+            return self.naive_layer_norm(prefix, x, dim);
+        }
+        let weight = self.w.get(&wname, &[dim])?;
+        let scale = self.g.initializer_f32(&wname, &[i(dim)], weight)?;
+        let bias = self.w.get(&bname, &[dim])?;
+        let bias = self.g.initializer_f32(&bname, &[i(dim)], bias)?;
+        let h = self.up(&format!("{prefix}.to_fp32"), x)?;
+        let out_name =
+            if self.t == DType::F32 { prefix.to_string() } else { format!("{prefix}.fp32") };
+        let y = self.g.layer_norm(&out_name, &h, &scale, &bias, LAYER_NORM_EPS)?;
+        self.down(prefix, &y)
+    }
+
+    /// Tests only: layer norm in plain model-dtype arithmetic, `var = E[x²] − E[x]²`.
+    fn naive_layer_norm(&mut self, prefix: &str, x: &Value, dim: usize) -> Result<Value> {
+        let scale = self.param(&format!("{prefix}.weight"), &[dim])?;
+        let bias = self.param(&format!("{prefix}.bias"), &[dim])?;
+        let g = &mut self.g;
+        let mean = g.reduce_mean(&format!("{prefix}.mean"), x, &[-1])?;
+        let sq = g.mul(&format!("{prefix}.sq"), x, x)?;
+        let mean_sq = g.reduce_mean(&format!("{prefix}.mean_sq"), &sq, &[-1])?;
+        let mean2 = g.mul(&format!("{prefix}.mean2"), &mean, &mean)?;
+        let var = g.sub(&format!("{prefix}.var"), &mean_sq, &mean2)?;
+        let eps = g.scalar(&format!("{prefix}.eps"), self.t, LAYER_NORM_EPS)?;
+        let var = g.add(&format!("{prefix}.var_eps"), &var, &eps)?;
+        let std = g.sqrt(&format!("{prefix}.std"), &var)?;
+        let centered = g.sub(&format!("{prefix}.centered"), x, &mean)?;
+        let normed = g.div(&format!("{prefix}.normed"), &centered, &std)?;
+        let scaled = g.mul(&format!("{prefix}.scaled"), &normed, &scale)?;
+        g.add(prefix, &scaled, &bias)
+    }
+
+    /// `[N, L, H·D]` → `[N, H, L, D]`.
+    fn split_heads(
+        &mut self,
+        name: &str,
+        x: &Value,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Value> {
+        let r = self.g.reshape(&format!("{name}.heads"), x, &[0, 0, i(heads), i(head_dim)])?;
+        self.g.transpose(name, &r, &[0, 2, 1, 3])
+    }
+
+    /// `softmax(q·kᵀ + bias) · v` in fp32 for the softmax, heads merged back: `[N, L, H·D]`.
+    fn attend(
+        &mut self,
+        prefix: &str,
+        q: &Value,
+        k: &Value,
+        v: &Value,
+        bias: Option<&Value>,
+        dim: usize,
+    ) -> Result<Value> {
+        let kt = self.g.transpose(&format!("{prefix}.key_t"), k, &[0, 1, 3, 2])?;
+        let scores = self.g.matmul(&format!("{prefix}.scores"), q, &kt)?;
+        let probs = if self.naive {
+            let scores = match bias {
+                Some(b) => {
+                    let b = self.g.cast(&format!("{prefix}.bias_fp16"), b, self.t)?;
+                    self.g.add(&format!("{prefix}.masked_scores"), &scores, &b)?
+                }
+                None => scores,
+            };
+            self.g.softmax(&format!("{prefix}.probs"), &scores, -1)?
+        } else {
+            let scores = self.up(&format!("{prefix}.scores_fp32"), &scores)?;
+            let scores = match bias {
+                Some(b) => self.g.add(&format!("{prefix}.masked_scores"), &scores, b)?,
+                None => scores,
+            };
+            let probs = self.g.softmax(&format!("{prefix}.probs_fp32"), &scores, -1)?;
+            self.down(&format!("{prefix}.probs"), &probs)?
+        };
+        let ctx = self.g.matmul(&format!("{prefix}.context"), &probs, v)?;
+        let ctx = self.g.transpose(&format!("{prefix}.context_t"), &ctx, &[0, 2, 1, 3])?;
+        self.g.reshape(&format!("{prefix}.context_merged"), &ctx, &[0, 0, i(dim)])
+    }
+
+    /// Scaled queries `[N, H, L, D]`: `q_proj(x) · head_dim^-0.5` split into heads.
+    fn query(&mut self, prefix: &str, x: &Value, side: Side) -> Result<Value> {
+        let q = self.linear(&format!("{prefix}.q_proj"), x, side.dim, side.dim)?;
+        let scaling = (side.head_dim() as f64).powf(-0.5) as f32;
+        let s = self.g.scalar(&format!("{prefix}.scaling"), self.t, scaling)?;
+        let q = self.g.mul(&format!("{prefix}.q_scaled"), &q, &s)?;
+        self.split_heads(&format!("{prefix}.q"), &q, side.heads, side.head_dim())
+    }
+
+    /// Keys or values `[N, H, L, D]` of `x` (`[N, L, kv_dim]`) through `prefix.{k,v}_proj`.
+    fn key_or_value(
+        &mut self,
+        proj: &str,
+        name: &str,
+        x: &Value,
+        kv_dim: usize,
+        side: Side,
+    ) -> Result<Value> {
+        let h = self.linear(proj, x, kv_dim, side.dim)?;
+        self.split_heads(name, &h, side.heads, side.head_dim())
+    }
+
+    /// The feed-forward block of layer `prefix` with its residual and layer norm.
+    fn feed_forward(&mut self, prefix: &str, x: &Value, side: Side) -> Result<Value> {
+        let norm = format!("{prefix}.final_layer_norm");
+        let h =
+            if side.normalize_before { self.layer_norm(&norm, x, side.dim)? } else { x.clone() };
+        let h = self.linear(&format!("{prefix}.fc1"), &h, side.dim, side.ffn)?;
+        let h = self.activation(&format!("{prefix}.activation"), &h)?;
+        let h = self.linear(&format!("{prefix}.fc2"), &h, side.ffn, side.dim)?;
+        let out = self.g.add(&format!("{prefix}.ffn_residual"), x, &h)?;
+        if side.normalize_before { Ok(out) } else { self.layer_norm(&norm, &out, side.dim) }
+    }
+
+    fn activation(&mut self, name: &str, x: &Value) -> Result<Value> {
+        match self.activation {
+            Activation::Relu => self.g.relu(name, x),
+            Activation::Tanh => self.g.tanh(name, x),
+            Activation::Linear => self.g.identity(name, x),
+            Activation::Gelu => {
+                // 0.5·x·(1 + erf(x/√2)) in fp32, as fairseq's gelu.
+                let h = self.up(&format!("{name}.to_fp32"), x)?;
+                let g = &mut self.g;
+                let inv_sqrt2 = g.scalar(
+                    &format!("{name}.inv_sqrt2"),
+                    DType::F32,
+                    std::f32::consts::FRAC_1_SQRT_2,
+                )?;
+                let one = g.scalar(&format!("{name}.one"), DType::F32, 1.0)?;
+                let half = g.scalar(&format!("{name}.half"), DType::F32, 0.5)?;
+                let a = g.mul(&format!("{name}.scaled"), &h, &inv_sqrt2)?;
+                let e = g.erf(&format!("{name}.erf"), &a)?;
+                let e1 = g.add(&format!("{name}.erf_plus_one"), &e, &one)?;
+                let xh = g.mul(&format!("{name}.half_x"), &h, &half)?;
+                let out_name =
+                    if self.t == DType::F32 { name.to_string() } else { format!("{name}.fp32") };
+                let y = self.g.mul(&out_name, &xh, &e1)?;
+                self.down(name, &y)
+            }
+            Activation::GeluAccurate => {
+                // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) in fp32.
+                let h = self.up(&format!("{name}.to_fp32"), x)?;
+                let g = &mut self.g;
+                let c = g.scalar(
+                    &format!("{name}.sqrt_2_over_pi"),
+                    DType::F32,
+                    (2.0 / std::f64::consts::PI).sqrt() as f32,
+                )?;
+                let k = g.scalar(&format!("{name}.coeff"), DType::F32, 0.044715)?;
+                let one = g.scalar(&format!("{name}.one"), DType::F32, 1.0)?;
+                let half = g.scalar(&format!("{name}.half"), DType::F32, 0.5)?;
+                let x2 = g.mul(&format!("{name}.x2"), &h, &h)?;
+                let x3 = g.mul(&format!("{name}.x3"), &x2, &h)?;
+                let kx3 = g.mul(&format!("{name}.kx3"), &x3, &k)?;
+                let inner = g.add(&format!("{name}.inner"), &h, &kx3)?;
+                let inner = g.mul(&format!("{name}.inner_scaled"), &inner, &c)?;
+                let th = g.tanh(&format!("{name}.tanh"), &inner)?;
+                let t1 = g.add(&format!("{name}.tanh_plus_one"), &th, &one)?;
+                let xh = g.mul(&format!("{name}.half_x"), &h, &half)?;
+                let out_name =
+                    if self.t == DType::F32 { name.to_string() } else { format!("{name}.fp32") };
+                let y = self.g.mul(&out_name, &xh, &t1)?;
+                self.down(name, &y)
+            }
+        }
+    }
+
+    /// The position table of `side` (`encoder`/`decoder`): `[max + pad + 1, dim]`.
+    fn position_table(
+        &mut self,
+        side: &str,
+        learned: bool,
+        max_positions: usize,
+        dim: usize,
+        pad: usize,
+    ) -> Result<Value> {
+        let rows = max_positions + pad + 1;
+        if learned {
+            self.param(&format!("{side}.embed_positions.weight"), &[rows, dim])
+        } else {
+            let table = sinusoidal_table(rows, dim, pad);
+            self.g.initializer_float(
+                &format!("{side}.embed_positions.table"),
+                self.t,
+                &[i(rows), i(dim)],
+                &table,
+            )
+        }
+    }
+
+    /// `Where(mask, -1e9, 0)` as fp32 `[N, 1, 1, S]` from a bool `[N, S]` padding mask.
+    fn attention_bias(&mut self, name: &str, mask: &Value) -> Result<Value> {
+        let m = self.g.unsqueeze(&format!("{name}.mask"), mask, &[1, 2])?;
+        let neg = self.g.scalar(&format!("{name}.masked"), DType::F32, MASKED_SCORE)?;
+        let zero = self.g.scalar(&format!("{name}.open"), DType::F32, 0.0)?;
+        self.g.where_(name, &m, &neg, &zero)
+    }
+}
+
+fn sides(c: &TransformerConfig) -> (Side, Side) {
+    (
+        Side {
+            dim: c.encoder_embed_dim,
+            ffn: c.encoder_ffn_embed_dim,
+            heads: c.encoder_attention_heads,
+            normalize_before: c.encoder_normalize_before,
+        },
+        Side {
+            dim: c.decoder_embed_dim,
+            ffn: c.decoder_ffn_embed_dim,
+            heads: c.decoder_attention_heads,
+            normalize_before: c.decoder_normalize_before,
+        },
+    )
+}
+
+fn embed_scale(c: &TransformerConfig, dim: usize) -> Option<f32> {
+    if c.no_scale_embedding { None } else { Some((dim as f64).sqrt() as f32) }
+}
+
+/// Builds the encoder graph (see the contract): `src_tokens` → `encoder_out`,
+/// `encoder_padding_mask`, `cross_key.{L}`, `cross_value.{L}`.
+pub fn build_encoder(
+    w: &Weights,
+    c: &TransformerConfig,
+    options: BuildOptions,
+    metadata: &[(String, String)],
+) -> Result<seqforge_schemas::onnx::ModelProto> {
+    let mut n = Net::new("seqforge_encoder", w, c, options);
+    let (enc, dec) = sides(c);
+    let pad = c.pad_index;
+    let batch = Dim::named("B");
+    let src = Dim::named("S");
+    let tokens = n.g.input(names::SRC_TOKENS, DType::I64, vec![batch, src])?;
+    let pad_c = n.g.initializer_i64("pad_index", &[], &[i(pad)])?;
+    let mask = n.g.equal(names::ENCODER_PADDING_MASK, &tokens, &pad_c)?;
+    let keep = n.g.not("encoder.non_padding", &mask)?;
+
+    let table = n.param("encoder.embed_tokens.weight", &[c.src_vocab_size, enc.dim])?;
+    let mut x = n.g.gather("encoder.embed_tokens", &table, &tokens, 0)?;
+    if let Some(scale) = embed_scale(c, enc.dim) {
+        let s = n.g.scalar("encoder.embed_scale", n.t, scale)?;
+        x = n.g.mul("encoder.embed_scaled", &x, &s)?;
+    }
+    if !c.no_token_positional_embeddings {
+        // fairseq's make_positions: cumsum(non-pad) · non-pad + pad.
+        let m = n.g.cast("encoder.embed_positions.non_padding", &keep, DType::I64)?;
+        let cs = n.g.cumsum("encoder.embed_positions.cumsum", &m, 1)?;
+        let numbered = n.g.mul("encoder.embed_positions.numbered", &cs, &m)?;
+        let positions = n.g.add("encoder.embed_positions.positions", &numbered, &pad_c)?;
+        let ptable = n.position_table(
+            "encoder",
+            c.encoder_learned_pos,
+            c.max_source_positions,
+            enc.dim,
+            pad,
+        )?;
+        let pe = n.g.gather("encoder.embed_positions", &ptable, &positions, 0)?;
+        x = n.g.add("encoder.embed_with_positions", &x, &pe)?;
+    }
+    if c.layernorm_embedding {
+        x = n.layer_norm("encoder.layernorm_embedding", &x, enc.dim)?;
+    }
+    // fairseq: x * (1 - encoder_padding_mask).
+    let keep3 = n.g.unsqueeze("encoder.non_padding_3d", &keep, &[2])?;
+    let keep3 = n.g.cast("encoder.non_padding_factor", &keep3, n.t)?;
+    x = n.g.mul("encoder.embedded", &x, &keep3)?;
+    let bias = n.attention_bias("encoder.attention_bias", &mask)?;
+
+    for l in 0..c.encoder_layers {
+        let p = format!("encoder.layers.{l}");
+        let norm = format!("{p}.self_attn_layer_norm");
+        let h = if enc.normalize_before { n.layer_norm(&norm, &x, enc.dim)? } else { x.clone() };
+        let a = format!("{p}.self_attn");
+        let q = n.query(&a, &h, enc)?;
+        let k = n.key_or_value(&format!("{a}.k_proj"), &format!("{a}.k"), &h, enc.dim, enc)?;
+        let v = n.key_or_value(&format!("{a}.v_proj"), &format!("{a}.v"), &h, enc.dim, enc)?;
+        let ctx = n.attend(&a, &q, &k, &v, Some(&bias), enc.dim)?;
+        let out = n.linear(&format!("{a}.out_proj"), &ctx, enc.dim, enc.dim)?;
+        x = n.g.add(&format!("{p}.self_attn_residual"), &x, &out)?;
+        if !enc.normalize_before {
+            x = n.layer_norm(&norm, &x, enc.dim)?;
+        }
+        x = n.feed_forward(&p, &x, enc)?;
+    }
+    if enc.normalize_before {
+        x = n.layer_norm("encoder.layer_norm", &x, enc.dim)?;
+    }
+    let out = n.g.identity(names::ENCODER_OUT, &x)?;
+    n.g.output(&out);
+    n.g.output(&mask);
+    for l in 0..c.decoder_layers {
+        let a = format!("decoder.layers.{l}.encoder_attn");
+        let k = n.key_or_value(&format!("{a}.k_proj"), &names::cross_key(l), &out, enc.dim, dec)?;
+        let v =
+            n.key_or_value(&format!("{a}.v_proj"), &names::cross_value(l), &out, enc.dim, dec)?;
+        n.g.output(&k);
+        n.g.output(&v);
+    }
+    let metadata: Vec<(&str, &str)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Ok(n.g.finish(&metadata))
+}
+
+/// Builds the decoder-step graph (see the contract): `prev_tokens`, `reorder`,
+/// `encoder_padding_mask`, `cross_{key,value}.{L}`, `past_{key,value}.{L}` → `log_probs`,
+/// `present_{key,value}.{L}`.
+pub fn build_decoder(
+    w: &Weights,
+    c: &TransformerConfig,
+    options: BuildOptions,
+    metadata: &[(String, String)],
+) -> Result<seqforge_schemas::onnx::ModelProto> {
+    let mut n = Net::new("seqforge_decoder_step", w, c, options);
+    let (_, dec) = sides(c);
+    let pad = c.pad_index;
+    let (heads, head_dim) = (i(dec.heads), i(dec.head_dim()));
+    let rows = || Dim::named("R");
+    let prev = n.g.input(names::PREV_TOKENS, DType::I64, vec![rows(), Dim::Fixed(1)])?;
+    let reorder = n.g.input(names::REORDER, DType::I64, vec![rows()])?;
+    let mask =
+        n.g.input(names::ENCODER_PADDING_MASK, DType::Bool, vec![rows(), Dim::named("S")])?;
+    let kv_shape =
+        |len: &str, r: Dim| vec![r, Dim::Fixed(heads), Dim::named(len), Dim::Fixed(head_dim)];
+    let mut cross = Vec::new();
+    for l in 0..c.decoder_layers {
+        let k = n.g.input(&names::cross_key(l), n.t, kv_shape("S", rows()))?;
+        let v = n.g.input(&names::cross_value(l), n.t, kv_shape("S", rows()))?;
+        cross.push((k, v));
+    }
+    let mut past = Vec::new();
+    for l in 0..c.decoder_layers {
+        let k = n.g.input(&names::past_key(l), n.t, kv_shape("P", Dim::named("R_past")))?;
+        let v = n.g.input(&names::past_value(l), n.t, kv_shape("P", Dim::named("R_past")))?;
+        past.push((k, v));
+    }
+
+    let shares_all = c.share_all_embeddings;
+    let embed_name =
+        if shares_all { "encoder.embed_tokens.weight" } else { "decoder.embed_tokens.weight" };
+    let table = n.param(embed_name, &[c.tgt_vocab_size, dec.dim])?;
+    let mut x = n.g.gather("decoder.embed_tokens", &table, &prev, 0)?;
+    if let Some(scale) = embed_scale(c, dec.dim) {
+        let s = n.g.scalar("decoder.embed_scale", n.t, scale)?;
+        x = n.g.mul("decoder.embed_scaled", &x, &s)?;
+    }
+    if !c.no_token_positional_embeddings {
+        // The step is P, the past's length: position pad + 1 + P for every row.
+        let step = n.g.shape("decoder.step", &past[0].0, 2, 3)?;
+        let offset = n.g.initializer_i64("decoder.first_position", &[1], &[i(pad) + 1])?;
+        let position = n.g.add("decoder.embed_positions.position", &step, &offset)?;
+        let ptable = n.position_table(
+            "decoder",
+            c.decoder_learned_pos,
+            c.max_target_positions,
+            dec.dim,
+            pad,
+        )?;
+        let pe = n.g.gather("decoder.embed_positions", &ptable, &position, 0)?;
+        x = n.g.add("decoder.embed_with_positions", &x, &pe)?;
+    }
+    if c.layernorm_embedding {
+        x = n.layer_norm("decoder.layernorm_embedding", &x, dec.dim)?;
+    }
+    let bias = n.attention_bias("decoder.encoder_attention_bias", &mask)?;
+
+    let mut presents = Vec::new();
+    for l in 0..c.decoder_layers {
+        let p = format!("decoder.layers.{l}");
+        // Self-attention over the reordered past plus this step.
+        let norm = format!("{p}.self_attn_layer_norm");
+        let h = if dec.normalize_before { n.layer_norm(&norm, &x, dec.dim)? } else { x.clone() };
+        let a = format!("{p}.self_attn");
+        let q = n.query(&a, &h, dec)?;
+        let k = n.key_or_value(&format!("{a}.k_proj"), &format!("{a}.k"), &h, dec.dim, dec)?;
+        let v = n.key_or_value(&format!("{a}.v_proj"), &format!("{a}.v"), &h, dec.dim, dec)?;
+        let (past_k, past_v) = &past[l];
+        let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, &reorder, 0)?;
+        let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, &reorder, 0)?;
+        let present_k = n.g.concat(&names::present_key(l), &[&pk, &k], 2)?;
+        let present_v = n.g.concat(&names::present_value(l), &[&pv, &v], 2)?;
+        let ctx = n.attend(&a, &q, &present_k, &present_v, None, dec.dim)?;
+        let out = n.linear(&format!("{a}.out_proj"), &ctx, dec.dim, dec.dim)?;
+        x = n.g.add(&format!("{p}.self_attn_residual"), &x, &out)?;
+        if !dec.normalize_before {
+            x = n.layer_norm(&norm, &x, dec.dim)?;
+        }
+        presents.push((present_k, present_v));
+
+        // Encoder attention over the precomputed keys and values.
+        let norm = format!("{p}.encoder_attn_layer_norm");
+        let h = if dec.normalize_before { n.layer_norm(&norm, &x, dec.dim)? } else { x.clone() };
+        let a = format!("{p}.encoder_attn");
+        let q = n.query(&a, &h, dec)?;
+        let (ck, cv) = &cross[l];
+        let ctx = n.attend(&a, &q, ck, cv, Some(&bias), dec.dim)?;
+        let out = n.linear(&format!("{a}.out_proj"), &ctx, dec.dim, dec.dim)?;
+        x = n.g.add(&format!("{p}.encoder_attn_residual"), &x, &out)?;
+        if !dec.normalize_before {
+            x = n.layer_norm(&norm, &x, dec.dim)?;
+        }
+        x = n.feed_forward(&p, &x, dec)?;
+    }
+    if dec.normalize_before && !c.no_decoder_final_norm {
+        x = n.layer_norm("decoder.layer_norm", &x, dec.dim)?;
+    }
+    let features = n.g.reshape("decoder.features", &x, &[0, i(dec.dim)])?;
+    let projection = if c.shares_decoder_output() {
+        table
+    } else {
+        n.param("decoder.output_projection.weight", &[c.tgt_vocab_size, dec.dim])?
+    };
+    let logits = n.g.gemm_transposed_b("decoder.output_projection", &features, &projection)?;
+    let log_probs = if n.naive {
+        let lp = n.g.log_softmax("decoder.log_probs_fp16", &logits, -1)?;
+        n.g.cast(names::LOG_PROBS, &lp, DType::F32)?
+    } else if n.t == DType::F32 {
+        n.g.log_softmax(names::LOG_PROBS, &logits, -1)?
+    } else {
+        let l32 = n.g.cast("decoder.logits_fp32", &logits, DType::F32)?;
+        n.g.log_softmax(names::LOG_PROBS, &l32, -1)?
+    };
+    n.g.output(&log_probs);
+    for (k, v) in &presents {
+        n.g.output(k);
+        n.g.output(v);
+    }
+    let metadata: Vec<(&str, &str)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Ok(n.g.finish(&metadata))
+}
+
+/// Names in the checkpoint that the graphs do not read but that are legitimately there:
+/// fairseq's buffers and the aliases of tied weights.
+pub fn ignorable_tensor(c: &TransformerConfig, name: &str) -> bool {
+    matches!(name, "encoder.version" | "decoder.version")
+        || name.ends_with(".embed_positions._float_tensor")
+        || (c.share_all_embeddings && name == "decoder.embed_tokens.weight")
+        || (c.shares_decoder_output() && name == "decoder.output_projection.weight")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinusoidal_table_matches_fairseq_layout() {
+        // fairseq: half_dim = 4, emb = exp(arange(4) * -(ln(10000)/3)); row r = [sin(r·emb), cos(r·emb)].
+        let t = sinusoidal_table(5, 8, 1);
+        assert!(t[8..16].iter().all(|&v| v == 0.0), "padding row must be zero");
+        let r = 3f32;
+        let freqs = [1.0f32, 0.046_415_89, 0.002_154_435, 0.000_1];
+        for (k, f) in freqs.iter().enumerate() {
+            assert!((t[3 * 8 + k] - (r * f).sin()).abs() < 1e-6);
+            assert!((t[3 * 8 + 4 + k] - (r * f).cos()).abs() < 1e-6);
+        }
+        assert_eq!(t[0], 0.0); // sin(0)
+        assert_eq!(t[4], 1.0); // cos(0)
+    }
+}

@@ -1,0 +1,157 @@
+//! A checkpoint's `model.safetensors`, read without libtorch: every tensor under its fairseq
+//! name, converted to f32, checked for shape as the graph builder asks for it, and a final
+//! check that no tensor was left unexplained by the configuration.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensors};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// One tensor: its shape and its values in f32.
+#[derive(Debug, Clone)]
+struct Tensor {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+/// The tensors of a `model.safetensors`.
+#[derive(Debug)]
+pub struct Weights {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+    used: RefCell<BTreeSet<String>>,
+    sha256: String,
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Weights {
+    /// Reads `path`; floating tensors (f32, f16, bf16, f64) become f32, others are kept out of
+    /// reach (asking for one is a dtype error naming it).
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::MissingFile {
+                    path: path.to_path_buf(),
+                    hint: " (is this a seqforge checkpoint directory?)".into(),
+                });
+            }
+            Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
+        };
+        let sha256 = sha256_hex(&bytes);
+        Self::from_bytes(path, &bytes, sha256)
+    }
+
+    /// Parses safetensors `bytes`; `path` names the file in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8], sha256: String) -> Result<Self> {
+        let parsed = SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut tensors = HashMap::new();
+        for (name, view) in parsed.tensors() {
+            let raw = view.data();
+            let data: Option<Vec<f32>> = match view.dtype() {
+                Dtype::F32 => Some(
+                    raw.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ),
+                Dtype::F16 => Some(
+                    raw.chunks_exact(2)
+                        .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect(),
+                ),
+                Dtype::BF16 => Some(
+                    raw.chunks_exact(2)
+                        .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect(),
+                ),
+                Dtype::F64 => Some(
+                    raw.chunks_exact(8)
+                        .map(|c| {
+                            let mut b = [0u8; 8];
+                            b.copy_from_slice(c);
+                            f64::from_le_bytes(b) as f32
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            };
+            let shape = view.shape().to_vec();
+            match data {
+                Some(data) => {
+                    tensors.insert(name, Tensor { shape, data });
+                }
+                None => {
+                    // Kept as an empty marker so that asking for it names the dtype.
+                    tensors.insert(
+                        name.clone(),
+                        Tensor { shape: vec![usize::MAX, view.dtype() as usize], data: vec![] },
+                    );
+                }
+            }
+        }
+        Ok(Self { path: path.to_path_buf(), tensors, used: RefCell::new(BTreeSet::new()), sha256 })
+    }
+
+    /// The file's SHA-256 (hex).
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file holds `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// The values of tensor `name`, which must have exactly `shape` and a float dtype.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<&[f32]> {
+        let t = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        if t.shape.first() == Some(&usize::MAX) && t.data.is_empty() {
+            return Err(Error::BadTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                message: "has a non-float dtype, expected f32 (or f16/bf16/f64)".into(),
+            });
+        }
+        if t.shape != shape {
+            return Err(Error::BadTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                message: format!("has shape {:?}, the model config needs {shape:?}", t.shape),
+            });
+        }
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(&t.data)
+    }
+
+    /// Fails with every tensor that was never asked for and that `ignorable` does not accept
+    /// (buffers such as `encoder.version`).
+    pub fn check_all_used(&self, ignorable: impl Fn(&str) -> bool) -> Result<()> {
+        let used = self.used.borrow();
+        let mut unused: Vec<String> =
+            self.tensors.keys().filter(|n| !used.contains(*n) && !ignorable(n)).cloned().collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        Err(Error::UnexpectedTensors { path: self.path.clone(), tensors: unused })
+    }
+}

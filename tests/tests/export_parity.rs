@@ -1,0 +1,490 @@
+//! Exporter parity: a checkpoint saved with the trainer's own `checkpoint::save` is exported
+//! with the exporter library, both graphs run in ONNX Runtime, and everything is compared with
+//! the trainer's libtorch Transformer: the encoder output (left- and right-padded batches), the
+//! cross-attention keys/values, and the log-probabilities of 32 incremental decoder steps on a
+//! padded batch of 3 sentences, with a beam-like reorder (rows duplicated, dropped, permuted)
+//! in the middle and an empty past at step 0. FP32 must agree to 1e-4, FP16 to 2e-2 of the
+//! FP32 reference. Covers post-/pre-norm, shared/unshared embeddings, sinusoidal/learned
+//! positions, relu/gelu/gelu_accurate, layernorm_embedding, different encoder/decoder widths,
+//! random and briefly trained weights. Also: the FP16 graph stays finite where a naive all-fp16
+//! graph overflows, and bad inputs give errors that name the culprit and leave nothing behind.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use half::f16;
+use ort::value::{DynValue, Tensor as OrtTensor};
+use seqforge_exporter::{ExportOptions, export};
+use seqforge_runtime::onnx::{SessionConfig, load_session};
+use seqforge_schemas::contract::{self, Dtype, Manifest, names};
+use seqforge_trainer::batching::EpochState;
+use seqforge_trainer::checkpoint::{
+    self, Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState, TrainerState,
+};
+use seqforge_trainer::fp16::Precision;
+use seqforge_trainer::models::transformer::{Activation, Transformer, TransformerConfig};
+use tch::{Device, Kind, Tensor, nn};
+
+const EOS: i64 = 2;
+const PAD: i64 = 1;
+
+/// A model saved as a trainer checkpoint plus its data directory.
+struct Saved {
+    _dir: tempfile::TempDir,
+    checkpoint: PathBuf,
+    data: PathBuf,
+    root: PathBuf,
+}
+
+/// Writes `dict.{lang}.txt` with `size` symbols (4 specials + words).
+fn write_dict(path: &Path, size: usize, tag: &str) -> Result<()> {
+    let text: String = (4..size).map(|i| format!("{tag}{i} {}\n", 1000 - i)).collect();
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// Saves `model` with the trainer's checkpoint writer, dictionaries in a data directory.
+fn save(model: &Transformer, arch: &str, joined: bool) -> Result<Saved> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().to_path_buf();
+    let data = root.join("data");
+    std::fs::create_dir_all(&data)?;
+    let c = model.config();
+    let src_tag = if joined { "w" } else { "de" };
+    write_dict(&data.join("dict.de.txt"), c.src_vocab_size, src_tag)?;
+    write_dict(&data.join("dict.en.txt"), c.tgt_vocab_size, if joined { "w" } else { "en" })?;
+    let iterator = EpochState {
+        version: 2,
+        epoch: 1,
+        iterations_in_epoch: 0,
+        shuffle: false,
+        num_batches: None,
+        num_shards: None,
+        batches_fingerprint: None,
+    };
+    let ckpt = Checkpoint {
+        config: CheckpointConfig {
+            format_version: checkpoint::FORMAT_VERSION,
+            arch: arch.into(),
+            model: serde_json::to_value(c)?,
+            task: ComponentConfig::new(
+                "translation",
+                serde_json::json!({"source_lang": "de", "target_lang": "en"}),
+            ),
+            criterion: ComponentConfig::new("cross_entropy", serde_json::json!({})),
+            optimizer: ComponentConfig::new("adam", serde_json::json!({})),
+            lr_scheduler: ComponentConfig::new("fixed", serde_json::json!({})),
+            precision: Precision::Fp32,
+            dictionaries: vec![
+                DictionaryIdentity::of_file(data.join("dict.de.txt"))?,
+                DictionaryIdentity::of_file(data.join("dict.en.txt"))?,
+            ],
+        },
+        state: TrainerState {
+            format_version: checkpoint::FORMAT_VERSION,
+            num_updates: 7,
+            epoch: 1,
+            end_of_epoch: false,
+            iterator,
+            lr_scheduler: serde_json::json!({}),
+            loss_scaler: None,
+            best: None,
+            val_loss: None,
+            rng: RngState { seed: 1, num_updates: 7 },
+            extra: serde_json::Value::Null,
+        },
+        model: model.fairseq_state_dict(),
+        optimizer: vec![],
+    };
+    let checkpoint = root.join("checkpoint_last");
+    checkpoint::save(&checkpoint, &ckpt)?;
+    Ok(Saved { _dir: dir, checkpoint, data, root })
+}
+
+/// A few Adam updates of teacher-forced cross-entropy on random data, so that weights (layer
+/// norms included) move away from their initial values.
+fn train_briefly(vs: &nn::VarStore, model: &Transformer, updates: usize) -> Result<()> {
+    use tch::nn::OptimizerConfig;
+    let mut opt = nn::Adam::default().build(vs, 3e-3)?;
+    let c = model.config();
+    for _ in 0..updates {
+        let src =
+            Tensor::randint_low(4, c.src_vocab_size as i64, [4, 6], (Kind::Int64, Device::Cpu));
+        let tgt =
+            Tensor::randint_low(4, c.tgt_vocab_size as i64, [4, 5], (Kind::Int64, Device::Cpu));
+        let lengths = Tensor::from_slice(&[6i64; 4]);
+        let logits = model.forward(&src, &lengths, &tgt, true)?;
+        let lprobs = model.get_normalized_probs(&logits, true)?;
+        let loss = lprobs.f_view([-1, c.tgt_vocab_size as i64])?.f_nll_loss(
+            &tgt.f_roll([-1], [1])?.f_view([-1])?,
+            None::<Tensor>,
+            tch::Reduction::Mean,
+            -100,
+        )?;
+        opt.backward_step(&loss);
+    }
+    Ok(())
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(Vec::<f32>::try_from(t.f_flatten(0, -1)?.f_to_kind(Kind::Float)?)?)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> Result<f32> {
+    ensure!(a.len() == b.len(), "lengths differ: {} vs {}", a.len(), b.len());
+    let mut worst = 0f32;
+    for (x, y) in a.iter().zip(b) {
+        ensure!(x.is_finite() && y.is_finite(), "non-finite value: {x} vs {y}");
+        worst = worst.max((x - y).abs());
+    }
+    Ok(worst)
+}
+
+/// An ONNX Runtime tensor input of the model dtype.
+fn float_input(fp16: bool, shape: &[i64], data: &[f32]) -> Result<DynValue> {
+    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    Ok(if fp16 {
+        let h: Vec<f16> = data.iter().map(|&v| f16::from_f32(v)).collect();
+        OrtTensor::from_array((shape, h))?.into_dyn()
+    } else {
+        OrtTensor::from_array((shape, data.to_vec()))?.into_dyn()
+    })
+}
+
+fn float_output(
+    outputs: &ort::session::SessionOutputs<'_>,
+    name: &str,
+    fp16: bool,
+) -> Result<(Vec<i64>, Vec<f32>)> {
+    let value = &outputs[name];
+    if fp16 {
+        let (shape, data) = value.try_extract_tensor::<f16>()?;
+        Ok((shape.to_vec(), data.iter().map(|v| v.to_f32()).collect()))
+    } else {
+        let (shape, data) = value.try_extract_tensor::<f32>()?;
+        Ok((shape.to_vec(), data.to_vec()))
+    }
+}
+
+/// Gathers rows of a `[N, ...]` row-major tensor.
+fn gather_rows(shape: &[i64], data: &[f32], order: &[usize]) -> (Vec<i64>, Vec<f32>) {
+    let row = data.len() / shape[0].max(1) as usize;
+    let mut out = Vec::with_capacity(order.len() * row);
+    for &r in order {
+        out.extend_from_slice(&data[r * row..(r + 1) * row]);
+    }
+    let mut s = shape.to_vec();
+    s[0] = order.len() as i64;
+    (s, out)
+}
+
+/// The sources: lengths 5, 3 and 7 (EOS included).
+fn sources() -> Vec<Vec<i64>> {
+    vec![vec![5, 9, 7, 11, 2], vec![13, 6, 2], vec![8, 8, 19, 4, 17, 10, 2]]
+}
+
+fn padded(sources: &[Vec<i64>], left: bool) -> (Vec<i64>, usize) {
+    let len = sources.iter().map(Vec::len).max().unwrap_or(0);
+    let mut out = Vec::new();
+    for s in sources {
+        let pad = std::iter::repeat_n(PAD, len - s.len());
+        if left {
+            out.extend(pad);
+            out.extend(s);
+        } else {
+            out.extend(s);
+            out.extend(pad);
+        }
+    }
+    (out, len)
+}
+
+/// Measured maximum differences of one comparison.
+#[derive(Debug, Default, Clone, Copy)]
+struct Diffs {
+    encoder_out: f32,
+    cross_kv: f32,
+    log_probs: f32,
+    steps: usize,
+}
+
+/// Runs the exported graphs (fp32 or fp16 as written in the manifest) against the libtorch
+/// model over `steps` incremental steps, with a reorder at step `steps / 3`.
+fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs> {
+    let manifest = Manifest::load(model_dir)?;
+    let fp16 = manifest.contract.dtype == Dtype::Fp16;
+    let layers = manifest.contract.decoder_layers;
+    let (heads, head_dim) = (
+        manifest.contract.decoder_attention_heads as i64,
+        manifest.contract.decoder_head_dim as i64,
+    );
+    let config = SessionConfig { intra_threads: 1, optimize: true };
+    let mut enc = load_session(&model_dir.join(contract::ENCODER_FILE), &config)?;
+    let mut dec = load_session(&model_dir.join(contract::DECODER_FILE), &config)?;
+    let mut diffs = Diffs { steps, ..Diffs::default() };
+    let _guard = tch::no_grad_guard();
+
+    // Encoder, right padding (outputs checked only).
+    let srcs = sources();
+    let b = srcs.len();
+    {
+        let (tokens, len) = padded(&srcs, false);
+        let t = Tensor::from_slice(&tokens).f_reshape([b as i64, len as i64])?;
+        let expected = to_vec(&model.encode(&t, false)?.out)?;
+        let outputs = enc.run(ort::inputs![
+            names::SRC_TOKENS => OrtTensor::from_array(([b, len], tokens.clone()))?
+        ])?;
+        let (_, got) = float_output(&outputs, names::ENCODER_OUT, fp16)?;
+        diffs.encoder_out = diffs.encoder_out.max(max_diff(&got, &expected)?);
+    }
+
+    // Encoder, left padding (what decoding uses).
+    let (tokens, len) = padded(&srcs, true);
+    let t = Tensor::from_slice(&tokens).f_reshape([b as i64, len as i64])?;
+    let encoded = model.encode(&t, false)?;
+    let mut cache = model.init_cache(&encoded)?;
+    let outputs = enc.run(
+        ort::inputs![names::SRC_TOKENS => OrtTensor::from_array(([b, len], tokens.clone()))?],
+    )?;
+    let (shape, got) = float_output(&outputs, names::ENCODER_OUT, fp16)?;
+    ensure!(
+        shape == [b as i64, len as i64, manifest.contract.encoder_embed_dim as i64],
+        "{shape:?}"
+    );
+    diffs.encoder_out = diffs.encoder_out.max(max_diff(&got, &to_vec(&encoded.out)?)?);
+    let (mask_shape, mask) = {
+        let (s, m) = outputs[names::ENCODER_PADDING_MASK].try_extract_tensor::<bool>()?;
+        (s.to_vec(), m.to_vec())
+    };
+    let expected_mask: Vec<bool> = tokens.iter().map(|&t| t == PAD).collect();
+    ensure!(mask == expected_mask, "padding mask {mask:?}");
+    let mut cross = Vec::new();
+    for l in 0..layers {
+        let k = float_output(&outputs, &names::cross_key(l), fp16)?;
+        let v = float_output(&outputs, &names::cross_value(l), fp16)?;
+        ensure!(k.0 == [b as i64, heads, len as i64, head_dim], "cross_key.{l} shape {:?}", k.0);
+        diffs.cross_kv = diffs.cross_kv.max(max_diff(&k.1, &to_vec(&cache.cross_attn[l].key)?)?);
+        diffs.cross_kv = diffs.cross_kv.max(max_diff(&v.1, &to_vec(&cache.cross_attn[l].value)?)?);
+        cross.push((k, v));
+    }
+    drop(outputs);
+
+    // Incremental decoding. `sentence[r]` is the source of row r.
+    let mut sentence: Vec<usize> = (0..b).collect();
+    let mut past: Vec<((Vec<i64>, Vec<f32>), (Vec<i64>, Vec<f32>))> = (0..layers)
+        .map(|_| {
+            let s = vec![b as i64, heads, 0, head_dim];
+            ((s.clone(), vec![]), (s, vec![]))
+        })
+        .collect();
+    let mut prev: Vec<i64> = vec![EOS; b];
+    let mut reorder: Vec<usize> = (0..b).collect();
+    let mut lcg: u64 = 0x5eed;
+    let vocab = manifest.contract.tgt_vocab_size;
+    for step in 0..steps {
+        if step == steps / 3 {
+            // Beam-like: row 1 duplicated, rows permuted, 3 → 4 rows.
+            reorder = vec![1, 0, 1, 2];
+            let index = Tensor::from_slice(&reorder.iter().map(|&r| r as i64).collect::<Vec<_>>());
+            cache.reorder(&index)?;
+            sentence = reorder.iter().map(|&r| sentence[r]).collect();
+            prev = reorder.iter().map(|&r| prev[r]).collect();
+        } else if step == 2 * steps / 3 {
+            // Pruning: keep rows 3 and 0.
+            reorder = vec![3, 0];
+            let index = Tensor::from_slice(&reorder.iter().map(|&r| r as i64).collect::<Vec<_>>());
+            cache.reorder(&index)?;
+            sentence = reorder.iter().map(|&r| sentence[r]).collect();
+            prev = reorder.iter().map(|&r| prev[r]).collect();
+        }
+        let rows = sentence.len();
+        let logits = model.decode_step(&Tensor::from_slice(&prev), &mut cache)?;
+        let expected = to_vec(&model.get_normalized_probs(&logits, true)?)?;
+
+        let mut inputs: Vec<(String, DynValue)> = vec![
+            (
+                names::PREV_TOKENS.into(),
+                OrtTensor::from_array(([rows, 1usize], prev.clone()))?.into_dyn(),
+            ),
+            (
+                names::REORDER.into(),
+                OrtTensor::from_array((
+                    [rows],
+                    reorder.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                ))?
+                .into_dyn(),
+            ),
+        ];
+        let (mshape, mrows) = {
+            let m: Vec<f32> = mask.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
+            gather_rows(&mask_shape, &m, &sentence)
+        };
+        let mvals: Vec<bool> = mrows.iter().map(|&x| x != 0.0).collect();
+        let mshape: Vec<usize> = mshape.iter().map(|&d| d as usize).collect();
+        inputs.push((
+            names::ENCODER_PADDING_MASK.into(),
+            OrtTensor::from_array((mshape, mvals))?.into_dyn(),
+        ));
+        for (l, ((ks, kd), (vs, vd))) in cross.iter().enumerate() {
+            let (s, d) = gather_rows(ks, kd, &sentence);
+            inputs.push((names::cross_key(l), float_input(fp16, &s, &d)?));
+            let (s, d) = gather_rows(vs, vd, &sentence);
+            inputs.push((names::cross_value(l), float_input(fp16, &s, &d)?));
+        }
+        for (l, ((ks, kd), (vs, vd))) in past.iter().enumerate() {
+            inputs.push((names::past_key(l), float_input(fp16, ks, kd)?));
+            inputs.push((names::past_value(l), float_input(fp16, vs, vd)?));
+        }
+        let outputs = dec.run(inputs)?;
+        let (lp_shape, lp) = {
+            let (s, d) = outputs[names::LOG_PROBS].try_extract_tensor::<f32>()?;
+            (s.to_vec(), d.to_vec())
+        };
+        ensure!(lp_shape == [rows as i64, vocab as i64], "step {step}: log_probs {lp_shape:?}");
+        let d = max_diff(&lp, &expected).with_context(|| format!("step {step}"))?;
+        diffs.log_probs = diffs.log_probs.max(d);
+        for r in 0..rows {
+            let total: f64 =
+                lp[r * vocab..(r + 1) * vocab].iter().map(|&v| f64::from(v).exp()).sum();
+            ensure!(
+                (total - 1.0).abs() < 1e-3,
+                "step {step} row {r}: probabilities sum to {total}"
+            );
+        }
+        let mut next = Vec::new();
+        for l in 0..layers {
+            let k = float_output(&outputs, &names::present_key(l), fp16)?;
+            let v = float_output(&outputs, &names::present_value(l), fp16)?;
+            ensure!(
+                k.0 == [rows as i64, heads, step as i64 + 1, head_dim],
+                "step {step}: present_key.{l} {:?}",
+                k.0
+            );
+            next.push((k, v));
+        }
+        past = next;
+        // Next tokens: pseudo-random real words (an argmax could tie differently).
+        prev = (0..rows)
+            .map(|_| {
+                lcg = lcg.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                4 + ((lcg >> 33) % (vocab as u64 - 4)) as i64
+            })
+            .collect();
+        reorder = (0..rows).collect();
+    }
+    Ok(diffs)
+}
+
+struct Case {
+    name: &'static str,
+    arch: &'static str,
+    config: TransformerConfig,
+    train_updates: usize,
+    joined: bool,
+}
+
+fn tiny() -> Result<TransformerConfig> {
+    Ok(TransformerConfig::from_preset("transformer_tiny")?.with_vocab(40, 48))
+}
+
+fn cases() -> Result<Vec<Case>> {
+    let base = tiny()?;
+    Ok(vec![
+        Case {
+            name: "post-norm, sinusoidal, unshared, relu (random)",
+            arch: "transformer_tiny",
+            config: base.clone(),
+            train_updates: 0,
+            joined: false,
+        },
+        Case {
+            name: "post-norm, sinusoidal, unshared, relu (trained)",
+            arch: "transformer_tiny",
+            config: base.clone(),
+            train_updates: 5,
+            joined: false,
+        },
+        Case {
+            name: "pre-norm, shared all, learned positions, gelu, layernorm_embedding (trained)",
+            arch: "transformer_tiny",
+            config: TransformerConfig {
+                encoder_normalize_before: true,
+                decoder_normalize_before: true,
+                share_all_embeddings: true,
+                encoder_learned_pos: true,
+                decoder_learned_pos: true,
+                activation_fn: Activation::Gelu,
+                layernorm_embedding: true,
+                max_source_positions: 40,
+                max_target_positions: 48,
+                ..base.clone().with_vocab(48, 48)
+            },
+            train_updates: 5,
+            joined: true,
+        },
+        Case {
+            name: "pre-norm decoder, shared decoder in/out, 48-wide 3-head decoder over a 32-wide \
+                   encoder, gelu_accurate, 3 decoder layers (trained)",
+            arch: "transformer_tiny",
+            config: TransformerConfig {
+                encoder_embed_dim: 32,
+                encoder_ffn_embed_dim: 40,
+                encoder_attention_heads: 4,
+                decoder_embed_dim: 48,
+                decoder_ffn_embed_dim: 56,
+                decoder_attention_heads: 3,
+                decoder_layers: 3,
+                decoder_normalize_before: true,
+                share_decoder_input_output_embed: true,
+                activation_fn: Activation::GeluAccurate,
+                ..base
+            },
+            train_updates: 5,
+            joined: false,
+        },
+    ])
+}
+
+const STEPS: usize = 32;
+
+#[test]
+fn fp32_and_fp16_exports_match_libtorch() -> Result<()> {
+    let mut report = Vec::new();
+    for (i, case) in cases()?.into_iter().enumerate() {
+        tch::manual_seed(100 + i as i64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Transformer::new(&vs.root(), &case.config)?;
+        if case.train_updates > 0 {
+            train_briefly(&vs, &model, case.train_updates)?;
+        }
+        let saved = save(&model, case.arch, case.joined)?;
+        for dtype in [Dtype::Fp32, Dtype::Fp16] {
+            let out = saved.root.join(format!("model-{dtype}"));
+            let summary = export(
+                &ExportOptions::new(&saved.checkpoint, &saved.data, &out).with_dtype(dtype),
+            )?;
+            seqforge_exporter::export::verify_model_dir(&out)?;
+            let d =
+                compare(&model, &out, STEPS).with_context(|| format!("{} {dtype}", case.name))?;
+            let tol = if dtype == Dtype::Fp32 { 1e-4 } else { 2e-2 };
+            let line = format!(
+                "{dtype} {}: max |diff| encoder_out {:.2e}, cross K/V {:.2e}, log_probs {:.2e} \
+                 over {} steps ({} on disk)",
+                case.name,
+                d.encoder_out,
+                d.cross_kv,
+                d.log_probs,
+                d.steps,
+                seqforge_exporter::export::human_size(summary.files.iter().map(|f| f.1).sum()),
+            );
+            println!("{line}");
+            ensure!(
+                d.encoder_out <= tol && d.cross_kv <= tol && d.log_probs <= tol,
+                "over tolerance {tol}: {line}"
+            );
+            report.push(line);
+        }
+    }
+    ensure!(report.len() == 8, "{} comparisons", report.len());
+    Ok(())
+}
