@@ -20,7 +20,8 @@
 //! ```text
 //! master.zero_grad()?;                          // model grads and fp32 grads to zero
 //! let loss = scaler.scale(&loss)?; loss.backward();
-//! match master.unscale_clip_and_check(Some(&mut scaler), clip_norm)? {   // may fail: min scale
+//! match master.unscale_clip_and_check(Some(&mut scaler), clip_norm, 1.0 / sample_size)? {
+//!     // (may also fail: Error::MinLossScaleReached)
 //!     GradCheck::Overflow { .. } => { /* skip: no optimizer step, scale already halved */ }
 //!     GradCheck::Finite { grad_norm } => {
 //!         optimizer.step(master.params(), lr)?;
@@ -356,7 +357,6 @@ impl DynamicLossScaler {
             });
         }
         self.state.iter += 1;
-        tracing::info!("gradient overflow: setting loss scale to: {}", self.state.loss_scale);
         Ok(GradCheck::Overflow { grad_norm, new_scale: self.state.loss_scale })
     }
 
@@ -498,9 +498,10 @@ impl MasterWeights {
         Ok(())
     }
 
-    /// fairseq's `clip_grad_norm` + overflow check: copies the gradients to fp32, unscales them
-    /// by `1 / scale` (when `scaler` is given), **then** computes the norm and clips to
-    /// `max_norm` (0: no clipping); the norm returned is the true (unscaled) one, before
+    /// fairseq's `multiply_grads` + `clip_grad_norm` + overflow check: copies the gradients to
+    /// fp32, multiplies them by `grad_multiplier / scale` (`grad_multiplier` is the trainer's
+    /// `1 / sample_size`; `scale` is 1 without a `scaler`), **then** computes the norm and clips
+    /// to `max_norm` (0: no clipping); the norm returned is the true (unscaled) one, before
     /// clipping. With a scaler, a non-finite norm lowers the scale and returns
     /// [`GradCheck::Overflow`] (or fails with [`Error::MinLossScaleReached`]); without one it
     /// fails with [`Error::NonFiniteGradients`].
@@ -508,8 +509,9 @@ impl MasterWeights {
         &mut self,
         scaler: Option<&mut DynamicLossScaler>,
         max_norm: f64,
+        grad_multiplier: f64,
     ) -> Result<GradCheck> {
-        let multiplier = scaler.as_ref().map_or(1.0, |s| 1.0 / s.loss_scale());
+        let multiplier = grad_multiplier * scaler.as_ref().map_or(1.0, |s| 1.0 / s.loss_scale());
         self.sync_grads(multiplier)?;
         match scaler {
             Some(scaler) => {
@@ -564,6 +566,56 @@ impl MasterWeights {
         }
         self.copy_to_model()
     }
+}
+
+/// fairseq's `MemoryEfficientFP16Optimizer` gradient handling, for 16-bit parameters updated
+/// in place (no fp32 master copy; the optimizer upcasts each parameter and gradient to fp32
+/// for its step and keeps its state in fp32):
+///
+/// the gradient norm is measured on the (scaled) 16-bit gradients, each in fp32, and multiplied
+/// by `grad_multiplier / scale`; with a `scaler` a norm above `max_norm > 0` folds
+/// `max_norm / norm` into the multiplier and a non-finite norm is an overflow (see
+/// [`DynamicLossScaler::check_overflow`]); without one a non-finite norm is
+/// [`Error::NonFiniteGradients`] and clipping uses `min(max_norm / (norm + 1e-6), 1)`. When the
+/// update goes ahead, the gradients are multiplied once, in place and in their own kind, by
+/// the combined factor (fairseq's `_unscale_grads`). Returns the true norm before clipping.
+pub fn unscale_clip_and_check_in_place(
+    params: &[(String, Tensor)],
+    scaler: Option<&mut DynamicLossScaler>,
+    max_norm: f64,
+    grad_multiplier: f64,
+) -> Result<GradCheck> {
+    let mut factor = grad_multiplier * scaler.as_ref().map_or(1.0, |s| 1.0 / s.loss_scale());
+    let grad_norm = factor * clip_with(params, 0.0, ClipRule::Eps)?;
+    match scaler {
+        Some(scaler) => {
+            if max_norm > 0.0 && grad_norm > max_norm {
+                factor *= max_norm / grad_norm;
+            }
+            let check = scaler.check_overflow(grad_norm)?;
+            if check.is_overflow() {
+                return Ok(check);
+            }
+        }
+        None => {
+            if !grad_norm.is_finite() {
+                return Err(Error::NonFiniteGradients { grad_norm });
+            }
+            if max_norm > 0.0 {
+                factor *= (max_norm / (grad_norm + 1e-6)).min(1.0);
+            }
+        }
+    }
+    if factor != 1.0 {
+        let _guard = tch::no_grad_guard();
+        for (_, p) in params {
+            let mut g = p.f_grad()?;
+            if g.defined() {
+                let _ = g.f_mul_scalar_(factor)?;
+            }
+        }
+    }
+    Ok(GradCheck::Finite { grad_norm })
 }
 
 #[cfg(test)]
@@ -765,13 +817,13 @@ mod tests {
         let mut s = scaler(100)?;
         let p = param_with_grad(&[0.0, 0.0], &[384.0, 512.0], Kind::Half)?;
         let mut mw = MasterWeights::new(&[("w".to_owned(), p.shallow_clone())])?;
-        let check = mw.unscale_clip_and_check(Some(&mut s), 1.0)?;
+        let check = mw.unscale_clip_and_check(Some(&mut s), 1.0, 1.0)?;
         assert_eq!(check, GradCheck::Finite { grad_norm: 5.0 });
         let g = values(&mw.params()[0].1.f_grad()?)?;
         assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
         // Without clipping the unscaled grads are exact.
         let mut mw = MasterWeights::new(&[("w".to_owned(), p.shallow_clone())])?;
-        assert_eq!(mw.unscale_clip_and_check(Some(&mut s), 0.0)?.grad_norm(), 5.0);
+        assert_eq!(mw.unscale_clip_and_check(Some(&mut s), 0.0, 1.0)?.grad_norm(), 5.0);
         assert_eq!(values(&mw.params()[0].1.f_grad()?)?, vec![3.0, 4.0]);
         Ok(())
     }
@@ -783,7 +835,7 @@ mod tests {
             let p = param_with_grad(&[1.0, 2.0], &[1.0, bad], Kind::Half)?;
             let before = values(&p)?;
             let mut mw = MasterWeights::new(&[("w".to_owned(), p.shallow_clone())])?;
-            let check = mw.unscale_clip_and_check(Some(&mut s), 0.1)?;
+            let check = mw.unscale_clip_and_check(Some(&mut s), 0.1, 1.0)?;
             assert!(check.is_overflow(), "{check:?}");
             assert_eq!(s.loss_scale(), 64.0);
             // The caller skips the optimizer step: nothing changes in the model.
@@ -792,10 +844,42 @@ mod tests {
             let q = param_with_grad(&[1.0], &[bad], Kind::BFloat16)?;
             let mut mw = MasterWeights::new(&[("w".to_owned(), q)])?;
             assert!(matches!(
-                mw.unscale_clip_and_check(None, 0.0),
+                mw.unscale_clip_and_check(None, 0.0, 1.0),
                 Err(Error::NonFiniteGradients { .. })
             ));
         }
+        Ok(())
+    }
+
+    #[test]
+    fn in_place_unscale_clip_and_check() -> TestResult {
+        // Scaled by 128 and summed over 2 tokens: fp16 grads (768, 1024) → true norm 5.
+        let mut s = scaler(100)?;
+        let p = param_with_grad(&[0.0, 0.0], &[768.0, 1024.0], Kind::Half)?;
+        let params = [("w".to_owned(), p.shallow_clone())];
+        let check = unscale_clip_and_check_in_place(&params, Some(&mut s), 0.0, 0.5)?;
+        assert_eq!(check, GradCheck::Finite { grad_norm: 5.0 });
+        assert_eq!(values(&p.f_grad()?)?, vec![3.0, 4.0]);
+        // Clipping to 1 folds 1/5 into the same multiplication.
+        let p = param_with_grad(&[0.0, 0.0], &[768.0, 1024.0], Kind::Half)?;
+        let params = [("w".to_owned(), p.shallow_clone())];
+        assert_eq!(
+            unscale_clip_and_check_in_place(&params, Some(&mut s), 1.0, 0.5)?.grad_norm(),
+            5.0
+        );
+        let g = values(&p.f_grad()?)?;
+        assert!((g[0] - 0.6).abs() < 1e-3 && (g[1] - 0.8).abs() < 1e-3, "{g:?}");
+        // Overflow: the scale halves and the gradients are left alone.
+        let p = param_with_grad(&[0.0, 0.0], &[1.0, f32::INFINITY], Kind::Half)?;
+        let params = [("w".to_owned(), p.shallow_clone())];
+        assert!(unscale_clip_and_check_in_place(&params, Some(&mut s), 0.0, 1.0)?.is_overflow());
+        assert_eq!(s.loss_scale(), 64.0);
+        assert_eq!(values(&p.f_grad()?)?[0], 1.0);
+        // No scaler (bf16): an error.
+        assert!(matches!(
+            unscale_clip_and_check_in_place(&params, None, 0.0, 1.0),
+            Err(Error::NonFiniteGradients { .. })
+        ));
         Ok(())
     }
 
@@ -812,7 +896,7 @@ mod tests {
             // loss = sum(p * (1, 1)): gradient (1, 1), scaled by the loss scale.
             let loss = p.f_sum(Kind::Float)?;
             s.scale(&loss)?.f_backward()?;
-            let check = mw.unscale_clip_and_check(Some(&mut s), 0.0)?;
+            let check = mw.unscale_clip_and_check(Some(&mut s), 0.0, 1.0)?;
             assert_eq!(check.grad_norm(), 2f64.sqrt() as f32 as f64);
             sgd.step(mw.params(), 0.5)?;
             mw.finish_step(Some(&mut s))?;

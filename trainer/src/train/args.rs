@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Error;
+use crate::fp16::{LossScalerConfig, Precision};
 use crate::registry::Registry;
 
 /// How log lines are printed on the terminal.
@@ -151,6 +152,64 @@ pub struct TrainArgs {
     /// Train on the CPU even when CUDA is available.
     #[arg(long)]
     pub cpu: bool,
+    /// The checkpoint to resume from: a name looked up in --save-dir, or a path. The default,
+    /// `checkpoint_last`, is resumed when it exists (a fresh run starts otherwise); any other
+    /// value must exist.
+    #[arg(long, default_value = DEFAULT_RESTORE_FILE)]
+    pub restore_file: String,
+    /// Do not restore the epoch iterator's position: start at epoch 1.
+    #[arg(long)]
+    pub reset_dataloader: bool,
+    /// Do not restore the learning-rate scheduler's state.
+    #[arg(long)]
+    pub reset_lr_scheduler: bool,
+    /// Do not restore the meters (epoch statistics, training time, best validation loss,
+    /// patience counter).
+    #[arg(long)]
+    pub reset_meters: bool,
+    /// Do not restore the optimizer's state (nor the update count and the loss scale, as in
+    /// fairseq).
+    #[arg(long)]
+    pub reset_optimizer: bool,
+    /// Start from this checkpoint's weights only (optimizer, scheduler, meters and dataloader
+    /// reset) when SAVE_DIR has no `checkpoint_last` yet; once it has one, that is resumed.
+    #[arg(long, value_name = "PATH")]
+    pub finetune_from_model: Option<PathBuf>,
+    /// Train in fp16: fp16 model, fp32 master weights in the optimizer, dynamic loss scaling.
+    #[arg(long)]
+    pub fp16: bool,
+    /// Train in bf16: bf16 model, fp32 master weights, no loss scaling.
+    #[arg(long)]
+    pub bf16: bool,
+    /// fp16 without the fp32 master copy: the optimizer updates the fp16 parameters through
+    /// fp32 temporaries and keeps its state in fp32 (implies --fp16).
+    #[arg(long)]
+    pub memory_efficient_fp16: bool,
+    /// bf16 without the fp32 master copy (implies --bf16).
+    #[arg(long)]
+    pub memory_efficient_bf16: bool,
+    /// The loss scaler's flags (--fp16-init-scale, --fp16-scale-window, …).
+    #[command(flatten)]
+    #[serde(default)]
+    pub loss_scaler: LossScalerConfig,
+}
+
+/// `--restore-file`'s default (fairseq's `checkpoint_last.pt`).
+pub const DEFAULT_RESTORE_FILE: &str = "checkpoint_last";
+
+impl TrainArgs {
+    /// The numeric format chosen by `--fp16`, `--bf16` and their memory-efficient forms.
+    pub fn precision(&self) -> Precision {
+        Precision::from_flags(
+            self.fp16 || self.memory_efficient_fp16,
+            self.bf16 || self.memory_efficient_bf16,
+        )
+    }
+
+    /// Whether the optimizer works on the 16-bit parameters directly (no fp32 master copy).
+    pub fn memory_efficient(&self) -> bool {
+        self.memory_efficient_fp16 || self.memory_efficient_bf16
+    }
 }
 
 /// Everything a run is built from: the core flags, and the names and JSON configs of the

@@ -55,8 +55,9 @@ use std::path::PathBuf;
 pub use args::{LogFormat, TrainArgs, TrainCommand, TrainConfig};
 pub use dataset::{LanguagePair, PairDataset, infer_language_pair, load_split};
 pub use model::{Architecture, Model, ModelContext, ModelFactory, TransformerArgs};
+pub use args::DEFAULT_RESTORE_FILE;
 pub use trainer::{
-    EpochSummary, StopReason, TrainSummary, Trainer, UpdateOutput, ValidSummary, run,
+    EpochSummary, Resets, StopReason, TrainSummary, Trainer, UpdateOutput, ValidSummary, run,
 };
 
 /// Errors of the training loop.
@@ -94,6 +95,24 @@ pub enum Error {
         /// The gradient norm.
         norm: f64,
     },
+    /// The fp16 loss scale fell to `--min-loss-scale` (fairseq's `FloatingPointError`); the
+    /// state before the failed update was saved as `checkpoint_last` when saving is on.
+    #[error(
+        "update {update}: {source}{}",
+        match checkpoint {
+            Some(p) => format!(" The last good state was saved to {}.", p.display()),
+            None => String::new(),
+        }
+    )]
+    MinLossScale {
+        /// The update that failed (1-based).
+        update: u64,
+        /// [`crate::fp16::Error::MinLossScaleReached`].
+        #[source]
+        source: crate::fp16::Error,
+        /// The `checkpoint_last` written before stopping.
+        checkpoint: Option<PathBuf>,
+    },
     /// An error from a component (data, batching, model, criterion, optimizer, registry).
     #[error(transparent)]
     Component(Box<crate::Error>),
@@ -117,6 +136,7 @@ component_errors!(
     crate::criterions::Error,
     crate::registry::Error,
     crate::checkpoint::Error,
+    crate::fp16::Error,
     tch::TchError,
 );
 

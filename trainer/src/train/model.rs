@@ -37,6 +37,13 @@ pub trait Model: Send {
     fn state_dict(&self) -> Vec<(String, Tensor)> {
         self.parameters()
     }
+
+    /// `(alias, parameter)` names of tied weights listed in [`Model::state_dict`] under more
+    /// than one name (none by default; see
+    /// [`Transformer::tied_parameters`](crate::models::transformer::Transformer::tied_parameters)).
+    fn tied_parameters(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// What a model needs besides its own config: the dictionaries' sizes and padding index.
@@ -270,5 +277,9 @@ impl Model for Transformer {
 
     fn state_dict(&self) -> Vec<(String, Tensor)> {
         self.fairseq_state_dict()
+    }
+
+    fn tied_parameters(&self) -> Vec<(String, String)> {
+        Transformer::tied_parameters(self)
     }
 }

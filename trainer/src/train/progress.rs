@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 /// Named statistics in fairseq's order.
@@ -16,6 +17,19 @@ pub(crate) type Stats = Vec<(String, Value)>;
 use super::args::LogFormat;
 use super::{Error, Result};
 use crate::criterions::{LoggingOutput, safe_round};
+
+/// What a [`Meter`] has summed, for checkpoints (fairseq keeps its meters in
+/// `extra_state["metrics"]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct MeterState {
+    pub logging: LoggingOutput,
+    pub updates: u64,
+    #[serde(with = "crate::fp16::exact_f64")]
+    pub gnorm_sum: f64,
+    pub clipped: u64,
+    #[serde(with = "crate::fp16::exact_f64")]
+    pub train_wall: f64,
+}
 
 /// Sums over a span of updates (an interval, an epoch).
 #[derive(Debug, Clone)]
@@ -40,6 +54,29 @@ impl Meter {
         }
     }
 
+    /// A meter that goes on from a saved state (its rates restart from now).
+    pub fn from_state(state: &MeterState) -> Self {
+        Self {
+            logging: state.logging,
+            updates: state.updates,
+            gnorm_sum: state.gnorm_sum,
+            clipped: state.clipped,
+            train_wall: state.train_wall,
+            start: Instant::now(),
+        }
+    }
+
+    /// The sums, for a checkpoint.
+    pub fn state(&self) -> MeterState {
+        MeterState {
+            logging: self.logging,
+            updates: self.updates,
+            gnorm_sum: self.gnorm_sum,
+            clipped: self.clipped,
+            train_wall: self.train_wall,
+        }
+    }
+
     /// Adds one update.
     pub fn add(&mut self, logging: &LoggingOutput, gnorm: f64, clipped: bool, secs: f64) {
         self.logging += *logging;
@@ -49,8 +86,15 @@ impl Meter {
         self.train_wall += secs;
     }
 
-    /// fairseq's training statistics for this span (rounded as fairseq logs them).
-    pub fn train_stats(&self, num_updates: u64, lr: f64, wall: f64) -> Stats {
+    /// fairseq's training statistics for this span (rounded as fairseq logs them);
+    /// `loss_scale` is the fp16 loss scale now in force, logged after `clip`.
+    pub fn train_stats(
+        &self,
+        num_updates: u64,
+        lr: f64,
+        loss_scale: Option<f64>,
+        wall: f64,
+    ) -> Stats {
         let m = self.logging.metrics().rounded();
         let elapsed = self.start.elapsed().as_secs_f64().max(1e-9);
         let per_update = |x: u64| x as f64 / self.updates.max(1) as f64;
@@ -72,6 +116,9 @@ impl Meter {
             "clip".into(),
             json!(safe_round(100.0 * self.clipped as f64 / self.updates.max(1) as f64, 1)),
         ));
+        if let Some(scale) = loss_scale {
+            s.push(("loss_scale".into(), json!(safe_round(scale, 4))));
+        }
         s.push(("train_wall".into(), json!(safe_round(self.train_wall, 0))));
         s.push(("wall".into(), json!(safe_round(wall, 0))));
         s
@@ -89,12 +136,26 @@ pub(crate) struct Logger {
 }
 
 impl Logger {
-    pub fn new(format: LogFormat, path: &Path, show_bar: bool, valid_subset: &str) -> Result<Self> {
+    /// Logs to `path` (truncated, or appended to when `append`: a resumed run).
+    pub fn new(
+        format: LogFormat,
+        path: &Path,
+        append: bool,
+        show_bar: bool,
+        valid_subset: &str,
+    ) -> Result<Self> {
         let io = |source| Error::Io { path: path.to_path_buf(), source };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let file = BufWriter::new(File::create(path).map_err(io)?);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(path)
+            .map_err(io)?;
+        let file = BufWriter::new(file);
         Ok(Self {
             format,
             file,

@@ -1,16 +1,17 @@
 //! [`Trainer`]: fairseq's training loop (`fairseq_cli/train.py` with `Trainer.train_step`), and
 //! [`run`], which drives it and returns a [`TrainSummary`].
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn};
 
-use super::args::TrainConfig;
+use super::args::{DEFAULT_RESTORE_FILE, TrainConfig};
 use super::dataset::{LanguagePair, PairDataset, infer_language_pair, load_dictionary, load_split};
 use super::model::{Model, ModelContext};
-use super::progress::{Logger, Meter, Stats};
+use super::progress::{Logger, Meter, MeterState, Stats};
 use super::{Error, Result};
 use crate::batching::{Batch, BatchConfig, EpochBatchIterator, IteratorConfig, Tokens2d};
 use crate::checkpoint::{
@@ -18,6 +19,7 @@ use crate::checkpoint::{
     TrainerState,
 };
 use crate::criterions::{Criterion, CriterionContext, LoggingOutput, Metrics, safe_round};
+use crate::fp16::{self, DynamicLossScaler, GradCheck, MasterWeights, Precision};
 use crate::optim::{LrScheduler, Optimizer, ScheduleContext};
 use crate::registry::Registry;
 
@@ -84,9 +86,20 @@ pub struct TrainSummary {
     pub best_valid_loss: Option<f64>,
     /// Why training stopped.
     pub stop_reason: StopReason,
-    /// FNV-1a 64 of the final parameters (names and fp32 bytes, sorted by name), as hex: equal
-    /// digests mean bit-identical weights.
+    /// FNV-1a 64 of the final parameters (names and fp32 bytes, sorted by name; the fp32
+    /// master weights in fp16/bf16), as hex: equal digests mean bit-identical weights.
     pub params_digest: String,
+    /// The numeric format trained in.
+    pub precision: Precision,
+    /// The fp16 loss scale at the end (`None` without loss scaling).
+    pub loss_scale: Option<f64>,
+    /// Updates skipped because of an fp16 gradient overflow.
+    pub overflows: u64,
+    /// The checkpoint this run resumed (or, with `--finetune-from-model`, took its weights)
+    /// from, if any.
+    pub restored_from: Option<PathBuf>,
+    /// The update count training went on from (0 for a fresh run).
+    pub start_num_updates: u64,
 }
 
 /// What one update did.
@@ -100,6 +113,28 @@ pub struct UpdateOutput {
     pub clipped: bool,
     /// The learning rate the update used.
     pub lr: f64,
+    /// fp16 only: the gradients overflowed, the update was skipped (the weights, optimizer
+    /// and update count are unchanged) and the loss scale lowered.
+    pub overflow: bool,
+}
+
+/// What a checkpoint restores, after fairseq's `--reset-*` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resets {
+    /// `--reset-optimizer`: no optimizer state, update count or loss scale.
+    pub optimizer: bool,
+    /// `--reset-lr-scheduler`: no scheduler state.
+    pub lr_scheduler: bool,
+    /// `--reset-dataloader`: the epoch iterator starts at epoch 1.
+    pub dataloader: bool,
+    /// `--reset-meters`: no epoch statistics, training time, best loss or patience counter.
+    pub meters: bool,
+}
+
+impl Resets {
+    /// Everything reset: weights only (`--finetune-from-model`).
+    pub const ALL: Self =
+        Self { optimizer: true, lr_scheduler: true, dataloader: true, meters: true };
 }
 
 /// A training run in progress: model, criterion, optimizer, scheduler, data and counters.
@@ -110,6 +145,11 @@ pub struct Trainer {
     _vs: nn::VarStore,
     model: Box<dyn Model>,
     params: Vec<(String, Tensor)>,
+    precision: Precision,
+    // fp32 copies of 16-bit parameters (fp16/bf16 unless memory-efficient).
+    master: Option<MasterWeights>,
+    // fp16 only.
+    scaler: Option<DynamicLossScaler>,
     criterion: Box<dyn Criterion>,
     optimizer: Box<dyn Optimizer>,
     scheduler: Box<dyn LrScheduler>,
@@ -122,8 +162,25 @@ pub struct Trainer {
     num_updates: u64,
     best_loss: Option<f64>,
     bad_validations: u64,
+    // The running epoch's statistics (restored with a mid-epoch checkpoint).
+    epoch_meter: Meter,
+    // Training time of the runs before a resume (fairseq's `previous_training_time`).
+    previous_training_time: f64,
+    overflows: u64,
+    restored_from: Option<PathBuf>,
+    start_num_updates: u64,
     logger: Logger,
     start: Instant,
+}
+
+/// What `trainer_state.json`'s `extra` holds for the loop.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct LoopState {
+    bad_validations: u64,
+    #[serde(with = "crate::fp16::exact_f64")]
+    previous_training_time: f64,
+    epoch_meter: Option<MeterState>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -132,6 +189,7 @@ impl std::fmt::Debug for Trainer {
             .field("arch", &self.config.args.arch)
             .field("pair", &self.pair)
             .field("device", &self.device)
+            .field("precision", &self.precision)
             .field("num_updates", &self.num_updates)
             .finish_non_exhaustive()
     }
@@ -146,6 +204,70 @@ fn tensor2d(t: &Tokens2d, device: Device) -> Result<Tensor> {
     let rows = i64::try_from(t.rows).map_err(|_| Error::Config("batch too large".into()))?;
     let cols = i64::try_from(t.cols).map_err(|_| Error::Config("batch too large".into()))?;
     Ok(Tensor::f_from_slice(&t.data)?.f_reshape([rows, cols])?.f_to_device(device)?)
+}
+
+/// Which checkpoint to start from, with which resets (fairseq's `load_checkpoint`): the
+/// default `--restore-file` (`checkpoint_last` in SAVE_DIR) when it exists, else the
+/// `--finetune-from-model` weights (which must exist) with everything else reset, else none; any
+/// other `--restore-file` must exist (a bare name is looked up in SAVE_DIR, a path is used as
+/// is) and cannot be combined with `--finetune-from-model`.
+fn restore_plan(a: &super::TrainArgs) -> Result<Option<(PathBuf, Resets)>> {
+    let resets = Resets {
+        optimizer: a.reset_optimizer,
+        lr_scheduler: a.reset_lr_scheduler,
+        dataloader: a.reset_dataloader,
+        meters: a.reset_meters,
+    };
+    let named = Path::new(&a.restore_file);
+    let path = if named.components().count() == 1 && !named.is_absolute() {
+        a.save_dir.join(named)
+    } else {
+        named.to_path_buf()
+    };
+    if a.restore_file != DEFAULT_RESTORE_FILE {
+        if let Some(ft) = &a.finetune_from_model {
+            return Err(Error::Config(format!(
+                "--finetune-from-model {} and --restore-file (non-default value) {} can not be \
+                 specified together",
+                ft.display(),
+                a.restore_file
+            )));
+        }
+        if !path.is_dir() {
+            return Err(Error::Config(format!(
+                "--restore-file {}: no checkpoint at {}",
+                a.restore_file,
+                path.display()
+            )));
+        }
+        return Ok(Some((path, resets)));
+    }
+    if path.is_dir() {
+        if let Some(ft) = &a.finetune_from_model {
+            tracing::info!(
+                target: "seqforge::train",
+                "{} exists: resuming it, not --finetune-from-model {}",
+                path.display(),
+                ft.display()
+            );
+        }
+        return Ok(Some((path, resets)));
+    }
+    match &a.finetune_from_model {
+        Some(ft) if ft.is_dir() => {
+            tracing::info!(
+                target: "seqforge::train",
+                "loading pretrained model from {}: optimizer, lr scheduler, meters, dataloader \
+                 will be reset",
+                ft.display()
+            );
+            Ok(Some((ft.clone(), Resets::ALL)))
+        }
+        Some(ft) => {
+            Err(Error::Config(format!("--finetune-from-model {} does not exist", ft.display())))
+        }
+        None => Ok(None),
+    }
 }
 
 fn batch_config(
@@ -170,13 +292,18 @@ fn batch_config(
 impl Trainer {
     /// Builds everything a run needs from `config`, taking components from `registry`: sets the
     /// thread count and seeds libtorch, reads the data folder, builds the model on the device
-    /// (CUDA when available unless `--cpu`), criterion, optimizer and scheduler, plans the
-    /// batches, and writes `SAVE_DIR/config.json`.
+    /// (CUDA when available unless `--cpu`; in fp16/bf16 with `--fp16`/`--bf16`), criterion,
+    /// optimizer and scheduler, plans the batches, restores a checkpoint (`--restore-file`,
+    /// `--finetune-from-model`, see [`Trainer::restore`]) and writes `SAVE_DIR/config.json`.
     pub fn new(config: &TrainConfig, registry: &Registry) -> Result<Self> {
         let a = &config.args;
         if a.update_freq == 0 {
             return Err(Error::Config("--update-freq must be at least 1".into()));
         }
+        if (a.fp16 || a.memory_efficient_fp16) && (a.bf16 || a.memory_efficient_bf16) {
+            return Err(Error::Config("--fp16 and --bf16 exclude each other".into()));
+        }
+        let precision = a.precision();
         if let Some(n) = a.threads {
             let n = i32::try_from(n).map_err(|_| Error::Config(format!("--threads {n}")))?;
             tch::set_num_threads(n.max(1));
@@ -197,11 +324,40 @@ impl Trainer {
             pad_index: src_dict.pad() as usize,
         };
 
-        let vs = nn::VarStore::new(device);
         let model_factory = registry.models.get(&config.model)?;
+        let vs = nn::VarStore::new(device);
         let model = (model_factory.build)(&vs.root(), &config.model_config, &ctx)?;
+        // fairseq initialises in fp32 and then calls `model.half()`: the 16-bit model is built
+        // in its kind (so buffers and tables follow) and takes the fp32 initial weights.
+        let (vs, model) = if precision == Precision::Fp32 {
+            (vs, model)
+        } else {
+            let mut vs16 = nn::VarStore::new(device);
+            vs16.set_kind(precision.kind());
+            let model16 = (model_factory.build)(&vs16.root(), &config.model_config, &ctx)?;
+            let init = model.parameters();
+            let _guard = tch::no_grad_guard();
+            for (name, p) in model16.parameters() {
+                let (_, src) = init.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+                    Error::Config(format!("parameter {name} missing from the fp32 model"))
+                })?;
+                let mut dst = p.shallow_clone();
+                dst.f_copy_(src)?;
+            }
+            (vs16, model16)
+        };
         let mut params = model.parameters();
         params.sort_by(|x, y| x.0.cmp(&y.0));
+        let master = if precision.uses_master_weights() && !a.memory_efficient() {
+            Some(MasterWeights::new(&params)?)
+        } else {
+            None
+        };
+        let scaler = if precision.uses_loss_scaler() {
+            Some(DynamicLossScaler::new(&a.loss_scaler, 1, a.update_freq)?)
+        } else {
+            None
+        };
 
         let criterion = (registry.criterions.get(&a.criterion)?.build)(
             &config.criterion_config,
@@ -270,14 +426,20 @@ impl Trainer {
         let text = serde_json::to_string_pretty(config)
             .map_err(|e| Error::Config(format!("config.json: {e}")))?;
         std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
+        // A save directory left by a killed run: finish or drop its interrupted saves.
+        for path in checkpoint::recover(&a.save_dir)? {
+            tracing::info!(target: "seqforge::train", "recovered {}", path.display());
+        }
+        let restore = restore_plan(a)?;
         let log_path = a.log_file.clone().unwrap_or_else(|| a.save_dir.join("train_log.jsonl"));
         let show_bar = !a.no_progress_bar;
-        let logger = Logger::new(a.log_format, &log_path, show_bar, &a.valid_subset)?;
+        let logger =
+            Logger::new(a.log_format, &log_path, restore.is_some(), show_bar, &a.valid_subset)?;
 
         tracing::info!(
             target: "seqforge::train",
             "{} ({}): {}-{}, {} train / {} valid sentences, {} params, {} batches per epoch, \
-             device {:?}",
+             device {:?}, {:?}{}",
             a.arch,
             config.model,
             pair.src,
@@ -286,19 +448,24 @@ impl Trainer {
             valid.as_ref().map_or(0, |v| v.0.len()),
             params.iter().map(|(_, t)| t.numel()).sum::<usize>(),
             epoch_itr.len(),
-            device
+            device,
+            precision,
+            if a.memory_efficient() { " (memory-efficient)" } else { "" }
         );
 
         let dictionaries = vec![
             DictionaryIdentity::of(format!("dict.{}.txt", pair.src), &src_dict),
             DictionaryIdentity::of(format!("dict.{}.txt", pair.tgt), &tgt_dict),
         ];
-        Ok(Self {
+        let mut trainer = Self {
             config: config.clone(),
             device,
             _vs: vs,
             model,
             params,
+            precision,
+            master,
+            scaler,
             criterion,
             optimizer,
             scheduler,
@@ -311,9 +478,120 @@ impl Trainer {
             num_updates: 0,
             best_loss: None,
             bad_validations: 0,
+            epoch_meter: Meter::new(),
+            previous_training_time: 0.0,
+            overflows: 0,
+            restored_from: None,
+            start_num_updates: 0,
             logger,
             start: Instant::now(),
-        })
+        };
+        if let Some((path, resets)) = restore {
+            trainer.restore(&path, resets)?;
+        }
+        Ok(trainer)
+    }
+
+    /// Restores the checkpoint directory `path` into this (freshly built) trainer, as fairseq's
+    /// `Trainer.load_checkpoint` + `checkpoint_utils.load_checkpoint` do: refuses another
+    /// vocabulary and checks every model tensor's name and shape (errors name the dictionary or
+    /// tensor), then loads the fp32 weights (into the fp32 master copy and the 16-bit model in
+    /// fp16/bf16); unless reset, the optimizer state with the update count and the loss scale
+    /// (`resets.optimizer`; the optimizer and criterion must be the checkpoint's), the
+    /// scheduler state, the epoch iterator's position (mid-epoch included), and the meters
+    /// (best validation loss, patience counter, the running epoch's statistics, training time).
+    pub fn restore(&mut self, path: &Path, resets: Resets) -> Result<()> {
+        let ckpt = checkpoint::load(path)?;
+        ckpt.check_dictionaries(&self.dictionaries)?;
+        let state_dict = self.model.state_dict();
+        ckpt.load_model_into(&state_dict)?;
+        if let Some(master) = &mut self.master {
+            master.load_fp32(&ckpt.model)?;
+        }
+        let a = &self.config.args;
+        let st = &ckpt.state;
+        if !resets.optimizer {
+            for (what, saved, ours) in [
+                ("Criterion", &ckpt.config.criterion.name, &a.criterion),
+                ("Optimizer", &ckpt.config.optimizer.name, &a.optimizer),
+            ] {
+                if saved != ours {
+                    return Err(Error::Config(format!(
+                        "{}: {what} does not match; please reset the optimizer \
+                         (--reset-optimizer). {saved} vs {ours}",
+                        path.display()
+                    )));
+                }
+            }
+            ckpt.validate_optimizer(self.optimizer_params())?;
+            self.optimizer.load_state(&ckpt.optimizer)?;
+            self.num_updates = st.num_updates;
+            if let (Some(scaler), Some(saved)) = (&mut self.scaler, &st.loss_scaler) {
+                scaler.load_state(saved)?;
+            }
+        }
+        if !resets.lr_scheduler {
+            if ckpt.config.lr_scheduler.name != a.lr_scheduler {
+                return Err(Error::Config(format!(
+                    "{}: the checkpoint's learning-rate scheduler is {}, this run's is {}; \
+                     give --reset-lr-scheduler",
+                    path.display(),
+                    ckpt.config.lr_scheduler.name,
+                    a.lr_scheduler
+                )));
+            }
+            self.scheduler.load_state(&st.lr_scheduler)?;
+            if st.end_of_epoch {
+                // Saved at the end of an epoch, before the loop's end-of-epoch step: replay it
+                // with that checkpoint's validation loss, as the run would have gone on.
+                self.scheduler.step_epoch(st.epoch, st.val_loss);
+                self.scheduler.step_update(self.num_updates);
+            }
+        } else {
+            self.scheduler.step_update(self.num_updates);
+        }
+        if !resets.dataloader {
+            self.epoch_itr.load_state_dict(&st.iterator)?;
+        }
+        if !resets.meters {
+            let extra: LoopState = serde_json::from_value(st.extra.clone()).map_err(|e| {
+                Error::Config(format!(
+                    "{}: unreadable loop state: {e}",
+                    path.join(checkpoint::TRAINER_STATE_FILE).display()
+                ))
+            })?;
+            if !resets.optimizer {
+                self.best_loss = st.best;
+            }
+            self.bad_validations = extra.bad_validations;
+            self.previous_training_time = extra.previous_training_time;
+            // fairseq resets the meters when the checkpoint is at the start of an epoch.
+            if !resets.dataloader
+                && st.iterator.iterations_in_epoch > 0
+                && let Some(m) = &extra.epoch_meter
+            {
+                self.epoch_meter = Meter::from_state(m);
+            }
+        }
+        self.restored_from = Some(path.to_path_buf());
+        self.start_num_updates = self.num_updates;
+        tracing::info!(
+            target: "seqforge::train",
+            "Loaded checkpoint {} (epoch {} @ {} updates){}",
+            path.display(),
+            st.iterator.epoch,
+            self.num_updates,
+            if resets == Resets::default() { String::new() } else { format!(", reset {resets:?}") }
+        );
+        Ok(())
+    }
+
+    /// The parameters the optimizer updates: the fp32 master copies, or the model's own.
+    fn optimizer_params(&self) -> &[(String, Tensor)] {
+        match &self.master {
+            Some(m) => m.params(),
+            None => &self.params,
+        }
     }
 
     /// The model being trained.
@@ -364,8 +642,16 @@ impl Trainer {
     /// One update over `batches` (fairseq's `train_step` with `len(batches)` as the update
     /// frequency): forward and backward on each, gradients divided by the summed
     /// `sample_size`, norm taken and clipped, optimizer step, scheduler step.
+    ///
+    /// In fp16 the loss is scaled before `backward` and the gradients unscaled before the norm
+    /// and clipping; an overflow skips the update ([`UpdateOutput::overflow`]: weights,
+    /// optimizer, scheduler and update count unchanged, loss scale lowered), and a scale that
+    /// would fall to `--min-loss-scale` is [`Error::MinLossScale`].
     pub fn train_step(&mut self, batches: &[Batch]) -> Result<UpdateOutput> {
         RngState::reseed(self.config.args.seed, self.num_updates);
+        if self.precision != Precision::Fp32 {
+            return self.train_step_mixed(batches);
+        }
         let mut logging = LoggingOutput::default();
         for batch in batches.iter().filter(|b| !b.is_empty()) {
             let (loss, out) = self.forward_batch(batch, true)?;
@@ -410,7 +696,90 @@ impl Trainer {
         }
         self.num_updates = update;
         self.scheduler.step_update(update);
-        Ok(UpdateOutput { logging, gnorm, clipped, lr })
+        Ok(UpdateOutput { logging, gnorm, clipped, lr, overflow: false })
+    }
+
+    /// Zeroes the model's gradients (and the fp32 master gradients).
+    fn zero_grad(&mut self) {
+        for (_, p) in &mut self.params {
+            p.zero_grad();
+        }
+        if let Some(m) = &mut self.master {
+            m.zero_grad();
+        }
+    }
+
+    /// [`Trainer::train_step`] in fp16/bf16 (fairseq's `FP16Optimizer` /
+    /// `MemoryEfficientFP16Optimizer` around the optimizer, see [`crate::fp16`]).
+    fn train_step_mixed(&mut self, batches: &[Batch]) -> Result<UpdateOutput> {
+        self.zero_grad();
+        let mut logging = LoggingOutput::default();
+        for batch in batches.iter().filter(|b| !b.is_empty()) {
+            let (loss, out) = self.forward_batch(batch, true)?;
+            let loss = match &self.scaler {
+                Some(s) => s.scale(&loss)?,
+                None => loss,
+            };
+            loss.f_backward()?;
+            logging += out;
+        }
+        let multiplier =
+            if logging.sample_size > 0 { 1.0 / logging.sample_size as f64 } else { 1.0 };
+        let clip_norm = self.config.args.clip_norm;
+        let update = self.num_updates + 1;
+        let check = match &mut self.master {
+            Some(m) => m.unscale_clip_and_check(self.scaler.as_mut(), clip_norm, multiplier),
+            None => fp16::unscale_clip_and_check_in_place(
+                &self.params,
+                self.scaler.as_mut(),
+                clip_norm,
+                multiplier,
+            ),
+        };
+        let lr = self.scheduler.lr();
+        let gnorm = match check {
+            Ok(GradCheck::Finite { grad_norm }) => grad_norm,
+            Ok(GradCheck::Overflow { grad_norm, new_scale }) => {
+                self.zero_grad();
+                self.overflows += 1;
+                tracing::info!(
+                    target: "seqforge::train",
+                    "NOTE: gradient overflow detected, ignoring gradient, setting loss scale to: \
+                     {new_scale}"
+                );
+                return Ok(UpdateOutput {
+                    logging,
+                    gnorm: grad_norm,
+                    clipped: false,
+                    lr,
+                    overflow: true,
+                });
+            }
+            Err(fp16::Error::NonFiniteGradients { grad_norm }) => {
+                return Err(Error::NonFiniteGradients { update, norm: grad_norm });
+            }
+            Err(e @ fp16::Error::MinLossScaleReached { .. }) => {
+                return Err(Error::MinLossScale { update, source: e, checkpoint: None });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let clipped = clip_norm > 0.0 && gnorm > clip_norm;
+        match &mut self.master {
+            Some(m) => {
+                self.optimizer.step(m.params(), lr)?;
+                m.finish_step(self.scaler.as_mut())?;
+            }
+            None => {
+                self.optimizer.step(&self.params, lr)?;
+                if let Some(s) = &mut self.scaler {
+                    s.update();
+                }
+            }
+        }
+        self.zero_grad();
+        self.num_updates = update;
+        self.scheduler.step_update(update);
+        Ok(UpdateOutput { logging, gnorm, clipped, lr, overflow: false })
     }
 
     /// Loss, nll_loss and perplexity on the validation split (no dropout, no gradients), or
@@ -484,6 +853,9 @@ impl Trainer {
     }
 
     /// Trains until `--max-update`, `--max-epoch`, `--patience` or `--stop-min-lr` stops it.
+    ///
+    /// When the fp16 loss scale reaches `--min-loss-scale`, `checkpoint_last` is saved (the
+    /// state before the failed update) and [`Error::MinLossScale`] names it.
     pub fn train(mut self) -> Result<TrainSummary> {
         let a = self.config.args.clone();
         let mut epochs = Vec::new();
@@ -494,6 +866,11 @@ impl Trainer {
         loop {
             if a.max_epoch > 0 && self.epoch_itr.next_epoch_idx() > a.max_epoch {
                 stop_reason = StopReason::MaxEpoch;
+                break;
+            }
+            if a.max_update > 0 && self.num_updates >= a.max_update {
+                // A resumed run that had already reached --max-update.
+                stop_reason = StopReason::MaxUpdate;
                 break;
             }
             if lr <= a.stop_min_lr {
@@ -510,11 +887,11 @@ impl Trainer {
             let n_updates = self.epoch_itr.len().div_ceil(a.update_freq);
             self.logger.begin_epoch(epoch, n_updates as u64);
             let mut inner = Meter::new();
-            let mut whole = Meter::new();
             let mut valid_loss = None;
             let mut epoch_valid = None;
             let mut should_stop = false;
-            let mut i = 0usize;
+            // Updates already made in this epoch by the run this one resumed.
+            let mut i = self.epoch_itr.iterations_in_epoch().div_ceil(a.update_freq);
             while self.epoch_itr.has_next() {
                 let mut batches = Vec::with_capacity(a.update_freq);
                 while batches.len() < a.update_freq {
@@ -523,33 +900,47 @@ impl Trainer {
                     batches.push(self.train_data.batch(&indices)?);
                 }
                 let t0 = Instant::now();
-                let out = self.train_step(&batches)?;
+                let out = match self.train_step(&batches) {
+                    Err(Error::MinLossScale { update, source, .. }) => {
+                        let end_of_epoch = !self.epoch_itr.has_next();
+                        let checkpoint = self.save_last_checkpoint(epoch, end_of_epoch)?;
+                        return Err(Error::MinLossScale { update, source, checkpoint });
+                    }
+                    other => other?,
+                };
                 let secs = t0.elapsed().as_secs_f64();
                 i += 1;
-                words += out.logging.ntokens;
                 train_wall += secs;
-                inner.add(&out.logging, out.gnorm, out.clipped, secs);
-                whole.add(&out.logging, out.gnorm, out.clipped, secs);
+                let updated = !out.overflow;
+                if updated {
+                    words += out.logging.ntokens;
+                    inner.add(&out.logging, out.gnorm, out.clipped, secs);
+                    self.epoch_meter.add(&out.logging, out.gnorm, out.clipped, secs);
+                }
                 self.logger.tick();
-                let wall = self.start.elapsed().as_secs_f64();
-                if a.log_interval > 0 && self.num_updates.is_multiple_of(a.log_interval) {
-                    let stats = inner.train_stats(self.num_updates, self.scheduler.lr(), wall);
+                let wall = self.wall();
+                let loss_scale = self.loss_scale();
+                if updated && a.log_interval > 0 && self.num_updates.is_multiple_of(a.log_interval)
+                {
+                    let stats =
+                        inner.train_stats(self.num_updates, self.scheduler.lr(), loss_scale, wall);
                     self.logger.log("train_inner", epoch, Some((i, n_updates)), &stats)?;
                     inner = Meter::new();
                 }
-                // fairseq's validate_and_save.
+                // fairseq's validate_and_save. After a skipped (overflowed) update the update
+                // count has not moved: its update-based triggers have fired already.
                 let end_of_epoch = !self.epoch_itr.has_next();
-                let max_update_reached = a.max_update > 0 && self.num_updates >= a.max_update;
+                let max_update_reached =
+                    updated && a.max_update > 0 && self.num_updates >= a.max_update;
+                let every = |n: u64| updated && n > 0 && self.num_updates.is_multiple_of(n);
                 let do_save = (end_of_epoch && epoch.is_multiple_of(a.save_interval.max(1)))
                     || max_update_reached
-                    || (a.save_interval_updates > 0
-                        && self.num_updates.is_multiple_of(a.save_interval_updates));
+                    || every(a.save_interval_updates);
                 // fairseq also validates at mid-epoch saves.
                 let do_validate = (!end_of_epoch && do_save && !a.no_save)
                     || (end_of_epoch && epoch.is_multiple_of(a.validate_interval.max(1)))
                     || max_update_reached
-                    || (a.validate_interval_updates > 0
-                        && self.num_updates.is_multiple_of(a.validate_interval_updates));
+                    || every(a.validate_interval_updates);
                 let mut out_of_patience = false;
                 let mut step_val = None;
                 if do_validate {
@@ -575,8 +966,13 @@ impl Trainer {
                 }
             }
             self.logger.end_epoch();
-            let wall = self.start.elapsed().as_secs_f64();
-            let stats = whole.train_stats(self.num_updates, self.scheduler.lr(), wall);
+            let whole = std::mem::replace(&mut self.epoch_meter, Meter::new());
+            let stats = whole.train_stats(
+                self.num_updates,
+                self.scheduler.lr(),
+                self.loss_scale(),
+                self.wall(),
+            );
             self.logger.log("train", epoch, None, &stats)?;
             epochs.push(EpochSummary {
                 epoch,
@@ -609,7 +1005,50 @@ impl Trainer {
             best_valid_loss: self.best_loss,
             stop_reason,
             params_digest: self.params_digest()?,
+            precision: self.precision,
+            loss_scale: self.loss_scale(),
+            overflows: self.overflows,
+            restored_from: self.restored_from.clone(),
+            start_num_updates: self.start_num_updates,
         })
+    }
+
+    /// Seconds since training started, runs before a resume included (fairseq's `wall`).
+    fn wall(&self) -> f64 {
+        self.previous_training_time + self.start.elapsed().as_secs_f64()
+    }
+
+    /// The current fp16 loss scale (`None` without loss scaling).
+    pub fn loss_scale(&self) -> Option<f64> {
+        self.scaler.as_ref().map(DynamicLossScaler::loss_scale)
+    }
+
+    /// The optimizer's state (named tensors, see [`crate::optim::Optimizer::state`]).
+    pub fn optimizer_state(&self) -> Vec<(String, Tensor)> {
+        self.optimizer.state()
+    }
+
+    /// The fp32 weights: the master copies in fp16/bf16 (the model's own parameters in fp32 and
+    /// with `--memory-efficient-*`, in their kind), sorted by name.
+    pub fn fp32_parameters(&self) -> &[(String, Tensor)] {
+        self.optimizer_params()
+    }
+
+    /// The numeric format of the run.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Saves `checkpoint_last` only (unless `--no-save` / `--no-last-checkpoints`), for a run
+    /// that has to stop on an error; returns its path.
+    fn save_last_checkpoint(&self, epoch: u64, end_of_epoch: bool) -> Result<Option<PathBuf>> {
+        let a = &self.config.args;
+        if a.no_save || a.no_last_checkpoints {
+            return Ok(None);
+        }
+        let ckpt = self.checkpoint(epoch, end_of_epoch, None, self.best_loss)?;
+        let paths = checkpoint::save_as(&a.save_dir, &["checkpoint_last".to_owned()], &ckpt)?;
+        Ok(paths.into_iter().next())
     }
 
     /// Saves a checkpoint under the names fairseq would use at this point (none with
@@ -641,7 +1080,54 @@ impl Trainer {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let ckpt = Checkpoint {
+        // `checkpoint_last` is written first and the other names copied from it, so a run
+        // killed between the copies resumes from its newest state.
+        let mut names = names;
+        if let Some(at) = names.iter().position(|n| n == "checkpoint_last") {
+            let last = names.remove(at);
+            names.insert(0, last);
+        }
+        let ckpt = self.checkpoint(epoch, end_of_epoch, val_loss, best)?;
+        let paths = checkpoint::save_as(&a.save_dir, &names, &ckpt)?;
+        let keep = |n: i64| usize::try_from(n).unwrap_or(0);
+        let keep_updates = if end_of_epoch { 0 } else { keep(a.keep_interval_updates) };
+        checkpoint::prune(&a.save_dir, keep(a.keep_last_epochs), keep_updates)?;
+        tracing::info!(
+            target: "seqforge::train",
+            "saved checkpoint {} (epoch {epoch} @ {} updates, score {val_loss:?})",
+            names.join(", "),
+            self.num_updates
+        );
+        Ok(paths)
+    }
+
+    /// The checkpoint of the current state: fp32 weights (the master copies in fp16/bf16),
+    /// optimizer, scheduler, loss scaler, iterator position, best loss and loop state.
+    fn checkpoint(
+        &self,
+        epoch: u64,
+        end_of_epoch: bool,
+        val_loss: Option<f64>,
+        best: Option<f64>,
+    ) -> Result<Checkpoint> {
+        let a = &self.config.args;
+        let state_dict = self.model.state_dict();
+        let model = match &self.master {
+            Some(m) => checkpoint::with_fp32_masters(
+                &state_dict,
+                m.params(),
+                &self.model.tied_parameters(),
+            ),
+            None => state_dict,
+        };
+        let extra = LoopState {
+            bad_validations: self.bad_validations,
+            previous_training_time: self.wall(),
+            epoch_meter: (!end_of_epoch).then(|| self.epoch_meter.state()),
+        };
+        let extra =
+            serde_json::to_value(&extra).map_err(|e| Error::Config(format!("loop state: {e}")))?;
+        Ok(Checkpoint {
             config: CheckpointConfig {
                 format_version: checkpoint::FORMAT_VERSION,
                 arch: a.arch.clone(),
@@ -656,7 +1142,7 @@ impl Trainer {
                     &a.lr_scheduler,
                     self.config.lr_scheduler_config.clone(),
                 ),
-                precision: crate::fp16::Precision::Fp32,
+                precision: self.precision,
                 dictionaries: self.dictionaries.clone(),
             },
             state: TrainerState {
@@ -666,29 +1152,19 @@ impl Trainer {
                 end_of_epoch,
                 iterator: self.epoch_itr.state_dict(),
                 lr_scheduler: self.scheduler.state()?,
-                loss_scaler: None,
+                loss_scaler: self.scaler.as_ref().map(DynamicLossScaler::state),
                 best,
                 val_loss,
                 rng: RngState { seed: a.seed, num_updates: self.num_updates },
-                extra: json!({ "bad_validations": self.bad_validations }),
+                extra,
             },
-            model: self.model.state_dict(),
+            model,
             optimizer: self.optimizer.state(),
-        };
-        let paths = checkpoint::save_as(&a.save_dir, &names, &ckpt)?;
-        let keep = |n: i64| usize::try_from(n).unwrap_or(0);
-        let keep_updates = if end_of_epoch { 0 } else { keep(a.keep_interval_updates) };
-        checkpoint::prune(&a.save_dir, keep(a.keep_last_epochs), keep_updates)?;
-        tracing::info!(
-            target: "seqforge::train",
-            "saved checkpoint {} (epoch {epoch} @ {} updates, score {val_loss:?})",
-            names.join(", "),
-            self.num_updates
-        );
-        Ok(paths)
+        })
     }
 
-    /// FNV-1a 64 over the parameters' names and fp32 bytes, in name order.
+    /// FNV-1a 64 over the parameters' names and fp32 bytes, in name order (the fp32 master
+    /// copies in fp16/bf16).
     pub fn params_digest(&self) -> Result<String> {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |bytes: &[u8]| {
@@ -697,7 +1173,7 @@ impl Trainer {
                 h = h.wrapping_mul(0x0000_0100_0000_01b3);
             }
         };
-        for (name, p) in &self.params {
+        for (name, p) in self.optimizer_params() {
             eat(name.as_bytes());
             let flat = p
                 .f_detach()?
