@@ -11,6 +11,10 @@
 //! - `.deps/sword/<package>/usr/share/sword`: the public-domain SWORD Bible modules the
 //!   corpus recipe reads (`sword-text-sparv`, `sword-text-kjv`), unpacked from Debian packages
 //!   with `apt-get download` + `dpkg-deb -x` (no system install). `--no-corpus` skips them.
+//! - `.deps/python`: the Python packages the export checks use (`onnx` for
+//!   `onnx.checker.check_model`, `onnxruntime` to run the graphs, `numpy`), installed with
+//!   `pip install --target`; tests run them with `PYTHONPATH=.deps/python`. `--no-python` skips
+//!   them (the Python export check then fails, saying to run setup).
 //!
 //! Every component is installed into a staging folder, verified (version and a `dlopen`) and
 //! renamed into place, and a stamp records what was installed, so a second run only verifies.
@@ -32,6 +36,9 @@ pub const ORT_VERSION: &str = "1.31.1";
 const CUDA_RUNTIME: &str = "nvidia-cuda-runtime==13.0.96";
 /// The CUPTI wheel pinned the same way.
 const CUDA_CUPTI: &str = "nvidia-cuda-cupti==13.0.85";
+/// The Python packages of the export check (`tests/python/check_export.py`): onnx 1.23.2 checks
+/// IR 10 / opset 17 models, onnxruntime 1.31.1 is the version the runtime links.
+const PYTHON_PACKAGES: [&str; 3] = ["onnx==1.23.2", "onnxruntime==1.31.1", "numpy"];
 /// Platform tags of the wheels above (the NVIDIA ones are tagged manylinux2014/2_17/2_25).
 const PLATFORMS: [&str; 4] = [
     "manylinux_2_28_x86_64",
@@ -61,6 +68,10 @@ pub struct SetupArgs {
     /// Do not fetch the SWORD Bible packages (tests that need the Bible corpus then skip).
     #[arg(long)]
     pub no_corpus: bool,
+    /// Do not install the Python export-check packages into `.deps/python` (the Python export
+    /// check then fails with a message saying to run setup).
+    #[arg(long)]
+    pub no_python: bool,
     /// The Python interpreter whose pip fetches wheels (and whose torch
     /// `--libtorch-from-python` uses).
     #[arg(long, default_value = "python3", value_name = "PYTHON")]
@@ -90,6 +101,11 @@ pub fn run(workspace: &Path, args: &SetupArgs) -> Result<Deps> {
         println!("sword: skipped (--no-corpus)");
     } else {
         ensure_sword(&root, args.force)?;
+    }
+    if args.no_python {
+        println!("python: skipped (--no-python)");
+    } else {
+        ensure_python(&root, args)?;
     }
     println!(
         "setup: ready in {:.1}s ({} used by {})",
@@ -329,6 +345,91 @@ fn onnxruntime_version(lib: &Path) -> Result<String> {
         ensure!(!version.is_null(), "{}: no version string", lib.display());
         Ok(CStr::from_ptr(version).to_string_lossy().into_owned())
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python packages of the export check
+
+/// `import onnx, onnxruntime, numpy` with `PYTHONPATH=dir`; returns their versions.
+fn verify_python(python: &str, dir: &Path) -> Result<String> {
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import onnx, onnxruntime, numpy; \
+             print(f'onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}, \
+             numpy {numpy.__version__}')",
+        ])
+        .env("PYTHONPATH", dir)
+        .output()
+        .with_context(|| format!("running `{python}` to import onnx and onnxruntime"))?;
+    ensure!(
+        out.status.success(),
+        "importing onnx/onnxruntime from {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn ensure_python(root: &Path, args: &SetupArgs) -> Result<()> {
+    let dest = root.join("python");
+    let stamp = root.join("stamps/python");
+    let wanted = PYTHON_PACKAGES.join(" ");
+    if !args.force && read_stamp(&stamp).as_deref() == Some(wanted.as_str()) {
+        match verify_python(&args.python, &dest) {
+            Ok(detail) => {
+                println!("python: present, {detail} ({})", dest.display());
+                return Ok(());
+            }
+            Err(e) => println!("python: installed copy failed verification ({e:#}); reinstalling"),
+        }
+    }
+    remove_stamp(&stamp)?;
+    let start = Instant::now();
+    let staging = root.join("python.partial");
+    remove_path(&staging)?;
+    println!("python: installing {wanted} (pip install --target)");
+    let mut cmd = Command::new(&args.python);
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--only-binary=:all:",
+        "--no-warn-script-location",
+    ]);
+    if let Some(dir) = &args.wheel_dir {
+        cmd.arg("--no-index").arg("--find-links").arg(dir);
+    }
+    cmd.arg("--target").arg(&staging).args(PYTHON_PACKAGES);
+    let out = cmd.output().with_context(|| {
+        format!("running `{} -m pip install`: is Python 3 with pip installed?", args.python)
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(12).collect();
+        let _ = remove_path(&staging);
+        bail!(
+            "could not install {wanted} with `{} -m pip install --target` ({}).\npip said:\n{}\n\
+             What to try: check that the package index is reachable, pass --wheel-dir with the \
+             wheels, or --no-python to skip the Python export check.",
+            args.python,
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        );
+    }
+    let detail = verify_python(&args.python, &staging)
+        .context("verifying the freshly installed Python packages")?;
+    remove_path(&dest)?;
+    fs::rename(&staging, &dest)
+        .with_context(|| format!("renaming {} to {}", staging.display(), dest.display()))?;
+    write_stamp(&stamp, &wanted)?;
+    println!(
+        "python: installed {detail} in {:.1}s ({})",
+        start.elapsed().as_secs_f64(),
+        dest.display()
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

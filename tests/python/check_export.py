@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Checks a seqforge model directory with the reference ONNX tools.
+
+    PYTHONPATH=.deps/python python3 tests/python/check_export.py MODEL_DIR
+
+1. `onnx.checker.check_model(path, full_check=True)` on encoder.onnx and decoder.onnx (with
+   shape inference: every node's types and shapes must be consistent);
+2. the manifest's contract equals both graphs' `seqforge.*` metadata_props, and the manifest's
+   SHA-256 hashes match the files;
+3. Python onnxruntime runs the encoder on a left-padded batch of 3 sources, then decoder step 0
+   with an empty past (P = 0) and step 1 with the presents as past and a reorder that duplicates
+   a row; shapes are asserted and every log_probs row must be normalized (logsumexp = 0).
+
+Exits non-zero with a message naming the file and the check on any failure.
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def fail(msg):
+    print(f"check_export: FAILED: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def metadata_matches(model_path, graph, contract):
+    model = onnx.load(model_path, load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    check(props.get("seqforge.graph") == graph, f"{model_path}: seqforge.graph = {props.get('seqforge.graph')!r}")
+    for key, value in contract.items():
+        if key == "special":
+            for k, v in value.items():
+                check(props.get(f"seqforge.{k}") == str(v), f"{model_path}: seqforge.{k} = {props.get(f'seqforge.{k}')!r}, manifest {v}")
+        else:
+            check(props.get(f"seqforge.{key}") == str(value), f"{model_path}: seqforge.{key} = {props.get(f'seqforge.{key}')!r}, manifest {value!r}")
+    check(model.ir_version <= 10, f"{model_path}: IR version {model.ir_version} > 10")
+    opsets = {o.domain: o.version for o in model.opset_import}
+    check(opsets.get("", opsets.get("ai.onnx")) == 17, f"{model_path}: opset {opsets}")
+
+
+def main():
+    if len(sys.argv) != 2:
+        fail("usage: check_export.py MODEL_DIR")
+    model_dir = sys.argv[1]
+    with open(os.path.join(model_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    contract = manifest["contract"]
+    for entry in manifest["files"].values():
+        if entry is None:
+            continue
+        path = os.path.join(model_dir, entry["name"])
+        check(sha256(path) == entry["sha256"], f"{path}: SHA-256 differs from the manifest")
+
+    enc_path = os.path.join(model_dir, "encoder.onnx")
+    dec_path = os.path.join(model_dir, "decoder.onnx")
+    for path, graph in [(enc_path, "encoder"), (dec_path, "decoder")]:
+        try:
+            onnx.checker.check_model(path, full_check=True)
+        except Exception as e:  # the checker raises several exception types
+            fail(f"{path}: onnx.checker: {e}")
+        metadata_matches(path, graph, contract)
+
+    fp16 = contract["dtype"] == "fp16"
+    ftype = np.float16 if fp16 else np.float32
+    layers = contract["decoder_layers"]
+    heads = contract["decoder_attention_heads"]
+    head_dim = contract["decoder_head_dim"]
+    vocab = contract["tgt_vocab_size"]
+    pad, eos = contract["special"]["pad"], contract["special"]["eos"]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    enc = ort.InferenceSession(enc_path, opts, providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(dec_path, opts, providers=["CPUExecutionProvider"])
+
+    first_word = 4
+    srcs = [[first_word + 1, first_word + 5, first_word + 3, eos], [first_word + 2, eos],
+            [first_word, first_word + 4, first_word + 4, first_word + 1, first_word + 6, eos]]
+    srcs = [[t % contract["src_vocab_size"] if t != eos else eos for t in s] for s in srcs]
+    S = max(len(s) for s in srcs)
+    tokens = np.array([[pad] * (S - len(s)) + s for s in srcs], dtype=np.int64)
+    B = len(srcs)
+    enc_names = [o.name for o in enc.get_outputs()]
+    enc_out = dict(zip(enc_names, enc.run(None, {"src_tokens": tokens})))
+    check(enc_out["encoder_out"].shape == (B, S, contract["encoder_embed_dim"]), f"encoder_out shape {enc_out['encoder_out'].shape}")
+    check(enc_out["encoder_out"].dtype == ftype, f"encoder_out dtype {enc_out['encoder_out'].dtype}")
+    check(np.isfinite(enc_out["encoder_out"].astype(np.float32)).all(), "encoder_out has non-finite values")
+    check((enc_out["encoder_padding_mask"] == (tokens == pad)).all(), "encoder_padding_mask is not tokens == pad")
+    for l in range(layers):
+        for kind in ("key", "value"):
+            shape = enc_out[f"cross_{kind}.{l}"].shape
+            check(shape == (B, heads, S, head_dim), f"cross_{kind}.{l} shape {shape}")
+
+    dec_names = [o.name for o in dec.get_outputs()]
+    past = {f"past_{k}.{l}": np.zeros((B, heads, 0, head_dim), dtype=ftype) for l in range(layers) for k in ("key", "value")}
+    rows = list(range(B))
+    prev = np.full((B, 1), eos, dtype=np.int64)
+    for step, reorder in enumerate([[0, 1, 2], [0, 1, 1, 2]]):
+        # Rows of this step continue rows `reorder` of the past; cross inputs are in row order.
+        rows = [rows[r] for r in reorder]
+        feeds = {
+            "prev_tokens": prev[reorder],
+            "reorder": np.array(reorder, dtype=np.int64),
+            "encoder_padding_mask": enc_out["encoder_padding_mask"][rows],
+        }
+        for l in range(layers):
+            feeds[f"cross_key.{l}"] = enc_out[f"cross_key.{l}"][rows]
+            feeds[f"cross_value.{l}"] = enc_out[f"cross_value.{l}"][rows]
+        feeds.update(past)
+        out = dict(zip(dec_names, dec.run(None, feeds)))
+        R = len(reorder)
+        lp = out["log_probs"]
+        check(lp.dtype == np.float32, f"step {step}: log_probs dtype {lp.dtype}")
+        check(lp.shape == (R, vocab), f"step {step}: log_probs shape {lp.shape}")
+        check(np.isfinite(lp).all(), f"step {step}: log_probs has non-finite values")
+        lse = np.log(np.exp(lp.astype(np.float64)).sum(axis=1))
+        check(np.abs(lse).max() < 1e-4, f"step {step}: log_probs rows not normalized (logsumexp {lse})")
+        for l in range(layers):
+            for kind in ("key", "value"):
+                shape = out[f"present_{kind}.{l}"].shape
+                check(shape == (R, heads, step + 1, head_dim), f"step {step}: present_{kind}.{l} shape {shape}")
+        past = {f"past_{k}.{l}": out[f"present_{k}.{l}"] for l in range(layers) for k in ("key", "value")}
+        prev = lp.argmax(axis=1).astype(np.int64).reshape(R, 1)
+    if len(reorder) == 4:
+        # Rows 1 and 2 of step 1 continue the same row with the same token: identical outputs.
+        check(np.allclose(lp[1], lp[2]), "duplicated rows disagree after the reorder")
+    print(f"check_export: OK {model_dir} ({contract['dtype']}, onnx {onnx.__version__}, onnxruntime {ort.__version__})")
+
+
+if __name__ == "__main__":
+    main()

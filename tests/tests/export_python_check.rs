@@ -1,0 +1,126 @@
+//! The exported model directory checked by the reference Python tools: a tiny random trainer
+//! Transformer is saved as a checkpoint, exported in fp32 and fp16, and
+//! `tests/python/check_export.py` runs `onnx.checker.check_model(full_check=True)` on both
+//! graphs and runs them in Python onnxruntime (encoder on a padded batch, decoder step 0 with an
+//! empty past, step 1 with the presents as past). The Python packages come from
+//! `cargo xtask setup` (`.deps/python`); without them this test fails and says so.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use seqforge_exporter::{ExportOptions, export};
+use seqforge_schemas::contract::Dtype;
+use seqforge_trainer::batching::EpochState;
+use seqforge_trainer::checkpoint::{
+    self, Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState,
+    TrainerState,
+};
+use seqforge_trainer::fp16::Precision;
+use seqforge_trainer::models::transformer::{Activation, Transformer, TransformerConfig};
+use tch::{Device, nn};
+
+fn workspace() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the tests package has no parent folder")
+}
+
+/// Saves a random model (pre-norm decoder, gelu: more ops for the checker) with the trainer's
+/// checkpoint writer; returns (checkpoint dir, data dir).
+fn checkpoint(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    tch::manual_seed(11);
+    let config = TransformerConfig {
+        decoder_normalize_before: true,
+        activation_fn: Activation::Gelu,
+        ..TransformerConfig::from_preset("transformer_tiny")?.with_vocab(36, 44)
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Transformer::new(&vs.root(), &config)?;
+    let data = root.join("data");
+    std::fs::create_dir_all(&data)?;
+    for (lang, size) in [("de", 36), ("en", 44)] {
+        let text: String = (4..size).map(|i| format!("{lang}{i} 1\n")).collect();
+        std::fs::write(data.join(format!("dict.{lang}.txt")), text)?;
+    }
+    std::fs::write(data.join("tokenizer.json"), "{\"version\": \"1.0\"}\n")?;
+    let ckpt = Checkpoint {
+        config: CheckpointConfig {
+            format_version: checkpoint::FORMAT_VERSION,
+            arch: "transformer_tiny".into(),
+            model: serde_json::to_value(&config)?,
+            task: ComponentConfig::new(
+                "translation",
+                serde_json::json!({"source_lang": "de", "target_lang": "en"}),
+            ),
+            criterion: ComponentConfig::new("cross_entropy", serde_json::json!({})),
+            optimizer: ComponentConfig::new("adam", serde_json::json!({})),
+            lr_scheduler: ComponentConfig::new("fixed", serde_json::json!({})),
+            precision: Precision::Fp32,
+            dictionaries: vec![
+                DictionaryIdentity::of_file(data.join("dict.de.txt"))?,
+                DictionaryIdentity::of_file(data.join("dict.en.txt"))?,
+            ],
+        },
+        state: TrainerState {
+            format_version: checkpoint::FORMAT_VERSION,
+            num_updates: 0,
+            epoch: 1,
+            end_of_epoch: false,
+            iterator: EpochState {
+                version: 2,
+                epoch: 1,
+                iterations_in_epoch: 0,
+                shuffle: false,
+                num_batches: None,
+                num_shards: None,
+                batches_fingerprint: None,
+            },
+            lr_scheduler: serde_json::json!({}),
+            loss_scaler: None,
+            best: None,
+            val_loss: None,
+            rng: RngState { seed: 11, num_updates: 0 },
+            extra: serde_json::Value::Null,
+        },
+        model: model.fairseq_state_dict(),
+        optimizer: vec![],
+    };
+    let dir = root.join("checkpoint_last");
+    checkpoint::save(&dir, &ckpt)?;
+    Ok((dir, data))
+}
+
+#[test]
+fn onnx_checker_and_python_onnxruntime_accept_the_export() -> Result<()> {
+    let root = workspace()?;
+    let deps = root.join(".deps/python");
+    if !deps.join("onnx").is_dir() || !deps.join("onnxruntime").is_dir() {
+        bail!(
+            "{} lacks onnx/onnxruntime: run cargo xtask setup (it installs the Python checker \
+             packages there)",
+            deps.display()
+        );
+    }
+    let script = root.join("tests/python/check_export.py");
+    let tmp = tempfile::tempdir()?;
+    let (ckpt, data) = checkpoint(tmp.path())?;
+    for dtype in [Dtype::Fp32, Dtype::Fp16] {
+        let out = tmp.path().join(format!("model-{dtype}"));
+        export(&ExportOptions::new(&ckpt, &data, &out).with_dtype(dtype))?;
+        ensure!(out.join("tokenizer.json").is_file(), "DATA/tokenizer.json was not shipped");
+        let result = Command::new("python3")
+            .arg(&script)
+            .arg(&out)
+            .env("PYTHONPATH", &deps)
+            .output()
+            .context("running python3")?;
+        let stdout = String::from_utf8_lossy(&result.stdout);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        print!("{stdout}");
+        ensure!(result.status.success(), "{dtype}: check_export.py failed:\n{stdout}\n{stderr}");
+        ensure!(stdout.contains("check_export: OK"), "{dtype}: no OK line:\n{stdout}");
+    }
+    Ok(())
+}
