@@ -3,8 +3,8 @@
 //! encoder, ONNX decoder step, dictionaries, tokenizer, manifest).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Result;
 use clap::Parser;
 use seqforge_exporter::{BuildOptions, ExportOptions, export};
 use seqforge_schemas::contract::Dtype;
@@ -32,7 +32,7 @@ struct Args {
     force: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -49,7 +49,23 @@ fn main() -> Result<()> {
         tokenizer: args.tokenizer,
         force: args.force,
     };
-    let summary = export(&options)?;
-    println!("{}", summary.render());
-    Ok(())
+    match export(&options) {
+        Ok(summary) => {
+            println!("{}", summary.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let mut message = format!("seqforge-export: error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !message.contains(&text) {
+                    message.push_str(&format!("\n  caused by: {text}"));
+                }
+                source = s.source();
+            }
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
 }

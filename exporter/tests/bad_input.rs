@@ -1,0 +1,292 @@
+//! The `seqforge-export` binary and library on good and bad checkpoints, without libtorch: a
+//! tiny checkpoint is written here in the trainer's format (fairseq state-dict names in
+//! `model.safetensors`, `config.json` with the model config and dictionary identities), then
+//! broken one way at a time. Every failure must name the culprit, exit non-zero and leave no
+//! model directory (nor a `.tmp-` one) behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use safetensors::{Dtype, tensor::TensorView};
+use seqforge_schemas::contract::{Manifest, Vocabulary};
+
+const SRC_VOCAB: usize = 20;
+const TGT_VOCAB: usize = 24;
+const DIM: usize = 16;
+const FFN: usize = 24;
+const LAYERS: usize = 2;
+
+/// Names and shapes of a post-norm, sinusoidal, unshared Transformer's state dict.
+fn state_dict() -> Vec<(String, Vec<usize>)> {
+    let mut t: Vec<(String, Vec<usize>)> = Vec::new();
+    let attn = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
+            t.push((format!("{p}.{proj}.weight"), vec![DIM, DIM]));
+            t.push((format!("{p}.{proj}.bias"), vec![DIM]));
+        }
+    };
+    let norm = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        t.push((format!("{p}.weight"), vec![DIM]));
+        t.push((format!("{p}.bias"), vec![DIM]));
+    };
+    let ffn = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        t.push((format!("{p}.fc1.weight"), vec![FFN, DIM]));
+        t.push((format!("{p}.fc1.bias"), vec![FFN]));
+        t.push((format!("{p}.fc2.weight"), vec![DIM, FFN]));
+        t.push((format!("{p}.fc2.bias"), vec![DIM]));
+    };
+    t.push(("encoder.version".into(), vec![1]));
+    t.push(("encoder.embed_tokens.weight".into(), vec![SRC_VOCAB, DIM]));
+    t.push(("encoder.embed_positions._float_tensor".into(), vec![1]));
+    for l in 0..LAYERS {
+        let p = format!("encoder.layers.{l}");
+        attn(&mut t, &format!("{p}.self_attn"));
+        norm(&mut t, &format!("{p}.self_attn_layer_norm"));
+        ffn(&mut t, &p);
+        norm(&mut t, &format!("{p}.final_layer_norm"));
+    }
+    t.push(("decoder.version".into(), vec![1]));
+    t.push(("decoder.embed_tokens.weight".into(), vec![TGT_VOCAB, DIM]));
+    t.push(("decoder.embed_positions._float_tensor".into(), vec![1]));
+    for l in 0..LAYERS {
+        let p = format!("decoder.layers.{l}");
+        attn(&mut t, &format!("{p}.self_attn"));
+        norm(&mut t, &format!("{p}.self_attn_layer_norm"));
+        attn(&mut t, &format!("{p}.encoder_attn"));
+        norm(&mut t, &format!("{p}.encoder_attn_layer_norm"));
+        ffn(&mut t, &p);
+        norm(&mut t, &format!("{p}.final_layer_norm"));
+    }
+    t.push(("decoder.output_projection.weight".into(), vec![TGT_VOCAB, DIM]));
+    t
+}
+
+fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) -> Result<()> {
+    let data: Vec<Vec<u8>> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, (_, shape))| {
+            let n: usize = shape.iter().product();
+            (0..n)
+                .flat_map(|j| ((((i * 31 + j * 17) % 29) as f32 - 14.0) / 40.0).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&data)
+        .map(|((name, shape), bytes)| {
+            Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, None, path)?;
+    Ok(())
+}
+
+fn dict_text(size: usize, tag: &str) -> String {
+    (4..size).map(|i| format!("{tag}{i} 1\n")).collect()
+}
+
+/// A checkpoint directory and a data directory under `root`.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    ckpt: PathBuf,
+    data: PathBuf,
+}
+
+fn fixture() -> Result<Fixture> {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().to_path_buf();
+    let ckpt = root.join("checkpoint_last");
+    let data = root.join("data");
+    std::fs::create_dir_all(&ckpt)?;
+    std::fs::create_dir_all(&data)?;
+    std::fs::write(data.join("dict.de.txt"), dict_text(SRC_VOCAB, "de"))?;
+    std::fs::write(data.join("dict.en.txt"), dict_text(TGT_VOCAB, "en"))?;
+    write_safetensors(&ckpt.join("model.safetensors"), &state_dict())?;
+    write_config(&ckpt, &data, "transformer_tiny")?;
+    std::fs::write(ckpt.join("trainer_state.json"), "{\"num_updates\": 42}\n")?;
+    Ok(Fixture { _tmp: tmp, root, ckpt, data })
+}
+
+fn identity(path: &Path) -> Result<serde_json::Value> {
+    let v = Vocabulary::load(path)?;
+    let name = path.file_name().context("no file name")?.to_string_lossy().into_owned();
+    Ok(serde_json::json!({"name": name, "size": v.len(), "hash": v.identity_hash()}))
+}
+
+fn write_config(ckpt: &Path, data: &Path, arch: &str) -> Result<()> {
+    let config = serde_json::json!({
+        "format_version": 1,
+        "arch": arch,
+        "model": {
+            "encoder_embed_dim": DIM, "encoder_ffn_embed_dim": FFN, "encoder_layers": LAYERS,
+            "encoder_attention_heads": 2, "decoder_embed_dim": DIM, "decoder_ffn_embed_dim": FFN,
+            "decoder_layers": LAYERS, "decoder_attention_heads": 2,
+            "max_source_positions": 64, "max_target_positions": 64,
+            "src_vocab_size": SRC_VOCAB, "tgt_vocab_size": TGT_VOCAB, "pad_index": 1
+        },
+        "task": {"name": "translation", "config": {"source_lang": "de", "target_lang": "en"}},
+        "criterion": {"name": "cross_entropy", "config": {}},
+        "optimizer": {"name": "adam", "config": {}},
+        "lr_scheduler": {"name": "fixed", "config": {}},
+        "precision": "fp32",
+        "dictionaries": [identity(&data.join("dict.de.txt"))?, identity(&data.join("dict.en.txt"))?]
+    });
+    std::fs::write(ckpt.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    Ok(())
+}
+
+/// Runs the binary; returns (success, stdout, stderr).
+fn run(f: &Fixture, out: &Path, extra: &[&str]) -> Result<(bool, String, String)> {
+    let output = Command::new(env!("CARGO_BIN_EXE_seqforge-export"))
+        .arg(&f.ckpt)
+        .arg("--data")
+        .arg(&f.data)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// The binary fails, its message contains every `needles`, and nothing is left in `root`
+/// but the inputs.
+fn fails_naming(f: &Fixture, needles: &[&str]) -> Result<()> {
+    let out = f.root.join("model");
+    let (ok, _, stderr) = run(f, &out, &[])?;
+    ensure!(!ok, "export succeeded");
+    for n in needles {
+        ensure!(stderr.contains(n), "error does not name {n:?}: {stderr}");
+    }
+    let left: Vec<String> = std::fs::read_dir(&f.root)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        left.iter().all(|n| n == "checkpoint_last" || n == "data"),
+        "leftovers after a failed export: {left:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_binary_exports_and_replaces_only_with_force() -> Result<()> {
+    let f = fixture()?;
+    let out = f.root.join("model");
+    let (ok, stdout, stderr) = run(&f, &out, &["--dtype", "fp16"])?;
+    ensure!(ok, "export failed: {stderr}");
+    ensure!(stdout.contains("encoder.onnx") && stdout.contains("total"), "summary: {stdout}");
+    let manifest = seqforge_exporter::export::verify_model_dir(&out)?;
+    ensure!(manifest.num_updates == 42 && manifest.files.tokenizer.is_none(), "{manifest:?}");
+    ensure!(manifest.contract.dtype.as_str() == "fp16", "{manifest:?}");
+
+    let (ok, _, stderr) = run(&f, &out, &[])?;
+    ensure!(!ok && stderr.contains("--force") && stderr.contains("model"), "{stderr}");
+
+    let tokenizer = f.root.join("tok.json");
+    std::fs::write(&tokenizer, "{}")?;
+    let (ok, _, stderr) =
+        run(&f, &out, &["--force", "--tokenizer", tokenizer.to_str().context("path")?])?;
+    ensure!(ok, "--force failed: {stderr}");
+    let manifest = Manifest::load(&out)?;
+    ensure!(manifest.contract.dtype.as_str() == "fp32", "not replaced: {manifest:?}");
+    ensure!(manifest.files.tokenizer.is_some(), "--tokenizer not shipped");
+    let names: Vec<String> = std::fs::read_dir(&f.root)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    ensure!(names.iter().all(|n| !n.contains(".tmp-") && !n.contains(".old-")), "{names:?}");
+    Ok(())
+}
+
+#[test]
+fn unknown_architecture_is_named() -> Result<()> {
+    let f = fixture()?;
+    write_config(&f.ckpt, &f.data, "lstm_wiseman_iwslt_de_en")?;
+    fails_naming(&f, &["lstm_wiseman_iwslt_de_en", "config.json", "unknown architecture"])
+}
+
+#[test]
+fn missing_tensor_is_named() -> Result<()> {
+    let f = fixture()?;
+    let tensors: Vec<_> =
+        state_dict().into_iter().filter(|(n, _)| n != "decoder.layers.1.fc2.bias").collect();
+    write_safetensors(&f.ckpt.join("model.safetensors"), &tensors)?;
+    fails_naming(&f, &["decoder.layers.1.fc2.bias", "missing", "model.safetensors"])
+}
+
+#[test]
+fn misshaped_tensor_is_named() -> Result<()> {
+    let f = fixture()?;
+    let tensors: Vec<_> = state_dict()
+        .into_iter()
+        .map(
+            |(n, s)| {
+                if n == "encoder.layers.0.fc1.weight" { (n, vec![FFN + 1, DIM]) } else { (n, s) }
+            },
+        )
+        .collect();
+    write_safetensors(&f.ckpt.join("model.safetensors"), &tensors)?;
+    fails_naming(&f, &["encoder.layers.0.fc1.weight", "[25, 16]", "[24, 16]"])
+}
+
+#[test]
+fn unexpected_tensor_is_named() -> Result<()> {
+    let f = fixture()?;
+    let mut tensors = state_dict();
+    tensors.push(("decoder.embed_positions.weight".into(), vec![66, DIM]));
+    write_safetensors(&f.ckpt.join("model.safetensors"), &tensors)?;
+    fails_naming(&f, &["decoder.embed_positions.weight", "unexpected"])
+}
+
+#[test]
+fn dictionary_mismatch_is_named() -> Result<()> {
+    let f = fixture()?;
+    std::fs::write(f.data.join("dict.en.txt"), dict_text(TGT_VOCAB, "xx"))?;
+    fails_naming(&f, &["dict.en.txt", "not the one the checkpoint was trained with"])?;
+    std::fs::remove_file(f.data.join("dict.en.txt"))?;
+    fails_naming(&f, &["dict.en.txt", "no such file"])
+}
+
+#[test]
+fn unwritable_output_directory_is_named() -> Result<()> {
+    let f = fixture()?;
+    // A regular file where a directory should be: unwritable even for root.
+    let blocker = f.root.join("not-a-dir");
+    std::fs::write(&blocker, "")?;
+    let out = blocker.join("model");
+    let (ok, _, stderr) = run(&f, &out, &[])?;
+    ensure!(!ok, "export into {} succeeded", out.display());
+    ensure!(stderr.contains("not-a-dir"), "error does not name the directory: {stderr}");
+    let names: Vec<String> = std::fs::read_dir(&f.root)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    ensure!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    Ok(())
+}
+
+#[test]
+fn library_errors_are_typed() -> Result<()> {
+    let f = fixture()?;
+    let tensors: Vec<_> =
+        state_dict().into_iter().filter(|(n, _)| n != "encoder.embed_tokens.weight").collect();
+    write_safetensors(&f.ckpt.join("model.safetensors"), &tensors)?;
+    let e = seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(
+        &f.ckpt,
+        &f.data,
+        f.root.join("m"),
+    ))
+    .err()
+    .context("export of a broken checkpoint succeeded")?;
+    ensure!(
+        matches!(&e, seqforge_exporter::Error::MissingTensor { tensor, .. } if tensor == "encoder.embed_tokens.weight"),
+        "{e:?}"
+    );
+    Ok(())
+}
