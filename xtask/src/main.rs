@@ -1,6 +1,9 @@
 //! `cargo xtask`: the project's automation. `setup` bootstraps the native dependencies into
 //! `.deps/` from the package registries, `test` runs every test the project has.
 
+mod bench;
+mod demo;
+mod pipeline;
 mod setup;
 mod test;
 
@@ -25,6 +28,13 @@ enum Command {
     /// Run setup, then the whole workspace's tests (cargo-nextest when installed, else
     /// `cargo test`), then the Python-side checks.
     Test(test::TestArgs),
+    /// The main job: Bible corpus → BPE → train a small Transformer on CPU for a bounded time →
+    /// export FP32 and FP16 ONNX → translate the test set (beam 5) → BLEU/chrF, throughput and
+    /// sample translations. Resumes where it stopped.
+    Demo(demo::DemoArgs),
+    /// Training words/s of seqforge next to an equivalent PyTorch eager loop (same batches,
+    /// same threads) on the Bible data, with peak memory and the ratio.
+    BenchTrain(bench::BenchTrainArgs),
 }
 
 /// The workspace root (the parent of this crate's folder).
@@ -39,5 +49,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Setup(args) => setup::run(&root, &args).map(|_| ()),
         Command::Test(args) => test::run(&root, &args),
+        Command::Demo(args) => demo::run_demo(&root, &args),
+        Command::BenchTrain(args) => bench::run(&root, &args),
     }
 }
