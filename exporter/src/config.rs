@@ -249,9 +249,8 @@ impl CheckpointConfig {
                 known: KNOWN_ARCHS.join(", "),
             });
         }
-        let model: TransformerConfig = serde_json::from_value(raw.model)
+        let mut model: TransformerConfig = serde_json::from_value(raw.model)
             .map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })?;
-        model.validate(path)?;
         let task_lang = |key: &str| -> Option<String> {
             raw.task.as_ref()?.config.get(key)?.as_str().map(str::to_string)
         };
@@ -270,6 +269,25 @@ impl CheckpointConfig {
         let target_lang = task_lang("target_lang")
             .or_else(|| dict_lang(1))
             .ok_or_else(|| missing("target_lang"))?;
+        // The trainer stores the architecture's config with vocabulary sizes 0 and builds the
+        // model with the sizes of its dictionaries: take them from the recorded identities.
+        for (lang, size) in
+            [(&source_lang, &mut model.src_vocab_size), (&target_lang, &mut model.tgt_vocab_size)]
+        {
+            if *size == 0 {
+                let name = format!("dict.{lang}.txt");
+                let id = raw.dictionaries.iter().find(|d| d.name == name).ok_or_else(|| {
+                    Error::Config {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "the vocabulary size is 0 and no identity of {name} is recorded"
+                        ),
+                    }
+                })?;
+                *size = id.size;
+            }
+        }
+        model.validate(path)?;
         Ok(Self { arch: raw.arch, model, source_lang, target_lang, dictionaries: raw.dictionaries })
     }
 
