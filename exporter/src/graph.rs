@@ -802,4 +802,56 @@ mod tests {
         assert!(g.softmax("sm", &c, 1).is_err());
         Ok(())
     }
+
+    #[test]
+    fn shape_ops_infer_shapes_and_reject_misuse() -> Result<()> {
+        let mut g = GraphBuilder::new("t");
+        let b = || Dim::named("B");
+        let x = g.input("x", DType::F32, vec![b(), Dim::named("S"), Dim::Fixed(8)])?;
+        let r = g.reshape("r", &x, &[0, 0, 2, 4])?;
+        assert_eq!(r.shape(), &[b(), Dim::named("S"), Dim::Fixed(2), Dim::Fixed(4)]);
+        assert!(g.reshape("r2", &x, &[0, 0, 0, 0, 3]).is_err(), "0 beyond the input rank");
+        let fixed = g.initializer_f32("f", &[2, 3], &[0.0; 6])?;
+        assert!(g.reshape("r3", &fixed, &[4, 2]).is_err(), "element count changes");
+        let t = g.transpose("t1", &r, &[0, 2, 1, 3])?;
+        assert_eq!(t.shape()[1], Dim::Fixed(2));
+        assert!(g.transpose("t2", &r, &[0, 0, 1, 2]).is_err());
+        let past =
+            g.input("p", DType::F32, vec![b(), Dim::Fixed(2), Dim::named("P"), Dim::Fixed(4)])?;
+        let new =
+            g.input("n", DType::F32, vec![b(), Dim::Fixed(2), Dim::Fixed(1), Dim::Fixed(4)])?;
+        let c = g.concat("c", &[&past, &new], 2)?;
+        assert_eq!(c.shape()[2], Dim::named("P+1"));
+        let other =
+            g.input("o", DType::F32, vec![b(), Dim::Fixed(3), Dim::Fixed(1), Dim::Fixed(4)])?;
+        assert!(g.concat("c2", &[&past, &other], 2).is_err(), "heads differ off the axis");
+        let idx = g.input("i", DType::I64, vec![Dim::named("R")])?;
+        let gathered = g.gather("g", &past, &idx, 0)?;
+        assert_eq!(gathered.shape()[0], Dim::named("R"));
+        assert!(g.gather("g2", &past, &x, 0).is_err(), "float indices");
+        let s = g.shape("s", &past, 2, 3)?;
+        assert_eq!((s.dtype(), s.shape()), (DType::I64, &[Dim::Fixed(1)][..]));
+        assert!(g.shape("s2", &past, 2, 9).is_err());
+        let m = g.input("m", DType::Bool, vec![b(), Dim::named("S")])?;
+        let u = g.unsqueeze("u", &m, &[1, 2])?;
+        assert_eq!(u.shape(), &[b(), Dim::Fixed(1), Dim::Fixed(1), Dim::named("S")]);
+        let neg = g.scalar("neg", DType::F32, -1e9)?;
+        let zero = g.scalar("zero", DType::F32, 0.0)?;
+        let w = g.where_("w", &u, &neg, &zero)?;
+        assert_eq!(w.shape().len(), 4);
+        assert!(g.where_("w2", &x, &neg, &zero).is_err(), "float condition");
+        assert!(g.not("n2", &x).is_err());
+        let ln_w = g.initializer_f32("ln.w", &[8], &[1.0; 8])?;
+        let bad = g.initializer_f32("ln.b", &[7], &[0.0; 7])?;
+        assert!(g.layer_norm("ln", &x, &ln_w, &bad, 1e-5).is_err(), "bias of the wrong width");
+        let lp = g.log_softmax("lp", &x, -1)?;
+        assert_eq!(lp.shape(), x.shape());
+        assert!(g.log_softmax("lp2", &x, 3).is_err());
+        let proj = g.initializer_f32("proj", &[5, 8], &[0.0; 40])?;
+        let x2 = g.input("x2", DType::F32, vec![Dim::named("R"), Dim::Fixed(8)])?;
+        let logits = g.gemm_transposed_b("logits", &x2, &proj)?;
+        assert_eq!(logits.shape(), &[Dim::named("R"), Dim::Fixed(5)]);
+        assert!(g.gemm_transposed_b("l2", &x, &proj).is_err(), "rank 3");
+        Ok(())
+    }
 }
