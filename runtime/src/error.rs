@@ -63,6 +63,9 @@ pub enum Error {
     /// Generation failed (invalid options, or the decoder failed during search).
     #[error(transparent)]
     Search(#[from] crate::search::Error),
+    /// Scoring failed (BLEU / chrF: unreadable or mismatched inputs, invalid options).
+    #[error(transparent)]
+    Score(#[from] crate::score::Error),
     /// Any other ONNX Runtime failure.
     #[cfg(feature = "onnx")]
     #[error("ONNX Runtime: {0}")]

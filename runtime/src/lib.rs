@@ -4,6 +4,8 @@
 //!   implemented by the trainer's libtorch models and by the ONNX backend.
 //! - [`search`]: beam, diverse beam, diverse siblings, sampling and greedy search over any
 //!   [`decoding::IncrementalDecoder`], with fairseq 0.12.2's semantics; needs no ONNX Runtime.
+//! - [`score`]: BLEU, chrF and chrF++ exactly as sacreBLEU 2.6.0 computes and prints them
+//!   (the trainer's `--eval-bleu`, `seqforge score`); needs no ONNX Runtime.
 //! - [`onnx`] (feature `onnx`, on by default): the ONNX Runtime backend — locating and loading
 //!   the ONNX Runtime shared library, and building sessions from exported graphs.
 //!
@@ -14,6 +16,7 @@ pub mod decoding;
 mod error;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod score;
 pub mod search;
 
 pub use error::{Error, Result};
