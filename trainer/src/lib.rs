@@ -21,6 +21,7 @@ pub mod corpus;
 pub mod criterions;
 pub mod data;
 mod error;
+pub mod export_check;
 pub mod fp16;
 pub mod models;
 pub mod optim;

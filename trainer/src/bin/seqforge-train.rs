@@ -25,6 +25,9 @@ enum Command {
     /// Train a model on a preprocessed data folder (fairseq-train's flags; `train --help`
     /// lists those of the chosen --arch, --criterion, --optimizer and --lr-scheduler).
     Train(seqforge_trainer::train::TrainCommand),
+    /// Export a checkpoint to ONNX (seqforge-export), then check the graphs against the
+    /// libtorch model on validation sentences; a mismatch fails the export.
+    Export(seqforge_trainer::export_check::ExportArgs),
 }
 
 fn main() -> Result<()> {
@@ -71,6 +74,16 @@ fn main() -> Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Export(args) => {
+            let r = seqforge_trainer::export_check::run(&args)?;
+            println!("{}", r.summary.render());
+            println!(
+                "check: {} sentences × {} steps, max |diff| encoder_out {:.2e}, log_probs {:.2e} \
+                 (tolerance {:.0e}) in {:.1}s",
+                r.samples, r.steps, r.encoder_diff, r.log_probs_diff, r.tolerance, r.check_seconds
+            );
+            Ok(())
         }
     }
 }

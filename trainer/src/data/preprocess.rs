@@ -11,7 +11,8 @@
 //! the line pair is dropped and counted; source and target files with different line counts
 //! are an error (fairseq writes misaligned datasets). `--tokenizer tokenizer.json` applies a
 //! HuggingFace tokenizer on the fly: the token strings of each line are the symbols, as if
-//! fairseq were given the tokenized text joined by spaces.
+//! fairseq were given the tokenized text joined by spaces; the file is copied into `--destdir`
+//! as `tokenizer.json`, so the data directory carries everything an export ships.
 //!
 //! Work is split into line-aligned chunks processed by `--workers` threads; results are
 //! written in input order, so the output does not depend on the number of workers.
@@ -429,6 +430,19 @@ pub fn run(args: &PreprocessArgs) -> Result<Summary> {
         let line = format!("Wrote preprocessed data to {}", args.destdir.display());
         tracing::info!("{line}");
         log.push(line);
+    }
+
+    // The tokenizer travels with the dictionaries (the exporter ships DATA/tokenizer.json).
+    if let Some(tokenizer) = &args.tokenizer {
+        let dest = args.destdir.join("tokenizer.json");
+        let same = match (tokenizer.canonicalize(), dest.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if !same {
+            let bytes = std::fs::read(tokenizer).map_err(io_err(tokenizer))?;
+            write_atomic(&dest, &bytes)?;
+        }
     }
 
     // 4. preprocess.log: appended to, like fairseq's logging.FileHandler.
@@ -957,6 +971,15 @@ mod tests {
         run(&a).unwrap();
         let d = std::fs::read_to_string(dir.path().join("out/dict.en.txt")).unwrap();
         assert_eq!(d.lines().take(4).collect::<Vec<_>>(), ["hello 2", ", 1", "[UNK] 1", "world 1"]);
+        let copied = std::fs::read_to_string(dir.path().join("out/tokenizer.json")).unwrap();
+        assert_eq!(copied, tok, "the tokenizer is copied into --destdir");
+        // A --tokenizer that already is DESTDIR/tokenizer.json stays intact.
+        std::fs::create_dir_all(dir.path().join("out3")).unwrap();
+        std::fs::write(dir.path().join("out3/tokenizer.json"), tok).unwrap();
+        let mut again = args(dir.path(), "out3");
+        again.tokenizer = Some(dir.path().join("out3/tokenizer.json"));
+        run(&again).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("out3/tokenizer.json")).unwrap(), tok);
         let e = {
             let mut a = args(dir.path(), "out2");
             a.tokenizer = Some(dir.path().join("missing.json"));

@@ -1,0 +1,583 @@
+//! `seqforge-train export`: compiles a checkpoint to an ONNX model directory with the exporter
+//! (`seqforge-exporter`), then runs the exported graphs in ONNX Runtime side by side with the
+//! checkpoint's libtorch [`Transformer`] on validation sentences, and refuses the export when
+//! they disagree.
+//!
+//! The comparison: the first `--check-samples` sentences of `--check-subset` (left-padded into
+//! one batch) through both encoders, then `--check-steps` incremental decoder steps, each row
+//! continued greedily by the libtorch model and fed identically to both, with the rows reversed
+//! halfway through (a beam-like reorder of both caches). The largest absolute difference of the
+//! encoder output and of the log-probabilities must stay within `--tolerance` (1e-4 for fp32,
+//! 2e-2 for fp16). The model directory is exported to `OUT.unchecked-<pid>` and only renamed to
+//! `OUT` once the check passed; on a mismatch nothing is left behind.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use half::f16;
+use ort::value::{DynValue, Tensor as OrtTensor};
+use seqforge_exporter::{BuildOptions, ExportOptions, ExportSummary};
+use seqforge_runtime::onnx::{SessionConfig, load_session};
+use seqforge_schemas::contract::{self, Dtype, names};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::checkpoint;
+use crate::data::indexed::IndexedDataset;
+use crate::models::transformer::{Transformer, TransformerConfig};
+
+/// Errors of `seqforge-train export`, each naming what failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportCheckError {
+    /// The export itself failed.
+    #[error(transparent)]
+    Export(#[from] seqforge_exporter::Error),
+    /// The exported manifest could not be read back.
+    #[error(transparent)]
+    Contract(#[from] contract::Error),
+    /// The checkpoint could not be loaded into the libtorch model.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::Error),
+    /// The libtorch model failed.
+    #[error(transparent)]
+    Model(#[from] crate::models::Error),
+    /// ONNX Runtime could not load or run a graph.
+    #[error(transparent)]
+    Runtime(#[from] seqforge_runtime::Error),
+    /// An ONNX Runtime value operation failed.
+    #[error("onnxruntime: {0}")]
+    Ort(#[from] ort::Error),
+    /// libtorch failed outside the model.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The validation data could not be read.
+    #[error("{path}: {message}")]
+    Data {
+        /// The dataset or file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A file-system operation on the model directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exported graphs disagree with the libtorch model.
+    #[error(
+        "the exported {dtype} graphs disagree with the checkpoint's libtorch model: {what} \
+         differs by {diff:.3e} (tolerance {tolerance:.1e}){at}; the export was discarded"
+    )]
+    Mismatch {
+        /// The export dtype.
+        dtype: Dtype,
+        /// `encoder_out` or `log_probs`.
+        what: String,
+        /// The measured max abs difference.
+        diff: f32,
+        /// The tolerance.
+        tolerance: f32,
+        /// Where (e.g. ` at step 3`).
+        at: String,
+    },
+}
+
+type Result<T, E = ExportCheckError> = std::result::Result<T, E>;
+
+/// `seqforge-train export CHECKPOINT --data DIR --out DIR`: export, then check the graphs
+/// against the libtorch model on validation sentences.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// The checkpoint directory (`model.safetensors`, `config.json`).
+    pub checkpoint: PathBuf,
+    /// The data directory the model was trained on (dictionaries, validation set).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The model directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Weights and activations dtype: fp32 or fp16.
+    #[arg(long, default_value = "fp32")]
+    pub dtype: Dtype,
+    /// The tokenizer to ship (default: DATA/tokenizer.json when it exists).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Replace an existing model directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Validation sentences to compare on (0 skips the check).
+    #[arg(long, default_value_t = 8)]
+    pub check_samples: usize,
+    /// The split the sentences come from (`{subset}.{src}-{tgt}.{src}` in --data).
+    #[arg(long, default_value = "valid")]
+    pub check_subset: String,
+    /// Incremental decoder steps compared.
+    #[arg(long, default_value_t = 32)]
+    pub check_steps: usize,
+    /// Largest absolute difference allowed (default 1e-4 for fp32, 2e-2 for fp16).
+    #[arg(long)]
+    pub tolerance: Option<f32>,
+}
+
+/// What `export` did and measured.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    /// The exporter's summary (files, sizes, time).
+    pub summary: ExportSummary,
+    /// Sentences compared (0 when the check was skipped).
+    pub samples: usize,
+    /// Decoder steps compared.
+    pub steps: usize,
+    /// Max abs difference of the encoder output.
+    pub encoder_diff: f32,
+    /// Max abs difference of the log-probabilities.
+    pub log_probs_diff: f32,
+    /// The tolerance applied.
+    pub tolerance: f32,
+    /// Seconds spent checking.
+    pub check_seconds: f64,
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportCheckError + '_ {
+    move |source| ExportCheckError::Io { path: path.to_path_buf(), source }
+}
+
+/// Runs `seqforge-train export` (see the module docs).
+pub fn run(args: &ExportArgs) -> Result<ExportReport> {
+    if args.out.exists() && !args.force {
+        return Err(seqforge_exporter::Error::OutputExists { path: args.out.clone() }.into());
+    }
+    let staging = sibling(&args.out, &format!(".unchecked-{}", std::process::id()));
+    let options = ExportOptions {
+        checkpoint: args.checkpoint.clone(),
+        data: args.data.clone(),
+        out: staging.clone(),
+        build: BuildOptions { dtype: args.dtype, naive_fp16_for_tests: false },
+        tokenizer: args.tokenizer.clone(),
+        force: true,
+    };
+    let mut summary = seqforge_exporter::export(&options)?;
+    let tolerance = args.tolerance.unwrap_or(match args.dtype {
+        Dtype::Fp32 => 1e-4,
+        Dtype::Fp16 => 2e-2,
+    });
+    let start = Instant::now();
+    let checked =
+        if args.check_samples == 0 { Ok((0.0, 0.0, 0)) } else { check(args, &staging, tolerance) };
+    let (encoder_diff, log_probs_diff, samples) = match checked {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    // Install: the old directory renamed away, the checked one renamed in, the old deleted.
+    let old = sibling(&args.out, &format!(".old-{}", std::process::id()));
+    let had_old = args.out.exists();
+    if had_old {
+        std::fs::rename(&args.out, &old).map_err(io(&args.out))?;
+    }
+    if let Err(source) = std::fs::rename(&staging, &args.out) {
+        if had_old {
+            let _ = std::fs::rename(&old, &args.out);
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(ExportCheckError::Io { path: args.out.clone(), source });
+    }
+    if had_old {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    summary.out = args.out.clone();
+    Ok(ExportReport {
+        summary,
+        samples,
+        steps: if samples > 0 { args.check_steps } else { 0 },
+        encoder_diff,
+        log_probs_diff,
+        tolerance,
+        check_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(Vec::<f32>::try_from(t.f_flatten(0, -1)?.f_to_kind(Kind::Float)?)?)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| if x.is_finite() { (x - y).abs() } else { f32::INFINITY })
+        .fold(0.0, f32::max)
+}
+
+fn float_input(fp16: bool, shape: &[i64], data: &[f32]) -> Result<DynValue> {
+    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    Ok(if fp16 {
+        let h: Vec<f16> = data.iter().map(|&v| f16::from_f32(v)).collect();
+        OrtTensor::from_array((shape, h))?.into_dyn()
+    } else {
+        OrtTensor::from_array((shape, data.to_vec()))?.into_dyn()
+    })
+}
+
+fn float_output(
+    outputs: &ort::session::SessionOutputs<'_>,
+    name: &str,
+    fp16: bool,
+) -> Result<(Vec<i64>, Vec<f32>)> {
+    let value = &outputs[name];
+    Ok(if fp16 {
+        let (shape, data) = value.try_extract_tensor::<f16>()?;
+        (shape.to_vec(), data.iter().map(|v| v.to_f32()).collect())
+    } else {
+        let (shape, data) = value.try_extract_tensor::<f32>()?;
+        (shape.to_vec(), data.to_vec())
+    })
+}
+
+/// Rows `order` of a row-major `[N, …]` tensor.
+fn gather_rows(shape: &[i64], data: &[f32], order: &[usize]) -> (Vec<i64>, Vec<f32>) {
+    let row = data.len() / shape.first().copied().unwrap_or(1).max(1) as usize;
+    let mut out = Vec::with_capacity(order.len() * row);
+    for &r in order {
+        out.extend_from_slice(&data[r * row..(r + 1) * row]);
+    }
+    let mut s = shape.to_vec();
+    if let Some(first) = s.first_mut() {
+        *first = order.len() as i64;
+    }
+    (s, out)
+}
+
+/// The libtorch model of the checkpoint, weights loaded.
+fn torch_model(
+    ckpt_dir: &Path,
+    vocab: (usize, usize),
+    pad: usize,
+) -> Result<(nn::VarStore, Transformer)> {
+    let ckpt = checkpoint::load(ckpt_dir)?;
+    let config: TransformerConfig =
+        serde_json::from_value(ckpt.config.model.clone()).map_err(|e| ExportCheckError::Data {
+            path: ckpt_dir.join(checkpoint::CONFIG_FILE),
+            message: format!("model config: {e}"),
+        })?;
+    let mut config = config.with_vocab(vocab.0, vocab.1);
+    config.pad_index = pad;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Transformer::new(&vs.root(), &config)?;
+    ckpt.load_model_into(&model.fairseq_state_dict())?;
+    Ok((vs, model))
+}
+
+/// Compares the staged export with the libtorch model; returns (encoder diff, log-probs diff,
+/// sentences) or a [`ExportCheckError::Mismatch`].
+fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<(f32, f32, usize)> {
+    let manifest = contract::Manifest::load(model_dir)?;
+    let c = &manifest.contract;
+    let fp16 = c.dtype == Dtype::Fp16;
+    let (src_lang, tgt_lang) = (
+        manifest.source_lang.clone().unwrap_or_default(),
+        manifest.target_lang.clone().unwrap_or_default(),
+    );
+    let pad = c.special.pad as i64;
+    let (_vs, model) =
+        torch_model(&args.checkpoint, (c.src_vocab_size, c.tgt_vocab_size), pad as usize)?;
+
+    // Validation sentences (EOS included), at most the model's source length.
+    let prefix = args.data.join(format!("{}.{src_lang}-{tgt_lang}.{src_lang}", args.check_subset));
+    let dataset = IndexedDataset::open(&prefix).map_err(|e| ExportCheckError::Data {
+        path: prefix.clone(),
+        message: format!("cannot read the check sentences: {e} (pass --check-samples 0 to skip)"),
+    })?;
+    let mut sources = Vec::new();
+    for i in 0..dataset.len().min(args.check_samples) {
+        let ids = dataset
+            .get(i)
+            .map_err(|e| ExportCheckError::Data { path: prefix.clone(), message: e.to_string() })?;
+        let ids: Vec<i64> =
+            ids.iter().map(|&t| i64::from(t)).take(c.max_source_positions).collect();
+        if !ids.is_empty() {
+            sources.push(ids);
+        }
+    }
+    if sources.is_empty() {
+        return Err(ExportCheckError::Data {
+            path: prefix,
+            message: "no sentences to check on (pass --check-samples 0 to skip)".into(),
+        });
+    }
+    let b = sources.len();
+    let len = sources.iter().map(Vec::len).max().unwrap_or(1);
+    let mut tokens = Vec::with_capacity(b * len);
+    for s in &sources {
+        tokens.extend(std::iter::repeat_n(pad, len - s.len()));
+        tokens.extend(s);
+    }
+
+    let config = SessionConfig::default();
+    let mut enc = load_session(&model_dir.join(contract::ENCODER_FILE), &config)?;
+    let mut dec = load_session(&model_dir.join(contract::DECODER_FILE), &config)?;
+    let _guard = tch::no_grad_guard();
+    let encoded =
+        model.encode(&Tensor::from_slice(&tokens).f_reshape([b as i64, len as i64])?, false)?;
+    let mut cache = model.init_cache(&encoded)?;
+    let outputs = enc.run(ort::inputs![
+        names::SRC_TOKENS => OrtTensor::from_array(([b, len], tokens.clone()))?
+    ])?;
+    let (_, got) = float_output(&outputs, names::ENCODER_OUT, fp16)?;
+    let encoder_diff = max_diff(&got, &to_vec(&encoded.out)?);
+    if encoder_diff.is_nan() || encoder_diff > tolerance {
+        return Err(ExportCheckError::Mismatch {
+            dtype: c.dtype,
+            what: "encoder_out".into(),
+            diff: encoder_diff,
+            tolerance,
+            at: String::new(),
+        });
+    }
+    let mask: Vec<f32> = tokens.iter().map(|&t| if t == pad { 1.0 } else { 0.0 }).collect();
+    let mut cross = Vec::new();
+    for l in 0..c.decoder_layers {
+        cross.push((
+            float_output(&outputs, &names::cross_key(l), fp16)?,
+            float_output(&outputs, &names::cross_value(l), fp16)?,
+        ));
+    }
+    drop(outputs);
+
+    let (heads, head_dim) = (c.decoder_attention_heads as i64, c.decoder_head_dim as i64);
+    let empty = vec![b as i64, heads, 0, head_dim];
+    let mut past: Vec<[(Vec<i64>, Vec<f32>); 2]> = (0..c.decoder_layers)
+        .map(|_| [(empty.clone(), Vec::new()), (empty.clone(), Vec::new())])
+        .collect();
+    let mut sentence: Vec<usize> = (0..b).collect();
+    let mut prev: Vec<i64> = vec![i64::from(c.special.eos); b];
+    let mut reorder: Vec<usize> = (0..b).collect();
+    let steps = args.check_steps.min(c.max_target_positions);
+    let vocab = c.tgt_vocab_size;
+    let mut log_probs_diff = 0f32;
+    for step in 0..steps {
+        if step == steps / 2 && b > 1 {
+            reorder = (0..b).rev().collect();
+            let index: Vec<i64> = reorder.iter().map(|&r| r as i64).collect();
+            cache.reorder(&Tensor::from_slice(&index))?;
+            sentence = reorder.iter().map(|&r| sentence[r]).collect();
+            prev = reorder.iter().map(|&r| prev[r]).collect();
+        }
+        let logits = model.decode_step(&Tensor::from_slice(&prev), &mut cache)?;
+        let expected = to_vec(&model.get_normalized_probs(&logits, true)?)?;
+        let mut inputs: Vec<(String, DynValue)> = vec![
+            (
+                names::PREV_TOKENS.into(),
+                OrtTensor::from_array(([b, 1usize], prev.clone()))?.into_dyn(),
+            ),
+            (
+                names::REORDER.into(),
+                OrtTensor::from_array((
+                    [b],
+                    reorder.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                ))?
+                .into_dyn(),
+            ),
+        ];
+        let (_, m) = gather_rows(&[b as i64, len as i64], &mask, &sentence);
+        let m: Vec<bool> = m.iter().map(|&v| v != 0.0).collect();
+        inputs.push((
+            names::ENCODER_PADDING_MASK.into(),
+            OrtTensor::from_array(([b, len], m))?.into_dyn(),
+        ));
+        for (l, ((ks, kd), (vs, vd))) in cross.iter().enumerate() {
+            let (s, d) = gather_rows(ks, kd, &sentence);
+            inputs.push((names::cross_key(l), float_input(fp16, &s, &d)?));
+            let (s, d) = gather_rows(vs, vd, &sentence);
+            inputs.push((names::cross_value(l), float_input(fp16, &s, &d)?));
+        }
+        for (l, [(ks, kd), (vs, vd)]) in past.iter().enumerate() {
+            inputs.push((names::past_key(l), float_input(fp16, ks, kd)?));
+            inputs.push((names::past_value(l), float_input(fp16, vs, vd)?));
+        }
+        let outputs = dec.run(inputs)?;
+        let got = outputs[names::LOG_PROBS].try_extract_tensor::<f32>()?.1.to_vec();
+        let d = max_diff(&got, &expected);
+        log_probs_diff = log_probs_diff.max(d);
+        if d.is_nan() || d > tolerance {
+            return Err(ExportCheckError::Mismatch {
+                dtype: c.dtype,
+                what: "log_probs".into(),
+                diff: d,
+                tolerance,
+                at: format!(" at decoder step {step}"),
+            });
+        }
+        let mut next = Vec::with_capacity(past.len());
+        for l in 0..c.decoder_layers {
+            next.push([
+                float_output(&outputs, &names::present_key(l), fp16)?,
+                float_output(&outputs, &names::present_value(l), fp16)?,
+            ]);
+        }
+        past = next;
+        // Greedy continuation by the reference model (EOS suppressed to keep every row going).
+        prev = expected
+            .chunks(vocab)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .filter(|&(id, _)| id as u32 != c.special.eos && id as i64 != pad)
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(i64::from(c.special.unk), |(id, _)| id as i64)
+            })
+            .collect();
+        reorder = (0..b).collect();
+    }
+    Ok((encoder_diff, log_probs_diff, b))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::batching::EpochState;
+    use crate::checkpoint::{
+        Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState, TrainerState,
+    };
+    use crate::data::IndexedDatasetBuilder;
+
+    /// A random tiny model saved as a checkpoint, with dictionaries and a 3-sentence valid set.
+    fn fixture(root: &Path) -> (PathBuf, PathBuf) {
+        tch::manual_seed(3);
+        let config = TransformerConfig::from_preset("transformer_tiny").unwrap().with_vocab(30, 30);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Transformer::new(&vs.root(), &config).unwrap();
+        let data = root.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        for lang in ["de", "en"] {
+            let text: String = (4..30).map(|i| format!("w{i} 1\n")).collect();
+            std::fs::write(data.join(format!("dict.{lang}.txt")), text).unwrap();
+            let mut b = IndexedDatasetBuilder::create(
+                data.join(format!("valid.de-en.{lang}")),
+                crate::data::DType::U16,
+            )
+            .unwrap();
+            for s in [vec![5u32, 9, 7, 2], vec![13, 2], vec![8, 8, 19, 4, 17, 2]] {
+                b.add_item(&s).unwrap();
+            }
+            b.finalize().unwrap();
+        }
+        // As the trainer saves it: the arch config with vocabulary sizes 0.
+        let mut saved_config = serde_json::to_value(&config).unwrap();
+        saved_config["src_vocab_size"] = 0.into();
+        saved_config["tgt_vocab_size"] = 0.into();
+        let ckpt = Checkpoint {
+            config: CheckpointConfig {
+                format_version: checkpoint::FORMAT_VERSION,
+                arch: "transformer_tiny".into(),
+                model: saved_config,
+                task: ComponentConfig::new(
+                    "translation",
+                    serde_json::json!({"source_lang": "de", "target_lang": "en"}),
+                ),
+                criterion: ComponentConfig::new("cross_entropy", serde_json::json!({})),
+                optimizer: ComponentConfig::new("adam", serde_json::json!({})),
+                lr_scheduler: ComponentConfig::new("fixed", serde_json::json!({})),
+                precision: crate::fp16::Precision::Fp32,
+                dictionaries: vec![
+                    DictionaryIdentity::of_file(data.join("dict.de.txt")).unwrap(),
+                    DictionaryIdentity::of_file(data.join("dict.en.txt")).unwrap(),
+                ],
+            },
+            state: TrainerState {
+                format_version: checkpoint::FORMAT_VERSION,
+                num_updates: 0,
+                epoch: 1,
+                end_of_epoch: false,
+                iterator: EpochState {
+                    version: 2,
+                    epoch: 1,
+                    iterations_in_epoch: 0,
+                    shuffle: false,
+                    num_batches: None,
+                    num_shards: None,
+                    batches_fingerprint: None,
+                },
+                lr_scheduler: serde_json::json!({}),
+                loss_scaler: None,
+                best: None,
+                val_loss: None,
+                rng: RngState { seed: 3, num_updates: 0 },
+                extra: serde_json::Value::Null,
+            },
+            model: model.fairseq_state_dict(),
+            optimizer: vec![],
+        };
+        let dir = root.join("checkpoint_last");
+        checkpoint::save(&dir, &ckpt).unwrap();
+        (dir, data)
+    }
+
+    fn args(ckpt: &Path, data: &Path, out: &Path, dtype: Dtype) -> ExportArgs {
+        ExportArgs {
+            checkpoint: ckpt.to_path_buf(),
+            data: data.to_path_buf(),
+            out: out.to_path_buf(),
+            dtype,
+            tokenizer: None,
+            force: false,
+            check_samples: 8,
+            check_subset: "valid".into(),
+            check_steps: 12,
+            tolerance: None,
+        }
+    }
+
+    #[test]
+    fn export_passes_the_check_and_a_mismatch_discards_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ckpt, data) = fixture(tmp.path());
+        let out = tmp.path().join("model");
+        let r = run(&args(&ckpt, &data, &out, Dtype::Fp32)).unwrap();
+        assert_eq!((r.samples, r.steps), (3, 12));
+        assert!(r.encoder_diff <= 1e-4 && r.log_probs_diff <= 1e-4, "{r:?}");
+        assert!(out.join(contract::MANIFEST_FILE).is_file());
+
+        // fp16 differs from the fp32 reference by ~1e-3: a 1e-6 tolerance must refuse it and
+        // leave the existing directory and nothing else.
+        let mut strict = args(&ckpt, &data, &out, Dtype::Fp16);
+        strict.force = true;
+        strict.tolerance = Some(1e-6);
+        let e = run(&strict).unwrap_err();
+        assert!(matches!(e, ExportCheckError::Mismatch { .. }), "{e}");
+        assert!(e.to_string().contains("discarded"), "{e}");
+        let manifest = contract::Manifest::load(&out).unwrap();
+        assert_eq!(manifest.contract.dtype, Dtype::Fp32, "the checked export was replaced");
+        let names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.contains(".unchecked-") && !n.contains(".old-")),
+            "{names:?}"
+        );
+
+        let e = run(&args(&ckpt, &data, &out, Dtype::Fp32)).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        let mut missing = args(&ckpt, &data, &tmp.path().join("m2"), Dtype::Fp32);
+        missing.check_subset = "test".into();
+        let e = run(&missing).unwrap_err();
+        assert!(e.to_string().contains("test.de-en.de"), "{e}");
+        assert!(!tmp.path().join("m2").exists());
+    }
+}
