@@ -60,6 +60,95 @@ pub enum Error {
         /// What ONNX Runtime said.
         message: String,
     },
+    /// A model directory's manifest, metadata or dictionary is missing, newer or inconsistent.
+    #[error(transparent)]
+    Contract(#[from] seqforge_schemas::contract::Error),
+    /// A file the manifest lists is not in the model directory.
+    #[error("{path}: missing from the model directory (listed in its manifest.json as the {role})")]
+    ModelFileMissing {
+        /// The missing file.
+        path: PathBuf,
+        /// What the manifest lists it as (`encoder`, `decoder`, `source dictionary`, ...).
+        role: &'static str,
+    },
+    /// A model file's SHA-256 differs from the manifest's (`--verify`).
+    #[error(
+        "{path}: SHA-256 is {found} but manifest.json says {expected} (corrupt or replaced file)"
+    )]
+    ChecksumMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The manifest's hash.
+        expected: String,
+        /// The file's hash.
+        found: String,
+    },
+    /// A graph's inputs or outputs do not follow the model contract.
+    #[error("{path}: {message}")]
+    GraphInterface {
+        /// The graph file.
+        path: PathBuf,
+        /// Which input or output is missing or has the wrong type or rank.
+        message: String,
+    },
+    /// An execution provider that was asked for explicitly could not be registered.
+    #[error(
+        "execution provider {provider} was requested but is not usable: {message} \
+         (this ONNX Runtime library offers: {available}); no CPU fallback is made"
+    )]
+    ExecutionProvider {
+        /// `cuda` or `tensorrt`.
+        provider: &'static str,
+        /// What ONNX Runtime said.
+        message: String,
+        /// The providers the loaded library reports.
+        available: String,
+    },
+    /// A decoder step or encoder run produced an output of an unexpected shape or type.
+    #[error("{graph}: output `{output}`: {message}")]
+    GraphOutput {
+        /// `encoder.onnx` or `decoder.onnx`.
+        graph: &'static str,
+        /// The output's name.
+        output: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A decoder state was used with an input it cannot take (wrong number of tokens, bad
+    /// reorder index, empty batch).
+    #[error("decoder state: {0}")]
+    DecoderState(String),
+    /// The model's tokenizer could not be loaded or failed on a line.
+    #[error("{path}: tokenizer: {message}")]
+    Tokenizer {
+        /// The `tokenizer.json` file.
+        path: PathBuf,
+        /// What the tokenizers library said.
+        message: String,
+    },
+    /// An input line is not valid UTF-8 (or holds a NUL byte).
+    #[error("{input}:{line}: not valid UTF-8 text (use --skip-invalid to skip such lines)")]
+    InvalidUtf8 {
+        /// The input's name (a file path or `<stdin>`).
+        input: String,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// An input line is longer than the model's maximum source positions.
+    #[error(
+        "{input}:{line}: {tokens} source tokens (EOS included) exceed the model's \
+         max_source_positions {max} (use --truncate-source to cut such lines)"
+    )]
+    SourceTooLong {
+        /// The input's name.
+        input: String,
+        /// 1-based line number.
+        line: usize,
+        /// Tokens of the line, EOS included.
+        tokens: usize,
+        /// The model's limit.
+        max: usize,
+    },
     /// Generation failed (invalid options, or the decoder failed during search).
     #[error(transparent)]
     Search(#[from] crate::search::Error),

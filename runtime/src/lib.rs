@@ -8,15 +8,21 @@
 //!   (the trainer's `--eval-bleu`, `seqforge score`); needs no ONNX Runtime.
 //! - [`onnx`] (feature `onnx`, on by default): the ONNX Runtime backend — locating and loading
 //!   the ONNX Runtime shared library, and building sessions from exported graphs.
+//! - [`text`]: raw text lines → source ids and hypothesis ids → text, exactly as the trainer's
+//!   `preprocess --tokenizer` turned the corpus into dictionary symbols.
+//! - [`cli`] (feature `onnx`): the `seqforge generate` and `seqforge interactive` commands.
 //!
 //! The crate builds without the `onnx` feature (the trainer uses it that way), so code that
 //! does not need ONNX Runtime never links or loads it.
 
+#[cfg(feature = "onnx")]
+pub mod cli;
 pub mod decoding;
 mod error;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod score;
 pub mod search;
+pub mod text;
 
 pub use error::{Error, Result};

@@ -2,11 +2,18 @@
 //!
 //! - `score`: BLEU, chrF and chrF++ of a system output against references, printed exactly as
 //!   sacreBLEU 2.6.0 prints them (see `seqforge_runtime::score`).
+//! - `generate`: translate a raw text file with an exported model (fairseq's S-/T-/H-/D-/P-
+//!   lines or plain text), with a summary and, given references, BLEU (see
+//!   `seqforge_runtime::cli::generate`).
+//! - `interactive`: translate standard input as it arrives (see
+//!   `seqforge_runtime::cli::interactive`).
 
 use std::io;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+#[cfg(feature = "onnx")]
+use seqforge_runtime::cli::{generate::GenerateArgs, interactive::InteractiveArgs};
 use seqforge_runtime::score::cli::{ScoreArgs, run as run_score};
 
 /// seqforge: deploy and evaluate exported sequence-to-sequence models.
@@ -22,12 +29,32 @@ struct Cli {
 enum Command {
     /// Score a system output against references (BLEU, chrF, chrF++) as sacreBLEU 2.6.0 does.
     Score(ScoreArgs),
+    /// Translate a raw text file with an exported model: fairseq-generate's S-/T-/H-/D-/P-
+    /// lines (or one plain translation per line), a speed summary, BLEU/chrF with --ref.
+    #[cfg(feature = "onnx")]
+    Generate(Box<GenerateArgs>),
+    /// Translate standard input line by line with an exported model (one translation per
+    /// line on stdout, flushed as each buffer of lines is done).
+    #[cfg(feature = "onnx")]
+    Interactive(Box<InteractiveArgs>),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Score(args) => run_score(&args, io::stdin().lock(), io::stdout().lock())?,
+        #[cfg(feature = "onnx")]
+        Command::Generate(args) => {
+            seqforge_runtime::cli::generate::run(&args, &mut io::stdout().lock())?;
+        }
+        #[cfg(feature = "onnx")]
+        Command::Interactive(args) => {
+            seqforge_runtime::cli::interactive::run(
+                &args,
+                io::stdin().lock(),
+                &mut io::stdout().lock(),
+            )?;
+        }
     }
     Ok(())
 }

@@ -46,3 +46,25 @@ pub fn load_session_from_memory(
     builder = builder.with_optimization_level(level).map_err(ort::Error::from)?;
     builder.commit_from_memory(bytes).map_err(|e| invalid(e.to_string()))
 }
+
+/// Loads a model file into a session on `device`'s execution providers (an explicitly
+/// requested provider that cannot be registered is an error, see [`super::device`]).
+pub fn load_session_on(
+    path: &Path,
+    config: &SessionConfig,
+    device: &super::device::Device,
+) -> Result<Session> {
+    let bytes =
+        std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let environment = super::environment()?;
+    let invalid = |message: String| Error::InvalidModel { path: path.to_path_buf(), message };
+    let mut builder = Session::builder(environment)?;
+    if config.intra_threads > 0 {
+        builder = builder.with_intra_threads(config.intra_threads).map_err(ort::Error::from)?;
+    }
+    let level =
+        if config.optimize { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
+    builder = builder.with_optimization_level(level).map_err(ort::Error::from)?;
+    let mut builder = device.register(builder)?;
+    builder.commit_from_memory(&bytes).map_err(|e| invalid(e.to_string()))
+}
