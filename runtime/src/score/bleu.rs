@@ -20,7 +20,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::format::{format_score, py_fixed};
-use super::ngram::{Interner, clipped_matches, max_runs, packed_keys, runs, total as ngram_total};
+use super::ngram::{
+    Interner, Runs, all_order_runs, clipped_matches, fits, max_runs, runs, total as ngram_total,
+};
 use super::text::{lower, rstrip, split_whitespace};
 use super::{Error, Result, SACREBLEU_VERSION, Tokenizer, check_lengths};
 
@@ -155,13 +157,43 @@ pub struct Bleu {
     config: BleuConfig,
 }
 
-/// The sufficient statistics of one segment: lengths and per-order matches and totals.
+/// BLEU's sufficient statistics (sacreBLEU's `[sys_len, ref_len, correct…, total…]`) of a
+/// segment or a corpus: they add up over segments (and over batches or workers, as fairseq's
+/// `--eval-bleu` sums them), and [`Bleu::score_stats`] turns a sum into a score.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct SegmentStats {
-    hyp_len: u64,
-    ref_len: u64,
-    correct: Vec<u64>,
-    total: Vec<u64>,
+pub struct BleuStats {
+    /// Hypothesis length in tokens.
+    pub hyp_len: u64,
+    /// Closest reference length in tokens.
+    pub ref_len: u64,
+    /// Clipped n-gram matches per order (1 to `max_ngram_order`).
+    pub correct: Vec<u64>,
+    /// Hypothesis n-grams per order.
+    pub total: Vec<u64>,
+}
+
+impl BleuStats {
+    /// Zero statistics for n-gram orders 1 to `max_ngram_order`.
+    pub fn zeros(max_ngram_order: usize) -> Self {
+        Self {
+            hyp_len: 0,
+            ref_len: 0,
+            correct: vec![0; max_ngram_order],
+            total: vec![0; max_ngram_order],
+        }
+    }
+
+    /// Adds `other` (of the same n-gram order) to these statistics.
+    pub fn add(&mut self, other: &BleuStats) {
+        self.hyp_len += other.hyp_len;
+        self.ref_len += other.ref_len;
+        for (a, b) in self.correct.iter_mut().zip(&other.correct) {
+            *a += b;
+        }
+        for (a, b) in self.total.iter_mut().zip(&other.total) {
+            *a += b;
+        }
+    }
 }
 
 impl Bleu {
@@ -198,8 +230,13 @@ impl Bleu {
         }
     }
 
-    /// The statistics of one hypothesis against its references.
-    fn segment<S: AsRef<str>>(&self, hyp: &str, refs: impl Iterator<Item = S>) -> SegmentStats {
+    /// The statistics of one hypothesis against its references (sacreBLEU's
+    /// `_compute_segment_statistics`).
+    pub fn segment_stats<S: AsRef<str>>(&self, hyp: &str, refs: &[S]) -> BleuStats {
+        self.segment(hyp, refs.iter().map(|r| r.as_ref()))
+    }
+
+    fn segment<S: AsRef<str>>(&self, hyp: &str, refs: impl Iterator<Item = S>) -> BleuStats {
         let max_n = self.config.max_ngram_order;
         let ref_strings: Vec<String> = refs.map(|r| self.preprocess(r.as_ref())).collect();
         let hyp_string = self.preprocess(hyp);
@@ -225,27 +262,31 @@ impl Bleu {
         let ref_len = closest.map_or(0, |(_, l)| l);
         let mut correct = vec![0; max_n];
         let mut total = vec![0; max_n];
-        for n in 1..=max_n {
-            let (matched, count) = if n as u128 * u128::from(bits) <= 128 {
-                let h = runs(packed_keys(&hyp_ids, n, bits));
-                let r =
-                    max_runs(ref_ids.iter().map(|ids| runs(packed_keys(ids, n, bits))).collect());
-                (clipped_matches(&h, &r), ngram_total(&h))
-            } else {
+        if fits(max_n, bits) {
+            let h = all_order_runs(&hyp_ids, max_n, bits);
+            let mut r: Vec<Vec<Runs<u128>>> =
+                ref_ids.iter().map(|ids| all_order_runs(ids, max_n, bits)).collect();
+            for n in 0..max_n {
+                let merged =
+                    max_runs(r.iter_mut().map(|orders| std::mem::take(&mut orders[n])).collect());
+                correct[n] = clipped_matches(&h[n], &merged);
+                total[n] = ngram_total(&h[n]);
+            }
+        } else {
+            for n in 1..=max_n {
                 let h = runs(hyp_ids.windows(n).collect());
                 let r =
                     max_runs(ref_ids.iter().map(|ids| runs(ids.windows(n).collect())).collect());
-                (clipped_matches(&h, &r), ngram_total(&h))
-            };
-            correct[n - 1] = matched;
-            total[n - 1] = count;
+                correct[n - 1] = clipped_matches(&h, &r);
+                total[n - 1] = ngram_total(&h);
+            }
         }
-        SegmentStats { hyp_len, ref_len, correct, total }
+        BleuStats { hyp_len, ref_len, correct, total }
     }
 
-    /// Corpus BLEU of `hyps` against reference streams `refs` (one `Vec` per reference
-    /// stream, each with one line per hypothesis), as sacreBLEU's `BLEU.corpus_score`.
-    pub fn corpus_score<H, R, S>(&self, hyps: &[H], refs: &[R]) -> Result<BleuScore>
+    /// The summed statistics of `hyps` against reference streams `refs` (one `Vec` per
+    /// reference stream, each with one line per hypothesis).
+    pub fn corpus_stats<H, R, S>(&self, hyps: &[H], refs: &[R]) -> Result<BleuStats>
     where
         H: AsRef<str>,
         R: AsRef<[S]>,
@@ -257,19 +298,40 @@ impl Bleu {
             .map(|(i, r)| (format!("reference stream {}", i + 1), r.as_ref().len()))
             .collect();
         check_lengths(("hypotheses", hyps.len()), &lengths)?;
-        let max_n = self.config.max_ngram_order;
-        let mut sum =
-            SegmentStats { hyp_len: 0, ref_len: 0, correct: vec![0; max_n], total: vec![0; max_n] };
+        let mut sum = BleuStats::zeros(self.config.max_ngram_order);
         for (i, hyp) in hyps.iter().enumerate() {
-            let s = self.segment(hyp.as_ref(), refs.iter().map(|r| r.as_ref()[i].as_ref()));
-            sum.hyp_len += s.hyp_len;
-            sum.ref_len += s.ref_len;
-            for n in 0..max_n {
-                sum.correct[n] += s.correct[n];
-                sum.total[n] += s.total[n];
-            }
+            sum.add(&self.segment(hyp.as_ref(), refs.iter().map(|r| r.as_ref()[i].as_ref())));
         }
-        Ok(self.compute(&sum, refs.len()))
+        Ok(sum)
+    }
+
+    /// Corpus BLEU of `hyps` against reference streams `refs` (one `Vec` per reference
+    /// stream, each with one line per hypothesis), as sacreBLEU's `BLEU.corpus_score`.
+    pub fn corpus_score<H, R, S>(&self, hyps: &[H], refs: &[R]) -> Result<BleuScore>
+    where
+        H: AsRef<str>,
+        R: AsRef<[S]>,
+        S: AsRef<str>,
+    {
+        let stats = self.corpus_stats(hyps, refs)?;
+        Ok(self.compute(&stats, refs.len()))
+    }
+
+    /// The score of summed statistics (sacreBLEU's `_compute_score_from_stats`); `nrefs` is
+    /// the number of references per segment, for the signature.
+    pub fn score_stats(&self, stats: &BleuStats, nrefs: usize) -> Result<BleuScore> {
+        let max_n = self.config.max_ngram_order;
+        if stats.correct.len() != max_n || stats.total.len() != max_n {
+            return Err(Error::InvalidOption {
+                option: "stats",
+                reason: format!(
+                    "{} matches and {} totals for n-gram order {max_n}",
+                    stats.correct.len(),
+                    stats.total.len()
+                ),
+            });
+        }
+        Ok(self.compute(stats, nrefs))
     }
 
     /// Sentence BLEU of one hypothesis against its references, as sacreBLEU's
@@ -283,7 +345,7 @@ impl Bleu {
     }
 
     /// `BLEU.compute_bleu`, in sacreBLEU's order of floating-point operations.
-    fn compute(&self, stats: &SegmentStats, nrefs: usize) -> BleuScore {
+    fn compute(&self, stats: &BleuStats, nrefs: usize) -> BleuScore {
         let max_n = self.config.max_ngram_order;
         let (sys_len, ref_len) = (stats.hyp_len, stats.ref_len);
         let mut bp = 1.0;
@@ -471,7 +533,7 @@ mod tests {
 
     #[test]
     fn orders_beyond_packed_keys_count_the_same() {
-        // 40 distinct tokens need 6 bits: orders above 21 fall back to slice keys.
+        // 40 distinct tokens need 6 bits: 25 orders do not fit 128 bits and use slice keys.
         let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
         let hyp = words.join(" ");
         let reference = words[..30].join(" ");
@@ -482,6 +544,23 @@ mod tests {
         let expect_total: Vec<u64> = (1..=25).map(|n| 41 - n).collect();
         let expect_correct: Vec<u64> = (1..=25).map(|n| 31 - n).collect();
         assert_eq!((s.total, s.correct), (expect_total, expect_correct));
+    }
+
+    #[test]
+    fn summed_segment_stats_score_as_the_corpus() {
+        let bleu = Bleu::new(BleuConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+        let hyps = ["the cat sat on the mat", "a dog barked loudly today"];
+        let refs = [["the cat is on the mat"], ["the dog barked loudly"]];
+        let mut sum = BleuStats::zeros(MAX_NGRAM_ORDER);
+        for (h, r) in hyps.iter().zip(&refs) {
+            sum.add(&bleu.segment_stats(h, r));
+        }
+        let streams = vec![vec![refs[0][0], refs[1][0]]];
+        let corpus = bleu.corpus_score(&hyps, &streams).unwrap_or_else(|e| panic!("{e}"));
+        let from_stats = bleu.score_stats(&sum, 1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_stats, corpus);
+        assert_eq!((sum.hyp_len, sum.ref_len, sum.correct[0]), (11, 10, 8));
+        assert!(bleu.score_stats(&BleuStats::zeros(3), 1).is_err());
     }
 
     #[test]

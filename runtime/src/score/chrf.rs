@@ -20,7 +20,7 @@
 use std::fmt;
 
 use super::format::format_score;
-use super::ngram::{Interner, Runs, clipped_matches, packed_keys, runs, total};
+use super::ngram::{Interner, Runs, all_order_runs, clipped_matches, fits, runs, total};
 use super::text::{is_space, lower, split_whitespace};
 use super::{Error, Result, SACREBLEU_VERSION, check_lengths};
 
@@ -96,39 +96,42 @@ enum OrderRuns<'a> {
     Slices(Runs<&'a [u32]>),
 }
 
-impl<'a> OrderRuns<'a> {
-    /// The n-grams of order `n` of `symbols` (`bits` bits per symbol when packed).
-    fn new(symbols: &'a [u32], n: usize, bits: u32) -> Self {
-        if n as u128 * u128::from(bits) <= 128 {
-            OrderRuns::Packed(runs(packed_keys(symbols, n, bits)))
-        } else {
-            OrderRuns::Slices(runs(symbols.windows(n).collect()))
-        }
-    }
-
-    fn total(&self) -> u64 {
-        match self {
-            OrderRuns::Packed(r) => total(r),
-            OrderRuns::Slices(r) => total(r),
-        }
+/// The counts of every order `1..=max_n` of `symbols`, packed when they fit.
+fn order_runs(symbols: &[u32], max_n: usize, bits: u32) -> Vec<(OrderRuns<'_>, u64)> {
+    if fits(max_n, bits) {
+        all_order_runs(symbols, max_n, bits)
+            .into_iter()
+            .map(|r| {
+                let t = total(&r);
+                (OrderRuns::Packed(r), t)
+            })
+            .collect()
+    } else {
+        (1..=max_n)
+            .map(|n| {
+                let r = runs(symbols.windows(n).collect());
+                let t = total(&r);
+                (OrderRuns::Slices(r), t)
+            })
+            .collect()
     }
 }
 
 /// `_get_match_statistics`: `[hyp count (0 without reference n-grams), ref count, matches]`.
-fn match_stats(hyp: &OrderRuns<'_>, reference: &OrderRuns<'_>, out: &mut Vec<u64>) {
-    let matches = match (hyp, reference) {
+fn match_stats(hyp: &(OrderRuns<'_>, u64), reference: &(OrderRuns<'_>, u64), out: &mut Vec<u64>) {
+    let matches = match (&hyp.0, &reference.0) {
         (OrderRuns::Packed(h), OrderRuns::Packed(r)) => clipped_matches(h, r),
         (OrderRuns::Slices(h), OrderRuns::Slices(r)) => clipped_matches(h, r),
         // Both sides of an order are built with the same order and symbol width.
         _ => unreachable!("hypothesis and reference n-grams of one order have the same key kind"),
     };
-    let ref_count = reference.total();
-    out.push(if ref_count == 0 { 0 } else { hyp.total() });
+    let ref_count = reference.1;
+    out.push(if ref_count == 0 { 0 } else { hyp.1 });
     out.push(ref_count);
     out.push(matches);
 }
 
-/// Bits of a packed character: every code point is below 2^21.
+/// Bits of a packed character: every code point is below `2^21 - 1`.
 const CHAR_BITS: u32 = 21;
 
 impl Chrf {
@@ -168,11 +171,12 @@ impl Chrf {
         chars: &'a [u32],
         words: &'a [u32],
         word_bits: u32,
-    ) -> Vec<OrderRuns<'a>> {
-        (1..=self.config.char_order)
-            .map(|n| OrderRuns::new(chars, n, CHAR_BITS))
-            .chain((1..=self.config.word_order).map(|n| OrderRuns::new(words, n, word_bits)))
-            .collect()
+    ) -> Vec<(OrderRuns<'a>, u64)> {
+        let mut all = order_runs(chars, self.config.char_order, CHAR_BITS);
+        if self.config.word_order > 0 {
+            all.extend(order_runs(words, self.config.word_order, word_bits));
+        }
+        all
     }
 
     /// `_compute_f_score` over flattened `[hyp, ref, match]` triples.
@@ -401,7 +405,7 @@ mod tests {
 
     #[test]
     fn char_orders_beyond_packed_keys_count_the_same() {
-        // Orders above 6 use slice keys; eps smoothing keeps every order in the score.
+        // 8 orders of 21-bit characters do not fit 128 bits: slice keys.
         let config = ChrfConfig { char_order: 8, ..ChrfConfig::default() };
         let chrf = Chrf::new(config).unwrap_or_else(|e| panic!("{e}"));
         let stats = chrf.segment("abcabcab", ["abcab"].into_iter());

@@ -40,7 +40,7 @@ mod unicode_tables;
 #[cfg(test)]
 mod tests;
 
-pub use bleu::{Bleu, BleuConfig, BleuScore, Smoothing, corpus_bleu, sentence_bleu};
+pub use bleu::{Bleu, BleuConfig, BleuScore, BleuStats, Smoothing, corpus_bleu, sentence_bleu};
 pub use chrf::{Chrf, ChrfConfig, ChrfScore, corpus_chrf, sentence_chrf};
 pub use tokenizer::Tokenizer;
 

@@ -4,6 +4,56 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The Fx hash (rustc's): fast for short keys; tokens are not attacker-chosen hash-flooding
+/// input here, and a collision only costs time.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
 
 /// Sorted `(n-gram, count)` runs of one n-gram order.
 pub(crate) type Runs<K> = Vec<(K, u64)>;
@@ -64,27 +114,54 @@ pub(crate) fn total<K>(runs: &[(K, u64)]) -> u64 {
     runs.iter().map(|r| r.1).sum()
 }
 
-/// Keys of the n-grams of order `n` of `symbols` packed `bits` bits per symbol (the caller
-/// checks `n * bits <= 128`).
-pub(crate) fn packed_keys(symbols: &[u32], n: usize, bits: u32) -> Vec<u128> {
-    if symbols.len() < n {
-        return Vec::new();
+/// The runs of every order `1..=max_n` of `symbols`, from a single sort: each position's
+/// window of `max_n` symbols is packed `bits` bits per symbol (padded past the end with the
+/// all-ones symbol), so the sorted windows list every shorter n-gram sorted too, as the
+/// windows' prefixes. Needs `max_n * bits <= 128` and every symbol below `2^bits - 1`.
+pub(crate) fn all_order_runs(symbols: &[u32], max_n: usize, bits: u32) -> Vec<Runs<u128>> {
+    let pad = (1u128 << bits) - 1;
+    let mut keys: Vec<u128> = Vec::with_capacity(symbols.len());
+    for i in 0..symbols.len() {
+        let mut key = 0u128;
+        for j in i..i + max_n {
+            key = (key << bits) | symbols.get(j).map_or(pad, |&s| u128::from(s));
+        }
+        keys.push(key);
     }
-    symbols
-        .windows(n)
-        .map(|w| w.iter().fold(0u128, |key, &s| (key << bits) | u128::from(s)))
+    keys.sort_unstable();
+    (1..=max_n)
+        .map(|n| {
+            let shift = bits as usize * (max_n - n);
+            let mut out: Runs<u128> = Vec::with_capacity(keys.len());
+            for &key in &keys {
+                let prefix = key >> shift;
+                if prefix & pad == pad {
+                    continue; // the window is shorter than n
+                }
+                match out.last_mut() {
+                    Some((last, count)) if *last == prefix => *count += 1,
+                    _ => out.push((prefix, 1)),
+                }
+            }
+            out
+        })
         .collect()
+}
+
+/// Whether [`all_order_runs`] can pack orders up to `max_n` with `bits` bits per symbol.
+pub(crate) fn fits(max_n: usize, bits: u32) -> bool {
+    max_n as u128 * u128::from(bits) <= 128
 }
 
 /// Interns `tokens` as small integers, returning the ids and the bits one id needs.
 pub(crate) struct Interner<'a> {
-    ids: HashMap<&'a str, u32>,
+    ids: HashMap<&'a str, u32, BuildHasherDefault<FxHasher>>,
 }
 
 impl<'a> Interner<'a> {
     /// An empty interner.
     pub(crate) fn new() -> Self {
-        Self { ids: HashMap::new() }
+        Self { ids: HashMap::default() }
     }
 
     /// The ids of `tokens`, allocating new ids for unseen tokens.
@@ -98,7 +175,7 @@ impl<'a> Interner<'a> {
             .collect()
     }
 
-    /// Bits needed for every id allocated so far (at least 1).
+    /// Bits for every id allocated so far with the all-ones value left free (at least 1).
     pub(crate) fn bits(&self) -> u32 {
         (u32::BITS - (self.ids.len() as u32).leading_zeros()).max(1)
     }
@@ -119,13 +196,20 @@ mod tests {
     }
 
     #[test]
-    fn packed_keys_distinguish_ngrams() {
+    fn all_orders_from_one_sort_equal_per_order_counts() {
         let mut interner = Interner::new();
-        let ids = interner.ids(&["a", "b", "a", "c"]);
-        assert_eq!(ids, [0, 1, 0, 2]);
-        assert_eq!(interner.bits(), 2);
-        let keys = packed_keys(&ids, 2, interner.bits());
-        assert_eq!(keys, [0b0001, 0b0100, 0b0010]);
-        assert!(packed_keys(&ids, 5, 2).is_empty());
+        let ids = interner.ids(&["a", "b", "a", "c", "a", "b", "a"]);
+        assert_eq!(ids, [0, 1, 0, 2, 0, 1, 0]);
+        let bits = interner.bits();
+        assert_eq!(bits, 2);
+        let all = all_order_runs(&ids, 4, bits);
+        for (n, got) in (1..=4).zip(&all) {
+            let expected = runs(ids.windows(n).collect::<Vec<_>>());
+            let got_counts: Vec<u64> = got.iter().map(|r| r.1).collect();
+            let expected_counts: Vec<u64> = expected.iter().map(|r| r.1).collect();
+            assert_eq!(got_counts, expected_counts, "order {n}");
+        }
+        assert_eq!(all[1], [(0b0001, 2), (0b0010, 1), (0b0100, 2), (0b1000, 1)]);
+        assert!(all_order_runs(&ids[..2], 4, bits)[2].is_empty());
     }
 }

@@ -52,26 +52,43 @@ fn parse_args(header: &[String]) -> ScoreArgs {
     args
 }
 
+/// Runs one golden record through [`run`]; `Some(description)` when the output differs.
+fn check_record(header: &[String], expected: &str) -> Option<String> {
+    let args = parse_args(header);
+    let mut out = Vec::new();
+    if let Err(e) = run(&args, std::io::empty(), &mut out) {
+        return Some(format!("{}\n  error: {e}", header.join(" ")));
+    }
+    let got = String::from_utf8_lossy(&out);
+    (got != expected)
+        .then(|| format!("{}\n  sacreBLEU: {expected:?}\n  seqforge:  {got:?}", header.join(" ")))
+}
+
 #[test]
 fn cli_output_matches_sacrebleu_byte_for_byte() {
     let records = cli_records();
-    assert!(records.len() > 500, "only {} records in cli_golden.txt", records.len());
-    let mut failures = Vec::new();
-    for (header, expected) in &records {
-        let args = parse_args(header);
-        let mut out = Vec::new();
-        if let Err(e) = run(&args, std::io::empty(), &mut out) {
-            failures.push(format!("{}\n  error: {e}", header.join(" ")));
-            continue;
-        }
-        let got = String::from_utf8_lossy(&out);
-        if got != *expected {
-            failures.push(format!(
-                "{}\n  sacreBLEU: {expected:?}\n  seqforge:  {got:?}",
-                header.join(" ")
-            ));
-        }
-    }
+    assert!(records.len() > 900, "only {} records in cli_golden.txt", records.len());
+    // The records are independent: check them on every core (a debug build is slow).
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let records = &records;
+                scope.spawn(move || {
+                    records
+                        .iter()
+                        .skip(t)
+                        .step_by(threads)
+                        .filter_map(|(header, expected)| check_record(header, expected))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|_| vec!["a checking thread panicked".into()]))
+            .collect()
+    });
     assert!(
         failures.is_empty(),
         "{} of {} records differ:\n{}",

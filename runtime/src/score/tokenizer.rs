@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::Error;
-use super::text::{is_chinese, is_number, is_punctuation, is_symbol, split_whitespace, strip};
+use super::text::{is_chinese, is_number, is_punctuation, is_space, is_symbol, strip};
 
 /// A BLEU tokenizer, named as sacreBLEU's `--tokenize` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -122,13 +122,18 @@ fn pad_chars(chars: &[char], class: impl Fn(char) -> bool) -> Vec<char> {
 
 /// `' '.join(line.split())` over characters.
 fn join_words(chars: &[char]) -> String {
-    let s: String = chars.iter().collect();
-    let mut out = String::with_capacity(s.len());
-    for w in split_whitespace(&s) {
-        if !out.is_empty() {
-            out.push(' ');
+    let mut out = String::with_capacity(chars.len());
+    let mut pending_space = false;
+    for &c in chars {
+        if is_space(c) {
+            pending_space = !out.is_empty();
+        } else {
+            if pending_space {
+                out.push(' ');
+                pending_space = false;
+            }
+            out.push(c);
         }
-        out.push_str(w);
     }
     out
 }
