@@ -203,3 +203,34 @@ fn mismatched_files_are_named_with_their_counts() {
         .unwrap_or_else(|e| e.to_string());
     assert!(err.contains("zh.hyp has 10 lines but") && err.contains("zero.ref has 3"), "{err}");
 }
+
+#[test]
+fn tokenizers_and_python_string_functions_match_on_random_unicode() {
+    let text = read("tokenizer_golden.jsonl");
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for line in text.lines() {
+        let rec: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let s = rec["s"].as_str().unwrap_or_else(|| panic!("no string: {line}"));
+        count += 1;
+        let split: Vec<String> = super::text::split_whitespace(s).map(str::to_owned).collect();
+        let checks = [
+            ("13a", Tokenizer::Mteval13a.tokenize(s)),
+            ("intl", Tokenizer::Intl.tokenize(s)),
+            ("zh", Tokenizer::Zh.tokenize(s)),
+            ("char", Tokenizer::Char.tokenize(s)),
+            ("lower", super::text::lower(s)),
+            ("rstrip", super::text::rstrip(s).to_owned()),
+        ];
+        for (what, got) in checks {
+            if rec[what].as_str() != Some(got.as_str()) {
+                failures.push(format!("{what}({s:?}): sacreBLEU {} seqforge {got:?}", rec[what]));
+            }
+        }
+        if strings(&rec["split"]) != split {
+            failures.push(format!("split({s:?}): Python {} seqforge {split:?}", rec["split"]));
+        }
+    }
+    assert!(count >= 500, "only {count} strings");
+    assert!(failures.is_empty(), "{} differences:\n{}", failures.len(), failures.join("\n"));
+}

@@ -24,3 +24,4 @@ if [ ! -d "$work/sacrebleu-2.6.0/test" ]; then
 fi
 "$venv/bin/python" "$here/../gen_unicode_tables.py" > "$here/../unicode_tables.rs"
 "$venv/bin/python" "$here/make_golden.py" "$work/sacrebleu-2.6.0" "$venv/bin/sacrebleu"
+"$venv/bin/python" "$here/make_tokenizer_golden.py" 600
