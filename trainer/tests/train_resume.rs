@@ -128,14 +128,23 @@ fn load_last(save: &Path) -> Checkpoint {
     checkpoint::load(save.join("checkpoint_last")).unwrap()
 }
 
-/// Trains `total` updates straight, and `first` + resume to `total`; everything must agree.
-fn check_resume(bin: &Path, dir: &Path, tag: &str, first: u64, total: u64) {
+/// Trains `total` updates straight, and `first` + resume to `total` (with `flags`);
+/// everything must agree.
+fn check_resume(bin: &Path, dir: &Path, tag: &str, first: u64, total: u64, flags: &[&str]) {
+    let with_max = |n: u64| {
+        let mut v: Vec<String> = vec!["--max-update".into(), n.to_string()];
+        v.extend(flags.iter().map(|f| f.to_string()));
+        v
+    };
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
     let straight = dir.join(format!("{tag}-straight"));
-    let a = run(bin, &straight, &["--max-update", &total.to_string()]);
+    let a = run(bin, &straight, &refs(&with_max(total)));
     let split = dir.join(format!("{tag}-split"));
-    let b1 = run(bin, &split, &["--max-update", &first.to_string()]);
+    let b1 = run(bin, &split, &refs(&with_max(first)));
     assert_eq!(b1.num_updates, first);
-    let b2 = run(bin, &split, &["--max-update", &total.to_string()]);
+    let b2 = run(bin, &split, &refs(&with_max(total)));
     assert_eq!(b2.restored_from, Some(split.join("checkpoint_last")), "{tag}");
     assert_eq!(b2.start_num_updates, first, "{tag}");
     assert_eq!((a.num_updates, b2.num_updates), (total, total));
@@ -145,6 +154,8 @@ fn check_resume(bin: &Path, dir: &Path, tag: &str, first: u64, total: u64) {
     assert_same_tensors(&format!("{tag} model"), &ca.model, &cb.model);
     assert_same_tensors(&format!("{tag} optimizer"), &ca.optimizer, &cb.optimizer);
     assert_eq!(ca.state.lr_scheduler, cb.state.lr_scheduler, "{tag}");
+    assert_eq!(ca.state.loss_scaler, cb.state.loss_scaler, "{tag}");
+    assert_eq!(a.loss_scale, b2.loss_scale, "{tag}");
     assert_eq!(ca.state.iterator, cb.state.iterator, "{tag}");
     assert_eq!(ca.state.num_updates, total);
     // The last validation sees the same weights, so the same loss.
@@ -172,9 +183,12 @@ fn resumed_runs_are_bit_identical_to_uninterrupted_ones() {
     assert!(e >= 4, "{e} updates per epoch");
     // Stopped mid-epoch (with an odd batch count consumed by update_freq 2 at most once per
     // epoch), resumed across the epoch boundary.
-    check_resume(&bin, dir.path(), "mid", e - 1, e + 3);
+    check_resume(&bin, dir.path(), "mid", e - 1, e + 3, &[]);
     // Stopped exactly at the end of epoch 1.
-    check_resume(&bin, dir.path(), "boundary", e, e + 3);
+    check_resume(&bin, dir.path(), "boundary", e, e + 3, &[]);
+    // fp16: the fp32 master weights, the optimizer and the loss scaler (which doubles every
+    // 3 updates here, so it changes on both sides of the stop) come back exactly.
+    check_resume(&bin, dir.path(), "fp16", e - 1, e + 3, &["--fp16", "--fp16-scale-window", "3"]);
 }
 
 /// Newest `checkpoint_{epoch}_{updates}` update count in `save`, ignoring unfinished saves.
