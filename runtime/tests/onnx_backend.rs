@@ -1,0 +1,450 @@
+//! The ONNX backend and the `seqforge generate` / `seqforge interactive` commands end to end,
+//! without libtorch: a tiny checkpoint is written here in the trainer's format (fairseq
+//! state-dict names, deterministic weights), exported with the exporter library together with a
+//! byte-level BPE `tokenizer.json`, then translated through the binary. Bad inputs (missing or
+//! corrupt files, a newer format version, invalid UTF-8, over-long lines, an unavailable
+//! execution provider) must exit non-zero with a message naming the culprit.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, ensure};
+use safetensors::{Dtype, tensor::TensorView};
+use seqforge_runtime::Error;
+use seqforge_runtime::decoding::IncrementalDecoder;
+use seqforge_runtime::onnx::{Device, ModelDir, OnnxDecoder, RuntimeOptions};
+use seqforge_runtime::search::{GenerationOptions, generate};
+use seqforge_runtime::text::{Overlong, TextPipeline};
+use seqforge_schemas::contract::{MANIFEST_FILE, Vocabulary};
+
+const DIM: usize = 16;
+const FFN: usize = 24;
+const LAYERS: usize = 2;
+const MAX_POSITIONS: usize = 64;
+
+/// The byte-level alphabet (what a byte-level BPE without merges produces), sorted.
+fn alphabet() -> Vec<String> {
+    let mut chars: Vec<char> =
+        tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
+    chars.sort_unstable();
+    chars.into_iter().map(String::from).collect()
+}
+
+/// A byte-level BPE tokenizer.json (NFC, ByteLevel pre-tokenizer and decoder, no merges), as
+/// the trainer's `learn-bpe` writes them.
+fn tokenizer_json(symbols: &[String]) -> serde_json::Value {
+    let vocab: BTreeMap<&str, usize> =
+        symbols.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                          "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                    "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    })
+}
+
+/// Names and shapes of a post-norm, sinusoidal, unshared Transformer's state dict.
+fn state_dict(vocab: usize) -> Vec<(String, Vec<usize>)> {
+    let mut t: Vec<(String, Vec<usize>)> = Vec::new();
+    let attn = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
+            t.push((format!("{p}.{proj}.weight"), vec![DIM, DIM]));
+            t.push((format!("{p}.{proj}.bias"), vec![DIM]));
+        }
+    };
+    let norm = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        t.push((format!("{p}.weight"), vec![DIM]));
+        t.push((format!("{p}.bias"), vec![DIM]));
+    };
+    let ffn = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        t.push((format!("{p}.fc1.weight"), vec![FFN, DIM]));
+        t.push((format!("{p}.fc1.bias"), vec![FFN]));
+        t.push((format!("{p}.fc2.weight"), vec![DIM, FFN]));
+        t.push((format!("{p}.fc2.bias"), vec![DIM]));
+    };
+    t.push(("encoder.embed_tokens.weight".into(), vec![vocab, DIM]));
+    for l in 0..LAYERS {
+        let p = format!("encoder.layers.{l}");
+        attn(&mut t, &format!("{p}.self_attn"));
+        norm(&mut t, &format!("{p}.self_attn_layer_norm"));
+        ffn(&mut t, &p);
+        norm(&mut t, &format!("{p}.final_layer_norm"));
+    }
+    t.push(("decoder.embed_tokens.weight".into(), vec![vocab, DIM]));
+    for l in 0..LAYERS {
+        let p = format!("decoder.layers.{l}");
+        attn(&mut t, &format!("{p}.self_attn"));
+        norm(&mut t, &format!("{p}.self_attn_layer_norm"));
+        attn(&mut t, &format!("{p}.encoder_attn"));
+        norm(&mut t, &format!("{p}.encoder_attn_layer_norm"));
+        ffn(&mut t, &p);
+        norm(&mut t, &format!("{p}.final_layer_norm"));
+    }
+    t.push(("decoder.output_projection.weight".into(), vec![vocab, DIM]));
+    t
+}
+
+fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) -> Result<()> {
+    let data: Vec<Vec<u8>> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, (_, shape))| {
+            let n: usize = shape.iter().product();
+            (0..n)
+                .flat_map(|j| ((((i * 31 + j * 17) % 29) as f32 - 14.0) / 20.0).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&data)
+        .map(|((name, shape), bytes)| {
+            Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, None, path)?;
+    Ok(())
+}
+
+fn identity(path: &Path) -> Result<serde_json::Value> {
+    let v = Vocabulary::load(path)?;
+    let name = path.file_name().context("no file name")?.to_string_lossy().into_owned();
+    Ok(serde_json::json!({"name": name, "size": v.len(), "hash": v.identity_hash()}))
+}
+
+/// An exported model directory (and the temporary folder holding it).
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    model: PathBuf,
+}
+
+fn fixture() -> Result<Fixture> {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().to_path_buf();
+    let ckpt = root.join("checkpoint_last");
+    let data = root.join("data");
+    std::fs::create_dir_all(&ckpt)?;
+    std::fs::create_dir_all(&data)?;
+    let symbols = alphabet();
+    let dict: String = symbols.iter().map(|s| format!("{s} 1\n")).collect();
+    std::fs::write(data.join("dict.es.txt"), &dict)?;
+    std::fs::write(data.join("dict.en.txt"), &dict)?;
+    std::fs::write(data.join("tokenizer.json"), tokenizer_json(&symbols).to_string())?;
+    let vocab = symbols.len() + 4;
+    write_safetensors(&ckpt.join("model.safetensors"), &state_dict(vocab))?;
+    let config = serde_json::json!({
+        "format_version": 1,
+        "arch": "transformer_tiny",
+        "model": {
+            "encoder_embed_dim": DIM, "encoder_ffn_embed_dim": FFN, "encoder_layers": LAYERS,
+            "encoder_attention_heads": 2, "decoder_embed_dim": DIM, "decoder_ffn_embed_dim": FFN,
+            "decoder_layers": LAYERS, "decoder_attention_heads": 2,
+            "max_source_positions": MAX_POSITIONS, "max_target_positions": MAX_POSITIONS,
+            "src_vocab_size": vocab, "tgt_vocab_size": vocab, "pad_index": 1
+        },
+        "task": {"name": "translation", "config": {"source_lang": "es", "target_lang": "en"}},
+        "criterion": {"name": "cross_entropy", "config": {}},
+        "optimizer": {"name": "adam", "config": {}},
+        "lr_scheduler": {"name": "fixed", "config": {}},
+        "precision": "fp32",
+        "dictionaries": [identity(&data.join("dict.es.txt"))?, identity(&data.join("dict.en.txt"))?]
+    });
+    std::fs::write(ckpt.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    let model = root.join("model");
+    seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(&ckpt, &data, &model))?;
+    Ok(Fixture { _tmp: tmp, root, model })
+}
+
+/// A copy of the model directory that a test may break.
+fn copy_model(f: &Fixture, name: &str) -> Result<PathBuf> {
+    let dir = f.root.join(name);
+    std::fs::create_dir_all(&dir)?;
+    for entry in std::fs::read_dir(&f.model)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), dir.join(entry.file_name()))?;
+    }
+    Ok(dir)
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn seqforge(args: &[&str], stdin: Option<&[u8]>) -> Result<Run> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seqforge"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(bytes) = stdin {
+        child.stdin.take().context("stdin")?.write_all(bytes)?;
+    }
+    let out = child.wait_with_output()?;
+    Ok(Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+fn path(p: &Path) -> Result<&str> {
+    p.to_str().context("non-UTF-8 temporary path")
+}
+
+/// Common flags: short outputs so the tests run fast.
+const FAST: [&str; 6] = ["--beam", "3", "--max-len-b", "8", "--threads", "1"];
+
+#[test]
+fn generate_prints_fairseq_lines_plain_lines_and_scores() -> Result<()> {
+    let f = fixture()?;
+    let input = f.root.join("in.txt");
+    std::fs::write(&input, "hola mundo\n\nel gato negro\ne\u{301}l\n")?;
+    let reference = f.root.join("ref.txt");
+    std::fs::write(&reference, "hello world\n\nthe black cat\nhe\n")?;
+    let (model, input_s, ref_s) = (path(&f.model)?, path(&input)?, path(&reference)?);
+
+    let mut args = vec!["generate", model, "--input", input_s, "--ref", ref_s, "--nbest", "2"];
+    args.extend(FAST);
+    let run = seqforge(&args, None)?;
+    ensure!(run.ok, "generate failed: {}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    for id in 0..4 {
+        for tag in ["S", "T", "H", "D", "P"] {
+            let prefix = format!("{tag}-{id}\t");
+            ensure!(lines.iter().any(|l| l.starts_with(&prefix)), "no {prefix:?} in {lines:?}");
+        }
+    }
+    // nbest 2: two H lines for each non-empty line; the source shown is what the model saw,
+    // detokenized (NFC applied by the tokenizer).
+    ensure!(lines.iter().filter(|l| l.starts_with("H-2\t")).count() == 2, "{lines:?}");
+    ensure!(lines.contains(&"S-3\t\u{e9}l"), "S-3 not NFC: {lines:?}");
+    ensure!(lines.contains(&"S-2\tel gato negro"), "{lines:?}");
+    // H = byte-level symbols with a score in base 2, P = one score per token.
+    for l in lines.iter().filter(|l| l.starts_with("H-0\t")) {
+        let fields: Vec<&str> = l.split('\t').collect();
+        ensure!(fields.len() == 3 && fields[1].parse::<f64>().is_ok(), "{l:?}");
+        let tokens = fields[2].split(' ').filter(|s| !s.is_empty()).count();
+        let p = lines.iter().find(|p| p.starts_with("P-0\t")).context("P-0")?;
+        ensure!(p.split('\t').nth(1).map(|s| s.split(' ').count()) == Some(tokens + 1), "{p:?}");
+    }
+    ensure!(lines.contains(&"H-1\t0.0\t"), "empty line's hypothesis: {lines:?}");
+    let last = lines.last().context("no output")?;
+    ensure!(last.contains("with beam=3: BLEU = ") && last.contains("chrF2 = "), "{last:?}");
+    ensure!(run.stderr.contains("Translated 3 sentences ("), "summary: {}", run.stderr);
+
+    let mut args = vec!["generate", model, "--input", input_s, "--output-format", "plain"];
+    args.extend(FAST);
+    args.extend(["--max-tokens", "7"]);
+    let plain = seqforge(&args, None)?;
+    ensure!(plain.ok, "plain failed: {}", plain.stderr);
+    let out: Vec<&str> = plain.stdout.split_terminator('\n').collect();
+    ensure!(out.len() == 4 && out[1].is_empty(), "one line per input line: {out:?}");
+    // Plain output is D of the fairseq run, in input order, whatever the batching.
+    for (id, text) in out.iter().enumerate() {
+        let d = lines.iter().find(|l| l.starts_with(&format!("D-{id}\t"))).context("D")?;
+        ensure!(d.split('\t').nth(2) == Some(*text), "line {id}: {d:?} vs {text:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn interactive_answers_line_by_line() -> Result<()> {
+    let f = fixture()?;
+    let model = path(&f.model)?;
+    let mut args = vec!["interactive", model];
+    args.extend(FAST);
+    let run = seqforge(&args, Some(b"hola\r\n\nadios amigos\n"))?;
+    ensure!(run.ok, "interactive failed: {}", run.stderr);
+    let out: Vec<&str> = run.stdout.split_terminator('\n').collect();
+    ensure!(out.len() == 3 && out[1].is_empty(), "{out:?}");
+    ensure!(run.stderr.contains("Translated 2 sentences"), "{}", run.stderr);
+
+    args.extend(["--output-format", "fairseq", "--buffer-size", "2"]);
+    let run = seqforge(&args, Some(b"hola\nadios amigos\nbuenas\n"))?;
+    ensure!(run.ok, "interactive failed: {}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    for id in 0..3 {
+        for tag in ["S", "H", "D", "P"] {
+            let prefix = format!("{tag}-{id}\t");
+            ensure!(lines.iter().filter(|l| l.starts_with(&prefix)).count() == 1, "{lines:?}");
+        }
+    }
+    ensure!(lines.contains(&"S-1\tadios amigos"), "{lines:?}");
+    Ok(())
+}
+
+#[test]
+fn bad_inputs_fail_with_messages_that_name_them() -> Result<()> {
+    let f = fixture()?;
+    let model = path(&f.model)?;
+    let fails = |args: &[&str], needles: &[&str]| -> Result<()> {
+        let run = seqforge(args, None)?;
+        ensure!(!run.ok, "{args:?} succeeded: {}", run.stdout);
+        for n in needles {
+            ensure!(
+                run.stderr.contains(n),
+                "{args:?}: error does not mention {n:?}: {}",
+                run.stderr
+            );
+        }
+        Ok(())
+    };
+
+    // Invalid UTF-8 on line 2: an error naming the line, or skipped (plain output keeps it as
+    // an empty line and the other lines are translated).
+    let bad = f.root.join("bad.txt");
+    std::fs::write(&bad, b"hola\nca\xffe\nadios\n")?;
+    let bad_s = path(&bad)?;
+    fails(&["generate", model, "--input", bad_s], &["bad.txt:2", "UTF-8", "--skip-invalid"])?;
+    let mut args =
+        vec!["generate", model, "--input", bad_s, "--skip-invalid", "--output-format", "plain"];
+    args.extend(FAST);
+    let run = seqforge(&args, None)?;
+    ensure!(run.ok, "--skip-invalid failed: {}", run.stderr);
+    let out: Vec<&str> = run.stdout.split_terminator('\n').collect();
+    ensure!(out.len() == 3 && out[1].is_empty(), "{out:?}");
+    ensure!(run.stderr.contains("bad.txt:2: skipped"), "{}", run.stderr);
+    ensure!(run.stderr.contains("Translated 2 sentences"), "{}", run.stderr);
+    let mut args = vec!["interactive", model];
+    args.extend(FAST);
+    let run = seqforge(&args, Some(b"hola\n\xfe\n"))?;
+    ensure!(!run.ok && run.stderr.contains("<stdin>:2"), "{}", run.stderr);
+
+    // Over-long: 70 byte-level symbols + EOS > 64 positions.
+    let long = f.root.join("long.txt");
+    std::fs::write(&long, format!("ok\n{}\n", "a".repeat(70)))?;
+    let long_s = path(&long)?;
+    fails(
+        &["generate", model, "--input", long_s],
+        &["long.txt:2", "71 source tokens", "64", "--truncate-source"],
+    )?;
+    let mut args =
+        vec!["generate", model, "--input", long_s, "--truncate-source", "--output-format", "plain"];
+    args.extend(FAST);
+    let run = seqforge(&args, None)?;
+    ensure!(run.ok && run.stdout.split_terminator('\n').count() == 2, "{}", run.stderr);
+    ensure!(run.stderr.contains("1 sources truncated"), "{}", run.stderr);
+
+    let ok = f.root.join("ok.txt");
+    std::fs::write(&ok, "hola\n")?;
+    let ok_s = path(&ok)?;
+
+    // An unavailable execution provider is an error, not a CPU fallback.
+    fails(
+        &["generate", model, "--input", ok_s, "--device", "cuda"],
+        &["cuda", "no CPU fallback", "CPUExecutionProvider"],
+    )?;
+    fails(&["generate", model, "--input", ok_s, "--trt-fp16"], &["--device tensorrt"])?;
+
+    // A missing graph.
+    let missing = copy_model(&f, "missing")?;
+    std::fs::remove_file(missing.join("decoder.onnx"))?;
+    fails(&["generate", path(&missing)?, "--input", ok_s], &["decoder.onnx", "missing"])?;
+
+    // A newer format version.
+    let newer = copy_model(&f, "newer")?;
+    let manifest = std::fs::read_to_string(newer.join(MANIFEST_FILE))?;
+    ensure!(manifest.contains("\"format_version\": 1"), "{manifest}");
+    std::fs::write(
+        newer.join(MANIFEST_FILE),
+        manifest.replace("\"format_version\": 1", "\"format_version\": 99"),
+    )?;
+    fails(
+        &["generate", path(&newer)?, "--input", ok_s],
+        &["manifest.json", "version 99", "re-export"],
+    )?;
+
+    // A corrupt graph: named when loading, and by its hash with --verify.
+    let corrupt = copy_model(&f, "corrupt")?;
+    std::fs::write(corrupt.join("encoder.onnx"), b"not an onnx model")?;
+    fails(&["generate", path(&corrupt)?, "--input", ok_s], &["encoder.onnx"])?;
+    fails(
+        &["generate", path(&corrupt)?, "--input", ok_s, "--verify"],
+        &["encoder.onnx", "SHA-256"],
+    )?;
+
+    // A swapped dictionary is always caught by its hash.
+    let swapped = copy_model(&f, "swapped")?;
+    let dict = std::fs::read_to_string(swapped.join("dict.en.txt"))?;
+    std::fs::write(swapped.join("dict.en.txt"), dict.replacen(" 1\n", " 2\n", 1))?;
+    fails(&["generate", path(&swapped)?, "--input", ok_s], &["dict.en.txt", "SHA-256"])?;
+
+    // Missing input file, bad option combinations.
+    fails(&["generate", model, "--input", "/nonexistent/in.txt"], &["/nonexistent/in.txt"])?;
+    fails(&["generate", model, "--input", ok_s, "--prefix-size", "1"], &["--ref"])?;
+    fails(&["generate", model, "--input", ok_s, "--beam", "3", "--nbest", "4"], &["nbest"])?;
+    Ok(())
+}
+
+#[test]
+fn library_errors_are_typed_and_cuda_is_refused_on_cpu_onnx_runtime() -> Result<()> {
+    let f = fixture()?;
+    let cuda =
+        RuntimeOptions { device: Device::Cuda { device_id: 0 }, ..RuntimeOptions::default() };
+    match ModelDir::open(&f.model, &cuda) {
+        Err(Error::ExecutionProvider { provider: "cuda", .. }) => {}
+        other => anyhow::bail!("expected an execution-provider error, got {other:?}"),
+    }
+    let missing = copy_model(&f, "missing")?;
+    std::fs::remove_file(missing.join("encoder.onnx"))?;
+    match ModelDir::open(&missing, &RuntimeOptions::default()) {
+        Err(Error::ModelFileMissing { path, role: "encoder" }) => {
+            ensure!(path.ends_with("encoder.onnx"), "{path:?}")
+        }
+        other => anyhow::bail!("expected a missing-file error, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn shared_model_many_decoders_and_the_text_pipeline_round_trip() -> Result<()> {
+    let f = fixture()?;
+    let model =
+        Arc::new(ModelDir::open(&f.model, &RuntimeOptions { threads: 1, ..Default::default() })?);
+    let c = model.contract();
+    let text = TextPipeline::new(
+        model.src_vocab().clone(),
+        model.tgt_vocab().clone(),
+        model.tokenizer_path(),
+        c.special,
+        c.max_source_positions,
+    )?;
+    // Byte-level BPE: any text (NFC) survives source encoding and target decoding, since both
+    // dictionaries are the same here.
+    for line in ["hola mundo", "  dos  espacios ", "e\u{301}l ñandú — 💡", "tab\there"] {
+        let src = text.encode_line(line, "t", 1, Overlong::Error)?;
+        ensure!(!src.is_empty() && src.unknown == 0, "{line:?}: {src:?}");
+        let nfc = line.replace("e\u{301}", "\u{e9}");
+        ensure!(text.detokenize(&src.ids)? == nfc, "{line:?} → {:?}", text.detokenize(&src.ids)?);
+    }
+    // Two workers over one shared model give the same results.
+    let sources: Vec<Vec<u32>> = ["hola", "el gato"]
+        .iter()
+        .map(|l| text.encode_line(l, "t", 1, Overlong::Error).map(|s| s.ids))
+        .collect::<seqforge_runtime::Result<_>>()?;
+    let options = GenerationOptions { beam: 3, max_len_b: 8, ..Default::default() };
+    let mut a = OnnxDecoder::new(Arc::clone(&model))?;
+    let mut b = OnnxDecoder::new(Arc::clone(&model))?;
+    let ra = generate(&mut a, &sources, &options)?;
+    let rb = std::thread::scope(|s| s.spawn(move || generate(&mut b, &sources, &options)).join())
+        .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    ensure!(ra == rb, "{ra:?} vs {rb:?}");
+    ensure!(a.vocab_size() == c.tgt_vocab_size, "vocab");
+    Ok(())
+}
