@@ -562,18 +562,6 @@ impl GraphBuilder {
         )
     }
 
-    /// `ReduceMean(x, axes, keepdims=1)` (opset 17: axes as an attribute).
-    pub fn reduce_mean(&mut self, out: &str, x: &Value, axes: &[i64]) -> Result<Value> {
-        require_float(out, x)?;
-        let mut shape = x.shape.clone();
-        for &a in axes {
-            let a = normalize_axis(out, a, x.shape.len())?;
-            shape[a] = Dim::Fixed(1);
-        }
-        let attributes = vec![ints_attribute("axes", axes), int_attribute("keepdims", 1)];
-        self.node("ReduceMean", out, &[x], attributes, x.dtype, shape)
-    }
-
     /// `Identity(x)`: gives a value a second name (e.g. a graph output's contract name).
     pub fn identity(&mut self, out: &str, x: &Value) -> Result<Value> {
         self.node("Identity", out, &[x], vec![], x.dtype, x.shape.clone())
@@ -592,11 +580,6 @@ impl GraphBuilder {
     /// `Erf(x)`.
     pub fn erf(&mut self, out: &str, x: &Value) -> Result<Value> {
         self.unary_float("Erf", out, x)
-    }
-
-    /// `Sqrt(x)`.
-    pub fn sqrt(&mut self, out: &str, x: &Value) -> Result<Value> {
-        self.unary_float("Sqrt", out, x)
     }
 
     fn unary_float(&mut self, op: &str, out: &str, x: &Value) -> Result<Value> {

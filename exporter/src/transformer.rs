@@ -34,10 +34,6 @@ const MASKED_SCORE: f32 = -1e9;
 pub struct BuildOptions {
     /// Weights and activations dtype.
     pub dtype: Dtype,
-    /// **Tests only.** With fp16, build layer norms as plain fp16 arithmetic
-    /// (`E[x²] − E[x]²`, which overflows past |x| ≈ 256) and softmaxes in fp16: the naive
-    /// graph the fp16 overflow test compares against. Never set it for a real export.
-    pub naive_fp16_for_tests: bool,
 }
 
 /// The sinusoidal position table of fairseq's `SinusoidalPositionalEmbedding.get_embedding`,
@@ -82,7 +78,6 @@ struct Net<'w> {
     g: GraphBuilder,
     w: &'w Weights,
     t: DType,
-    naive: bool,
     activation: Activation,
 }
 
@@ -96,13 +91,7 @@ impl<'w> Net<'w> {
             Dtype::Fp32 => DType::F32,
             Dtype::Fp16 => DType::F16,
         };
-        Self {
-            g: GraphBuilder::new(name),
-            w,
-            t,
-            naive: options.naive_fp16_for_tests && t == DType::F16,
-            activation: c.activation_fn,
-        }
+        Self { g: GraphBuilder::new(name), w, t, activation: c.activation_fn }
     }
 
     /// Tensor `name` of `shape` as an initializer of the model dtype under the same name.
@@ -146,9 +135,6 @@ impl<'w> Net<'w> {
     fn layer_norm(&mut self, prefix: &str, x: &Value, dim: usize) -> Result<Value> {
         let wname = format!("{prefix}.weight");
         let bname = format!("{prefix}.bias");
-        if self.naive {
-            return self.naive_layer_norm(prefix, x, dim);
-        }
         let weight = self.w.get(&wname, &[dim])?;
         let scale = self.g.initializer_f32(&wname, &[i(dim)], weight)?;
         let bias = self.w.get(&bname, &[dim])?;
@@ -158,25 +144,6 @@ impl<'w> Net<'w> {
             if self.t == DType::F32 { prefix.to_string() } else { format!("{prefix}.fp32") };
         let y = self.g.layer_norm(&out_name, &h, &scale, &bias, LAYER_NORM_EPS)?;
         self.down(prefix, &y)
-    }
-
-    /// Tests only: layer norm in plain model-dtype arithmetic, `var = E[x²] − E[x]²`.
-    fn naive_layer_norm(&mut self, prefix: &str, x: &Value, dim: usize) -> Result<Value> {
-        let scale = self.param(&format!("{prefix}.weight"), &[dim])?;
-        let bias = self.param(&format!("{prefix}.bias"), &[dim])?;
-        let g = &mut self.g;
-        let mean = g.reduce_mean(&format!("{prefix}.mean"), x, &[-1])?;
-        let sq = g.mul(&format!("{prefix}.sq"), x, x)?;
-        let mean_sq = g.reduce_mean(&format!("{prefix}.mean_sq"), &sq, &[-1])?;
-        let mean2 = g.mul(&format!("{prefix}.mean2"), &mean, &mean)?;
-        let var = g.sub(&format!("{prefix}.var"), &mean_sq, &mean2)?;
-        let eps = g.scalar(&format!("{prefix}.eps"), self.t, LAYER_NORM_EPS)?;
-        let var = g.add(&format!("{prefix}.var_eps"), &var, &eps)?;
-        let std = g.sqrt(&format!("{prefix}.std"), &var)?;
-        let centered = g.sub(&format!("{prefix}.centered"), x, &mean)?;
-        let normed = g.div(&format!("{prefix}.normed"), &centered, &std)?;
-        let scaled = g.mul(&format!("{prefix}.scaled"), &normed, &scale)?;
-        g.add(prefix, &scaled, &bias)
     }
 
     /// `[N, L, H·D]` → `[N, H, L, D]`.
@@ -203,24 +170,13 @@ impl<'w> Net<'w> {
     ) -> Result<Value> {
         let kt = self.g.transpose(&format!("{prefix}.key_t"), k, &[0, 1, 3, 2])?;
         let scores = self.g.matmul(&format!("{prefix}.scores"), q, &kt)?;
-        let probs = if self.naive {
-            let scores = match bias {
-                Some(b) => {
-                    let b = self.g.cast(&format!("{prefix}.bias_fp16"), b, self.t)?;
-                    self.g.add(&format!("{prefix}.masked_scores"), &scores, &b)?
-                }
-                None => scores,
-            };
-            self.g.softmax(&format!("{prefix}.probs"), &scores, -1)?
-        } else {
-            let scores = self.up(&format!("{prefix}.scores_fp32"), &scores)?;
-            let scores = match bias {
-                Some(b) => self.g.add(&format!("{prefix}.masked_scores"), &scores, b)?,
-                None => scores,
-            };
-            let probs = self.g.softmax(&format!("{prefix}.probs_fp32"), &scores, -1)?;
-            self.down(&format!("{prefix}.probs"), &probs)?
+        let scores = self.up(&format!("{prefix}.scores_fp32"), &scores)?;
+        let scores = match bias {
+            Some(b) => self.g.add(&format!("{prefix}.masked_scores"), &scores, b)?,
+            None => scores,
         };
+        let probs = self.g.softmax(&format!("{prefix}.probs_fp32"), &scores, -1)?;
+        let probs = self.down(&format!("{prefix}.probs"), &probs)?;
         let ctx = self.g.matmul(&format!("{prefix}.context"), &probs, v)?;
         let ctx = self.g.transpose(&format!("{prefix}.context_t"), &ctx, &[0, 2, 1, 3])?;
         self.g.reshape(&format!("{prefix}.context_merged"), &ctx, &[0, 0, i(dim)])
@@ -559,10 +515,7 @@ pub fn build_decoder(
         n.param("decoder.output_projection.weight", &[c.tgt_vocab_size, dec.dim])?
     };
     let logits = n.g.gemm_transposed_b("decoder.output_projection", &features, &projection)?;
-    let log_probs = if n.naive {
-        let lp = n.g.log_softmax("decoder.log_probs_fp16", &logits, -1)?;
-        n.g.cast(names::LOG_PROBS, &lp, DType::F32)?
-    } else if n.t == DType::F32 {
+    let log_probs = if n.t == DType::F32 {
         n.g.log_softmax(names::LOG_PROBS, &logits, -1)?
     } else {
         let l32 = n.g.cast("decoder.logits_fp32", &logits, DType::F32)?;

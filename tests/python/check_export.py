@@ -7,7 +7,10 @@
    shape inference: every node's types and shapes must be consistent);
 2. the manifest's contract equals both graphs' `seqforge.*` metadata_props, and the manifest's
    SHA-256 hashes match the files;
-3. Python onnxruntime runs the encoder on a left-padded batch of 3 sources, then decoder step 0
+3. in an fp16 export, ONNX shape inference must type the input of every LayerNormalization,
+   Softmax, LogSoftmax and Erf node as float32 (the numerically fragile ops run in fp32 on any
+   execution provider, not only where ONNX Runtime happens to promote fp16 to fp32);
+4. Python onnxruntime runs the encoder on a left-padded batch of 3 sources, then decoder step 0
    with an empty past (P = 0) and step 1 with the presents as past and a reorder that duplicates
    a row; shapes are asserted and every log_probs row must be normalized (logsumexp = 0).
 
@@ -57,6 +60,21 @@ def metadata_matches(model_path, graph, contract):
     check(opsets.get("", opsets.get("ai.onnx")) == 17, f"{model_path}: opset {opsets}")
 
 
+def fragile_ops_read_fp32(model_path):
+    model = onnx.shape_inference.infer_shapes(onnx.load(model_path), strict_mode=True)
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    checked = 0
+    for node in g.node:
+        if node.op_type in ("LayerNormalization", "Softmax", "LogSoftmax", "Erf"):
+            elem = types.get(node.input[0])
+            check(elem == onnx.TensorProto.FLOAT, f"{model_path}: {node.op_type} node {node.name} reads {onnx.TensorProto.DataType.Name(elem) if elem else 'an untyped value'}, not float32")
+            checked += 1
+    check(checked > 0, f"{model_path}: no LayerNormalization/Softmax/LogSoftmax node found")
+    return checked
+
+
 def main():
     if len(sys.argv) != 2:
         fail("usage: check_export.py MODEL_DIR")
@@ -78,6 +96,8 @@ def main():
         except Exception as e:  # the checker raises several exception types
             fail(f"{path}: onnx.checker: {e}")
         metadata_matches(path, graph, contract)
+        if contract["dtype"] == "fp16":
+            fragile_ops_read_fp32(path)
 
     fp16 = contract["dtype"] == "fp16"
     ftype = np.float16 if fp16 else np.float32

@@ -166,6 +166,9 @@ fn float_output(
     }
 }
 
+/// A tensor read back from ONNX Runtime: shape and values as f32.
+type Owned = (Vec<i64>, Vec<f32>);
+
 /// Gathers rows of a `[N, ...]` row-major tensor.
 fn gather_rows(shape: &[i64], data: &[f32], order: &[usize]) -> (Vec<i64>, Vec<f32>) {
     let row = data.len() / shape[0].max(1) as usize;
@@ -271,7 +274,7 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
 
     // Incremental decoding. `sentence[r]` is the source of row r.
     let mut sentence: Vec<usize> = (0..b).collect();
-    let mut past: Vec<((Vec<i64>, Vec<f32>), (Vec<i64>, Vec<f32>))> = (0..layers)
+    let mut past: Vec<(Owned, Owned)> = (0..layers)
         .map(|_| {
             let s = vec![b as i64, heads, 0, head_dim];
             ((s.clone(), vec![]), (s, vec![]))
@@ -486,5 +489,143 @@ fn fp32_and_fp16_exports_match_libtorch() -> Result<()> {
         }
     }
     ensure!(report.len() == 8, "{} comparisons", report.len());
+    Ok(())
+}
+
+/// Runs the encoder graph `model` on the left-padded sources, with `extra` (an fp16 value
+/// inside the graph) added as an output; returns (`encoder_out`, `extra`) as f32.
+fn run_encoder_with(
+    mut model: seqforge_schemas::onnx::ModelProto,
+    extra: &str,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    use seqforge_schemas::onnx::{TypeProto, ValueInfoProto, tensor_proto::DataType, type_proto};
+    let graph = model.graph.as_mut().context("no graph")?;
+    graph.output.push(ValueInfoProto {
+        name: Some(extra.to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Float16 as i32),
+                shape: None,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let bytes = prost::Message::encode_to_vec(&model);
+    let mut session = seqforge_runtime::onnx::load_session_from_memory(
+        &bytes,
+        Path::new("encoder-fp16"),
+        &SessionConfig { intra_threads: 1, optimize: true },
+    )?;
+    let (tokens, len) = padded(&sources(), true);
+    let outputs = session.run(ort::inputs![
+        names::SRC_TOKENS => OrtTensor::from_array(([sources().len(), len], tokens))?
+    ])?;
+    Ok((
+        float_output(&outputs, names::ENCODER_OUT, true)?.1,
+        float_output(&outputs, extra, true)?.1,
+    ))
+}
+
+/// A layer norm's statistics computed naively in fp16, every operation rounded to fp16 as fp16
+/// hardware does: `var = mean(x·x) − mean(x)²`. Returns how many of `rows` rows come out
+/// non-finite.
+fn naive_fp16_layer_norm_failures(x: &[f32], dim: usize) -> usize {
+    let h = |v: f32| f16::from_f32(v);
+    x.chunks(dim)
+        .filter(|row| {
+            let n = h(dim as f32);
+            let (mut sum, mut sum_sq) = (h(0.0), h(0.0));
+            for &v in row.iter() {
+                let v = h(v);
+                sum = h((sum + v).to_f32());
+                sum_sq = h((sum_sq + h((v * v).to_f32())).to_f32());
+            }
+            let mean = h((sum / n).to_f32());
+            let var = h((h((sum_sq / n).to_f32()) - h((mean * mean).to_f32())).to_f32());
+            let inv = h(1.0 / (var.to_f32() + 1e-5).sqrt());
+            row.iter().any(|&v| !h(((h(v) - mean) * inv).to_f32()).is_finite())
+        })
+        .count()
+}
+
+/// Activations around 1e3 (token embeddings 700 ± 300 after scaling, pre-norm so that only
+/// the residual stream is large): `x²` and `mean(x)²` overflow fp16 (max 65504). The residual
+/// stream the fp16 graph really produces (read back from ONNX Runtime) makes a naive fp16 layer
+/// norm non-finite, while the exported fp16 graph (layer norms in fp32) stays finite and close
+/// to the fp32 libtorch model over the whole decode.
+///
+/// Why the naive graph is not run in ONNX Runtime itself: on the CPU execution provider ORT has
+/// no fp16 kernels for Mul/Add/ReduceMean/MatMul and runs such nodes in fp32 between inserted
+/// Casts (its InsertCastTransformer), dropping the Cast pairs in between, so a naive fp16 layer
+/// norm built from those nodes is silently computed in fp32 there and cannot overflow (checked
+/// with onnxruntime 1.31.1: `Mul → ReduceMean → Sub` on fp16 inputs of 700–1000 returns the
+/// fp32 result). fp16 hardware (the CUDA provider) would compute it in fp16; the arithmetic
+/// above is that computation.
+#[test]
+fn fp16_survives_activations_that_overflow_a_naive_fp16_layer_norm() -> Result<()> {
+    tch::manual_seed(7);
+    let config = TransformerConfig {
+        encoder_normalize_before: true,
+        decoder_normalize_before: true,
+        ..tiny()?
+    };
+    let dim = config.encoder_embed_dim;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Transformer::new(&vs.root(), &config)?;
+    tch::no_grad(|| -> Result<()> {
+        for (name, mut t) in model.parameters() {
+            if name.ends_with("embed_tokens.weight") {
+                let scale = (dim as f64).sqrt();
+                let u = Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+                t.f_copy_(&((u * 300.0 + 700.0) / scale))?;
+            }
+        }
+        Ok(())
+    })?;
+    let saved = save(&model, "transformer_tiny", false)?;
+    let reference = tch::no_grad(|| -> Result<Vec<f32>> {
+        let (tokens, len) = padded(&sources(), true);
+        let t = Tensor::from_slice(&tokens).f_reshape([sources().len() as i64, len as i64])?;
+        to_vec(&model.encode(&t, false)?.out)
+    })?;
+
+    let compiled = seqforge_exporter::compile(
+        &saved.checkpoint,
+        None,
+        seqforge_exporter::BuildOptions { dtype: Dtype::Fp16 },
+    )?;
+    // The input of the encoder's final layer norm: the fp16 residual stream.
+    let last = format!("encoder.layers.{}.ffn_residual", config.encoder_layers - 1);
+    let (ours, residual) = run_encoder_with(compiled.encoder, &last)?;
+    let (tokens, _) = padded(&sources(), true);
+    let real_rows: Vec<f32> = residual
+        .chunks(dim)
+        .zip(&tokens)
+        .filter(|(_, t)| **t != PAD)
+        .flat_map(|(row, _)| row.iter().copied())
+        .collect();
+    let largest = real_rows.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let failures = naive_fp16_layer_norm_failures(&real_rows, dim);
+    println!(
+        "fp16 residual stream up to {largest:.0}: a naive fp16 layer norm is inf/NaN on {failures} \
+         of {} rows",
+        real_rows.len() / dim
+    );
+    ensure!(largest > 256.0, "activations only reach {largest}: the test is too gentle");
+    ensure!(failures == real_rows.len() / dim, "only {failures} rows overflow");
+
+    let d = max_diff(&ours, &reference)?;
+    println!("fp16 encoder with fp32 layer norms: max |diff| vs fp32 libtorch {d:.2e}");
+    ensure!(d <= 2e-2, "fp16 encoder_out differs by {d}");
+
+    let out = saved.root.join("model-fp16");
+    export(&ExportOptions::new(&saved.checkpoint, &saved.data, &out).with_dtype(Dtype::Fp16))?;
+    let d = compare(&model, &out, STEPS)?;
+    println!(
+        "fp16 large activations: max |diff| encoder_out {:.2e}, log_probs {:.2e} over {} steps",
+        d.encoder_out, d.log_probs, d.steps
+    );
+    ensure!(d.encoder_out <= 2e-2 && d.log_probs <= 2e-2, "{d:?}");
     Ok(())
 }

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         checkpoint: args.checkpoint,
         data: args.data,
         out: args.out,
-        build: BuildOptions { dtype: args.dtype, naive_fp16_for_tests: false },
+        build: BuildOptions { dtype: args.dtype },
         tokenizer: args.tokenizer,
         force: args.force,
     };
