@@ -103,7 +103,7 @@ fn line_count_mismatch_fails_naming_both_streams() {
     ));
     assert!(err.contains("zh.hyp has 10 lines but edge.ref has 23"), "{err}");
     let err = failure(&seqforge(&["score", "--ref", "zero.ref"], Some(b"one line\n")));
-    assert!(err.contains("stdin has 1 lines but zero.ref has 3"), "{err}");
+    assert!(err.contains("stdin has 1 line but zero.ref has 3"), "{err}");
 }
 
 #[test]

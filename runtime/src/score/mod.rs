@@ -55,8 +55,9 @@ pub const SACREBLEU_VERSION: &str = "2.6.0";
 pub enum Error {
     /// A reference stream does not have one line per hypothesis.
     #[error(
-        "{hypotheses} has {hypothesis_lines} lines but {references} has {reference_lines}: \
-         the system and reference streams must have the same number of lines"
+        "{hypotheses} has {hypothesis_lines} line{} but {references} has {reference_lines}: \
+         the system and reference streams must have the same number of lines",
+        if *hypothesis_lines == 1 { "" } else { "s" }
     )]
     LineCountMismatch {
         /// The hypotheses (a file name, `stdin`, or `hypotheses`).
