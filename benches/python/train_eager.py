@@ -11,8 +11,8 @@ token embeddings scaled by sqrt(d), sinusoidal positions from padding_idx + 1 (f
 `SinusoidalPositionalEmbedding`), post-norm (or pre-norm) layers with separate q/k/v
 projections, q scaled by head_dim^-0.5, padding masked with -inf, softmax in fp32, ReLU/GELU
 feed-forward, an output projection (tied when configured). Criterion: label-smoothed
-cross-entropy summed over tokens, gradients normalised by the number of target tokens (as
-fairseq does). Optimizer: torch.optim.Adam with fairseq's betas/eps and the inverse_sqrt
+cross-entropy summed over tokens, gradients normalised by the number of target tokens and
+their norm taken every update (as fairseq does). Optimizer: torch.optim.Adam with fairseq's betas/eps and the inverse_sqrt
 schedule. Prints one JSON line: words, seconds, words/s over the timed updates, peak RSS.
 """
 
@@ -129,7 +129,7 @@ class Layer(nn.Module):
     def forward(self, x, pad_mask, enc=None, enc_mask=None):
         causal = self.encoder_attn is not None
         x = self.block(x, self.self_attn_layer_norm,
-                       lambda h: self.self_attn(h, h, None if causal else pad_mask, causal))
+                       lambda h: self.self_attn(h, h, pad_mask, causal))
         if self.encoder_attn is not None:
             x = self.block(x, self.encoder_attn_layer_norm,
                            lambda h: self.encoder_attn(h, enc, enc_mask))
@@ -189,8 +189,10 @@ class Transformer(nn.Module):
         if self.encoder.layer_norm is not None:
             x = self.encoder.layer_norm(x)
         y = self.decoder.embed(prev)
+        # fairseq masks the decoder's own padding too (`self_attn_padding_mask`).
+        dec_mask = prev.eq(self.pad) if prev.eq(self.pad).any() else None
         for layer in self.decoder.layers:
-            y = layer(y, None, x, enc_mask)
+            y = layer(y, dec_mask, x, enc_mask)
         if self.decoder.layer_norm is not None:
             y = self.decoder.layer_norm(y)
         y = y.transpose(0, 1)
@@ -247,6 +249,8 @@ def main():
         logits = model(src, prev)
         loss = label_smoothed_nll_loss(logits, target, meta["label_smoothing"], pad)
         (loss / ntokens).backward()
+        # fairseq (and seqforge) take the gradient norm every update, for clipping and the log.
+        gnorm = torch.nn.utils.clip_grad_norm_(params, float("inf")).item()
         opt.step()
         value = loss.item() / ntokens / math.log(2)
         dt = time.perf_counter() - t0
