@@ -26,10 +26,12 @@
 //!   keeps the padding mask and every layer's cross-attention keys/values *per sentence* on the
 //!   host ([`Encoded`]).
 //! - [`DecoderState`] keeps, per live row, the sentence it belongs to; the self-attention cache
-//!   as the ONNX Runtime values the last step returned (`present_*`, allocated by ONNX Runtime
-//!   where the provider computes: host memory on CPU, GPU memory on CUDA/TensorRT, through an
-//!   [`IoBinding`] whose cache outputs are bound to that device); and the row-ordered mask and
-//!   cross-attention inputs, also ONNX Runtime values.
+//!   as the ONNX Runtime values the last step returned (`present_*`, owned by ONNX Runtime and
+//!   fed back as the next step's `past_*` by reference, never copied: on CPU a plain run, whose
+//!   outputs ONNX Runtime allocates in host memory; on CUDA/TensorRT an [`IoBinding`] whose
+//!   cache outputs are bound to the GPU, so the cache stays there and only `log_probs` come to
+//!   the host); and the row-ordered mask and cross-attention inputs, also ONNX Runtime values
+//!   (uploaded once per rebuild on GPU).
 //! - [`OnnxDecoder::reorder`] only records the gather index: the next step feeds it as the
 //!   graph's `reorder` input, so the cache is gathered inside the graph and never copied
 //!   through the host or `ndarray`. Several reorders between two steps compose.
@@ -697,29 +699,39 @@ impl IncrementalDecoder for OnnxDecoder {
             None => (0..r as i64).collect(),
         };
         let prev: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        let prev = Tensor::from_array((vec![r, 1], prev))?;
-        let order = Tensor::from_array((vec![r], order))?;
-        let binding = &mut self.binding;
-        // Outputs are bound to a device (not to values) before every run: ONNX Runtime then
-        // allocates `present_*` of this step's shape there, and ort hands them over as owned
-        // values.
-        binding.clear_outputs();
-        for name in &self.names.present {
-            binding.bind_output_to_device(name.as_str(), &self.cache)?;
-        }
-        binding.bind_output_to_device(names::LOG_PROBS, &self.host)?;
-        binding.bind_input(names::PREV_TOKENS, &prev)?;
-        binding.bind_input(names::REORDER, &order)?;
-        binding.bind_input(names::ENCODER_PADDING_MASK, &state.cross[0])?;
+        let prev = Tensor::from_array((vec![r, 1], prev))?.into_dyn();
+        let order = Tensor::from_array((vec![r], order))?.into_dyn();
+        let mut inputs: Vec<(&str, &DynValue)> = Vec::with_capacity(3 + 2 * self.names.past.len());
+        inputs.push((names::PREV_TOKENS, &prev));
+        inputs.push((names::REORDER, &order));
+        inputs.push((names::ENCODER_PADDING_MASK, &state.cross[0]));
         for (name, value) in self.names.cross.iter().zip(&state.cross[1..]) {
-            binding.bind_input(name.as_str(), value)?;
+            inputs.push((name.as_str(), value));
         }
         for (name, value) in self.names.past.iter().zip(&state.past) {
-            binding.bind_input(name.as_str(), value)?;
+            inputs.push((name.as_str(), value));
         }
         let vocab = self.model.contract().tgt_vocab_size;
         let (data, present) = {
-            let mut outputs = self.decoder.run_binding(&self.binding)?;
+            let mut outputs = if self.gpu.is_none() {
+                // On CPU, ONNX Runtime allocates the outputs in host memory and takes the
+                // previous outputs as inputs without copying them.
+                self.decoder.run(inputs)?
+            } else {
+                // On a GPU, outputs are bound to a device (not to values) before every run:
+                // ONNX Runtime allocates `present_*` of this step's shape in GPU memory, where
+                // the next step reads them; only `log_probs` come to the host.
+                let binding = &mut self.binding;
+                binding.clear_outputs();
+                for name in &self.names.present {
+                    binding.bind_output_to_device(name.as_str(), &self.cache)?;
+                }
+                binding.bind_output_to_device(names::LOG_PROBS, &self.host)?;
+                for (name, value) in inputs {
+                    binding.bind_input(name, value)?;
+                }
+                self.decoder.run_binding(&self.binding)?
+            };
             let missing = |name: &str| Error::GraphOutput {
                 graph: contract::DECODER_FILE,
                 output: name.to_string(),
@@ -747,7 +759,9 @@ impl IncrementalDecoder for OnnxDecoder {
             (data, present)
         };
         // Drop the binding's references to the old past; the state owns the new one.
-        self.binding.clear_inputs();
+        if self.gpu.is_some() {
+            self.binding.clear_inputs();
+        }
         if let Some(first) = present.first() {
             let c = self.model.contract();
             let want = [
