@@ -124,7 +124,12 @@ fn fixture(seed: i64) -> Result<Fixture> {
 }
 
 fn onnx(f: &Fixture) -> Result<OnnxDecoder> {
-    let options = RuntimeOptions { threads: 1, ..RuntimeOptions::default() };
+    onnx_with(f, false)
+}
+
+/// `io_binding`: run the steps through the I/O binding the GPU path uses.
+fn onnx_with(f: &Fixture, io_binding: bool) -> Result<OnnxDecoder> {
+    let options = RuntimeOptions { threads: 1, io_binding, ..RuntimeOptions::default() };
     Ok(OnnxDecoder::new(Arc::new(ModelDir::open(&f.model_dir, &options)?))?)
 }
 
@@ -202,12 +207,20 @@ fn beam_search_over_onnx_equals_beam_search_over_libtorch() -> Result<()> {
             },
         ),
     ];
+    let mut bound = onnx_with(&f, true)?;
     for (what, options) in cases {
         let torch = generate(&mut TorchDecoder::new(&f.model), &sources(), &options)?;
         let onnx = generate(&mut ort, &sources(), &options)?;
         let worst = same(what, &torch, &onnx, 1e-4)?;
         let n: usize = torch.iter().map(Vec::len).sum();
         println!("{what}: {n} hypotheses identical, max score difference {worst:.2e}");
+        // The I/O-binding path (what CUDA and TensorRT run) gives the very same results.
+        same(
+            &format!("{what} (io binding)"),
+            &onnx,
+            &generate(&mut bound, &sources(), &options)?,
+            0.0,
+        )?;
     }
     Ok(())
 }

@@ -70,6 +70,7 @@ impl ModelArgs {
             verify: self.verify,
             optimize: true,
             ort_library: self.ort_library.clone(),
+            io_binding: false,
         })
     }
 }

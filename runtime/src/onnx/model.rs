@@ -73,11 +73,21 @@ pub struct RuntimeOptions {
     pub optimize: bool,
     /// An explicit ONNX Runtime library (else `ORT_DYLIB_PATH`, else the build-time path).
     pub ort_library: Option<PathBuf>,
+    /// Run decoder steps through an I/O binding even on CPU (always done on a GPU); the results
+    /// are the same, this exists so that the GPU code path is tested on CPU machines.
+    pub io_binding: bool,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, threads: 0, verify: false, optimize: true, ort_library: None }
+        Self {
+            device: Device::Cpu,
+            threads: 0,
+            verify: false,
+            optimize: true,
+            ort_library: None,
+            io_binding: false,
+        }
     }
 }
 
@@ -461,6 +471,8 @@ pub struct OnnxDecoder {
     names: Names,
     special: SpecialTokens,
     gpu: Option<i32>,
+    /// Whether steps run through `binding`.
+    bind: bool,
 }
 
 impl std::fmt::Debug for OnnxDecoder {
@@ -488,7 +500,8 @@ impl OnnxDecoder {
             Device::Cuda { device_id } | Device::TensorRt { device_id, .. } => Some(device_id),
         };
         let special = model.special_tokens();
-        Ok(Self { model, encoder, decoder, binding, cache, host, names, special, gpu })
+        let bind = gpu.is_some() || model.options.io_binding;
+        Ok(Self { model, encoder, decoder, binding, cache, host, names, special, gpu, bind })
     }
 
     /// The model.
@@ -713,7 +726,7 @@ impl IncrementalDecoder for OnnxDecoder {
         }
         let vocab = self.model.contract().tgt_vocab_size;
         let (data, present) = {
-            let mut outputs = if self.gpu.is_none() {
+            let mut outputs = if !self.bind {
                 // On CPU, ONNX Runtime allocates the outputs in host memory and takes the
                 // previous outputs as inputs without copying them.
                 self.decoder.run(inputs)?
@@ -759,7 +772,7 @@ impl IncrementalDecoder for OnnxDecoder {
             (data, present)
         };
         // Drop the binding's references to the old past; the state owns the new one.
-        if self.gpu.is_some() {
+        if self.bind {
             self.binding.clear_inputs();
         }
         if let Some(first) = present.first() {
