@@ -7,7 +7,8 @@
 //! Standard input is read with universal newlines (`\r\n` and `\r` end lines too), as sacreBLEU
 //! reads it. BLEU's options are sacreBLEU's (`--tokenize`, `--lowercase`, `--smooth-method`,
 //! `--smooth-value`); chrF's are the `--chrf-*` ones. `--metrics chrf++` is sacreBLEU's
-//! `-m chrf --chrf-word-order 2`.
+//! `-m chrf --chrf-word-order 2`. `--sentence-level` prints one score per line as sacreBLEU's
+//! `--sentence-level` does.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -72,6 +73,10 @@ pub struct ScoreArgs {
     /// Print only the score.
     #[arg(long, short = 'b')]
     pub score_only: bool,
+    /// Score every line on its own, one line each (sacreBLEU's `--sentence-level`: one metric
+    /// only, BLEU with effective order, always the text format).
+    #[arg(long)]
+    pub sentence_level: bool,
 }
 
 fn parse_tokenizer(s: &str) -> Result<Tokenizer> {
@@ -129,47 +134,88 @@ fn read_stdin(mut stdin: impl Read) -> Result<Vec<String>> {
     Ok(lines)
 }
 
-/// The score lines of the requested metrics, in sacreBLEU's order (sorted by metric name).
-pub fn score_lines(args: &ScoreArgs, hyps: &[String], refs: &[Vec<String>]) -> Result<Vec<String>> {
+/// BLEU's configuration from the arguments.
+fn bleu_config(args: &ScoreArgs, effective_order: bool) -> Result<BleuConfig> {
+    Ok(BleuConfig {
+        tokenizer: args.tokenize,
+        lowercase: args.lowercase,
+        smoothing: Smoothing::from_method(&args.smooth_method, args.smooth_value)?,
+        effective_order,
+        ..BleuConfig::default()
+    })
+}
+
+/// chrF's (word order 0) or chrF++'s (word order 2) configuration from the arguments.
+fn chrf_config(args: &ScoreArgs, metric: Metric) -> ChrfConfig {
+    ChrfConfig {
+        word_order: if metric == Metric::ChrfPlusPlus { 2 } else { 0 },
+        lowercase: args.chrf_lowercase,
+        whitespace: args.chrf_whitespace,
+        eps_smoothing: args.chrf_eps_smoothing,
+        ..ChrfConfig::default()
+    }
+}
+
+/// The requested metrics in sacreBLEU's order (sorted by name), without repeats.
+fn metrics(args: &ScoreArgs) -> Vec<Metric> {
     let mut metrics = args.metrics.clone();
     metrics.sort();
     metrics.dedup();
-    let mut out = Vec::with_capacity(metrics.len());
-    for metric in metrics {
-        let line = match metric {
-            Metric::Bleu => {
-                let config = BleuConfig {
-                    tokenizer: args.tokenize,
-                    lowercase: args.lowercase,
-                    smoothing: Smoothing::from_method(&args.smooth_method, args.smooth_value)?,
-                    ..BleuConfig::default()
-                };
-                Bleu::new(config)?.corpus_score(hyps, refs)?.format(
-                    args.width,
-                    args.score_only,
-                    true,
-                    args.json,
-                )
-            }
-            Metric::Chrf | Metric::ChrfPlusPlus => {
-                let config = ChrfConfig {
-                    word_order: if metric == Metric::Chrf { 0 } else { 2 },
-                    lowercase: args.chrf_lowercase,
-                    whitespace: args.chrf_whitespace,
-                    eps_smoothing: args.chrf_eps_smoothing,
-                    ..ChrfConfig::default()
-                };
-                Chrf::new(config)?.corpus_score(hyps, refs)?.format(
-                    args.width,
-                    args.score_only,
-                    true,
-                    args.json,
-                )
-            }
-        };
-        out.push(line);
+    metrics
+}
+
+/// The score lines of the requested metrics, in sacreBLEU's order (sorted by metric name).
+pub fn score_lines(args: &ScoreArgs, hyps: &[String], refs: &[Vec<String>]) -> Result<Vec<String>> {
+    let (w, only, json) = (args.width, args.score_only, args.json);
+    let mut out = Vec::new();
+    for metric in metrics(args) {
+        out.push(match metric {
+            Metric::Bleu => Bleu::new(bleu_config(args, false)?)?
+                .corpus_score(hyps, refs)?
+                .format(w, only, true, json),
+            Metric::Chrf | Metric::ChrfPlusPlus => Chrf::new(chrf_config(args, metric))?
+                .corpus_score(hyps, refs)?
+                .format(w, only, true, json),
+        });
     }
     Ok(out)
+}
+
+/// One score line per segment (`--sentence-level`), as sacreBLEU prints them.
+pub fn sentence_lines(
+    args: &ScoreArgs,
+    hyps: &[String],
+    refs: &[Vec<String>],
+) -> Result<Vec<String>> {
+    let metrics = metrics(args);
+    let [metric] = metrics[..] else {
+        return Err(Error::InvalidOption {
+            option: "sentence-level",
+            reason: format!("one metric at a time ({} given)", metrics.len()),
+        });
+    };
+    let (w, only) = (args.width, args.score_only);
+    let segment_refs = |i: usize| -> Vec<&str> { refs.iter().map(|r| r[i].as_str()).collect() };
+    match metric {
+        Metric::Bleu => {
+            let bleu = Bleu::new(bleu_config(args, true)?)?;
+            hyps.iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    Ok(bleu.sentence_score(h, &segment_refs(i))?.format(w, only, true, false))
+                })
+                .collect()
+        }
+        Metric::Chrf | Metric::ChrfPlusPlus => {
+            let chrf = Chrf::new(chrf_config(args, metric))?;
+            hyps.iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    Ok(chrf.sentence_score(h, &segment_refs(i))?.format(w, only, true, false))
+                })
+                .collect()
+        }
+    }
 }
 
 /// Joins score lines as sacreBLEU's `print_single_results` prints them: a JSON list, or text
@@ -233,9 +279,13 @@ pub fn run(args: &ScoreArgs, stdin: impl Read, mut stdout: impl Write) -> Result
     let lengths: Vec<(String, usize)> =
         args.refs.iter().zip(&refs).map(|(p, r)| (p.display().to_string(), r.len())).collect();
     check_lengths((&hyp_name, hyps.len()), &lengths)?;
-    let lines = score_lines(args, &hyps, &refs)?;
+    let text = if args.sentence_level {
+        sentence_lines(args, &hyps, &refs)?.iter().map(|l| format!("{l}\n")).collect()
+    } else {
+        render(&score_lines(args, &hyps, &refs)?, args.json)
+    };
     stdout
-        .write_all(render(&lines, args.json).as_bytes())
+        .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(|source| Error::Io { path: PathBuf::from("stdout"), source })
 }

@@ -234,3 +234,15 @@ fn tokenizers_and_python_string_functions_match_on_random_unicode() {
     assert!(count >= 500, "only {count} strings");
     assert!(failures.is_empty(), "{} differences:\n{}", failures.len(), failures.join("\n"));
 }
+
+#[test]
+fn sentence_level_takes_one_metric() {
+    let args = parse_args(
+        &["-i", "zh.hyp", "--ref", "zh.ref", "--metrics", "bleu,chrf", "--sentence-level"]
+            .map(str::to_owned),
+    );
+    let err = run(&args, std::io::empty(), Vec::new())
+        .map(|()| String::new())
+        .unwrap_or_else(|e| e.to_string());
+    assert!(err.contains("one metric at a time (2 given)"), "{err}");
+}

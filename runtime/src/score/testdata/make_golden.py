@@ -7,7 +7,7 @@ Usage: make_golden.py SACREBLEU_SDIST_DIR SACREBLEU_CLI
 - wmt17.*.de: the first 500 lines of the WMT17 en-de reference and of three systems, taken from
   sacreBLEU's own test/wmt17_en_de_systems.pkl.bz2; wmt17.ref2.de (system online-B) serves as a
   second reference stream.
-- cli_golden.txt: for every case x option combination, `=== ` + the seqforge score arguments,
+- cli_golden.txt: for every case x option combination (corpus and --sentence-level), `=== ` + the seqforge score arguments,
   then the exact stdout of the sacreBLEU CLI run with the same options.
 - api_golden.jsonl: sentence- and corpus-level scores from the Python API (str(score),
   signature, score).
@@ -92,6 +92,8 @@ def run(hyp, refs, opts):
             theirs += ["-w", o.pop(0)]
         elif k == "--score-only":
             theirs += ["-b"]
+        elif k == "--sentence-level":
+            theirs += ["-sl"]
         else:
             raise ValueError(k)
     theirs += ["-f", fmt]
@@ -120,6 +122,10 @@ for hyp, refs in CASES:
             records.append(run(hyp, refs, ["--metrics", metrics] + extra))
     for extra in [["--width", "2"], ["--width", "4", "--json"], ["--score-only"], ["--score-only", "--json"]]:
         records.append(run(hyp, refs, ["--metrics", "bleu"] + extra))
+    for opts in [["--metrics", "bleu"], ["--metrics", "bleu", "--tokenize", "intl", "--smooth-method", "floor"],
+                 ["--metrics", "bleu", "--lowercase", "--smooth-method", "add-k", "--width", "3"],
+                 ["--metrics", "chrf"], ["--metrics", "chrf++", "--score-only"]]:
+        records.append(run(hyp, refs, opts + ["--sentence-level"]))
 
 with open(os.path.join(HERE, "cli_golden.txt"), "w", encoding="utf-8", newline="\n") as f:
     for header, out in records:
