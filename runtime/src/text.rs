@@ -297,7 +297,9 @@ mod tests {
     #[test]
     fn overlong_lines_error_or_truncate() -> Result<()> {
         let p = pipeline(3);
-        let e = p.encode_line("hello world hello", "in.txt", 7, Overlong::Error).unwrap_err();
+        let Err(e) = p.encode_line("hello world hello", "in.txt", 7, Overlong::Error) else {
+            panic!("an over-long line was accepted")
+        };
         let text = e.to_string();
         assert!(text.contains("in.txt:7") && text.contains("4 source tokens"), "{text}");
         let cut = p.encode_line("hello world hello", "in.txt", 7, Overlong::Truncate)?;
@@ -311,14 +313,15 @@ mod tests {
     #[test]
     fn a_missing_tokenizer_names_the_file() {
         let v = vocab(&["a"]);
-        let e = TextPipeline::new(
+        let Err(e) = TextPipeline::new(
             v.clone(),
             v,
             Some(Path::new("/nonexistent/tokenizer.json")),
             SpecialIds::default(),
             8,
-        )
-        .unwrap_err();
+        ) else {
+            panic!("a missing tokenizer was accepted")
+        };
         assert!(e.to_string().contains("/nonexistent/tokenizer.json"), "{e}");
     }
 }

@@ -4,6 +4,7 @@
 //! byte-level BPE `tokenizer.json`, then translated through the binary. Bad inputs (missing or
 //! corrupt files, a newer format version, invalid UTF-8, over-long lines, an unavailable
 //! execution provider) must exit non-zero with a message naming the culprit.
+#![cfg(feature = "onnx")]
 
 use std::collections::BTreeMap;
 use std::io::Write;
