@@ -12,6 +12,9 @@
 //!   before the norm is computed**, so the norm that is logged and compared with `--clip-norm`
 //!   is the true one (fairseq issue #4555); after the optimizer step the copies are written
 //!   back to the model.
+//! - [`unscale_clip_and_check_in_place`]: the same for `--memory-efficient-fp16`/`-bf16`
+//!   (fairseq's `MemoryEfficientFP16Optimizer`): no master copy; the norm is measured on the
+//!   16-bit gradients and the unscaling and clipping factors are applied to them in place, once.
 //! - [`clip_grad_norm`]: fairseq's `clip_grad_norm_` (returns the norm before clipping;
 //!   `max_norm == 0` only measures).
 //!

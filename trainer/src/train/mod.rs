@@ -41,8 +41,53 @@
 //! libtorch is reseeded with `seed + num_updates` (fairseq's `_set_seed`), so dropout depends
 //! only on the seed and the update number.
 //!
-//! Not offered yet: resuming (`--restore-file`), `--fp16` / `--bf16`, data-parallel training,
-//! per-epoch `--update-freq` lists.
+//! `checkpoint_last` is written first and the other names are copied from it, so a run killed
+//! between the copies still resumes from its newest state.
+//!
+//! **Resuming** (fairseq's `checkpoint_utils.load_checkpoint`): `--restore-file` (default
+//! `checkpoint_last`, looked up in `--save-dir` like any bare name; a path is used as is) is
+//! resumed when it exists, so re-running a killed command goes on where its last checkpoint
+//! was; a fresh run starts when the default does not exist, and a named checkpoint that does
+//! not exist is an error. Interrupted saves are cleaned up first
+//! ([`crate::checkpoint::recover`]). A resume restores the fp32 weights, the optimizer state
+//! with the update count and the fp16 loss scale (not with `--reset-optimizer`, which, as in
+//! fairseq, also restarts the update count at 0; without it the optimizer and criterion must be
+//! the checkpoint's), the scheduler state (not with `--reset-lr-scheduler`; without it the
+//! scheduler must be the checkpoint's), the epoch iterator's position, mid-epoch included (not
+//! with `--reset-dataloader`: epoch 1), and the meters: best validation loss, patience counter,
+//! the running epoch's statistics and the training time (not with `--reset-meters`). A
+//! checkpoint over other dictionaries, or with a missing, unexpected or differently shaped
+//! tensor, is refused with the dictionary or tensor named. `--finetune-from-model PATH` takes
+//! only the weights, with everything else reset, when the save directory has no
+//! `checkpoint_last` yet; once it has one, that is resumed instead (fairseq's rule, so that a
+//! fine-tuning run can itself be resumed), and it cannot be combined with a non-default
+//! `--restore-file`. Since dropout depends only on the seed and the update number, a run
+//! stopped and resumed, mid-epoch or at an epoch boundary, ends bit-identical to an
+//! uninterrupted one on the CPU (a checkpoint saved at the end of an epoch precedes the
+//! scheduler's end-of-epoch step, which the resume replays with the checkpoint's validation
+//! loss). The JSON log is appended to on resume.
+//!
+//! **Mixed precision** ([`crate::fp16`], fairseq's `FP16Optimizer`,
+//! `MemoryEfficientFP16Optimizer` and `DynamicLossScaler`): `--fp16` / `--bf16` build the model
+//! in fp16/bf16 (initialised in fp32 and rounded, as fairseq's `model.half()`); the optimizer
+//! updates fp32 master copies that are copied back after each step, or, with
+//! `--memory-efficient-fp16` / `--memory-efficient-bf16`, the 16-bit parameters themselves
+//! through fp32 temporaries with its state in fp32. Log-probabilities and the loss are
+//! computed in fp32. In fp16 the loss is multiplied by the loss scale (`--fp16-init-scale`,
+//! default 128) before `backward`; the gradients are unscaled before their norm is taken, logged
+//! and clipped; an inf/NaN norm skips the update ("NOTE: gradient overflow detected, ignoring
+//! gradient, setting loss scale to: X"; weights, optimizer, scheduler and update count are left
+//! alone, and update-based validations/saves do not fire again) and halves the scale (subject
+//! to `--fp16-scale-tolerance` and `--threshold-loss-scale`); the scale doubles after
+//! `--fp16-scale-window` overflow-free updates (default 2^14 / `--update-freq`); a scale that
+//! would fall to `--min-loss-scale` (default 1e-4) stops training with fairseq's "Minimum loss
+//! scale reached" error ([`Error::MinLossScale`]) after saving `checkpoint_last`. `loss_scale`
+//! is logged with the training statistics. bf16 has fp32's range: no scaling, and a non-finite
+//! gradient norm is an error as in fp32. Checkpoints hold the fp32 weights, the `precision`
+//! and the loss scaler's state.
+//!
+//! Not offered yet: data-parallel training, per-epoch `--update-freq` lists,
+//! `--optimizer-overrides`.
 
 mod args;
 mod dataset;
@@ -52,10 +97,10 @@ mod trainer;
 
 use std::path::PathBuf;
 
+pub use args::DEFAULT_RESTORE_FILE;
 pub use args::{LogFormat, TrainArgs, TrainCommand, TrainConfig};
 pub use dataset::{LanguagePair, PairDataset, infer_language_pair, load_split};
 pub use model::{Architecture, Model, ModelContext, ModelFactory, TransformerArgs};
-pub use args::DEFAULT_RESTORE_FILE;
 pub use trainer::{
     EpochSummary, Resets, StopReason, TrainSummary, Trainer, UpdateOutput, ValidSummary, run,
 };
