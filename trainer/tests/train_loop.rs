@@ -307,3 +307,25 @@ fn checkpoints_are_saved_under_fairseq_names() {
     assert!(last.model.iter().any(|(n, _)| n == "encoder.layers.0.fc1.weight"));
     assert!(last.optimizer.iter().any(|(n, _)| n.starts_with("adam.exp_avg.")));
 }
+
+#[test]
+fn stop_time_hours_stops_and_saves_and_counts_earlier_runs() {
+    let _torch = torch_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = toy_data(dir.path());
+    let save = dir.path().join("time");
+    let registry = Registry::with_builtins().unwrap();
+    // 0.36 ms: any update takes longer, so the run stops after its first.
+    let mut cfg = config(&bin, &save, &["--stop-time-hours", "0.0000001", "--max-update", "50"]);
+    cfg.args.no_save = false;
+    let summary = train::run(&cfg, &registry).unwrap();
+    assert_eq!(summary.stop_reason, StopReason::StopTime);
+    assert_eq!(summary.num_updates, 1);
+    assert_eq!(summary.validations.len(), 1, "it validates before stopping");
+    let last = seqforge_trainer::checkpoint::load(save.join("checkpoint_last")).unwrap();
+    assert_eq!(last.state.num_updates, 1);
+    // The time of the first run counts: the resumed run has no time left.
+    let again = train::run(&cfg, &registry).unwrap();
+    assert_eq!(again.stop_reason, StopReason::StopTime);
+    assert_eq!((again.start_num_updates, again.num_updates), (1, 1));
+}

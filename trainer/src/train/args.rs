@@ -85,6 +85,11 @@ pub struct TrainArgs {
     /// Stop after this many epochs (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub max_epoch: u64,
+    /// Stop (validating and saving) once the cumulative training time, runs before a resume
+    /// included, exceeds this many hours (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub stop_time_hours: f64,
     /// Validate every N epochs.
     #[arg(long, default_value_t = 1)]
     pub validate_interval: u64,

@@ -18,7 +18,9 @@
 //!
 //! Validation (no dropout, no gradients) runs at the end of every `--validate-interval` epochs,
 //! every `--validate-interval-updates` updates and when training stops; `--patience` stops
-//! after that many validations without a new best loss. The scheduler is stepped as fairseq's
+//! after that many validations without a new best loss; `--stop-time-hours` stops (with a
+//! validation and a checkpoint) once the cumulative training time, runs before a resume
+//! included, passes it. The scheduler is stepped as fairseq's
 //! trainer does (see [`crate::optim::lr_scheduler`]).
 //!
 //! Logging follows fairseq: every `--log-interval` updates and at the end of each epoch a line

@@ -35,6 +35,8 @@ pub enum StopReason {
     Patience,
     /// The learning rate fell to `--stop-min-lr`.
     MinLr,
+    /// The cumulative training time passed `--stop-time-hours`.
+    StopTime,
 }
 
 /// One validation.
@@ -852,7 +854,8 @@ impl Trainer {
         Ok((Some(loss), out_of_patience))
     }
 
-    /// Trains until `--max-update`, `--max-epoch`, `--patience` or `--stop-min-lr` stops it.
+    /// Trains until `--max-update`, `--max-epoch`, `--patience`, `--stop-min-lr` or
+    /// `--stop-time-hours` stops it.
     ///
     /// When the fp16 loss scale reaches `--min-loss-scale`, `checkpoint_last` is saved (the
     /// state before the failed update) and [`Error::MinLossScale`] names it.
@@ -868,9 +871,13 @@ impl Trainer {
                 stop_reason = StopReason::MaxEpoch;
                 break;
             }
+            // A resumed run that had already reached --max-update or --stop-time-hours.
             if a.max_update > 0 && self.num_updates >= a.max_update {
-                // A resumed run that had already reached --max-update.
                 stop_reason = StopReason::MaxUpdate;
+                break;
+            }
+            if a.stop_time_hours > 0.0 && self.wall() / 3600.0 > a.stop_time_hours {
+                stop_reason = StopReason::StopTime;
                 break;
             }
             if lr <= a.stop_min_lr {
@@ -933,6 +940,17 @@ impl Trainer {
                 let max_update_reached =
                     updated && a.max_update > 0 && self.num_updates >= a.max_update;
                 let every = |n: u64| updated && n > 0 && self.num_updates.is_multiple_of(n);
+                let hours = self.wall() / 3600.0;
+                let time_up = a.stop_time_hours > 0.0 && hours > a.stop_time_hours;
+                if time_up {
+                    tracing::info!(
+                        target: "seqforge::train",
+                        "Stopping training due to cumulative_training_time: {hours} > \
+                         stop_time_hours: {} hour(s)",
+                        a.stop_time_hours
+                    );
+                }
+                let max_update_reached = max_update_reached || time_up;
                 let do_save = (end_of_epoch && epoch.is_multiple_of(a.save_interval.max(1)))
                     || max_update_reached
                     || every(a.save_interval_updates);
@@ -954,7 +972,10 @@ impl Trainer {
                 if do_save || out_of_patience {
                     self.save_checkpoint(epoch, end_of_epoch, step_val)?;
                 }
-                if max_update_reached {
+                if time_up {
+                    stop_reason = StopReason::StopTime;
+                    should_stop = true;
+                } else if max_update_reached {
                     stop_reason = StopReason::MaxUpdate;
                     should_stop = true;
                 } else if out_of_patience {
