@@ -326,3 +326,82 @@ fn decoder_state_follows_reorders_like_libtorch() -> Result<()> {
     println!("step-by-step log-probs within {worst:.2e}; cross inputs built {after} times");
     Ok(())
 }
+
+/// The runtime's text pipeline turns raw lines into exactly the ids the trainer's
+/// `preprocess --tokenizer` wrote (byte-level BPE learned by `learn-bpe`, joined dictionary,
+/// unknown pieces → `<unk>`), and decodes them back to the NFC text.
+#[test]
+fn text_pipeline_gives_the_ids_preprocess_wrote() -> Result<()> {
+    use seqforge_runtime::text::{Overlong, TextPipeline};
+    use seqforge_schemas::contract::{SpecialIds, Vocabulary};
+    use seqforge_trainer::bpe::Bpe;
+    use seqforge_trainer::data::PreprocessArgs;
+    use seqforge_trainer::data::indexed::IndexedDataset;
+
+    let dir = tempfile::tempdir()?;
+    let p = |name: &str| dir.path().join(name);
+    let es = [
+        "En el principio creó Dios los cielos y la tierra.",
+        "Y la tierra estaba desordenada y vacía,  y las tinieblas\testaban sobre la faz del abismo.",
+        "Y dijo Dios: Sea la luz: y fué la luz.",
+        "e\u{301}l dijo: «¿Quién?» — ¡nadie!",
+        "  espacios   al principio y al final  ",
+        "separador\u{1c}raro y\u{a0}no-break",
+    ];
+    let en = [
+        "In the beginning God created the heaven and the earth.",
+        "And the earth was without form, and void; and darkness was upon the face of the deep.",
+        "And God said, Let there be light: and there was light.",
+        "He said: Who? Nobody!",
+        "spaces at the start and the end",
+        "odd separator and no-break",
+    ];
+    // Valid has pieces the dictionary never saw (→ <unk>).
+    let valid_es = ["Luz 💡 y ünïcödé nuevos", "la tierra"];
+    let valid_en = ["Light and new", "the earth"];
+    std::fs::write(p("train.es"), es.join("\n") + "\n")?;
+    std::fs::write(p("train.en"), en.join("\n") + "\n")?;
+    std::fs::write(p("valid.es"), valid_es.join("\n") + "\n")?;
+    std::fs::write(p("valid.en"), valid_en.join("\n") + "\n")?;
+    let bpe = Bpe::train(&[p("train.es"), p("train.en")], 300, 2)?;
+    bpe.save(&p("tokenizer.json"))?;
+    let bin = p("bin");
+    seqforge_trainer::data::preprocess::run(&PreprocessArgs {
+        source_lang: Some("es".into()),
+        target_lang: Some("en".into()),
+        trainpref: Some(p("train").to_string_lossy().into_owned()),
+        validpref: Some(p("valid").to_string_lossy().into_owned()),
+        destdir: bin.clone(),
+        joined_dictionary: true,
+        tokenizer: Some(p("tokenizer.json")),
+        ..PreprocessArgs::default()
+    })?;
+    let src = Vocabulary::load(&bin.join("dict.es.txt"))?;
+    let tgt = Vocabulary::load(&bin.join("dict.en.txt"))?;
+    let text =
+        TextPipeline::new(src, tgt, Some(&p("tokenizer.json")), SpecialIds::default(), 1024)?;
+    let mut unknown = 0;
+    for (split, lines) in [("train", &es[..]), ("valid", &valid_es[..])] {
+        let written = IndexedDataset::open(bin.join(format!("{split}.es-en.es")))?;
+        ensure!(written.len() == lines.len(), "{split}: {} lines written", written.len());
+        for (i, line) in lines.iter().enumerate() {
+            let ours = text.encode_line(line, split, i + 1, Overlong::Error)?;
+            let theirs = written.get(i)?;
+            ensure!(
+                ours.ids == theirs,
+                "{split}:{}: {:?} vs preprocess {:?}",
+                i + 1,
+                ours.ids,
+                theirs
+            );
+            unknown += ours.unknown;
+            if ours.unknown == 0 {
+                let nfc = line.replace("e\u{301}", "\u{e9}");
+                let back = text.source_text(&ours.ids)?;
+                ensure!(back == nfc, "{split}:{}: decodes to {back:?}", i + 1);
+            }
+        }
+    }
+    ensure!(unknown > 0, "the valid split should contain unknown pieces");
+    Ok(())
+}
