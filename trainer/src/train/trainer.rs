@@ -876,7 +876,7 @@ impl Trainer {
                 stop_reason = StopReason::MaxUpdate;
                 break;
             }
-            if a.stop_time_hours > 0.0 && self.wall() / 3600.0 > a.stop_time_hours {
+            if a.stop_time_hours > 0.0 && self.previous_training_time / 3600.0 > a.stop_time_hours {
                 stop_reason = StopReason::StopTime;
                 break;
             }
