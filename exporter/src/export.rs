@@ -323,8 +323,8 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary> {
     fs::create_dir(&tmp).map_err(io_err(&tmp))?;
     let written = (|| -> Result<Manifest> {
         info!("writing {}", tmp.display());
-        let encoder = write_file(&tmp, ENCODER_FILE, &compiled.encoder.encode_to_vec())?;
-        let decoder = write_file(&tmp, DECODER_FILE, &compiled.decoder.encode_to_vec())?;
+        let encoder = write_file(&tmp, ENCODER_FILE, &serialize(&compiled.encoder, ENCODER_FILE)?)?;
+        let decoder = write_file(&tmp, DECODER_FILE, &serialize(&compiled.decoder, DECODER_FILE)?)?;
         let src_dict = write_file(&tmp, &src_name, &src_bytes)?;
         let tgt_dict = if tgt_name == src_name {
             src_dict.clone()
@@ -371,6 +371,22 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary> {
     let summary = ExportSummary { out: out.clone(), manifest, files, elapsed: start.elapsed() };
     info!("done in {:.2}s", summary.elapsed.as_secs_f64());
     Ok(summary)
+}
+
+/// The largest protobuf ONNX Runtime (and protobuf itself) parses: 2 GiB.
+const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
+
+/// A graph as bytes, refusing one protobuf cannot hold (weights in ONNX external-data files are
+/// not written yet).
+fn serialize(model: &seqforge_schemas::onnx::ModelProto, name: &str) -> Result<Vec<u8>> {
+    let len = model.encoded_len();
+    if len > PROTOBUF_LIMIT {
+        return Err(Error::Usage(format!(
+            "{name} would be {len} bytes, over protobuf's 2 GiB limit; this exporter does not \
+             write ONNX external data yet (try --dtype fp16)"
+        )));
+    }
+    Ok(model.encode_to_vec())
 }
 
 /// Puts the complete directory `tmp` at `dst` (an existing `dst` renamed away first, deleted
