@@ -123,6 +123,16 @@ pub enum Error {
         /// The file's identity.
         found: String,
     },
+    /// A file of a model directory does not match the manifest's SHA-256.
+    #[error("{path}: SHA-256 {found} differs from the manifest's {expected}")]
+    HashMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The manifest's hash.
+        expected: String,
+        /// The file's hash.
+        found: String,
+    },
     /// The output directory exists and `--force` was not given.
     #[error("{path}: already exists (pass --force to replace it)")]
     OutputExists {

@@ -427,10 +427,7 @@ pub fn verify_model_dir(dir: &Path) -> Result<Manifest> {
         let bytes = read(&path)?;
         let found = sha256_hex(&bytes);
         if found != e.sha256 {
-            return Err(Error::Json {
-                path,
-                message: format!("SHA-256 {found} differs from the manifest's {}", e.sha256),
-            });
+            return Err(Error::HashMismatch { path, expected: e.sha256.clone(), found });
         }
     }
     Ok(manifest)

@@ -12,11 +12,13 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// One tensor: its shape and its values in f32.
+/// One tensor of the file.
 #[derive(Debug, Clone)]
-struct Tensor {
-    shape: Vec<usize>,
-    data: Vec<f32>,
+enum Tensor {
+    /// A floating tensor: its shape and its values in f32.
+    Float { shape: Vec<usize>, data: Vec<f32> },
+    /// A tensor of another dtype (never a model weight).
+    Other { dtype: Dtype },
 }
 
 /// The tensors of a `model.safetensors`.
@@ -86,19 +88,11 @@ impl Weights {
                 ),
                 _ => None,
             };
-            let shape = view.shape().to_vec();
-            match data {
-                Some(data) => {
-                    tensors.insert(name, Tensor { shape, data });
-                }
-                None => {
-                    // Kept as an empty marker so that asking for it names the dtype.
-                    tensors.insert(
-                        name.clone(),
-                        Tensor { shape: vec![usize::MAX, view.dtype() as usize], data: vec![] },
-                    );
-                }
-            }
+            let tensor = match data {
+                Some(data) => Tensor::Float { shape: view.shape().to_vec(), data },
+                None => Tensor::Other { dtype: view.dtype() },
+            };
+            tensors.insert(name, tensor);
         }
         Ok(Self { path: path.to_path_buf(), tensors, used: RefCell::new(BTreeSet::new()), sha256 })
     }
@@ -124,22 +118,25 @@ impl Weights {
             path: self.path.clone(),
             tensor: name.to_string(),
         })?;
-        if t.shape.first() == Some(&usize::MAX) && t.data.is_empty() {
+        let (found, data) = match t {
+            Tensor::Float { shape, data } => (shape, data),
+            Tensor::Other { dtype } => {
+                return Err(Error::BadTensor {
+                    path: self.path.clone(),
+                    tensor: name.to_string(),
+                    message: format!("has dtype {dtype:?}, expected f32 (or f16/bf16/f64)"),
+                });
+            }
+        };
+        if found != shape {
             return Err(Error::BadTensor {
                 path: self.path.clone(),
                 tensor: name.to_string(),
-                message: "has a non-float dtype, expected f32 (or f16/bf16/f64)".into(),
-            });
-        }
-        if t.shape != shape {
-            return Err(Error::BadTensor {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-                message: format!("has shape {:?}, the model config needs {shape:?}", t.shape),
+                message: format!("has shape {found:?}, the model config needs {shape:?}"),
             });
         }
         self.used.borrow_mut().insert(name.to_string());
-        Ok(&t.data)
+        Ok(data)
     }
 
     /// Fails with every tensor that was never asked for and that `ignorable` does not accept
@@ -153,5 +150,42 @@ impl Weights {
         }
         unused.sort();
         Err(Error::UnexpectedTensors { path: self.path.clone(), tensors: unused })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    #[test]
+    fn float_dtypes_convert_and_others_are_named() -> Result<(), Box<dyn std::error::Error>> {
+        let f16s: Vec<u8> =
+            [1.5f32, -2.0].iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+        let bf16s: Vec<u8> =
+            [0.25f32].iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
+        let ints: Vec<u8> = [7i64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let views = vec![
+            ("a", TensorView::new(Dtype::F16, vec![2], &f16s)?),
+            ("b", TensorView::new(Dtype::BF16, vec![1, 1], &bf16s)?),
+            ("steps", TensorView::new(Dtype::I64, vec![1], &ints)?),
+        ];
+        let bytes = safetensors::serialize(views, None)?;
+        let w = Weights::from_bytes(Path::new("m.safetensors"), &bytes, sha256_hex(&bytes))?;
+        assert_eq!(w.get("a", &[2])?, &[1.5, -2.0]);
+        assert_eq!(w.get("b", &[1, 1])?, &[0.25]);
+        let e = w.get("b", &[1]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("`b`") && e.contains("[1, 1]") && e.contains("m.safetensors"), "{e}");
+        let e = w.get("steps", &[1]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("`steps`") && e.contains("I64"), "{e}");
+        let e = w.check_all_used(|n| n == "steps").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.is_empty(), "{e}");
+        let e = w.check_all_used(|_| false).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("steps"), "{e}");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        Ok(())
     }
 }

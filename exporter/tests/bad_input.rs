@@ -203,6 +203,12 @@ fn the_binary_exports_and_replaces_only_with_force() -> Result<()> {
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
     ensure!(names.iter().all(|n| !n.contains(".tmp-") && !n.contains(".old-")), "{names:?}");
+
+    // A file changed after the export no longer matches the manifest.
+    std::fs::write(out.join("dict.en.txt"), "tampered 1\n")?;
+    let e =
+        seqforge_exporter::export::verify_model_dir(&out).err().context("tampering unnoticed")?;
+    ensure!(e.to_string().contains("dict.en.txt") && e.to_string().contains("SHA-256"), "{e}");
     Ok(())
 }
 
