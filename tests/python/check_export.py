@@ -11,8 +11,8 @@
    Softmax, LogSoftmax and Erf node as float32 (the numerically fragile ops run in fp32 on any
    execution provider, not only where ONNX Runtime happens to promote fp16 to fp32);
 4. Python onnxruntime runs the encoder on a left-padded batch of 3 sources, then decoder step 0
-   with an empty past (P = 0) and step 1 with the presents as past and a reorder that duplicates
-   a row; shapes are asserted and every log_probs row must be normalized (logsumexp = 0).
+   with an empty past (P = 0) and step 1 with the presents as past, each step's reorder duplicating
+   a row (also on the empty past); shapes are asserted and every log_probs row must be normalized (logsumexp = 0).
 
 Exits non-zero with a message naming the file and the check on any failure.
 """
@@ -133,7 +133,8 @@ def main():
     past = {f"past_{k}.{l}": np.zeros((B, heads, 0, head_dim), dtype=ftype) for l in range(layers) for k in ("key", "value")}
     rows = list(range(B))
     prev = np.full((B, 1), eos, dtype=np.int64)
-    for step, reorder in enumerate([[0, 1, 2], [0, 1, 1, 2]]):
+    # Step 0 expands 3 rows of an empty past to 4 (a beam's first step), step 1 to 5.
+    for step, reorder in enumerate([[0, 0, 1, 2], [0, 1, 1, 2, 3]]):
         # Rows of this step continue rows `reorder` of the past; cross inputs are in row order.
         rows = [rows[r] for r in reorder]
         feeds = {
@@ -159,7 +160,7 @@ def main():
                 check(shape == (R, heads, step + 1, head_dim), f"step {step}: present_{kind}.{l} shape {shape}")
         past = {f"past_{k}.{l}": out[f"present_{k}.{l}"] for l in range(layers) for k in ("key", "value")}
         prev = lp.argmax(axis=1).astype(np.int64).reshape(R, 1)
-    if len(reorder) == 4:
+    if len(reorder) == 5:
         # Rows 1 and 2 of step 1 continue the same row with the same token: identical outputs.
         check(np.allclose(lp[1], lp[2]), "duplicated rows disagree after the reorder")
     print(f"check_export: OK {model_dir} ({contract['dtype']}, onnx {onnx.__version__}, onnxruntime {ort.__version__})")
