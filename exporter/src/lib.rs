@@ -7,7 +7,7 @@
 //! - [`weights`]: the checkpoint's `model.safetensors`, every tensor checked by name and shape.
 //! - [`transformer`]: fairseq's Transformer as the contract's encoder and decoder-step graphs
 //!   (fp32, or fp16 with fp32 layer norms and softmaxes).
-//! - [`export`]: the model directory (graphs, dictionaries, tokenizer, manifest), written
+//! - [`mod@export`]: the model directory (graphs, dictionaries, tokenizer, manifest), written
 //!   atomically. The `seqforge-export` binary is a thin command line over [`export::export`].
 
 pub mod config;

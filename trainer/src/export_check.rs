@@ -162,7 +162,7 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         checkpoint: args.checkpoint.clone(),
         data: args.data.clone(),
         out: staging.clone(),
-        build: BuildOptions { dtype: args.dtype, naive_fp16_for_tests: false },
+        build: BuildOptions { dtype: args.dtype },
         tokenizer: args.tokenizer.clone(),
         force: true,
     };
