@@ -297,3 +297,69 @@ fn library_errors_are_typed() -> Result<()> {
     );
     Ok(())
 }
+
+/// The written graphs carry the contract: IR version, opset, metadata equal to the manifest,
+/// and exactly the contract's input/output names in order.
+#[test]
+fn graphs_follow_the_contract() -> Result<()> {
+    use prost::Message;
+    use seqforge_schemas::contract::{GraphKind, ModelContract, names};
+    use seqforge_schemas::onnx::ModelProto;
+    let f = fixture()?;
+    let out = f.root.join("model");
+    let summary =
+        seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(&f.ckpt, &f.data, &out))?;
+    let manifest = summary.manifest;
+    ensure!(manifest.contract.src_vocab_size == SRC_VOCAB, "{:?}", manifest.contract);
+    ensure!(manifest.contract.decoder_head_dim == DIM / 2, "{:?}", manifest.contract);
+    for (file, kind) in [("encoder.onnx", GraphKind::Encoder), ("decoder.onnx", GraphKind::Decoder)]
+    {
+        let model = ModelProto::decode(std::fs::read(out.join(file))?.as_slice())?;
+        ensure!(model.ir_version == Some(seqforge_schemas::onnx::SUPPORTED_IR_VERSION), "{file}");
+        ensure!(model.opset_import.iter().any(|o| o.version == Some(17)), "{file}: opset");
+        let props = model
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone().unwrap_or_default(), p.value.clone().unwrap_or_default()))
+            .collect();
+        let contract = ModelContract::from_metadata(file, kind, &props)?;
+        manifest.contract.check_same(file, &contract)?;
+        let graph = model.graph.context("no graph")?;
+        let io = |v: &[seqforge_schemas::onnx::ValueInfoProto]| -> Vec<String> {
+            v.iter().map(|v| v.name.clone().unwrap_or_default()).collect()
+        };
+        let per_layer = |a: fn(usize) -> String, b: fn(usize) -> String| -> Vec<String> {
+            (0..LAYERS).flat_map(|l| [a(l), b(l)]).collect()
+        };
+        let (inputs, outputs): (Vec<String>, Vec<String>) = match kind {
+            GraphKind::Encoder => (
+                vec![names::SRC_TOKENS.into()],
+                [names::ENCODER_OUT.to_string(), names::ENCODER_PADDING_MASK.into()]
+                    .into_iter()
+                    .chain(per_layer(names::cross_key, names::cross_value))
+                    .collect(),
+            ),
+            GraphKind::Decoder => (
+                [names::PREV_TOKENS, names::REORDER, names::ENCODER_PADDING_MASK]
+                    .into_iter()
+                    .map(String::from)
+                    .chain(per_layer(names::cross_key, names::cross_value))
+                    .chain(per_layer(names::past_key, names::past_value))
+                    .collect(),
+                std::iter::once(names::LOG_PROBS.to_string())
+                    .chain(per_layer(names::present_key, names::present_value))
+                    .collect(),
+            ),
+        };
+        ensure!(io(&graph.input) == inputs, "{file} inputs {:?}", io(&graph.input));
+        ensure!(io(&graph.output) == outputs, "{file} outputs {:?}", io(&graph.output));
+        // Node names follow the fairseq parameter names.
+        let nodes: Vec<String> = graph.node.iter().filter_map(|n| n.name.clone()).collect();
+        let wanted = match kind {
+            GraphKind::Encoder => "encoder.layers.1.self_attn.q_proj",
+            GraphKind::Decoder => "decoder.layers.1.encoder_attn.q_proj",
+        };
+        ensure!(nodes.iter().any(|n| n == wanted), "{file}: no node {wanted}");
+    }
+    Ok(())
+}
