@@ -35,6 +35,18 @@ use crate::text::{SourceLine, check_line, split_lines};
 
 /// `seqforge generate`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Output (fairseq 0.12.2's generate.py, in input order, N = 0-based line number):
+  S-N  the source as the model saw it      T-N  the reference line (--ref)
+  H-N  score (base 2) and target symbols   D-N  score and the detokenized translation
+  P-N  per-token scores (base 2)
+With --output-format plain: one translation per input line (empty lines stay empty).
+stderr: a progress bar on terminals, then `Translated N sentences (T tokens) in Xs (...)`.
+With --ref: `Generate FILE with beam=B: BLEU = ... | chrF2 = ...` (sacreBLEU 2.6.0 defaults).
+
+Examples:
+  seqforge generate models/tiny --input test.es --ref test.en --beam 5 --max-tokens 4096
+  seqforge generate models/tiny -i test.es --output-format plain --device cuda > test.hyp")]
 pub struct GenerateArgs {
     /// Model and device.
     #[command(flatten)]

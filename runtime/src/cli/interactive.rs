@@ -23,6 +23,12 @@ use crate::text::{SourceLine, check_line};
 
 /// `seqforge interactive`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Reads stdin line by line and writes one translation per line to stdout, flushed after every
+--buffer-size lines (default 1). End input with Ctrl-D; the summary goes to stderr.
+
+Example:
+  echo 'En el principio creó Dios los cielos y la tierra.' | seqforge interactive models/tiny")]
 pub struct InteractiveArgs {
     /// Model and device.
     #[command(flatten)]
