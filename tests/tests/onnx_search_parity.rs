@@ -13,6 +13,7 @@ use seqforge_exporter::{ExportOptions, export};
 use seqforge_runtime::decoding::IncrementalDecoder;
 use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
 use seqforge_runtime::search::{GenerationOptions, Hypothesis, Strategy, generate};
+use seqforge_schemas::contract::Dtype;
 use seqforge_trainer::batching::EpochState;
 use seqforge_trainer::checkpoint::{
     self, Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState, TrainerState,
@@ -29,6 +30,8 @@ struct Fixture {
     _vs: nn::VarStore,
     model: Transformer,
     model_dir: PathBuf,
+    /// The same checkpoint exported with `--dtype fp16`.
+    fp16_dir: PathBuf,
 }
 
 fn write_dict(path: &Path, size: usize) -> Result<()> {
@@ -120,7 +123,9 @@ fn fixture(seed: i64) -> Result<Fixture> {
     checkpoint::save(&checkpoint, &ckpt)?;
     let model_dir = dir.path().join("model");
     export(&ExportOptions::new(&checkpoint, &data, &model_dir))?;
-    Ok(Fixture { _dir: dir, _vs: vs, model, model_dir })
+    let fp16_dir = dir.path().join("model-fp16");
+    export(&ExportOptions::new(&checkpoint, &data, &fp16_dir).with_dtype(Dtype::Fp16))?;
+    Ok(Fixture { _dir: dir, _vs: vs, model, model_dir, fp16_dir })
 }
 
 fn onnx(f: &Fixture) -> Result<OnnxDecoder> {
@@ -403,5 +408,43 @@ fn text_pipeline_gives_the_ids_preprocess_wrote() -> Result<()> {
         }
     }
     ensure!(unknown > 0, "the valid split should contain unknown pieces");
+    Ok(())
+}
+
+/// The FP16 export runs through the same decoder (fp16 cache and cross-attention inputs): every
+/// step's log-probabilities stay within 2e-2 of libtorch's fp32 ones through expansion, beam
+/// reorders and pruning, and beam search over it runs to the end.
+#[test]
+fn fp16_exports_decode_close_to_libtorch() -> Result<()> {
+    let f = fixture(14)?;
+    let options = RuntimeOptions { threads: 1, ..RuntimeOptions::default() };
+    let model = Arc::new(ModelDir::open(&f.fp16_dir, &options)?);
+    ensure!(model.contract().dtype == Dtype::Fp16, "not an fp16 export");
+    let mut ort = OnnxDecoder::new(model)?;
+    let _guard = tch::no_grad_guard();
+    let mut torch = TorchDecoder::new(&f.model);
+    let srcs = vec![sources()[4].clone(), sources()[1].clone()];
+    let (eo, et) = (ort.encode(&srcs)?, torch.encode(&srcs)?);
+    let (mut so, mut st) = (ort.init_state(&eo, 1)?, torch.init_state(&et, 1)?);
+    let plan: Vec<Vec<usize>> =
+        vec![vec![0, 0, 1, 1], vec![1, 0, 3, 2], vec![0, 1], vec![1, 1], vec![0, 1]];
+    let mut tokens = vec![2u32; 2];
+    let mut worst = 0f32;
+    for (step, order) in plan.iter().enumerate() {
+        let (a, b) = (ort.step(&tokens, &mut so)?, torch.step(&tokens, &mut st)?);
+        ensure!(a.rows == b.rows && a.data.len() == b.data.len(), "step {step}: shapes");
+        for (x, y) in a.data.iter().zip(&b.data) {
+            ensure!(x.is_finite(), "step {step}: non-finite log-prob");
+            worst = worst.max((x - y).abs());
+        }
+        ort.reorder(&mut so, order)?;
+        torch.reorder(&mut st, order)?;
+        tokens = order.iter().map(|&r| 4 + ((r * 5 + step * 11) % (VOCAB - 4)) as u32).collect();
+    }
+    ensure!(worst < 2e-2, "fp16 log-probs differ from fp32 libtorch by {worst}");
+    let beam = GenerationOptions { beam: 5, nbest: 5, max_len_b: 12, ..Default::default() };
+    let hyps = generate(&mut ort, &sources(), &beam)?;
+    ensure!(hyps.iter().all(|h| h.len() == 5), "fp16 beam search: {hyps:?}");
+    println!("fp16 export: step log-probs within {worst:.2e} of libtorch fp32");
     Ok(())
 }
