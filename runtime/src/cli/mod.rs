@@ -1,5 +1,5 @@
-//! The translation commands of the `seqforge` binary: `generate` ([`generate`]) over a raw text
-//! file and `interactive` ([`interactive`]) over standard input.
+//! The translation commands of the `seqforge` binary: `generate` ([`generate`](mod@generate)) over a raw text
+//! file and `interactive` ([`interactive`](mod@interactive)) over standard input.
 //!
 //! Both share the model options ([`ModelArgs`]: `--device`, `--threads`, TensorRT options,
 //! `--verify`), fairseq's search flags ([`SearchArgs`], mapped onto
@@ -27,7 +27,7 @@ pub struct ModelArgs {
     /// The exported model directory (manifest.json, encoder.onnx, decoder.onnx, dictionaries,
     /// tokenizer.json), as written by `seqforge-export`.
     pub model_dir: PathBuf,
-    /// Execution provider: cpu, cuda[:N] or tensorrt[:N]. A provider that is asked for but not
+    /// Execution provider: cpu, cuda, cuda:N, tensorrt or tensorrt:N. A provider that is asked for but not
     /// available is an error (no silent CPU fallback).
     #[arg(long, default_value = "cpu")]
     pub device: Device,
@@ -96,7 +96,7 @@ pub struct SearchArgs {
     /// Length penalty: <1 favours shorter, >1 longer outputs.
     #[arg(long, default_value_t = 1.0)]
     pub lenpen: f64,
-    /// Unknown-word penalty (subtracted from <unk>'s log-probability).
+    /// Unknown-word penalty (subtracted from the unknown word's log-probability).
     #[arg(long, default_value_t = 0.0)]
     pub unkpen: f64,
     /// Do not normalize scores by length.
