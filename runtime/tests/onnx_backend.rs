@@ -371,6 +371,19 @@ fn bad_inputs_fail_with_messages_that_name_them() -> Result<()> {
         &["manifest.json", "version 99", "re-export"],
     )?;
 
+    // A manifest that disagrees with the graphs' metadata_props.
+    let edited = copy_model(&f, "edited")?;
+    let manifest = std::fs::read_to_string(edited.join(MANIFEST_FILE))?;
+    ensure!(manifest.contains("\"decoder_head_dim\": 8"), "{manifest}");
+    std::fs::write(
+        edited.join(MANIFEST_FILE),
+        manifest.replace("\"decoder_head_dim\": 8", "\"decoder_head_dim\": 4"),
+    )?;
+    fails(
+        &["generate", path(&edited)?, "--input", ok_s],
+        &["encoder.onnx", "decoder_head_dim", "manifest says 4"],
+    )?;
+
     // A corrupt graph: named when loading, and by its hash with --verify.
     let corrupt = copy_model(&f, "corrupt")?;
     std::fs::write(corrupt.join("encoder.onnx"), b"not an onnx model")?;
