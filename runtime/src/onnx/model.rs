@@ -711,6 +711,12 @@ impl IncrementalDecoder for OnnxDecoder {
             Some(order) => order,
             None => (0..r as i64).collect(),
         };
+        if let Some(bad) = order.iter().find(|&&i| i < 0 || i as usize >= state.past_rows) {
+            return Err(Error::DecoderState(format!(
+                "step: reorder index {bad} outside the {} rows of the cache",
+                state.past_rows
+            )));
+        }
         let prev: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let prev = Tensor::from_array((vec![r, 1], prev))?.into_dyn();
         let order = Tensor::from_array((vec![r], order))?.into_dyn();
