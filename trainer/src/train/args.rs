@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Error;
+use super::eval_bleu::EvalBleuArgs;
 use crate::fp16::{LossScalerConfig, Precision};
 use crate::registry::Registry;
 
@@ -197,6 +198,27 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(default)]
     pub loss_scaler: LossScalerConfig,
+    /// The validation statistic that picks `checkpoint_best`, drives `--patience` and is given
+    /// to the learning-rate scheduler: `loss`, `nll_loss`, `ppl`, `accuracy` (criteria that
+    /// report it) or `bleu` (with --eval-bleu).
+    #[arg(long, default_value = DEFAULT_BEST_CHECKPOINT_METRIC)]
+    #[serde(default = "default_best_checkpoint_metric")]
+    pub best_checkpoint_metric: String,
+    /// A higher --best-checkpoint-metric is better (give it with `bleu` or `accuracy`).
+    #[arg(long)]
+    #[serde(default)]
+    pub maximize_best_checkpoint_metric: bool,
+    /// BLEU on the validation set (--eval-bleu, --eval-bleu-args, …).
+    #[command(flatten)]
+    #[serde(default)]
+    pub eval_bleu: EvalBleuArgs,
+}
+
+/// `--best-checkpoint-metric`'s default.
+pub const DEFAULT_BEST_CHECKPOINT_METRIC: &str = "loss";
+
+fn default_best_checkpoint_metric() -> String {
+    DEFAULT_BEST_CHECKPOINT_METRIC.to_string()
 }
 
 /// `--restore-file`'s default (fairseq's `checkpoint_last.pt`).

@@ -23,6 +23,14 @@
 //! included, passes it. The scheduler is stepped as fairseq's
 //! trainer does (see [`crate::optim::lr_scheduler`]).
 //!
+//! With `--eval-bleu` (fairseq's translation-task flags, [`eval_bleu`]) every validation also
+//! decodes the validation sentences with the runtime's search through
+//! [`TorchDecoder`](crate::models::transformer::TorchDecoder) and logs sacreBLEU's corpus
+//! `bleu`. `--best-checkpoint-metric` (default `loss`; `nll_loss`, `ppl`, `accuracy`, `bleu`)
+//! with `--maximize-best-checkpoint-metric` picks the statistic that decides `checkpoint_best`,
+//! `--patience` and the scheduler's end-of-epoch step, as in fairseq; the valid line then logs
+//! `best_{metric}`.
+//!
 //! Logging follows fairseq: every `--log-interval` updates and at the end of each epoch a line
 //! with `loss`, `nll_loss`, `ppl` (base 2), `wps`, `ups`, `wpb`, `bsz`, `num_updates`, `lr`,
 //! `gnorm`, `clip`, `train_wall` and `wall`; validation lines with `valid_*`. Lines go to the
@@ -93,6 +101,7 @@
 
 mod args;
 mod dataset;
+pub mod eval_bleu;
 pub mod model;
 mod progress;
 mod trainer;
@@ -160,6 +169,15 @@ pub enum Error {
         /// The `checkpoint_last` written before stopping.
         checkpoint: Option<PathBuf>,
     },
+    /// `--eval-bleu` could not decode the validation set.
+    #[error("--eval-bleu: decoding the validation set: {0}")]
+    EvalBleuSearch(#[from] seqforge_runtime::search::Error),
+    /// `--eval-bleu` could not detokenize (the target dictionary or `tokenizer.json`).
+    #[error("--eval-bleu: {0}")]
+    EvalBleuText(#[from] seqforge_runtime::Error),
+    /// `--eval-bleu` could not score.
+    #[error("--eval-bleu: scoring: {0}")]
+    EvalBleuScore(#[from] seqforge_runtime::score::Error),
     /// An error from a component (data, batching, model, criterion, optimizer, registry).
     #[error(transparent)]
     Component(Box<crate::Error>),

@@ -44,6 +44,13 @@ pub trait Model: Send {
     fn tied_parameters(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+
+    /// The model as the built-in [`Transformer`], which decodes incrementally through
+    /// [`TorchDecoder`](crate::models::transformer::TorchDecoder) (what `--eval-bleu` needs);
+    /// `None` by default.
+    fn as_transformer(&self) -> Option<&Transformer> {
+        None
+    }
 }
 
 /// What a model needs besides its own config: the dictionaries' sizes and padding index.
@@ -281,5 +288,9 @@ impl Model for Transformer {
 
     fn tied_parameters(&self) -> Vec<(String, String)> {
         Transformer::tied_parameters(self)
+    }
+
+    fn as_transformer(&self) -> Option<&Transformer> {
+        Some(self)
     }
 }

@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor, nn};
 
 use super::args::{DEFAULT_RESTORE_FILE, TrainConfig};
 use super::dataset::{LanguagePair, PairDataset, infer_language_pair, load_dictionary, load_split};
+use super::eval_bleu::{BleuEval, BleuEvaluator};
 use super::model::{Model, ModelContext};
 use super::progress::{Logger, Meter, MeterState, Stats};
 use super::{Error, Result};
@@ -50,6 +51,12 @@ pub struct ValidSummary {
     pub metrics: Metrics,
     /// The summed counts behind them.
     pub logging: LoggingOutput,
+    /// Corpus BLEU of the decoded validation sentences (unrounded), with `--eval-bleu`.
+    pub bleu: Option<f64>,
+    /// Seconds `--eval-bleu` took (decoding, detokenizing, scoring).
+    pub bleu_secs: Option<f64>,
+    /// The value of `--best-checkpoint-metric` (unrounded).
+    pub best_metric_value: f64,
 }
 
 /// One (possibly partial) training epoch.
@@ -84,8 +91,13 @@ pub struct TrainSummary {
     pub train_wall: f64,
     /// `words / train_wall`.
     pub words_per_sec: f64,
-    /// The lowest validation loss (base 2).
+    /// The lowest validation loss (base 2): the checkpoint's `best` when
+    /// `--best-checkpoint-metric` is `loss` (the default), otherwise the lowest of this run's
+    /// validations.
     pub best_valid_loss: Option<f64>,
+    /// The best value of `--best-checkpoint-metric` so far (the checkpoint's `best`; the highest
+    /// with `--maximize-best-checkpoint-metric`).
+    pub best_metric: Option<f64>,
     /// Why training stopped.
     pub stop_reason: StopReason,
     /// FNV-1a 64 of the final parameters (names and fp32 bytes, sorted by name; the fp32
@@ -159,10 +171,13 @@ pub struct Trainer {
     train_data: PairDataset,
     epoch_itr: EpochBatchIterator,
     valid: Option<(PairDataset, Vec<Vec<usize>>)>,
+    // `--eval-bleu`.
+    bleu: Option<BleuEvaluator>,
     pad: i64,
     dictionaries: Vec<DictionaryIdentity>,
     num_updates: u64,
-    best_loss: Option<f64>,
+    // The best value of `--best-checkpoint-metric` (fairseq's `save_checkpoint.best`).
+    best: Option<f64>,
     bad_validations: u64,
     // The running epoch's statistics (restored with a mid-epoch checkpoint).
     epoch_meter: Meter,
@@ -206,6 +221,27 @@ fn tensor2d(t: &Tokens2d, device: Device) -> Result<Tensor> {
     let rows = i64::try_from(t.rows).map_err(|_| Error::Config("batch too large".into()))?;
     let cols = i64::try_from(t.cols).map_err(|_| Error::Config("batch too large".into()))?;
     Ok(Tensor::f_from_slice(&t.data)?.f_reshape([rows, cols])?.f_to_device(device)?)
+}
+
+/// The validation statistics `--best-checkpoint-metric` can name.
+const BEST_METRICS: [&str; 5] = ["loss", "nll_loss", "ppl", "accuracy", "bleu"];
+
+/// Checks `--best-checkpoint-metric` before training starts: a known statistic, and `bleu`
+/// only with `--eval-bleu`.
+fn check_best_metric(a: &super::TrainArgs) -> Result<()> {
+    let metric = a.best_checkpoint_metric.as_str();
+    if !BEST_METRICS.contains(&metric) {
+        return Err(Error::Config(format!(
+            "--best-checkpoint-metric {metric}: not a validation statistic (one of {})",
+            BEST_METRICS.join(", ")
+        )));
+    }
+    if metric == "bleu" && !a.eval_bleu.eval_bleu {
+        return Err(Error::Config(
+            "--best-checkpoint-metric bleu needs --eval-bleu (BLEU is only computed then)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Which checkpoint to start from, with which resets (fairseq's `load_checkpoint`): the
@@ -371,7 +407,7 @@ impl Trainer {
             &ScheduleContext {
                 lr: a.lr.clone(),
                 max_update: a.max_update,
-                maximize_best_checkpoint_metric: false,
+                maximize_best_checkpoint_metric: a.maximize_best_checkpoint_metric,
             },
         )?;
         scheduler.step_update(0);
@@ -417,6 +453,21 @@ impl Trainer {
                 a.skip_invalid_size_inputs_valid_test,
             ))?;
             Some((data, plan.batches))
+        };
+        check_best_metric(a)?;
+        let bleu = match &valid {
+            Some((_, batches)) if a.eval_bleu.eval_bleu => {
+                if model.as_transformer().is_none() {
+                    return Err(Error::Config(format!(
+                        "--eval-bleu decodes through the built-in transformer's incremental \
+                         decoder; model {} has none",
+                        config.model
+                    )));
+                }
+                let indices = batches.iter().flatten().copied().collect();
+                Some(BleuEvaluator::new(&a.eval_bleu, &a.data, &pair.tgt, indices, a.seed)?)
+            }
+            _ => None,
         };
 
         let io = |path: &std::path::Path| {
@@ -475,10 +526,11 @@ impl Trainer {
             train_data,
             epoch_itr,
             valid,
+            bleu,
             pad: i64::from(src_dict.pad()),
             dictionaries,
             num_updates: 0,
-            best_loss: None,
+            best: None,
             bad_validations: 0,
             epoch_meter: Meter::new(),
             previous_training_time: 0.0,
@@ -563,7 +615,7 @@ impl Trainer {
                 ))
             })?;
             if !resets.optimizer {
-                self.best_loss = st.best;
+                self.best = st.best;
             }
             self.bad_validations = extra.bad_validations;
             self.previous_training_time = extra.previous_training_time;
@@ -803,8 +855,25 @@ impl Trainer {
         Ok(Some((logging.metrics(), logging, start.elapsed().as_secs_f64())))
     }
 
-    /// Validates, logs, and updates the best loss and the patience counter; returns the loss
-    /// and whether patience ran out.
+    /// BLEU of the model on the validation set (`--eval-bleu`; `None` without it or with
+    /// `--disable-validation`): the validation sentences are decoded with the shared search
+    /// through [`TorchDecoder`](crate::models::transformer::TorchDecoder), without dropout or
+    /// gradients, on the training device and in the training precision (see
+    /// [`super::eval_bleu`]). Training is not affected: the model keeps no train/eval mode
+    /// (dropout is chosen per forward call) and decoding draws nothing from libtorch's generator.
+    pub fn eval_bleu(&self) -> Result<Option<BleuEval>> {
+        let (Some(evaluator), Some((data, _))) = (&self.bleu, &self.valid) else {
+            return Ok(None);
+        };
+        let model = self.model.as_transformer().ok_or_else(|| {
+            Error::Config("--eval-bleu needs the built-in transformer".to_string())
+        })?;
+        evaluator.evaluate(model, data).map(Some)
+    }
+
+    /// Validates (loss, and BLEU with `--eval-bleu`), logs, and updates the best value of
+    /// `--best-checkpoint-metric` and the patience counter; returns that metric's value and
+    /// whether patience ran out.
     fn validate_and_log(
         &mut self,
         epoch: u64,
@@ -813,10 +882,31 @@ impl Trainer {
         let Some((metrics, logging, secs)) = self.validate()? else {
             return Ok((None, false));
         };
-        let loss = metrics.loss;
-        let improved = self.best_loss.is_none_or(|b| loss < b);
+        let bleu = self.eval_bleu()?;
+        let a = &self.config.args;
+        let metric = a.best_checkpoint_metric.as_str();
+        let value = match metric {
+            "loss" => metrics.loss,
+            "nll_loss" => metrics.nll_loss,
+            "ppl" => metrics.ppl,
+            "accuracy" => metrics.accuracy.ok_or_else(|| {
+                Error::Config(format!(
+                    "--best-checkpoint-metric accuracy: criterion {} does not report accuracy",
+                    a.criterion
+                ))
+            })?,
+            "bleu" => bleu.as_ref().map(|b| b.score.score).ok_or_else(|| {
+                Error::Config("--best-checkpoint-metric bleu needs --eval-bleu".to_string())
+            })?,
+            other => {
+                return Err(Error::Config(format!("--best-checkpoint-metric {other}: unknown")));
+            }
+        };
+        let maximize = a.maximize_best_checkpoint_metric;
+        // fairseq's should_stop_early: strictly better; checkpoint_best also takes ties.
+        let improved = self.best.is_none_or(|b| if maximize { value > b } else { value < b });
         if improved {
-            self.best_loss = Some(loss);
+            self.best = Some(value);
         }
         let r = metrics.rounded();
         let batches = self.valid.as_ref().map_or(0, |v| v.1.len()).max(1) as f64;
@@ -827,13 +917,34 @@ impl Trainer {
         if let Some(acc) = r.accuracy {
             stats.push(("accuracy".into(), json!(acc)));
         }
+        if let Some(b) = &bleu {
+            stats.push(("bleu".into(), json!(safe_round(b.score.score, 2))));
+        }
         stats.push(("wps".into(), json!(safe_round(logging.ntokens as f64 / secs.max(1e-9), 0))));
         stats.push(("wpb".into(), json!(safe_round(logging.ntokens as f64 / batches, 1))));
         stats.push(("bsz".into(), json!(safe_round(logging.nsentences as f64 / batches, 1))));
         stats.push(("num_updates".into(), json!(self.num_updates)));
-        stats.push(("best_loss".into(), json!(self.best_loss.map(|b| safe_round(b, 3)))));
+        let digits = if metric == "bleu" { 2 } else { 3 };
+        stats.push((format!("best_{metric}"), json!(self.best.map(|b| safe_round(b, digits)))));
         self.logger.log("valid", epoch, None, &stats)?;
-        validations.push(ValidSummary { epoch, num_updates: self.num_updates, metrics, logging });
+        if let Some(b) = &bleu {
+            tracing::debug!(
+                target: "seqforge::train",
+                "{} ({} sentences in {:.2} s)",
+                b.score,
+                b.hypotheses.len(),
+                b.secs
+            );
+        }
+        validations.push(ValidSummary {
+            epoch,
+            num_updates: self.num_updates,
+            metrics,
+            logging,
+            bleu: bleu.as_ref().map(|b| b.score.score),
+            bleu_secs: bleu.as_ref().map(|b| b.secs),
+            best_metric_value: value,
+        });
         // fairseq's should_stop_early.
         let patience = self.config.args.patience;
         let out_of_patience = if patience <= 0 {
@@ -851,7 +962,7 @@ impl Trainer {
                 "early stop since valid performance hasn't improved for last {patience} runs"
             );
         }
-        Ok((Some(loss), out_of_patience))
+        Ok((Some(value), out_of_patience))
     }
 
     /// Trains until `--max-update`, `--max-epoch`, `--patience`, `--stop-min-lr` or
@@ -1016,6 +1127,11 @@ impl Trainer {
             self.num_updates,
             words as f64 / train_wall.max(1e-9)
         );
+        let best_valid_loss = if a.best_checkpoint_metric == "loss" {
+            self.best
+        } else {
+            validations.iter().map(|v: &ValidSummary| v.metrics.loss).reduce(f64::min)
+        };
         Ok(TrainSummary {
             epochs,
             validations,
@@ -1023,7 +1139,8 @@ impl Trainer {
             words,
             train_wall,
             words_per_sec: words as f64 / train_wall.max(1e-9),
-            best_valid_loss: self.best_loss,
+            best_valid_loss,
+            best_metric: self.best,
             stop_reason,
             params_digest: self.params_digest()?,
             precision: self.precision,
@@ -1067,7 +1184,7 @@ impl Trainer {
         if a.no_save || a.no_last_checkpoints {
             return Ok(None);
         }
-        let ckpt = self.checkpoint(epoch, end_of_epoch, None, self.best_loss)?;
+        let ckpt = self.checkpoint(epoch, end_of_epoch, None, self.best)?;
         let paths = checkpoint::save_as(&a.save_dir, &["checkpoint_last".to_owned()], &ckpt)?;
         Ok(paths.into_iter().next())
     }
@@ -1087,16 +1204,16 @@ impl Trainer {
             save_interval_updates: a.save_interval_updates,
             no_epoch_checkpoints: a.no_epoch_checkpoints,
             no_last_checkpoints: a.no_last_checkpoints,
-            maximize_best_checkpoint_metric: false,
+            maximize_best_checkpoint_metric: a.maximize_best_checkpoint_metric,
         };
-        // `best_loss` already includes `val_loss`: a tie with it marks the new best.
+        // `best` already includes `val_loss`: a tie with it marks the new best.
         let (names, best) = checkpoint::checkpoint_names(
             &opts,
             epoch,
             self.num_updates,
             end_of_epoch,
             val_loss,
-            self.best_loss,
+            self.best,
         );
         if names.is_empty() {
             return Ok(Vec::new());
