@@ -15,8 +15,9 @@
 //!
 //! Policies:
 //! - lines end at `\n`, `\r\n` or a lone `\r` ([`split_lines`]), as the trainer reads corpora;
-//! - an empty or whitespace-only line has no symbols: its translation is the empty string,
-//!   decided here without running the model ([`SourceLine::is_empty`]);
+//! - a line without symbols (an empty line; a whitespace-only line when the model has no
+//!   tokenizer, since byte-level BPE keeps spaces as symbols, as `preprocess` did) is translated
+//!   to the empty string without running the model ([`SourceLine::is_empty`]);
 //! - a line that is not UTF-8 (or holds a NUL byte) is [`Error::InvalidUtf8`] with its line
 //!   number; callers may skip it instead (`--skip-invalid`);
 //! - a line longer than `max_source_positions` tokens (EOS included) is
