@@ -89,7 +89,15 @@ pub fn run(
             }
             line_no += 1;
             let source = match check_line(&raw) {
-                Some(line) => Some(translator.text().encode_line(line, name, line_no, overlong)?),
+                Some(line) => {
+                    let source = translator.text().encode_line(line, name, line_no, overlong)?;
+                    if source.truncated {
+                        eprintln!(
+                            "{name}:{line_no}: truncated to the model's max_source_positions"
+                        );
+                    }
+                    Some(source)
+                }
                 None => {
                     invalid_line(name, line_no, args.input_args.skip_invalid)?;
                     summary.skipped += 1;
