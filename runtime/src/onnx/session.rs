@@ -35,16 +35,7 @@ pub fn load_session_from_memory(
     name: &Path,
     config: &SessionConfig,
 ) -> Result<Session> {
-    let environment = super::environment()?;
-    let invalid = |message: String| Error::InvalidModel { path: name.to_path_buf(), message };
-    let mut builder = Session::builder(environment)?;
-    if config.intra_threads > 0 {
-        builder = builder.with_intra_threads(config.intra_threads).map_err(ort::Error::from)?;
-    }
-    let level =
-        if config.optimize { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
-    builder = builder.with_optimization_level(level).map_err(ort::Error::from)?;
-    builder.commit_from_memory(bytes).map_err(|e| invalid(e.to_string()))
+    build_session(bytes, name, config, None)
 }
 
 /// Loads a model file into a session on `device`'s execution providers (an explicitly
@@ -56,8 +47,18 @@ pub fn load_session_on(
 ) -> Result<Session> {
     let bytes =
         std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    build_session(&bytes, path, config, Some(device))
+}
+
+/// The one session builder: threads and optimization level from `config`, then `device`'s
+/// execution providers when given (ONNX Runtime's default CPU provider otherwise).
+fn build_session(
+    bytes: &[u8],
+    name: &Path,
+    config: &SessionConfig,
+    device: Option<&super::device::Device>,
+) -> Result<Session> {
     let environment = super::environment()?;
-    let invalid = |message: String| Error::InvalidModel { path: path.to_path_buf(), message };
     let mut builder = Session::builder(environment)?;
     if config.intra_threads > 0 {
         builder = builder.with_intra_threads(config.intra_threads).map_err(ort::Error::from)?;
@@ -65,6 +66,10 @@ pub fn load_session_on(
     let level =
         if config.optimize { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
     builder = builder.with_optimization_level(level).map_err(ort::Error::from)?;
-    let mut builder = device.register(builder)?;
-    builder.commit_from_memory(&bytes).map_err(|e| invalid(e.to_string()))
+    if let Some(device) = device {
+        builder = device.register(builder)?;
+    }
+    builder
+        .commit_from_memory(bytes)
+        .map_err(|e| Error::InvalidModel { path: name.to_path_buf(), message: e.to_string() })
 }
