@@ -9,10 +9,13 @@
 //!   (fp32, or fp16 with fp32 layer norms and softmaxes).
 //! - [`mod@export`]: the model directory (graphs, dictionaries, tokenizer, manifest), written
 //!   atomically. The `seqforge-export` binary is a thin command line over [`export::export`].
+//! - [`testing`]: helpers to write small random checkpoints for tests and benches; not part of
+//!   the stable API.
 
 pub mod config;
 pub mod export;
 pub mod graph;
+pub mod testing;
 pub mod transformer;
 pub mod weights;
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use safetensors::{Dtype, tensor::TensorView};
-use seqforge_schemas::contract::{Manifest, Vocabulary};
+use seqforge_exporter::testing::{SyntheticCheckpoint, numbered_dictionary};
+use seqforge_schemas::contract::Manifest;
 
 const SRC_VOCAB: usize = 20;
 const TGT_VOCAB: usize = 24;
@@ -17,75 +17,24 @@ const DIM: usize = 16;
 const FFN: usize = 24;
 const LAYERS: usize = 2;
 
+/// A `transformer_tiny` as the trainer writes it: fairseq's buffers in the state dict, and
+/// vocabulary sizes 0 in the model config (the dictionaries' sizes are recorded beside it).
+fn checkpoint() -> SyntheticCheckpoint {
+    SyntheticCheckpoint {
+        record_vocab_sizes: false,
+        fairseq_buffers: true,
+        weight_divisor: 40.0,
+        ..SyntheticCheckpoint::tiny(SRC_VOCAB, TGT_VOCAB)
+    }
+}
+
 /// Names and shapes of a post-norm, sinusoidal, unshared Transformer's state dict.
 fn state_dict() -> Vec<(String, Vec<usize>)> {
-    let mut t: Vec<(String, Vec<usize>)> = Vec::new();
-    let attn = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
-        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
-            t.push((format!("{p}.{proj}.weight"), vec![DIM, DIM]));
-            t.push((format!("{p}.{proj}.bias"), vec![DIM]));
-        }
-    };
-    let norm = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
-        t.push((format!("{p}.weight"), vec![DIM]));
-        t.push((format!("{p}.bias"), vec![DIM]));
-    };
-    let ffn = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
-        t.push((format!("{p}.fc1.weight"), vec![FFN, DIM]));
-        t.push((format!("{p}.fc1.bias"), vec![FFN]));
-        t.push((format!("{p}.fc2.weight"), vec![DIM, FFN]));
-        t.push((format!("{p}.fc2.bias"), vec![DIM]));
-    };
-    t.push(("encoder.version".into(), vec![1]));
-    t.push(("encoder.embed_tokens.weight".into(), vec![SRC_VOCAB, DIM]));
-    t.push(("encoder.embed_positions._float_tensor".into(), vec![1]));
-    for l in 0..LAYERS {
-        let p = format!("encoder.layers.{l}");
-        attn(&mut t, &format!("{p}.self_attn"));
-        norm(&mut t, &format!("{p}.self_attn_layer_norm"));
-        ffn(&mut t, &p);
-        norm(&mut t, &format!("{p}.final_layer_norm"));
-    }
-    t.push(("decoder.version".into(), vec![1]));
-    t.push(("decoder.embed_tokens.weight".into(), vec![TGT_VOCAB, DIM]));
-    t.push(("decoder.embed_positions._float_tensor".into(), vec![1]));
-    for l in 0..LAYERS {
-        let p = format!("decoder.layers.{l}");
-        attn(&mut t, &format!("{p}.self_attn"));
-        norm(&mut t, &format!("{p}.self_attn_layer_norm"));
-        attn(&mut t, &format!("{p}.encoder_attn"));
-        norm(&mut t, &format!("{p}.encoder_attn_layer_norm"));
-        ffn(&mut t, &p);
-        norm(&mut t, &format!("{p}.final_layer_norm"));
-    }
-    t.push(("decoder.output_projection.weight".into(), vec![TGT_VOCAB, DIM]));
-    t
+    checkpoint().state_dict()
 }
 
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) -> Result<()> {
-    let data: Vec<Vec<u8>> = tensors
-        .iter()
-        .enumerate()
-        .map(|(i, (_, shape))| {
-            let n: usize = shape.iter().product();
-            (0..n)
-                .flat_map(|j| ((((i * 31 + j * 17) % 29) as f32 - 14.0) / 40.0).to_le_bytes())
-                .collect()
-        })
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&data)
-        .map(|((name, shape), bytes)| {
-            Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path)?;
-    Ok(())
-}
-
-fn dict_text(size: usize, tag: &str) -> String {
-    (4..size).map(|i| format!("{tag}{i} 1\n")).collect()
+    Ok(checkpoint().write_weights(path, tensors)?)
 }
 
 /// A checkpoint directory and a data directory under `root`.
@@ -101,43 +50,12 @@ fn fixture() -> Result<Fixture> {
     let root = tmp.path().to_path_buf();
     let ckpt = root.join("checkpoint_last");
     let data = root.join("data");
-    std::fs::create_dir_all(&ckpt)?;
     std::fs::create_dir_all(&data)?;
-    std::fs::write(data.join("dict.de.txt"), dict_text(SRC_VOCAB, "de"))?;
-    std::fs::write(data.join("dict.en.txt"), dict_text(TGT_VOCAB, "en"))?;
-    write_safetensors(&ckpt.join("model.safetensors"), &state_dict())?;
-    write_config(&ckpt, &data, "transformer_tiny")?;
+    std::fs::write(data.join("dict.de.txt"), numbered_dictionary(SRC_VOCAB, "de"))?;
+    std::fs::write(data.join("dict.en.txt"), numbered_dictionary(TGT_VOCAB, "en"))?;
+    checkpoint().write(&ckpt, &data)?;
     std::fs::write(ckpt.join("trainer_state.json"), "{\"num_updates\": 42}\n")?;
     Ok(Fixture { _tmp: tmp, root, ckpt, data })
-}
-
-fn identity(path: &Path) -> Result<serde_json::Value> {
-    let v = Vocabulary::load(path)?;
-    let name = path.file_name().context("no file name")?.to_string_lossy().into_owned();
-    Ok(serde_json::json!({"name": name, "size": v.len(), "hash": v.identity_hash()}))
-}
-
-fn write_config(ckpt: &Path, data: &Path, arch: &str) -> Result<()> {
-    let config = serde_json::json!({
-        "format_version": 1,
-        "arch": arch,
-        // As the trainer writes it: vocabulary sizes 0, the dictionaries' sizes recorded below.
-        "model": {
-            "encoder_embed_dim": DIM, "encoder_ffn_embed_dim": FFN, "encoder_layers": LAYERS,
-            "encoder_attention_heads": 2, "decoder_embed_dim": DIM, "decoder_ffn_embed_dim": FFN,
-            "decoder_layers": LAYERS, "decoder_attention_heads": 2,
-            "max_source_positions": 64, "max_target_positions": 64,
-            "src_vocab_size": 0, "tgt_vocab_size": 0, "pad_index": 1
-        },
-        "task": {"name": "translation", "config": {"source_lang": "de", "target_lang": "en"}},
-        "criterion": {"name": "cross_entropy", "config": {}},
-        "optimizer": {"name": "adam", "config": {}},
-        "lr_scheduler": {"name": "fixed", "config": {}},
-        "precision": "fp32",
-        "dictionaries": [identity(&data.join("dict.de.txt"))?, identity(&data.join("dict.en.txt"))?]
-    });
-    std::fs::write(ckpt.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    Ok(())
 }
 
 /// Runs the binary; returns (success, stdout, stderr).
@@ -215,7 +133,8 @@ fn the_binary_exports_and_replaces_only_with_force() -> Result<()> {
 #[test]
 fn unknown_architecture_is_named() -> Result<()> {
     let f = fixture()?;
-    write_config(&f.ckpt, &f.data, "lstm_wiseman_iwslt_de_en")?;
+    SyntheticCheckpoint { arch: "lstm_wiseman_iwslt_de_en".into(), ..checkpoint() }
+        .write_config(&f.ckpt, &f.data)?;
     fails_naming(&f, &["lstm_wiseman_iwslt_de_en", "config.json", "unknown architecture"])
 }
 
@@ -255,7 +174,7 @@ fn unexpected_tensor_is_named() -> Result<()> {
 #[test]
 fn dictionary_mismatch_is_named() -> Result<()> {
     let f = fixture()?;
-    std::fs::write(f.data.join("dict.en.txt"), dict_text(TGT_VOCAB, "xx"))?;
+    std::fs::write(f.data.join("dict.en.txt"), numbered_dictionary(TGT_VOCAB, "xx"))?;
     fails_naming(&f, &["dict.en.txt", "not the one the checkpoint was trained with"])?;
     std::fs::remove_file(f.data.join("dict.en.txt"))?;
     fails_naming(&f, &["dict.en.txt", "no such file"])
