@@ -200,7 +200,8 @@ pub struct DictionaryIdentity {
     pub name: String,
     /// Number of symbols, specials and padding words included (`len(dict)`).
     pub size: usize,
-    /// FNV-1a 64 of the symbols in id order (each followed by a 0 byte), as 16 hex digits.
+    /// FNV-1a 64 of the symbols in id order (each followed by a 0 byte), as 16 hex digits
+    /// ([`seqforge_schemas::contract::symbols_hash`], shared with the exporter and runtime).
     /// Counts are not hashed: they do not change what the model's ids mean.
     pub hash: String,
 }
@@ -208,14 +209,9 @@ pub struct DictionaryIdentity {
 impl DictionaryIdentity {
     /// The identity of `dict`, recorded under `name`.
     pub fn of(name: impl Into<String>, dict: &Dictionary) -> Self {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for sym in dict.symbols() {
-            for &b in sym.as_bytes().iter().chain(std::iter::once(&0u8)) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
-        Self { name: name.into(), size: dict.len(), hash: format!("{h:016x}") }
+        let hash =
+            seqforge_schemas::contract::symbols_hash(dict.symbols().iter().map(String::as_str));
+        Self { name: name.into(), size: dict.len(), hash }
     }
 
     /// The identity of the dictionary file at `path`, under its file name.
