@@ -13,18 +13,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
-use safetensors::{Dtype, tensor::TensorView};
+use seqforge_exporter::testing::SyntheticCheckpoint;
 use seqforge_runtime::Error;
 use seqforge_runtime::decoding::IncrementalDecoder;
 use seqforge_runtime::onnx::{Device, ModelDir, OnnxDecoder, RuntimeOptions};
 use seqforge_runtime::search::{GenerationOptions, generate};
 use seqforge_runtime::text::{Overlong, TextPipeline};
-use seqforge_schemas::contract::{MANIFEST_FILE, Vocabulary};
-
-const DIM: usize = 16;
-const FFN: usize = 24;
-const LAYERS: usize = 2;
-const MAX_POSITIONS: usize = 64;
+use seqforge_schemas::contract::MANIFEST_FILE;
 
 /// The byte-level alphabet (what a byte-level BPE without merges produces), sorted.
 fn alphabet() -> Vec<String> {
@@ -54,75 +49,6 @@ fn tokenizer_json(symbols: &[String]) -> serde_json::Value {
     })
 }
 
-/// Names and shapes of a post-norm, sinusoidal, unshared Transformer's state dict.
-fn state_dict(vocab: usize) -> Vec<(String, Vec<usize>)> {
-    let mut t: Vec<(String, Vec<usize>)> = Vec::new();
-    let attn = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
-        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
-            t.push((format!("{p}.{proj}.weight"), vec![DIM, DIM]));
-            t.push((format!("{p}.{proj}.bias"), vec![DIM]));
-        }
-    };
-    let norm = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
-        t.push((format!("{p}.weight"), vec![DIM]));
-        t.push((format!("{p}.bias"), vec![DIM]));
-    };
-    let ffn = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
-        t.push((format!("{p}.fc1.weight"), vec![FFN, DIM]));
-        t.push((format!("{p}.fc1.bias"), vec![FFN]));
-        t.push((format!("{p}.fc2.weight"), vec![DIM, FFN]));
-        t.push((format!("{p}.fc2.bias"), vec![DIM]));
-    };
-    t.push(("encoder.embed_tokens.weight".into(), vec![vocab, DIM]));
-    for l in 0..LAYERS {
-        let p = format!("encoder.layers.{l}");
-        attn(&mut t, &format!("{p}.self_attn"));
-        norm(&mut t, &format!("{p}.self_attn_layer_norm"));
-        ffn(&mut t, &p);
-        norm(&mut t, &format!("{p}.final_layer_norm"));
-    }
-    t.push(("decoder.embed_tokens.weight".into(), vec![vocab, DIM]));
-    for l in 0..LAYERS {
-        let p = format!("decoder.layers.{l}");
-        attn(&mut t, &format!("{p}.self_attn"));
-        norm(&mut t, &format!("{p}.self_attn_layer_norm"));
-        attn(&mut t, &format!("{p}.encoder_attn"));
-        norm(&mut t, &format!("{p}.encoder_attn_layer_norm"));
-        ffn(&mut t, &p);
-        norm(&mut t, &format!("{p}.final_layer_norm"));
-    }
-    t.push(("decoder.output_projection.weight".into(), vec![vocab, DIM]));
-    t
-}
-
-fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) -> Result<()> {
-    let data: Vec<Vec<u8>> = tensors
-        .iter()
-        .enumerate()
-        .map(|(i, (_, shape))| {
-            let n: usize = shape.iter().product();
-            (0..n)
-                .flat_map(|j| ((((i * 31 + j * 17) % 29) as f32 - 14.0) / 20.0).to_le_bytes())
-                .collect()
-        })
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&data)
-        .map(|((name, shape), bytes)| {
-            Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path)?;
-    Ok(())
-}
-
-fn identity(path: &Path) -> Result<serde_json::Value> {
-    let v = Vocabulary::load(path)?;
-    let name = path.file_name().context("no file name")?.to_string_lossy().into_owned();
-    Ok(serde_json::json!({"name": name, "size": v.len(), "hash": v.identity_hash()}))
-}
-
 /// An exported model directory (and the temporary folder holding it).
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -143,25 +69,8 @@ fn fixture() -> Result<Fixture> {
     std::fs::write(data.join("dict.en.txt"), &dict)?;
     std::fs::write(data.join("tokenizer.json"), tokenizer_json(&symbols).to_string())?;
     let vocab = symbols.len() + 4;
-    write_safetensors(&ckpt.join("model.safetensors"), &state_dict(vocab))?;
-    let config = serde_json::json!({
-        "format_version": 1,
-        "arch": "transformer_tiny",
-        "model": {
-            "encoder_embed_dim": DIM, "encoder_ffn_embed_dim": FFN, "encoder_layers": LAYERS,
-            "encoder_attention_heads": 2, "decoder_embed_dim": DIM, "decoder_ffn_embed_dim": FFN,
-            "decoder_layers": LAYERS, "decoder_attention_heads": 2,
-            "max_source_positions": MAX_POSITIONS, "max_target_positions": MAX_POSITIONS,
-            "src_vocab_size": vocab, "tgt_vocab_size": vocab, "pad_index": 1
-        },
-        "task": {"name": "translation", "config": {"source_lang": "es", "target_lang": "en"}},
-        "criterion": {"name": "cross_entropy", "config": {}},
-        "optimizer": {"name": "adam", "config": {}},
-        "lr_scheduler": {"name": "fixed", "config": {}},
-        "precision": "fp32",
-        "dictionaries": [identity(&data.join("dict.es.txt"))?, identity(&data.join("dict.en.txt"))?]
-    });
-    std::fs::write(ckpt.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    SyntheticCheckpoint { source_lang: "es".into(), ..SyntheticCheckpoint::tiny(vocab, vocab) }
+        .write(&ckpt, &data)?;
     let model = root.join("model");
     seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(&ckpt, &data, &model))?;
     Ok(Fixture { _tmp: tmp, root, model })
