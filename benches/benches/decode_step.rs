@@ -18,56 +18,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
-use safetensors::{Dtype, tensor::TensorView};
+use seqforge_exporter::testing::{SyntheticCheckpoint, numbered_dictionary};
 use seqforge_runtime::decoding::IncrementalDecoder;
 use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
-use seqforge_schemas::contract::Vocabulary;
 
 const DIM: usize = 512;
 const FFN: usize = 2048;
 const LAYERS: usize = 6;
 const VOCAB: usize = 8000;
 const BEAM: usize = 5;
-
-fn state_dict() -> Vec<(String, Vec<usize>)> {
-    let mut t: Vec<(String, Vec<usize>)> = Vec::new();
-    let attn = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
-        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
-            t.push((format!("{p}.{proj}.weight"), vec![DIM, DIM]));
-            t.push((format!("{p}.{proj}.bias"), vec![DIM]));
-        }
-    };
-    let norm = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
-        t.push((format!("{p}.weight"), vec![DIM]));
-        t.push((format!("{p}.bias"), vec![DIM]));
-    };
-    let ffn = |t: &mut Vec<(String, Vec<usize>)>, p: &str| {
-        t.push((format!("{p}.fc1.weight"), vec![FFN, DIM]));
-        t.push((format!("{p}.fc1.bias"), vec![FFN]));
-        t.push((format!("{p}.fc2.weight"), vec![DIM, FFN]));
-        t.push((format!("{p}.fc2.bias"), vec![DIM]));
-    };
-    t.push(("encoder.embed_tokens.weight".into(), vec![VOCAB, DIM]));
-    for l in 0..LAYERS {
-        let p = format!("encoder.layers.{l}");
-        attn(&mut t, &format!("{p}.self_attn"));
-        norm(&mut t, &format!("{p}.self_attn_layer_norm"));
-        ffn(&mut t, &p);
-        norm(&mut t, &format!("{p}.final_layer_norm"));
-    }
-    t.push(("decoder.embed_tokens.weight".into(), vec![VOCAB, DIM]));
-    for l in 0..LAYERS {
-        let p = format!("decoder.layers.{l}");
-        attn(&mut t, &format!("{p}.self_attn"));
-        norm(&mut t, &format!("{p}.self_attn_layer_norm"));
-        attn(&mut t, &format!("{p}.encoder_attn"));
-        norm(&mut t, &format!("{p}.encoder_attn_layer_norm"));
-        ffn(&mut t, &p);
-        norm(&mut t, &format!("{p}.final_layer_norm"));
-    }
-    t.push(("decoder.output_projection.weight".into(), vec![VOCAB, DIM]));
-    t
-}
 
 /// Writes a synthetic checkpoint and exports it; returns the model directory.
 fn synthetic_model(root: &Path) -> Result<PathBuf> {
@@ -76,50 +35,20 @@ fn synthetic_model(root: &Path) -> Result<PathBuf> {
     let data = root.join("data");
     std::fs::create_dir_all(&ckpt)?;
     std::fs::create_dir_all(&data)?;
-    let dict: String = (4..VOCAB).map(|i| format!("w{i} 1\n")).collect();
+    let dict = numbered_dictionary(VOCAB, "w");
     std::fs::write(data.join("dict.de.txt"), &dict)?;
     std::fs::write(data.join("dict.en.txt"), &dict)?;
-    let tensors = state_dict();
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .enumerate()
-        .map(|(i, (_, shape))| {
-            let n: usize = shape.iter().product();
-            (0..n)
-                .flat_map(|j| ((((i * 31 + j * 17) % 29) as f32 - 14.0) / 200.0).to_le_bytes())
-                .collect()
-        })
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape), b)| {
-            Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, &ckpt.join("model.safetensors"))?;
-    let identity = |name: &str| -> Result<serde_json::Value> {
-        let v = Vocabulary::load(&data.join(name))?;
-        Ok(serde_json::json!({"name": name, "size": v.len(), "hash": v.identity_hash()}))
-    };
-    let config = serde_json::json!({
-        "format_version": 1,
-        "arch": "transformer",
-        "model": {
-            "encoder_embed_dim": DIM, "encoder_ffn_embed_dim": FFN, "encoder_layers": LAYERS,
-            "encoder_attention_heads": 8, "decoder_embed_dim": DIM, "decoder_ffn_embed_dim": FFN,
-            "decoder_layers": LAYERS, "decoder_attention_heads": 8,
-            "max_source_positions": 1024, "max_target_positions": 1024,
-            "src_vocab_size": VOCAB, "tgt_vocab_size": VOCAB, "pad_index": 1
-        },
-        "task": {"name": "translation", "config": {"source_lang": "de", "target_lang": "en"}},
-        "criterion": {"name": "cross_entropy", "config": {}},
-        "optimizer": {"name": "adam", "config": {}},
-        "lr_scheduler": {"name": "fixed", "config": {}},
-        "precision": "fp32",
-        "dictionaries": [identity("dict.de.txt")?, identity("dict.en.txt")?]
-    });
-    std::fs::write(ckpt.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    SyntheticCheckpoint {
+        arch: "transformer".into(),
+        embed_dim: DIM,
+        ffn_dim: FFN,
+        layers: LAYERS,
+        heads: 8,
+        max_positions: 1024,
+        weight_divisor: 200.0,
+        ..SyntheticCheckpoint::tiny(VOCAB, VOCAB)
+    }
+    .write(&ckpt, &data)?;
     let model = root.join("model");
     seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(&ckpt, &data, &model))?;
     Ok(model)
