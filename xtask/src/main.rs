@@ -2,6 +2,7 @@
 //! `.deps/` from the package registries, `test` runs every test the project has.
 
 mod bench;
+mod bench_generate;
 mod demo;
 mod pipeline;
 mod setup;
@@ -35,6 +36,10 @@ enum Command {
     /// Training words/s of seqforge next to an equivalent PyTorch eager loop (same batches,
     /// same threads) on the Bible data, with peak memory and the ratio.
     BenchTrain(bench::BenchTrainArgs),
+    /// Beam-5 generation through the trainer's libtorch model vs ONNX Runtime (FP32, FP16
+    /// exports) on the demo's checkpoint and Bible test set: sentences/s, tokens/s, ratios,
+    /// identical-hypotheses count, per-step cost at position 10 vs 200.
+    BenchGenerate(bench_generate::BenchGenerateArgs),
 }
 
 /// The workspace root (the parent of this crate's folder).
@@ -51,5 +56,6 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run(&root, &args),
         Command::Demo(args) => demo::run_demo(&root, &args),
         Command::BenchTrain(args) => bench::run(&root, &args),
+        Command::BenchGenerate(args) => bench_generate::run(&root, &args),
     }
 }
