@@ -30,6 +30,9 @@ pub struct BenchGenerateArgs {
     /// Skip the batch-1 runs.
     #[arg(long)]
     no_batch1: bool,
+    /// Decode only the first N sentences in the batch-1 runs (the slow part).
+    #[arg(long)]
+    batch1_sentences: Option<usize>,
 }
 
 /// Builds the bench binary and runs it on the demo's checkpoint and data.
@@ -62,6 +65,9 @@ pub fn run(root: &Path, args: &BenchGenerateArgs) -> Result<()> {
     }
     if args.no_batch1 {
         cmd.arg("--no-batch1");
+    }
+    if let Some(n) = args.batch1_sentences {
+        cmd.args(["--batch1-sentences", &n.to_string()]);
     }
     pipeline::run(&mut cmd, "generate_vs_libtorch")
 }

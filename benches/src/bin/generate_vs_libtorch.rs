@@ -86,6 +86,9 @@ struct Cli {
     /// Skip the batch-1 runs (the slowest part).
     #[arg(long)]
     no_batch1: bool,
+    /// Decode only the first N sentences in the batch-1 runs (default: all `--sentences`).
+    #[arg(long)]
+    batch1_sentences: Option<usize>,
 }
 
 /// One timed run of one backend over all sentences.
@@ -324,27 +327,30 @@ fn main() -> Result<()> {
         cli.threads
     );
 
-    let mut batchings: Vec<(&'static str, Option<(usize, usize)>)> = Vec::new();
+    // (name, token budget, sentences decoded).
+    let mut batchings: Vec<(&'static str, Option<(usize, usize)>, usize)> = Vec::new();
     if !cli.no_batch1 {
-        batchings.push(("batch 1", None));
+        let b1 = cli.batch1_sentences.unwrap_or(n).clamp(1, n);
+        batchings.push(("batch 1", None, b1));
     }
-    batchings.push(("max-tokens", Some((cli.max_tokens, cli.max_sentences))));
+    batchings.push(("max-tokens", Some((cli.max_tokens, cli.max_sentences)), n));
 
     let mut runs: Vec<Run> = Vec::new();
-    for (batching, budget) in &batchings {
-        let batches = plan(&sources, *budget);
+    for (batching, budget, count) in &batchings {
+        let sources = &sources[..*count];
+        let batches = plan(sources, *budget);
         let mut torch = TorchDecoder::new(&transformer);
         for backend in ["libtorch", "onnx-fp32", "onnx-fp16"] {
             let (secs, hypotheses) = match backend {
-                "libtorch" => timed(&mut torch, &sources, &batches, &options, cli.warmup)?,
-                "onnx-fp32" => timed(&mut ort32, &sources, &batches, &options, cli.warmup)?,
-                _ => timed(&mut ort16, &sources, &batches, &options, cli.warmup)?,
+                "libtorch" => timed(&mut torch, sources, &batches, &options, cli.warmup)?,
+                "onnx-fp32" => timed(&mut ort32, sources, &batches, &options, cli.warmup)?,
+                _ => timed(&mut ort16, sources, &batches, &options, cli.warmup)?,
             };
             let run = Run {
                 backend,
                 batching,
                 secs,
-                sentences: n,
+                sentences: *count,
                 tokens: target_tokens(&hypotheses),
                 hypotheses,
             };
@@ -365,10 +371,10 @@ fn main() -> Result<()> {
     let mut parity = Vec::new();
     println!();
     println!(
-        "| backend | batching | sentences/s | target tokens/s | ONNX/libtorch | FP16/FP32 | batches |"
+        "| backend | batching | sentences | sentences/s | target tokens/s | ONNX/libtorch | FP16/FP32 |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (batching, budget) in &batchings {
+    for (batching, budget, count) in &batchings {
         let torch = find("libtorch", batching).context("libtorch run")?;
         let fp32 = find("onnx-fp32", batching).context("fp32 run")?;
         let fp16 = find("onnx-fp16", batching).context("fp16 run")?;
@@ -376,18 +382,20 @@ fn main() -> Result<()> {
         let (differ16, _) = compare(&fp32.hypotheses, &fp16.hypotheses);
         parity.push(json!({
             "batching": batching,
+            "sentences": count,
             "libtorch_vs_onnx_fp32_differing_sentences": differ,
             "libtorch_vs_onnx_fp32_max_score_diff": worst,
             "onnx_fp16_vs_fp32_differing_sentences": differ16,
         }));
-        let batches = plan(&sources, *budget).len();
+        let batches = plan(&sources[..*count], *budget).len();
         for run in [torch, fp32, fp16] {
             let vs_torch = run.sentences_per_s() / torch.sentences_per_s();
             let vs_fp32 = run.sentences_per_s() / fp32.sentences_per_s();
             println!(
-                "| {} | {} | {:.2} | {:.1} | {} | {} | {batches} |",
+                "| {} | {} | {} ({batches} batches) | {:.2} | {:.1} | {} | {} |",
                 run.backend,
                 run.batching,
+                run.sentences,
                 run.sentences_per_s(),
                 run.tokens_per_s(),
                 if run.backend == "libtorch" { "1.00".into() } else { format!("{vs_torch:.2}") },
@@ -410,10 +418,11 @@ fn main() -> Result<()> {
     println!();
     for p in &parity {
         println!(
-            "{}: libtorch vs ONNX FP32: {} of {n} sentences with different hypotheses (max score \
+            "{}: libtorch vs ONNX FP32: {} of {} sentences with different hypotheses (max score \
              difference among the others {:.2e}); ONNX FP16 vs FP32: {} differ",
             p["batching"].as_str().unwrap_or_default(),
             p["libtorch_vs_onnx_fp32_differing_sentences"],
+            p["sentences"],
             p["libtorch_vs_onnx_fp32_max_score_diff"].as_f64().unwrap_or_default(),
             p["onnx_fp16_vs_fp32_differing_sentences"]
         );
