@@ -17,13 +17,11 @@ use ort::value::{DynValue, Tensor as OrtTensor};
 use seqforge_exporter::{ExportOptions, export};
 use seqforge_runtime::onnx::{SessionConfig, load_session};
 use seqforge_schemas::contract::{self, Dtype, Manifest, names};
-use seqforge_trainer::batching::EpochState;
-use seqforge_trainer::checkpoint::{
-    self, Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState, TrainerState,
-};
-use seqforge_trainer::fp16::Precision;
 use seqforge_trainer::models::transformer::{Activation, Transformer, TransformerConfig};
 use tch::{Device, Kind, Tensor, nn};
+
+mod common;
+use common::write_dict;
 
 const EOS: i64 = 2;
 
@@ -39,13 +37,6 @@ struct Saved {
     root: PathBuf,
 }
 
-/// Writes `dict.{lang}.txt` with `size` symbols (4 specials + words).
-fn write_dict(path: &Path, size: usize, tag: &str) -> Result<()> {
-    let text: String = (4..size).map(|i| format!("{tag}{i} {}\n", 1000 - i)).collect();
-    std::fs::write(path, text)?;
-    Ok(())
-}
-
 /// Saves `model` with the trainer's checkpoint writer, dictionaries in a data directory.
 fn save(model: &Transformer, arch: &str, joined: bool) -> Result<Saved> {
     let dir = tempfile::tempdir()?;
@@ -54,53 +45,15 @@ fn save(model: &Transformer, arch: &str, joined: bool) -> Result<Saved> {
     std::fs::create_dir_all(&data)?;
     let c = model.config();
     let src_tag = if joined { "w" } else { "de" };
-    write_dict(&data.join("dict.de.txt"), c.src_vocab_size, src_tag)?;
-    write_dict(&data.join("dict.en.txt"), c.tgt_vocab_size, if joined { "w" } else { "en" })?;
-    let iterator = EpochState {
-        version: 2,
-        epoch: 1,
-        iterations_in_epoch: 0,
-        shuffle: false,
-        num_batches: None,
-        num_shards: None,
-        batches_fingerprint: None,
-    };
-    let ckpt = Checkpoint {
-        config: CheckpointConfig {
-            format_version: checkpoint::FORMAT_VERSION,
-            arch: arch.into(),
-            model: serde_json::to_value(c)?,
-            task: ComponentConfig::new(
-                "translation",
-                serde_json::json!({"source_lang": "de", "target_lang": "en"}),
-            ),
-            criterion: ComponentConfig::new("cross_entropy", serde_json::json!({})),
-            optimizer: ComponentConfig::new("adam", serde_json::json!({})),
-            lr_scheduler: ComponentConfig::new("fixed", serde_json::json!({})),
-            precision: Precision::Fp32,
-            dictionaries: vec![
-                DictionaryIdentity::of_file(data.join("dict.de.txt"))?,
-                DictionaryIdentity::of_file(data.join("dict.en.txt"))?,
-            ],
-        },
-        state: TrainerState {
-            format_version: checkpoint::FORMAT_VERSION,
-            num_updates: 7,
-            epoch: 1,
-            end_of_epoch: false,
-            iterator,
-            lr_scheduler: serde_json::json!({}),
-            loss_scaler: None,
-            best: None,
-            val_loss: None,
-            rng: RngState { seed: 1, num_updates: 7 },
-            extra: serde_json::Value::Null,
-        },
-        model: model.fairseq_state_dict(),
-        optimizer: vec![],
-    };
+    write_dict(&data.join("dict.de.txt"), c.src_vocab_size, src_tag, |i| 1000 - i)?;
+    write_dict(
+        &data.join("dict.en.txt"),
+        c.tgt_vocab_size,
+        if joined { "w" } else { "en" },
+        |i| 1000 - i,
+    )?;
     let checkpoint = root.join("checkpoint_last");
-    checkpoint::save(&checkpoint, &ckpt)?;
+    common::save_checkpoint(&checkpoint, model, arch, &data, 1, 7)?;
     Ok(Saved { _dir: dir, checkpoint, data, root })
 }
 

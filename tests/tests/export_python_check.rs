@@ -11,14 +11,10 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 use seqforge_exporter::{ExportOptions, export};
 use seqforge_schemas::contract::Dtype;
-use seqforge_trainer::batching::EpochState;
-use seqforge_trainer::checkpoint::{
-    self, Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState,
-    TrainerState,
-};
-use seqforge_trainer::fp16::Precision;
 use seqforge_trainer::models::transformer::{Activation, Transformer, TransformerConfig};
 use tch::{Device, nn};
+
+mod common;
 
 fn workspace() -> Result<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -41,54 +37,11 @@ fn checkpoint(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let data = root.join("data");
     std::fs::create_dir_all(&data)?;
     for (lang, size) in [("de", 36), ("en", 44)] {
-        let text: String = (4..size).map(|i| format!("{lang}{i} 1\n")).collect();
-        std::fs::write(data.join(format!("dict.{lang}.txt")), text)?;
+        common::write_dict(&data.join(format!("dict.{lang}.txt")), size, lang, |_| 1)?;
     }
     std::fs::write(data.join("tokenizer.json"), "{\"version\": \"1.0\"}\n")?;
-    let ckpt = Checkpoint {
-        config: CheckpointConfig {
-            format_version: checkpoint::FORMAT_VERSION,
-            arch: "transformer_tiny".into(),
-            model: serde_json::to_value(&config)?,
-            task: ComponentConfig::new(
-                "translation",
-                serde_json::json!({"source_lang": "de", "target_lang": "en"}),
-            ),
-            criterion: ComponentConfig::new("cross_entropy", serde_json::json!({})),
-            optimizer: ComponentConfig::new("adam", serde_json::json!({})),
-            lr_scheduler: ComponentConfig::new("fixed", serde_json::json!({})),
-            precision: Precision::Fp32,
-            dictionaries: vec![
-                DictionaryIdentity::of_file(data.join("dict.de.txt"))?,
-                DictionaryIdentity::of_file(data.join("dict.en.txt"))?,
-            ],
-        },
-        state: TrainerState {
-            format_version: checkpoint::FORMAT_VERSION,
-            num_updates: 0,
-            epoch: 1,
-            end_of_epoch: false,
-            iterator: EpochState {
-                version: 2,
-                epoch: 1,
-                iterations_in_epoch: 0,
-                shuffle: false,
-                num_batches: None,
-                num_shards: None,
-                batches_fingerprint: None,
-            },
-            lr_scheduler: serde_json::json!({}),
-            loss_scaler: None,
-            best: None,
-            val_loss: None,
-            rng: RngState { seed: 11, num_updates: 0 },
-            extra: serde_json::Value::Null,
-        },
-        model: model.fairseq_state_dict(),
-        optimizer: vec![],
-    };
     let dir = root.join("checkpoint_last");
-    checkpoint::save(&dir, &ckpt)?;
+    common::save_checkpoint(&dir, &model, "transformer_tiny", &data, 11, 0)?;
     Ok((dir, data))
 }
 

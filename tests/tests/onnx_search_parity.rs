@@ -5,7 +5,7 @@
 //! in; greedy must equal beam 1; and the decoder's cache handling (in-graph reorder, rebuilding
 //! the cross-attention inputs only when rows change sentence) must match libtorch step by step.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Result, ensure};
@@ -14,13 +14,11 @@ use seqforge_runtime::decoding::IncrementalDecoder;
 use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
 use seqforge_runtime::search::{GenerationOptions, Hypothesis, Strategy, generate};
 use seqforge_schemas::contract::Dtype;
-use seqforge_trainer::batching::EpochState;
-use seqforge_trainer::checkpoint::{
-    self, Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState, TrainerState,
-};
-use seqforge_trainer::fp16::Precision;
 use seqforge_trainer::models::transformer::{TorchDecoder, Transformer, TransformerConfig};
 use tch::{Device, Kind, Tensor, nn};
+
+mod common;
+use common::write_dict;
 
 const VOCAB: usize = 32;
 
@@ -32,12 +30,6 @@ struct Fixture {
     model_dir: PathBuf,
     /// The same checkpoint exported with `--dtype fp16`.
     fp16_dir: PathBuf,
-}
-
-fn write_dict(path: &Path, size: usize) -> Result<()> {
-    let text: String = (4..size).map(|i| format!("w{i} {}\n", 1000 - i)).collect();
-    std::fs::write(path, text)?;
-    Ok(())
 }
 
 /// Teacher-forced Adam updates on a copy task, so that the model's distributions are peaked
@@ -74,53 +66,10 @@ fn fixture(seed: i64) -> Result<Fixture> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;
-    write_dict(&data.join("dict.de.txt"), VOCAB)?;
-    write_dict(&data.join("dict.en.txt"), VOCAB)?;
-    let iterator = EpochState {
-        version: 2,
-        epoch: 1,
-        iterations_in_epoch: 0,
-        shuffle: false,
-        num_batches: None,
-        num_shards: None,
-        batches_fingerprint: None,
-    };
-    let ckpt = Checkpoint {
-        config: CheckpointConfig {
-            format_version: checkpoint::FORMAT_VERSION,
-            arch: "transformer_tiny".into(),
-            model: serde_json::to_value(model.config())?,
-            task: ComponentConfig::new(
-                "translation",
-                serde_json::json!({"source_lang": "de", "target_lang": "en"}),
-            ),
-            criterion: ComponentConfig::new("cross_entropy", serde_json::json!({})),
-            optimizer: ComponentConfig::new("adam", serde_json::json!({})),
-            lr_scheduler: ComponentConfig::new("fixed", serde_json::json!({})),
-            precision: Precision::Fp32,
-            dictionaries: vec![
-                DictionaryIdentity::of_file(data.join("dict.de.txt"))?,
-                DictionaryIdentity::of_file(data.join("dict.en.txt"))?,
-            ],
-        },
-        state: TrainerState {
-            format_version: checkpoint::FORMAT_VERSION,
-            num_updates: 60,
-            epoch: 1,
-            end_of_epoch: false,
-            iterator,
-            lr_scheduler: serde_json::json!({}),
-            loss_scaler: None,
-            best: None,
-            val_loss: None,
-            rng: RngState { seed: 1, num_updates: 60 },
-            extra: serde_json::Value::Null,
-        },
-        model: model.fairseq_state_dict(),
-        optimizer: vec![],
-    };
+    write_dict(&data.join("dict.de.txt"), VOCAB, "w", |i| 1000 - i)?;
+    write_dict(&data.join("dict.en.txt"), VOCAB, "w", |i| 1000 - i)?;
     let checkpoint = dir.path().join("checkpoint_last");
-    checkpoint::save(&checkpoint, &ckpt)?;
+    common::save_checkpoint(&checkpoint, &model, "transformer_tiny", &data, 1, 60)?;
     let model_dir = dir.path().join("model");
     export(&ExportOptions::new(&checkpoint, &data, &model_dir))?;
     let fp16_dir = dir.path().join("model-fp16");

@@ -1,0 +1,78 @@
+//! What the libtorch-linked export tests share: dictionaries and a trainer checkpoint of a
+//! libtorch [`Transformer`], written with the trainer's own `checkpoint::save` so that the
+//! exporter reads exactly what training produces.
+
+use std::path::Path;
+
+use anyhow::Result;
+use seqforge_trainer::batching::EpochState;
+use seqforge_trainer::checkpoint::{
+    self, Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState, TrainerState,
+};
+use seqforge_trainer::fp16::Precision;
+use seqforge_trainer::models::transformer::Transformer;
+
+/// Writes a fairseq `dict.txt` at `path` with `size` symbols: the 4 specials (implicit) and the
+/// words `{tag}4` … `{tag}{size-1}` with counts `count(i)`.
+pub fn write_dict(path: &Path, size: usize, tag: &str, count: fn(usize) -> usize) -> Result<()> {
+    let text: String = (4..size).map(|i| format!("{tag}{i} {}\n", count(i))).collect();
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// Saves `model` as a de → en `arch` checkpoint at `dir` (trained with `seed` for
+/// `num_updates` updates, no optimizer state), recording the identities of `data`'s
+/// `dict.de.txt` and `dict.en.txt`.
+pub fn save_checkpoint(
+    dir: &Path,
+    model: &Transformer,
+    arch: &str,
+    data: &Path,
+    seed: u64,
+    num_updates: u64,
+) -> Result<()> {
+    let ckpt = Checkpoint {
+        config: CheckpointConfig {
+            format_version: checkpoint::FORMAT_VERSION,
+            arch: arch.into(),
+            model: serde_json::to_value(model.config())?,
+            task: ComponentConfig::new(
+                "translation",
+                serde_json::json!({"source_lang": "de", "target_lang": "en"}),
+            ),
+            criterion: ComponentConfig::new("cross_entropy", serde_json::json!({})),
+            optimizer: ComponentConfig::new("adam", serde_json::json!({})),
+            lr_scheduler: ComponentConfig::new("fixed", serde_json::json!({})),
+            precision: Precision::Fp32,
+            dictionaries: vec![
+                DictionaryIdentity::of_file(data.join("dict.de.txt"))?,
+                DictionaryIdentity::of_file(data.join("dict.en.txt"))?,
+            ],
+        },
+        state: TrainerState {
+            format_version: checkpoint::FORMAT_VERSION,
+            num_updates,
+            epoch: 1,
+            end_of_epoch: false,
+            iterator: EpochState {
+                version: 2,
+                epoch: 1,
+                iterations_in_epoch: 0,
+                shuffle: false,
+                num_batches: None,
+                num_shards: None,
+                batches_fingerprint: None,
+            },
+            lr_scheduler: serde_json::json!({}),
+            loss_scaler: None,
+            best: None,
+            val_loss: None,
+            rng: RngState { seed, num_updates },
+            extra: serde_json::Value::Null,
+        },
+        model: model.fairseq_state_dict(),
+        optimizer: vec![],
+    };
+    checkpoint::save(dir, &ckpt)?;
+    Ok(())
+}
