@@ -42,6 +42,11 @@ pub enum Activation {
 
 /// fairseq's Transformer hyper-parameters, as the trainer serializes them (unknown fields are
 /// refused: a field this exporter does not know may change the maths).
+///
+/// A deliberate mirror of the trainer's `TransformerConfig`
+/// (`trainer/src/models/transformer/config.rs`): same field names and defaults, kept in step
+/// by hand, because the exporter must build without libtorch and so cannot depend on the
+/// libtorch-linked trainer crate.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[allow(missing_docs)]
@@ -230,16 +235,7 @@ fn lang_of(dict_name: &str) -> Option<&str> {
 impl CheckpointConfig {
     /// Reads and checks `path` (a checkpoint's `config.json`).
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::MissingFile {
-                    path: path.to_path_buf(),
-                    hint: " (is this a seqforge checkpoint directory?)".into(),
-                });
-            }
-            Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
-        };
+        let bytes = crate::error::read_checkpoint_file(path)?;
         let raw: RawCheckpointConfig = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Json { path: path.to_path_buf(), message: e.to_string() })?;
         if !KNOWN_ARCHS.contains(&raw.arch.as_str()) {

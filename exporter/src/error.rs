@@ -151,3 +151,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
+
+/// Reads a file of a checkpoint directory; a missing file is [`Error::MissingFile`] with a hint
+/// that the directory may not be a checkpoint.
+pub(crate) fn read_checkpoint_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::MissingFile {
+                path: path.to_path_buf(),
+                hint: " (is this a seqforge checkpoint directory?)".into(),
+            }
+        } else {
+            Error::Io { path: path.to_path_buf(), source }
+        }
+    })
+}

@@ -40,16 +40,7 @@ impl Weights {
     /// Reads `path`; floating tensors (f32, f16, bf16, f64) become f32, others are kept out of
     /// reach (asking for one is a dtype error naming it).
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::MissingFile {
-                    path: path.to_path_buf(),
-                    hint: " (is this a seqforge checkpoint directory?)".into(),
-                });
-            }
-            Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
-        };
+        let bytes = crate::error::read_checkpoint_file(path)?;
         let sha256 = sha256_hex(&bytes);
         Self::from_bytes(path, &bytes, sha256)
     }
