@@ -24,7 +24,7 @@ use super::ngram::{
     Interner, Runs, all_order_runs, clipped_matches, fits, max_runs, runs, total as ngram_total,
 };
 use super::text::{lower, rstrip, split_whitespace};
-use super::{Error, Result, SACREBLEU_VERSION, Tokenizer, check_lengths};
+use super::{Error, Result, SACREBLEU_VERSION, Tokenizer, check_streams};
 
 /// sacreBLEU's default maximum n-gram order.
 pub const MAX_NGRAM_ORDER: usize = 4;
@@ -292,12 +292,7 @@ impl Bleu {
         R: AsRef<[S]>,
         S: AsRef<str>,
     {
-        let lengths: Vec<(String, usize)> = refs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (format!("reference stream {}", i + 1), r.as_ref().len()))
-            .collect();
-        check_lengths(("hypotheses", hyps.len()), &lengths)?;
+        check_streams(hyps.len(), refs)?;
         let mut sum = BleuStats::zeros(self.config.max_ngram_order);
         for (i, hyp) in hyps.iter().enumerate() {
             sum.add(&self.segment(hyp.as_ref(), refs.iter().map(|r| r.as_ref()[i].as_ref())));

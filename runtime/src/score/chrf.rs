@@ -22,7 +22,7 @@ use std::fmt;
 use super::format::format_score;
 use super::ngram::{Interner, Runs, all_order_runs, clipped_matches, fits, runs, total};
 use super::text::{is_space, lower, split_whitespace};
-use super::{Error, Result, SACREBLEU_VERSION, check_lengths};
+use super::{Error, Result, SACREBLEU_VERSION, check_streams};
 
 /// chrF's options, as sacreBLEU's `CHRF(...)` constructor takes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,12 +259,7 @@ impl Chrf {
         R: AsRef<[S]>,
         S: AsRef<str>,
     {
-        let lengths: Vec<(String, usize)> = refs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (format!("reference stream {}", i + 1), r.as_ref().len()))
-            .collect();
-        check_lengths(("hypotheses", hyps.len()), &lengths)?;
+        check_streams(hyps.len(), refs)?;
         let order = self.config.char_order + self.config.word_order;
         let mut sum = vec![0u64; 3 * order];
         for (i, hyp) in hyps.iter().enumerate() {

@@ -157,3 +157,14 @@ pub(crate) fn check_lengths(
     }
     Ok(())
 }
+
+/// [`check_lengths`] for in-memory reference streams (`refs` holds one `Vec` per stream, named
+/// `reference stream 1`, `2`, … in errors) against `hyps` hypotheses.
+pub(crate) fn check_streams<R: AsRef<[S]>, S>(hyps: usize, refs: &[R]) -> Result<()> {
+    let lengths: Vec<(String, usize)> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("reference stream {}", i + 1), r.as_ref().len()))
+        .collect();
+    check_lengths(("hypotheses", hyps), &lengths)
+}
