@@ -185,6 +185,12 @@ fn target_tokens(hyps: &[Vec<Hypothesis>]) -> usize {
     hyps.iter().filter_map(|h| h.first()).map(|h| h.tokens.len()).sum()
 }
 
+/// The 1, 5 and 15 minute load averages (Linux), as text.
+fn loadavg() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -335,6 +341,7 @@ fn main() -> Result<()> {
     }
     batchings.push(("max-tokens", Some((cli.max_tokens, cli.max_sentences)), n));
 
+    let load_start = loadavg();
     let mut runs: Vec<Run> = Vec::new();
     for (batching, budget, count) in &batchings {
         let sources = &sources[..*count];
@@ -445,7 +452,8 @@ fn main() -> Result<()> {
     } else {
         println!("step cost: skipped, the model decodes only {} positions", c.max_target_positions);
     }
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_end = loadavg();
+    println!("load average: {load_start} at the start, {load_end} at the end");
     println!(
         "{}",
         json!({
@@ -462,7 +470,8 @@ fn main() -> Result<()> {
             "runs": table,
             "parity": parity,
             "step_cost": steps,
-            "loadavg": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+            "loadavg_start": load_start,
+            "loadavg_end": load_end,
         })
     );
     Ok(())
