@@ -17,8 +17,8 @@
 //!    untimed (warm-up). (a) and (b) must give identical hypotheses: the number of sentences
 //!    whose hypotheses differ is printed (expected 0);
 //! 4. times one beam step of `OnnxDecoder` at output position 10 and at 200 (one test sentence,
-//!    beam rows reordered before every step, as `benches/decode_step.rs` does) and prints the
-//!    ratio (goal ≤ 1.5×);
+//!    beam rows reordered before every step, as `benches/decode_step.rs` does; median over
+//!    `--step-passes` decodes) and prints the ratio (goal ≤ 1.5×);
 //! 5. prints a table (backend, batching, sentences/s, target tokens/s, ONNX/libtorch and
 //!    FP16/FP32 ratios; goal for ONNX/libtorch ≥ 3×) and one JSON line with everything.
 //!
@@ -83,6 +83,9 @@ struct Cli {
     /// Untimed warm-up sentences per backend.
     #[arg(long, default_value_t = 4)]
     warmup: usize,
+    /// Decodes of 211 steps over which the per-step cost is measured (median of all passes).
+    #[arg(long, default_value_t = 3)]
+    step_passes: usize,
     /// Skip the batch-1 runs (the slowest part).
     #[arg(long)]
     no_batch1: bool,
@@ -196,33 +199,46 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median beam step (ms) of `decoder` at output positions 10..20 and 200..210, one sentence,
-/// beam rows rotated before every step (the step's work does not depend on the tokens).
+/// Median beam step (ms) of `decoder` at output positions 10..20 and 200..210 over `passes`
+/// decodes of one sentence, beam rows rotated before every step (the step's work does not
+/// depend on the tokens).
 fn step_cost(
     decoder: &mut OnnxDecoder,
     source: &[u32],
     beam: usize,
     eos: u32,
+    passes: usize,
 ) -> Result<(f64, f64)> {
     let vocab = {
         let encoded = decoder.encode(&[source.to_vec()])?;
         let mut state = decoder.init_state(&encoded, 1)?;
         decoder.step(&[eos], &mut state)?.vocab as u32
     };
-    let encoded = decoder.encode(&[source.to_vec()])?;
-    let mut state = decoder.init_state(&encoded, 1)?;
-    let mut tokens = vec![eos];
-    let mut times = Vec::with_capacity(211);
-    for position in 0..=210usize {
-        let start = Instant::now();
-        decoder.step(&tokens, &mut state)?;
-        times.push(start.elapsed().as_secs_f64());
-        let order: Vec<usize> =
-            if position == 0 { vec![0; beam] } else { (0..beam).map(|k| (k + 1) % beam).collect() };
-        decoder.reorder(&mut state, &order)?;
-        tokens = (0..beam).map(|k| 4 + ((position * 13 + k * 7) as u32) % (vocab - 4)).collect();
+    let (mut early, mut late) = (Vec::new(), Vec::new());
+    for _ in 0..passes.max(1) {
+        let encoded = decoder.encode(&[source.to_vec()])?;
+        let mut state = decoder.init_state(&encoded, 1)?;
+        let mut tokens = vec![eos];
+        for position in 0..=210usize {
+            let start = Instant::now();
+            decoder.step(&tokens, &mut state)?;
+            let secs = start.elapsed().as_secs_f64();
+            if (10..20).contains(&position) {
+                early.push(secs);
+            } else if (200..210).contains(&position) {
+                late.push(secs);
+            }
+            let order: Vec<usize> = if position == 0 {
+                vec![0; beam]
+            } else {
+                (0..beam).map(|k| (k + 1) % beam).collect()
+            };
+            decoder.reorder(&mut state, &order)?;
+            tokens =
+                (0..beam).map(|k| 4 + ((position * 13 + k * 7) as u32) % (vocab - 4)).collect();
+        }
     }
-    Ok((median(times[10..20].to_vec()) * 1e3, median(times[200..210].to_vec()) * 1e3))
+    Ok((median(early) * 1e3, median(late) * 1e3))
 }
 
 /// The checkpoint's libtorch model over the export's vocabulary sizes and padding id.
@@ -439,7 +455,7 @@ fn main() -> Result<()> {
     let mut steps: Vec<Value> = Vec::new();
     if c.max_target_positions > 215 {
         for (name, decoder) in [("onnx-fp32", &mut ort32), ("onnx-fp16", &mut ort16)] {
-            let (early, late) = step_cost(decoder, &sources[0], cli.beam, c.special.eos)?;
+            let (early, late) = step_cost(decoder, &sources[0], cli.beam, c.special.eos, cli.step_passes)?;
             let ratio = late / early;
             println!(
                 "{name}: beam-{} step at output position 10: {early:.3} ms, at 200: {late:.3} ms, \
