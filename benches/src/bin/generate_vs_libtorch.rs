@@ -44,7 +44,9 @@ use seqforge_trainer::train::{infer_language_pair, load_split};
 use tch::{Device, nn};
 
 #[derive(Parser, Debug)]
-#[command(about = "Beam search through libtorch vs ONNX Runtime (FP32, FP16): same search, same ids")]
+#[command(
+    about = "Beam search through libtorch vs ONNX Runtime (FP32, FP16): same search, same ids"
+)]
 struct Cli {
     /// Trainer checkpoint directory (`model.safetensors` + `config.json`).
     #[arg(long)]
@@ -93,6 +95,10 @@ struct Cli {
     #[arg(long)]
     batch1_sentences: Option<usize>,
 }
+
+/// A batching policy: its name, its (max tokens, max sentences) budget (none: batch 1) and the
+/// number of sentences it decodes.
+type Batching = (&'static str, Option<(usize, usize)>, usize);
 
 /// One timed run of one backend over all sentences.
 struct Run {
@@ -350,7 +356,7 @@ fn main() -> Result<()> {
     );
 
     // (name, token budget, sentences decoded).
-    let mut batchings: Vec<(&'static str, Option<(usize, usize)>, usize)> = Vec::new();
+    let mut batchings: Vec<Batching> = Vec::new();
     if !cli.no_batch1 {
         let b1 = cli.batch1_sentences.unwrap_or(n).clamp(1, n);
         batchings.push(("batch 1", None, b1));
@@ -455,7 +461,8 @@ fn main() -> Result<()> {
     let mut steps: Vec<Value> = Vec::new();
     if c.max_target_positions > 215 {
         for (name, decoder) in [("onnx-fp32", &mut ort32), ("onnx-fp16", &mut ort16)] {
-            let (early, late) = step_cost(decoder, &sources[0], cli.beam, c.special.eos, cli.step_passes)?;
+            let (early, late) =
+                step_cost(decoder, &sources[0], cli.beam, c.special.eos, cli.step_passes)?;
             let ratio = late / early;
             println!(
                 "{name}: beam-{} step at output position 10: {early:.3} ms, at 200: {late:.3} ms, \
