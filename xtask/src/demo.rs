@@ -105,6 +105,7 @@ pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
     let threads = args.threads.to_string();
 
     let ckpt = work.join("checkpoints");
+    extend_training(&work, args.minutes)?;
     step(&work, "train", || {
         println!(
             "train: {:.1} minutes of CPU training ({} threads); resumes from {} if interrupted",
@@ -205,6 +206,30 @@ pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
         work.display()
     );
     Ok(())
+}
+
+/// A larger `--minutes` than the finished training had: drop the stamps of training and of
+/// everything after it, so training resumes from `checkpoint_last` (its time budget counts the
+/// earlier runs) and the models are exported and evaluated again.
+fn extend_training(work: &Path, minutes: f64) -> Result<()> {
+    let stamps = work.join("stamps");
+    let budget = stamps.join("train.minutes");
+    let done: Option<f64> =
+        std::fs::read_to_string(&budget).ok().and_then(|s| s.trim().parse().ok());
+    if let Some(done) = done.filter(|&d| minutes > d) {
+        println!("train: extending the earlier {done} minutes of training to {minutes}");
+        for name in ["train", "export-fp32", "export-fp16", "generate-fp32", "generate-fp16"] {
+            let stamp = stamps.join(format!("{name}.done"));
+            if stamp.exists() {
+                std::fs::remove_file(&stamp)
+                    .with_context(|| format!("removing {}", stamp.display()))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(&stamps).with_context(|| format!("creating {}", stamps.display()))?;
+    let keep = done.map_or(minutes, |d| d.max(minutes));
+    std::fs::write(&budget, format!("{keep}\n"))
+        .with_context(|| format!("writing {}", budget.display()))
 }
 
 /// The last validation line of the training log, compact.
