@@ -675,6 +675,14 @@ mod tests {
         }
     }
 
+    /// The error of a result that must have failed.
+    fn err<T: std::fmt::Debug>(r: Result<T>) -> Error {
+        match r {
+            Err(e) => e,
+            Ok(v) => panic!("expected an error, got {v:?}"),
+        }
+    }
+
     fn props(kind: GraphKind, c: &ModelContract) -> BTreeMap<String, String> {
         c.to_metadata(kind).into_iter().collect()
     }
@@ -692,22 +700,22 @@ mod tests {
     fn wrong_graph_newer_version_and_missing_keys_are_named() {
         let c = contract();
         let p = props(GraphKind::Encoder, &c);
-        let e = ModelContract::from_metadata("x.onnx", GraphKind::Decoder, &p).unwrap_err();
+        let e = err(ModelContract::from_metadata("x.onnx", GraphKind::Decoder, &p));
         assert!(e.to_string().contains("seqforge.graph"), "{e}");
 
         let mut p = props(GraphKind::Encoder, &c);
         p.insert("seqforge.format_version".into(), "2".into());
-        let e = ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p).unwrap_err();
+        let e = err(ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p));
         assert!(matches!(e, Error::UnsupportedVersion { found: 2, .. }), "{e}");
 
         let mut p = props(GraphKind::Encoder, &c);
         p.remove("seqforge.decoder_head_dim");
-        let e = ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p).unwrap_err();
+        let e = err(ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p));
         assert!(e.to_string().contains("seqforge.decoder_head_dim"), "{e}");
 
         let mut p = props(GraphKind::Encoder, &c);
         p.insert("seqforge.dtype".into(), "int4".into());
-        let e = ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p).unwrap_err();
+        let e = err(ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p));
         assert!(e.to_string().contains("int4"), "{e}");
     }
 
@@ -716,7 +724,7 @@ mod tests {
         let a = contract();
         let mut b = contract();
         b.tgt_vocab_size = 8;
-        let e = a.check_same("decoder.onnx", &b).unwrap_err();
+        let e = err(a.check_same("decoder.onnx", &b));
         assert!(e.to_string().contains("tgt_vocab_size"), "{e}");
     }
 
@@ -747,7 +755,7 @@ mod tests {
 
         let newer = m.to_json().replace("\"format_version\": 1", "\"format_version\": 9");
         std::fs::write(&path, newer).map_err(|source| Error::Io { path: path.clone(), source })?;
-        let e = Manifest::load(&dir).unwrap_err();
+        let e = err(Manifest::load(&dir));
         assert!(matches!(e, Error::UnsupportedVersion { found: 9, .. }), "{e}");
 
         std::fs::write(&path, "{").map_err(|source| Error::Io { path: path.clone(), source })?;
@@ -769,14 +777,14 @@ mod tests {
         assert_eq!(symbols_hash([]), "cbf29ce484222325");
         assert_eq!(v.identity_hash(), symbols_hash(v.symbols().iter().map(String::as_str)));
 
-        let e = Vocabulary::parse(p, "a 1\na 2\n").unwrap_err();
+        let e = err(Vocabulary::parse(p, "a 1\na 2\n"));
         assert!(
             e.to_string().contains("dict.en.txt:2") && e.to_string().contains("duplicate"),
             "{e}"
         );
-        let e = Vocabulary::parse(p, "a 1\nnocount\n").unwrap_err();
+        let e = err(Vocabulary::parse(p, "a 1\nnocount\n"));
         assert!(e.to_string().contains("dict.en.txt:2"), "{e}");
-        let e = Vocabulary::parse(p, "a x\n").unwrap_err();
+        let e = err(Vocabulary::parse(p, "a x\n"));
         assert!(e.to_string().contains("`x`"), "{e}");
         Ok(())
     }

@@ -95,7 +95,7 @@ const OPTIM_FLAGS: &[&str] = &[
 /// Runs the demo.
 pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
     let start = Instant::now();
-    if !(args.minutes > 0.0) {
+    if args.minutes.is_nan() || args.minutes <= 0.0 {
         bail!("--minutes must be positive (got {})", args.minutes);
     }
     setup::run(root, &args.setup)?;

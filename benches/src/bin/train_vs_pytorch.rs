@@ -94,7 +94,7 @@ fn peak_rss_mib() -> Result<f64> {
 
 fn write_tokens(out: &mut impl Write, t: &Tokens2d) -> Result<()> {
     for &v in &t.data {
-        out.write_all(&i64::from(v).to_le_bytes())?;
+        out.write_all(&v.to_le_bytes())?;
     }
     Ok(())
 }
