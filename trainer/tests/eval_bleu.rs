@@ -10,8 +10,9 @@
 
 mod common;
 
+use common::torch_lock;
+
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 
 use seqforge_runtime::score::{BleuConfig, corpus_bleu};
 use seqforge_runtime::search::{GenerationOptions, generate};
@@ -21,25 +22,10 @@ use seqforge_trainer::registry::Registry;
 use seqforge_trainer::train::{self, TrainConfig, Trainer};
 use serde_json::Value;
 
-/// libtorch's random generator and thread count are process-wide: tests that train take turns.
-static TORCH: Mutex<()> = Mutex::new(());
-
-fn torch_lock() -> MutexGuard<'static, ()> {
-    TORCH.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The reversal task of `train_loop.rs` (240 training and 40 validation sentences of 3 to 8
 /// words over a 20-word vocabulary), preprocessed into `dir/bin`.
 fn toy_data(dir: &Path) -> PathBuf {
-    common::toy_data(
-        dir,
-        &common::ToyTask {
-            seed: 0x2545_f491_4f6c_dd1d,
-            langs: ("de", "en"),
-            lines: (240, 40),
-            extra_len: 6,
-        },
-    )
+    common::toy_data(dir, &common::REVERSAL)
 }
 
 fn config(bin: &Path, save: &Path, extra: &[&str]) -> Result<TrainConfig, train::Error> {

@@ -8,9 +8,10 @@
 
 mod common;
 
+use common::torch_lock;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use seqforge_trainer::batching::Batch;
 use seqforge_trainer::checkpoint;
@@ -22,14 +23,6 @@ use seqforge_trainer::registry::Registry;
 use seqforge_trainer::train::{self, TrainConfig, TrainSummary, Trainer};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
-
-/// libtorch's random generator and thread count are process-wide, and the injecting criterion
-/// counts calls in a global: tests that train take turns.
-static TORCH: Mutex<()> = Mutex::new(());
-
-fn torch_lock() -> MutexGuard<'static, ()> {
-    TORCH.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Training-time calls of the injecting criterion (validation calls are not counted).
 static TRAIN_CALLS: AtomicU64 = AtomicU64::new(0);
@@ -115,15 +108,7 @@ fn registry() -> Registry {
 }
 
 fn toy_data(dir: &Path) -> PathBuf {
-    common::toy_data(
-        dir,
-        &common::ToyTask {
-            seed: 0x2545_f491_4f6c_dd1d,
-            langs: ("de", "en"),
-            lines: (240, 40),
-            extra_len: 6,
-        },
-    )
+    common::toy_data(dir, &common::REVERSAL)
 }
 
 fn args(bin: &Path, save: &Path, extra: &[&str]) -> Vec<String> {

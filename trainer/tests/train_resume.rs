@@ -8,22 +8,16 @@
 
 mod common;
 
+use common::torch_lock;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use seqforge_trainer::checkpoint::{self, Checkpoint};
 use seqforge_trainer::registry::Registry;
 use seqforge_trainer::train::{self, StopReason, TrainConfig, TrainSummary, Trainer};
 use tch::Tensor;
-
-/// libtorch's random generator and thread count are process-wide: tests that train take turns.
-static TORCH: Mutex<()> = Mutex::new(());
-
-fn torch_lock() -> MutexGuard<'static, ()> {
-    TORCH.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn toy_data(dir: &Path, seed: u64) -> PathBuf {
     common::toy_data(

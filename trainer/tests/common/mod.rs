@@ -1,8 +1,26 @@
 //! Shared by the training tests: a small reversal task binarized with the real `preprocess`.
 
+// Each test binary compiles this module and uses part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use seqforge_trainer::data::PreprocessArgs;
+
+/// libtorch's random generator, thread count (and the fp16 tests' call counters) are
+/// process-wide: tests that train take turns.
+static TORCH: Mutex<()> = Mutex::new(());
+
+/// Takes the training turn (a panicked holder does not poison it for the others).
+pub fn torch_lock() -> MutexGuard<'static, ()> {
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The reversal task of most training tests: 240 training and 40 validation sentences of 3 to 8
+/// words over a 20-word vocabulary, `de` → `en`.
+pub const REVERSAL: ToyTask =
+    ToyTask { seed: 0x2545_f491_4f6c_dd1d, langs: ("de", "en"), lines: (240, 40), extra_len: 6 };
 
 /// How to make the toy task.
 pub struct ToyTask {
