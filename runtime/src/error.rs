@@ -155,6 +155,32 @@ pub enum Error {
     /// Scoring failed (BLEU / chrF: unreadable or mismatched inputs, invalid options).
     #[error(transparent)]
     Score(#[from] crate::score::Error),
+    /// A fairseq binarized dataset (`.idx`/`.bin`) is malformed or does not match its index.
+    #[error("{path}: {field}: {message}")]
+    IndexedData {
+        /// The `.idx` or `.bin` file.
+        path: PathBuf,
+        /// The field at fault (`magic`, `version`, `dtype`, `count`, `sizes`, `pointers`,
+        /// `length`, `ids`, ...).
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A data directory's dictionary is not the model's (different symbols or order).
+    #[error(
+        "{path}: not the model's dictionary (identity hash {found}, the model's {model_file} has \
+         {expected}): the data was binarized with other dictionaries"
+    )]
+    DictionaryMismatch {
+        /// The data directory's `dict.{lang}.txt`.
+        path: PathBuf,
+        /// The model's dictionary file.
+        model_file: PathBuf,
+        /// The model dictionary's identity hash.
+        expected: String,
+        /// The data dictionary's identity hash.
+        found: String,
+    },
     /// Any other ONNX Runtime failure.
     #[cfg(feature = "onnx")]
     #[error("ONNX Runtime: {0}")]

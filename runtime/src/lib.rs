@@ -19,6 +19,7 @@
 pub mod cli;
 pub mod decoding;
 mod error;
+pub mod indexed;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod score;

@@ -371,3 +371,173 @@ fn shared_model_many_decoders_and_the_text_pipeline_round_trip() -> Result<()> {
     ensure!(a.vocab_size() == c.tgt_vocab_size, "vocab");
     Ok(())
 }
+
+/// Writes `{prefix}.idx` + `{prefix}.bin` in fairseq 0.12.2's mmap layout (`MMIDIDX\0\0`,
+/// version 1, dtype code 8 = uint16, count, i32 sizes, i64 byte pointers), as its binarizer does
+/// for a dictionary under 65,500 symbols.
+fn write_binarized(prefix: &Path, items: &[Vec<u32>]) -> Result<()> {
+    let mut idx = b"MMIDIDX\x00\x00".to_vec();
+    idx.extend_from_slice(&1u64.to_le_bytes());
+    idx.push(8);
+    idx.extend_from_slice(&(items.len() as u64).to_le_bytes());
+    let mut bin = Vec::new();
+    let mut pointers = Vec::new();
+    for item in items {
+        idx.extend_from_slice(&i32::try_from(item.len())?.to_le_bytes());
+        pointers.push(i64::try_from(bin.len())?);
+        for &id in item {
+            bin.extend_from_slice(&u16::try_from(id)?.to_le_bytes());
+        }
+    }
+    for p in pointers {
+        idx.extend_from_slice(&p.to_le_bytes());
+    }
+    std::fs::write(format!("{}.idx", prefix.display()), idx)?;
+    std::fs::write(format!("{}.bin", prefix.display()), bin)?;
+    Ok(())
+}
+
+/// A binarized `test` split of `sources` → `targets` (es → en) with the model's dictionaries,
+/// encoded as `preprocess` does (the text pipeline's ids, EOS appended on both sides).
+fn binarize(f: &Fixture, name: &str, sources: &[&str], targets: &[&str]) -> Result<PathBuf> {
+    let model = ModelDir::open(&f.model, &RuntimeOptions { threads: 1, ..Default::default() })?;
+    let c = model.contract();
+    let text = TextPipeline::new(
+        model.src_vocab().clone(),
+        model.tgt_vocab().clone(),
+        model.tokenizer_path(),
+        c.special,
+        c.max_source_positions,
+    )?;
+    let dir = f.root.join(name);
+    std::fs::create_dir_all(&dir)?;
+    for lang in ["es", "en"] {
+        let dict = format!("dict.{lang}.txt");
+        std::fs::copy(f.root.join("data").join(&dict), dir.join(&dict))?;
+    }
+    let src: Vec<Vec<u32>> = sources
+        .iter()
+        .map(|l| text.encode_line(l, "t", 1, Overlong::Error).map(|s| s.ids))
+        .collect::<seqforge_runtime::Result<_>>()?;
+    let mut tgt = Vec::new();
+    for l in targets {
+        let mut ids = text.encode_target(l)?;
+        ids.push(c.special.eos);
+        tgt.push(ids);
+    }
+    write_binarized(&dir.join("test.es-en.es"), &src)?;
+    write_binarized(&dir.join("test.es-en.en"), &tgt)?;
+    Ok(dir)
+}
+
+#[test]
+fn generate_from_a_binarized_split_matches_the_raw_text() -> Result<()> {
+    let f = fixture()?;
+    let sources = ["hola mundo", "", "el gato negro", "e\u{301}l"];
+    let targets = ["hello world", "", "the black cat", "he"];
+    let input = f.root.join("in.txt");
+    std::fs::write(&input, sources.join("\n") + "\n")?;
+    let reference = f.root.join("ref.txt");
+    std::fs::write(&reference, targets.join("\n") + "\n")?;
+    let data = binarize(&f, "data-bin", &sources, &targets)?;
+    let (model, input_s, ref_s, data_s) =
+        (path(&f.model)?, path(&input)?, path(&reference)?, path(&data)?);
+
+    // Plain output: the same translations, line for line.
+    let plain = |source: &[&str]| -> Result<Run> {
+        let mut args = vec!["generate", model];
+        args.extend(source);
+        args.extend(["--output-format", "plain"]);
+        args.extend(FAST);
+        let run = seqforge(&args, None)?;
+        ensure!(run.ok, "{args:?} failed: {}", run.stderr);
+        Ok(run)
+    };
+    let from_text = plain(&["--input", input_s])?;
+    let from_data = plain(&["--data", data_s, "--gen-subset", "test"])?;
+    ensure!(from_text.stdout.lines().count() == 4, "{:?}", from_text.stdout);
+    ensure!(
+        from_data.stdout == from_text.stdout,
+        "--data {:?} vs --input {:?}",
+        from_data.stdout,
+        from_text.stdout
+    );
+    ensure!(from_data.stderr.contains("Translated 3 sentences ("), "{}", from_data.stderr);
+    // Forced prefixes come from the target side as they came from --ref.
+    let forced_text = plain(&["--input", input_s, "--ref", ref_s, "--prefix-size", "1"])?;
+    let forced_data = plain(&["--data", data_s, "--prefix-size", "1"])?;
+    ensure!(forced_data.stdout == forced_text.stdout, "{:?}", forced_data.stdout);
+
+    // fairseq lines: identical, T- lines (the detokenized target side) included, and the same
+    // scores against the references (fairseq names the split on the score line).
+    let fairseq = |source: &[&str]| -> Result<Vec<String>> {
+        let mut args = vec!["generate", model];
+        args.extend(source);
+        args.extend(FAST);
+        let run = seqforge(&args, None)?;
+        ensure!(run.ok, "{args:?} failed: {}", run.stderr);
+        Ok(run.stdout.lines().map(str::to_owned).collect())
+    };
+    let mut text_lines = fairseq(&["--input", input_s, "--ref", ref_s])?;
+    let mut data_lines = fairseq(&["--data", data_s])?;
+    let text_score = text_lines.pop().context("no score line")?;
+    let data_score = data_lines.pop().context("no score line")?;
+    ensure!(data_lines == text_lines, "{data_lines:?} vs {text_lines:?}");
+    ensure!(data_lines.iter().any(|l| l == "T-2\tthe black cat"), "{data_lines:?}");
+    let scores = text_score.split_once(": ").map(|(_, s)| s).context("score line")?;
+    ensure!(data_score.starts_with("Generate test with beam=3: BLEU = "), "{data_score:?}");
+    ensure!(data_score.ends_with(scores) && scores.contains("chrF2 = "), "{data_score:?}");
+    Ok(())
+}
+
+#[test]
+fn bad_binarized_data_fails_naming_the_file() -> Result<()> {
+    let f = fixture()?;
+    let model = path(&f.model)?;
+    let fails = |data: &Path, needles: &[&str]| -> Result<()> {
+        let mut args = vec!["generate", model, "--data", path(data)?];
+        args.extend(FAST);
+        let run = seqforge(&args, None)?;
+        ensure!(!run.ok, "{data:?} succeeded: {}", run.stdout);
+        for n in needles {
+            ensure!(
+                run.stderr.contains(n),
+                "{data:?}: error does not mention {n:?}: {}",
+                run.stderr
+            );
+        }
+        Ok(())
+    };
+    let (sources, targets) = (["hola mundo", "el gato"], ["hello world", "the cat"]);
+
+    // A .bin shorter than its index says.
+    let truncated = binarize(&f, "truncated", &sources, &targets)?;
+    let bin = truncated.join("test.es-en.es.bin");
+    let bytes = std::fs::read(&bin)?;
+    std::fs::write(&bin, &bytes[..bytes.len() - 2])?;
+    fails(&truncated, &["test.es-en.es.bin", "length"])?;
+
+    // Not an mmap index.
+    let magic = binarize(&f, "magic", &sources, &targets)?;
+    let idx = magic.join("test.es-en.en.idx");
+    let mut bytes = std::fs::read(&idx)?;
+    bytes[..7].copy_from_slice(b"TNTIDX\x00");
+    std::fs::write(&idx, bytes)?;
+    fails(&magic, &["test.es-en.en.idx", "magic"])?;
+
+    // Binarized with another target dictionary (two symbols swapped): the ids mean other words.
+    let other = binarize(&f, "other-dict", &sources, &targets)?;
+    let dict = other.join("dict.en.txt");
+    let mut lines: Vec<String> =
+        std::fs::read_to_string(&dict)?.lines().map(str::to_owned).collect();
+    lines.swap(0, 1);
+    std::fs::write(&dict, lines.join("\n") + "\n")?;
+    fails(&other, &["other-dict/dict.en.txt", "not the model's dictionary"])?;
+
+    // No split of that name.
+    let mut args = vec!["generate", model, "--data", path(&truncated)?, "--gen-subset", "valid"];
+    args.extend(FAST);
+    let run = seqforge(&args, None)?;
+    ensure!(!run.ok && run.stderr.contains("valid.es-en.es.idx"), "{}", run.stderr);
+    Ok(())
+}
