@@ -14,6 +14,7 @@
 //! lengths, every item inside `.bin`), so reading an item can never go out of bounds; every
 //! error is [`Error::IndexedData`] naming the file and the field.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
@@ -23,10 +24,11 @@ pub const MAGIC: &[u8; 9] = b"MMIDIDX\x00\x00";
 /// The only format version.
 pub const VERSION: u64 = 1;
 /// Bytes before the sizes: magic, version, dtype code, count.
-const HEADER_LEN: usize = 9 + 8 + 1 + 8;
+pub const HEADER_LEN: usize = 9 + 8 + 1 + 8;
 
-/// The element type of a dataset, by fairseq's header code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The element type of a dataset, with fairseq's header codes (`_code_to_dtype`). Codes 6 and 7
+/// (float64) exist in fairseq but hold no token ids and are not supported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     /// `uint8`, code 1.
     U8,
@@ -47,21 +49,6 @@ pub enum DType {
 }
 
 impl DType {
-    /// The type of a header code; float codes (6, 7) hold no token ids and are refused.
-    pub fn from_code(code: u8) -> Option<Self> {
-        Some(match code {
-            1 => DType::U8,
-            2 => DType::I8,
-            3 => DType::I16,
-            4 => DType::I32,
-            5 => DType::I64,
-            8 => DType::U16,
-            9 => DType::U32,
-            10 => DType::U64,
-            _ => return None,
-        })
-    }
-
     /// The header code.
     pub fn code(self) -> u8 {
         match self {
@@ -76,6 +63,21 @@ impl DType {
         }
     }
 
+    /// The type of a header code, if supported.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => DType::U8,
+            2 => DType::I8,
+            3 => DType::I16,
+            4 => DType::I32,
+            5 => DType::I64,
+            8 => DType::U16,
+            9 => DType::U32,
+            10 => DType::U64,
+            _ => return None,
+        })
+    }
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
@@ -83,6 +85,32 @@ impl DType {
             DType::I16 | DType::U16 => 2,
             DType::I32 | DType::U32 => 4,
             DType::I64 | DType::U64 => 8,
+        }
+    }
+
+    /// The largest token id the type can hold.
+    pub fn max_id(self) -> u64 {
+        match self {
+            DType::U8 => u8::MAX.into(),
+            DType::I8 => 127,
+            DType::I16 => 32767,
+            DType::U16 => u16::MAX.into(),
+            DType::I32 => 2_147_483_647,
+            DType::U32 => u32::MAX.into(),
+            DType::I64 => 9_223_372_036_854_775_807,
+            DType::U64 => u64::MAX,
+        }
+    }
+
+    /// fairseq's `best_fitting_int_dtype(vocab_size)`: `uint16` below 65500, `uint32` below
+    /// 4294967295, else `int64`.
+    pub fn best_fitting(vocab_size: usize) -> Self {
+        if vocab_size < 65500 {
+            DType::U16
+        } else if (vocab_size as u64) < 4_294_967_295 {
+            DType::U32
+        } else {
+            DType::I64
         }
     }
 
@@ -98,6 +126,31 @@ impl DType {
             DType::I32 => i128::from(u as u32 as i32),
             DType::I64 => i128::from(u as i64),
         }
+    }
+
+    /// Appends `id` in this type, little-endian (the caller checked `id <= max_id()`).
+    pub fn encode(self, id: u64, out: &mut Vec<u8>) {
+        match self.size() {
+            1 => out.push(id as u8),
+            2 => out.extend_from_slice(&(id as u16).to_le_bytes()),
+            4 => out.extend_from_slice(&(id as u32).to_le_bytes()),
+            _ => out.extend_from_slice(&id.to_le_bytes()),
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::U8 => "uint8",
+            DType::I8 => "int8",
+            DType::I16 => "int16",
+            DType::I32 => "int32",
+            DType::I64 => "int64",
+            DType::U16 => "uint16",
+            DType::U32 => "uint32",
+            DType::U64 => "uint64",
+        })
     }
 }
 

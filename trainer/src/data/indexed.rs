@@ -17,135 +17,17 @@
 //! never go out of bounds. [`IndexedDatasetBuilder`] writes both files under temporary names
 //! and renames them into place in [`IndexedDatasetBuilder::finalize`].
 
-use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{Error, Result, io_err, temp_path};
 
-/// The 9-byte magic at the start of an mmap `.idx` file.
-pub const MAGIC: &[u8; 9] = b"MMIDIDX\x00\x00";
-/// The only format version.
-pub const VERSION: u64 = 1;
-/// Bytes before the sizes: magic, version, dtype code, count.
-const HEADER_LEN: usize = 9 + 8 + 1 + 8;
+/// The format's header definitions live with the runtime's read-only reader (one definition
+/// for both crates): the 9-byte magic, the version, the header length and the element types.
+pub use seqforge_runtime::indexed::{DType, HEADER_LEN, MAGIC, VERSION};
 /// fairseq's legacy ("lazy"/"cached") index magic, recognised to give a better error.
 const LEGACY_MAGIC: &[u8; 8] = b"TNTIDX\x00\x00";
-
-/// The element type of a dataset, with fairseq's header codes (`_code_to_dtype`). Codes 6 and 7
-/// (float64) exist in fairseq but hold no token ids and are not supported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DType {
-    /// `uint8`, code 1.
-    U8,
-    /// `int8`, code 2.
-    I8,
-    /// `int16`, code 3.
-    I16,
-    /// `int32`, code 4.
-    I32,
-    /// `int64`, code 5.
-    I64,
-    /// `uint16`, code 8.
-    U16,
-    /// `uint32`, code 9.
-    U32,
-    /// `uint64`, code 10.
-    U64,
-}
-
-impl DType {
-    /// The header code.
-    pub fn code(self) -> u8 {
-        match self {
-            DType::U8 => 1,
-            DType::I8 => 2,
-            DType::I16 => 3,
-            DType::I32 => 4,
-            DType::I64 => 5,
-            DType::U16 => 8,
-            DType::U32 => 9,
-            DType::U64 => 10,
-        }
-    }
-
-    /// The type of a header code, if supported.
-    pub fn from_code(code: u8) -> Option<Self> {
-        Some(match code {
-            1 => DType::U8,
-            2 => DType::I8,
-            3 => DType::I16,
-            4 => DType::I32,
-            5 => DType::I64,
-            8 => DType::U16,
-            9 => DType::U32,
-            10 => DType::U64,
-            _ => return None,
-        })
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            DType::U8 | DType::I8 => 1,
-            DType::I16 | DType::U16 => 2,
-            DType::I32 | DType::U32 => 4,
-            DType::I64 | DType::U64 => 8,
-        }
-    }
-
-    /// The largest token id the type can hold.
-    pub fn max_id(self) -> u64 {
-        match self {
-            DType::U8 => u8::MAX.into(),
-            DType::I8 => 127,
-            DType::I16 => 32767,
-            DType::U16 => u16::MAX.into(),
-            DType::I32 => 2_147_483_647,
-            DType::U32 => u32::MAX.into(),
-            DType::I64 => 9_223_372_036_854_775_807,
-            DType::U64 => u64::MAX,
-        }
-    }
-
-    /// fairseq's `best_fitting_int_dtype(vocab_size)`: `uint16` below 65500, `uint32` below
-    /// 4294967295, else `int64`.
-    pub fn best_fitting(vocab_size: usize) -> Self {
-        if vocab_size < 65500 {
-            DType::U16
-        } else if (vocab_size as u64) < 4_294_967_295 {
-            DType::U32
-        } else {
-            DType::I64
-        }
-    }
-
-    /// Appends `id` in this type, little-endian (the caller checked `id <= max_id()`).
-    fn push(self, id: u64, out: &mut Vec<u8>) {
-        match self.size() {
-            1 => out.push(id as u8),
-            2 => out.extend_from_slice(&(id as u16).to_le_bytes()),
-            4 => out.extend_from_slice(&(id as u32).to_le_bytes()),
-            _ => out.extend_from_slice(&id.to_le_bytes()),
-        }
-    }
-}
-
-impl fmt::Display for DType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DType::U8 => "uint8",
-            DType::I8 => "int8",
-            DType::I16 => "int16",
-            DType::I32 => "int32",
-            DType::I64 => "int64",
-            DType::U16 => "uint16",
-            DType::U32 => "uint32",
-            DType::U64 => "uint64",
-        })
-    }
-}
 
 /// `{prefix}.idx`.
 pub fn index_file_path(prefix: impl AsRef<Path>) -> PathBuf {
@@ -478,7 +360,7 @@ impl IndexedDatasetBuilder {
                     dtype: self.dtype,
                 });
             }
-            self.dtype.push(id.into(), &mut buf);
+            self.dtype.encode(id.into(), &mut buf);
         }
         let r = self.add_raw(&buf, ids.len());
         self.buf = buf;
@@ -617,7 +499,7 @@ pub fn encode_ids(dtype: DType, ids: &[u32], out: &mut Vec<u8>) -> std::result::
         if u64::from(id) > max {
             return Err(id);
         }
-        dtype.push(id.into(), out);
+        dtype.encode(id.into(), out);
     }
     Ok(())
 }
