@@ -6,14 +6,14 @@
 //! execution provider) must exit non-zero with a message naming the culprit.
 #![cfg(feature = "onnx")]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
-use seqforge_exporter::testing::SyntheticCheckpoint;
 use seqforge_runtime::Error;
 use seqforge_runtime::decoding::IncrementalDecoder;
 use seqforge_runtime::onnx::{Device, ModelDir, OnnxDecoder, RuntimeOptions};
@@ -21,60 +21,7 @@ use seqforge_runtime::search::{GenerationOptions, generate};
 use seqforge_runtime::text::{Overlong, TextPipeline};
 use seqforge_schemas::contract::MANIFEST_FILE;
 
-/// The byte-level alphabet (what a byte-level BPE without merges produces), sorted.
-fn alphabet() -> Vec<String> {
-    let mut chars: Vec<char> =
-        tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
-    chars.sort_unstable();
-    chars.into_iter().map(String::from).collect()
-}
-
-/// A byte-level BPE tokenizer.json (NFC, ByteLevel pre-tokenizer and decoder, no merges), as
-/// the trainer's `learn-bpe` writes them.
-fn tokenizer_json(symbols: &[String]) -> serde_json::Value {
-    let vocab: BTreeMap<&str, usize> =
-        symbols.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
-    serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-                          "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
-                    "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": []}
-    })
-}
-
-/// An exported model directory (and the temporary folder holding it).
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    model: PathBuf,
-}
-
-fn fixture() -> Result<Fixture> {
-    let tmp = tempfile::tempdir()?;
-    let root = tmp.path().to_path_buf();
-    let ckpt = root.join("checkpoint_last");
-    let data = root.join("data");
-    std::fs::create_dir_all(&ckpt)?;
-    std::fs::create_dir_all(&data)?;
-    let symbols = alphabet();
-    let dict: String = symbols.iter().map(|s| format!("{s} 1\n")).collect();
-    std::fs::write(data.join("dict.es.txt"), &dict)?;
-    std::fs::write(data.join("dict.en.txt"), &dict)?;
-    std::fs::write(data.join("tokenizer.json"), tokenizer_json(&symbols).to_string())?;
-    let vocab = symbols.len() + 4;
-    SyntheticCheckpoint { source_lang: "es".into(), ..SyntheticCheckpoint::tiny(vocab, vocab) }
-        .write(&ckpt, &data)?;
-    let model = root.join("model");
-    seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(&ckpt, &data, &model))?;
-    Ok(Fixture { _tmp: tmp, root, model })
-}
+use common::{Fixture, fixture};
 
 /// A copy of the model directory that a test may break.
 fn copy_model(f: &Fixture, name: &str) -> Result<PathBuf> {
