@@ -149,6 +149,30 @@ pub enum Error {
         /// The model's limit.
         max: usize,
     },
+    /// Search options given as data (JSON, a C options struct) are malformed or out of range.
+    #[error(
+        "invalid search options: {}{message}",
+        field.as_ref().map(|f| format!("`{f}`: ")).unwrap_or_default()
+    )]
+    InvalidOptions {
+        /// The option at fault, when one is (`beam`, `strategy.top_p`, ...).
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A text given to a translator (not read from a file) is longer than the model takes.
+    #[error(
+        "text {index} (0-based): {tokens} source tokens (EOS included) exceed the model's \
+         max_source_positions {max} (enable truncate_source to cut such texts)"
+    )]
+    TextTooLong {
+        /// Index of the text in the call's list.
+        index: usize,
+        /// Tokens of the text, EOS included.
+        tokens: usize,
+        /// The model's limit.
+        max: usize,
+    },
     /// Generation failed (invalid options, or the decoder failed during search).
     #[error(transparent)]
     Search(#[from] crate::search::Error),

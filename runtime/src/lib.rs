@@ -10,7 +10,12 @@
 //!   the ONNX Runtime shared library, and building sessions from exported graphs.
 //! - [`text`]: raw text lines → source ids and hypothesis ids → text, exactly as the trainer's
 //!   `preprocess --tokenizer` turned the corpus into dictionary symbols.
+//! - [`pool`] (feature `onnx`): a thread-safe translator (raw texts → n-best detokenized
+//!   hypotheses) with a fixed number of workers over one shared model, under the C ABI and the
+//!   HTTP server.
 //! - [`cli`] (feature `onnx`): the `seqforge generate` and `seqforge interactive` commands.
+//! - [`serve`] (feature `serve`, on by default): `seqforge serve`, an HTTP server (tokio +
+//!   axum) with dynamic batching, a bounded queue, limits and Prometheus metrics.
 //!
 //! The crate builds without the `onnx` feature (the trainer uses it that way), so code that
 //! does not need ONNX Runtime never links or loads it.
@@ -22,8 +27,12 @@ mod error;
 pub mod indexed;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+#[cfg(feature = "onnx")]
+pub mod pool;
 pub mod score;
 pub mod search;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod text;
 
 pub use error::{Error, Result};

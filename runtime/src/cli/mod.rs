@@ -5,19 +5,21 @@
 //! `--verify`), fairseq's search flags ([`SearchArgs`], mapped onto
 //! [`GenerationOptions`]), input handling ([`InputArgs`]: `--truncate-source`,
 //! `--skip-invalid`) and batching ([`BatchArgs`]: `--batch-size`, `--max-tokens`; sentences are
-//! sorted by length, batched, and results put back in input order), through a [`Translator`].
+//! sorted by length, batched, and results put back in input order), through a [`Translator`],
+//! which is built from the same pieces as the thread-safe [`crate::pool::TranslatorPool`].
 
 pub mod generate;
 pub mod interactive;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 
 use crate::decoding::IncrementalDecoder;
-use crate::onnx::{Device, ModelDir, OnnxDecoder, RuntimeOptions};
-use crate::search::{GenerationOptions, Hypothesis, Strategy, generate, generate_with_prefixes};
+use crate::onnx::{Device, OnnxDecoder, RuntimeOptions};
+pub use crate::pool::make_batches;
+use crate::pool::{open_model, translate_sources};
+use crate::search::{GenerationOptions, Hypothesis, Strategy};
 use crate::text::{Overlong, SourceLine, TextPipeline};
 use crate::{Error, Result};
 
@@ -249,37 +251,6 @@ pub enum OutputFormat {
     Plain,
 }
 
-/// Groups sentence indices into batches: sorted by length (ties by index), each batch at most
-/// `max_sentences` sentences and `longest × sentences ≤ max_tokens` (a longer single sentence
-/// gets a batch of its own).
-pub fn make_batches(
-    lengths: &[usize],
-    max_sentences: Option<usize>,
-    max_tokens: Option<usize>,
-) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    order.sort_by_key(|&i| (lengths[i], i));
-    let mut batches = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    let mut longest = 0;
-    for i in order {
-        let len = lengths[i].max(1);
-        let new_longest = longest.max(len);
-        let full_sentences = max_sentences.is_some_and(|m| current.len() + 1 > m);
-        let full_tokens = max_tokens.is_some_and(|m| new_longest * (current.len() + 1) > m);
-        if !current.is_empty() && (full_sentences || full_tokens) {
-            batches.push(std::mem::take(&mut current));
-            longest = 0;
-        }
-        longest = longest.max(len);
-        current.push(i);
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    batches
-}
-
 /// A model, its text pipeline and the search options: translates encoded lines.
 pub struct Translator {
     decoder: OnnxDecoder,
@@ -296,15 +267,7 @@ impl Translator {
         limits: (Option<usize>, Option<usize>),
     ) -> anyhow::Result<Self> {
         let runtime = model.runtime_options().map_err(anyhow::Error::msg)?;
-        let dir = Arc::new(ModelDir::open(&model.model_dir, &runtime)?);
-        let c = dir.contract();
-        let text = TextPipeline::new(
-            dir.src_vocab().clone(),
-            dir.tgt_vocab().clone(),
-            dir.tokenizer_path(),
-            c.special,
-            c.max_source_positions,
-        )?;
+        let (dir, text) = open_model(&model.model_dir, &runtime)?;
         let decoder = OnnxDecoder::new(dir)?;
         Ok(Self { decoder, text, options, limits })
     }
@@ -330,26 +293,16 @@ impl Translator {
         &mut self,
         sources: &[&SourceLine],
         prefixes: Option<&[Vec<u32>]>,
-        mut progress: impl FnMut(usize),
+        progress: impl FnMut(usize),
     ) -> Result<Vec<Vec<Hypothesis>>> {
-        let mut results: Vec<Vec<Hypothesis>> = vec![Vec::new(); sources.len()];
-        let todo: Vec<usize> = (0..sources.len()).filter(|&i| !sources[i].is_empty()).collect();
-        let lengths: Vec<usize> = todo.iter().map(|&i| sources[i].ids.len()).collect();
-        for batch in make_batches(&lengths, self.limits.0, self.limits.1) {
-            let ids: Vec<Vec<u32>> = batch.iter().map(|&k| sources[todo[k]].ids.clone()).collect();
-            let hyps = match prefixes {
-                Some(p) => {
-                    let p: Vec<Vec<u32>> = batch.iter().map(|&k| p[todo[k]].clone()).collect();
-                    generate_with_prefixes(&mut self.decoder, &ids, &p, &self.options)?
-                }
-                None => generate(&mut self.decoder, &ids, &self.options)?,
-            };
-            for (&k, h) in batch.iter().zip(hyps) {
-                results[todo[k]] = h;
-            }
-            progress(batch.len());
-        }
-        Ok(results)
+        translate_sources(
+            &mut self.decoder,
+            sources,
+            prefixes,
+            &self.options,
+            self.limits,
+            progress,
+        )
     }
 
     /// Target vocabulary size.
