@@ -273,6 +273,16 @@ impl RngState {
     pub fn reseed(seed: u64, num_updates: u64) {
         tch::manual_seed(Self::torch_seed(seed, num_updates));
     }
+
+    /// Reseeds for micro-batch `k` of update `num_updates` (`k` counts the update's batches
+    /// over all ranks: batch `i` of rank `r` of `W` is `i × W + r`); `k = 0` is
+    /// [`RngState::reseed`]. Dropout then depends only on the seed, the update and the batch's
+    /// place in it, so a run on W ranks draws exactly what one process with `--update-freq W`
+    /// draws.
+    pub fn reseed_micro_batch(seed: u64, num_updates: u64, k: u64) {
+        let base = Self::torch_seed(seed, num_updates);
+        tch::manual_seed(base.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15) as i64));
+    }
 }
 
 /// `trainer_state.json`: where training stands.

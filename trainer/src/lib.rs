@@ -12,6 +12,8 @@
 //! - [`fp16`]: the dynamic loss scaler, fp32 master weights, gradient clipping.
 //! - [`registry`]: named components (models, criterions, optimizers, schedulers) and plugins.
 //! - [`optim`]: optimizers (adam, nag, sgd, adafactor) and learning-rate schedulers.
+//! - [`distributed`]: data-parallel training on c10d (TCPStore, ProcessGroupGloo) through a
+//!   C++ shim, DDP-style bucketed gradient all-reduce overlapped with backward, the launcher.
 //! - [`train`]: the training loop (`seqforge-train train`, fairseq-train's flags), logging.
 
 pub mod batching;
@@ -20,6 +22,7 @@ pub mod checkpoint;
 pub mod corpus;
 pub mod criterions;
 pub mod data;
+pub mod distributed;
 mod error;
 pub mod export_check;
 pub mod fp16;

@@ -11,6 +11,8 @@
 //! - `.deps/sword/<package>/usr/share/sword`: the public-domain SWORD Bible modules the
 //!   corpus recipe reads (`sword-text-sparv`, `sword-text-kjv`), unpacked from Debian packages
 //!   with `apt-get download` + `dpkg-deb -x` (no system install). `--no-corpus` skips them.
+//! - `.deps/gloo/libgloo-dev/usr/include/gloo`: the gloo headers the trainer's c10d shim
+//!   (distributed training) compiles against, from Debian's `libgloo-dev`, unpacked the same way.
 //! - `.deps/python`: the Python packages the export checks use (`onnx` for
 //!   `onnx.checker.check_model`, `onnxruntime` to run the graphs, `numpy`), installed with
 //!   `pip install --target`; tests run them with `PYTHONPATH=.deps/python`. `--no-python` skips
@@ -97,6 +99,7 @@ pub fn run(workspace: &Path, args: &SetupArgs) -> Result<Deps> {
         .with_context(|| format!("creating {}", root.join("stamps").display()))?;
     let libtorch = ensure_libtorch(&root, args)?;
     let onnxruntime = ensure_onnxruntime(&root, args)?;
+    ensure_gloo(&root, args.force)?;
     if args.no_corpus {
         println!("sword: skipped (--no-corpus)");
     } else {
@@ -433,7 +436,7 @@ fn ensure_python(root: &Path, args: &SetupArgs) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SWORD Bible modules (Debian packages)
+// Debian packages: the SWORD Bible modules and the gloo headers
 
 /// The Debian packages holding the corpus recipe's modules, with a file each must contain.
 const SWORD_PACKAGES: [(&str, &str); 2] = [
@@ -441,14 +444,40 @@ const SWORD_PACKAGES: [(&str, &str); 2] = [
     ("sword-text-kjv", "usr/share/sword/mods.d/engKJV2006eb.conf"),
 ];
 
+/// The gloo headers the trainer's c10d shim compiles against (`ProcessGroupGloo.hpp` includes
+/// them; libtorch's wheel ships c10d's headers but not gloo's), with a file it must contain.
+const GLOO_PACKAGES: [(&str, &str); 1] = [("libgloo-dev", "usr/include/gloo/algorithm.h")];
+
 fn ensure_sword(root: &Path, force: bool) -> Result<()> {
-    let dir = root.join("sword");
+    ensure_debs(&root.join("sword"), "sword", &SWORD_PACKAGES, force, "pass --no-corpus to skip")
+}
+
+/// Unpacks `libgloo-dev` into `.deps/gloo/libgloo-dev` (the trainer's build script looks there).
+fn ensure_gloo(root: &Path, force: bool) -> Result<()> {
+    ensure_debs(
+        &root.join("gloo"),
+        "gloo",
+        &GLOO_PACKAGES,
+        force,
+        "the trainer cannot build without them",
+    )
+}
+
+/// Fetches each `(package, marker)` with `apt-get download` and unpacks it with `dpkg-deb -x`
+/// into `dir/<package>` (no system install), unless `marker` is already there.
+fn ensure_debs(
+    dir: &Path,
+    what: &str,
+    packages: &[(&str, &str)],
+    force: bool,
+    hint: &str,
+) -> Result<()> {
     let start = Instant::now();
     let mut updated = false;
-    for (package, marker) in SWORD_PACKAGES {
+    for &(package, marker) in packages {
         let dest = dir.join(package);
         if !force && dest.join(marker).is_file() {
-            println!("sword: present, {package} ({})", dest.display());
+            println!("{what}: present, {package} ({})", dest.display());
             continue;
         }
         let debs = dir.join("debs");
@@ -459,10 +488,9 @@ fn ensure_sword(root: &Path, force: bool) -> Result<()> {
                 .args(["download", package])
                 .current_dir(&debs)
                 .output()
-                .context(
-                    "running `apt-get download` for the Bible corpus (is this Debian/Ubuntu? \
-                          pass --no-corpus to skip)",
-                )?;
+                .with_context(|| {
+                    format!("running `apt-get download {package}` (is this Debian/Ubuntu? {hint})")
+                })?;
             if out.status.success() {
                 break find_prefixed(&debs, &format!("{package}_"), ".deb")?.with_context(
                     || {
@@ -476,7 +504,7 @@ fn ensure_sword(root: &Path, force: bool) -> Result<()> {
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();
             if !updated {
                 // A fresh machine has empty package lists: update once and retry.
-                println!("sword: apt-get does not know {package} yet; running apt-get update");
+                println!("{what}: apt-get does not know {package} yet; running apt-get update");
                 let status = Command::new("apt-get")
                     .args(["update", "-qq"])
                     .status()
@@ -490,7 +518,7 @@ fn ensure_sword(root: &Path, force: bool) -> Result<()> {
             }
             bail!(
                 "could not fetch {package} with `apt-get download`: {}\nWhat to try: \
-                   check that the Debian archive is reachable, or pass --no-corpus",
+                   check that the Debian archive is reachable ({hint})",
                 stderr.trim()
             );
         };
@@ -509,7 +537,7 @@ fn ensure_sword(root: &Path, force: bool) -> Result<()> {
             .with_context(|| format!("renaming {} to {}", staging.display(), dest.display()))?;
         remove_path(&deb)?;
         println!(
-            "sword: installed {package} in {:.1}s ({})",
+            "{what}: installed {package} in {:.1}s ({})",
             start.elapsed().as_secs_f64(),
             dest.display()
         );

@@ -69,8 +69,12 @@ fn main() -> Result<()> {
             match cmd.run(&registry) {
                 Err(seqforge_trainer::train::Error::Args(e)) => e.exit(),
                 Err(e) => Err(e.into()),
-                Ok(summary) => {
+                Ok(seqforge_trainer::train::TrainOutcome::Trained(summary)) => {
                     println!("{}", summary.to_json());
+                    Ok(())
+                }
+                Ok(seqforge_trainer::train::TrainOutcome::Launched { world_size }) => {
+                    eprintln!("all {world_size} workers finished");
                     Ok(())
                 }
             }

@@ -212,6 +212,10 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(default)]
     pub eval_bleu: EvalBleuArgs,
+    /// Data-parallel training (--distributed-world-size, --ddp-backend, --bucket-cap-mb, …).
+    #[command(flatten, next_help_heading = "Distributed training")]
+    #[serde(default)]
+    pub distributed: crate::distributed::DistributedArgs,
 }
 
 /// `--best-checkpoint-metric`'s default.
@@ -354,10 +358,35 @@ pub struct TrainCommand {
     pub args: Vec<OsString>,
 }
 
+/// What [`TrainCommand::run`] did.
+#[derive(Debug)]
+pub enum TrainOutcome {
+    /// This process trained (alone or as one rank).
+    Trained(Box<super::TrainSummary>),
+    /// `--distributed-world-size N` started N local workers, which all succeeded.
+    Launched {
+        /// Workers started.
+        world_size: usize,
+    },
+}
+
 impl TrainCommand {
-    /// Parses the flags and trains (see [`super::run`]).
-    pub fn run(&self, registry: &Registry) -> Result<super::TrainSummary, Error> {
+    /// Parses the flags and trains (see [`super::run`]); with `--distributed-world-size N`
+    /// and no RANK/WORLD_SIZE in the environment, starts N copies of this program as local
+    /// workers instead ([`crate::distributed::spawn_workers`]).
+    pub fn run(&self, registry: &Registry) -> Result<TrainOutcome, Error> {
         let config = TrainConfig::from_args(self.args.iter().cloned(), registry)?;
-        super::run(&config, registry)
+        match crate::distributed::Launch::resolve(&config.args.distributed)? {
+            crate::distributed::Launch::Spawn { world_size, port } => {
+                let program = std::env::current_exe().map_err(|source| Error::Io {
+                    path: "/proc/self/exe".into(),
+                    source,
+                })?;
+                let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+                crate::distributed::spawn_workers(&program, &args, world_size, port)?;
+                Ok(TrainOutcome::Launched { world_size })
+            }
+            _ => Ok(TrainOutcome::Trained(Box::new(super::run(&config, registry)?))),
+        }
     }
 }

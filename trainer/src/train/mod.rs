@@ -96,7 +96,15 @@
 //! gradient norm is an error as in fp32. Checkpoints hold the fp32 weights, the `precision`
 //! and the loss scaler's state.
 //!
-//! Not offered yet: data-parallel training, per-epoch `--update-freq` lists,
+//! **Data-parallel training** ([`crate::distributed`]): under torchrun/SLURM environment
+//! variables, or with `--distributed-world-size N` (which starts N local workers), every rank
+//! trains on its shard of each epoch's batches; gradients are all-reduced in buckets during
+//! backward and scaled by `world_size / total sample_size` (fairseq's normalization), logging
+//! numbers are summed over ranks, validation is sharded and summed, rank 0 alone logs and
+//! saves, and the ranks check after every update that their gradient norms agree and at the
+//! end that their weights are identical.
+//!
+//! Not offered yet: per-epoch `--update-freq` lists,
 //! `--optimizer-overrides`.
 
 mod args;
@@ -109,7 +117,7 @@ mod trainer;
 use std::path::PathBuf;
 
 pub use args::DEFAULT_RESTORE_FILE;
-pub use args::{LogFormat, TrainArgs, TrainCommand, TrainConfig};
+pub use args::{LogFormat, TrainArgs, TrainCommand, TrainConfig, TrainOutcome};
 pub use dataset::{LanguagePair, PairDataset, infer_language_pair, load_split};
 pub use model::{Architecture, Model, ModelContext, ModelFactory, TransformerArgs};
 pub use trainer::{
@@ -178,6 +186,9 @@ pub enum Error {
     /// `--eval-bleu` could not score.
     #[error("--eval-bleu: scoring: {0}")]
     EvalBleuScore(#[from] seqforge_runtime::score::Error),
+    /// Distributed training: rendezvous, a collective, the launcher (c10d's message kept).
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::Error),
     /// An error from a component (data, batching, model, criterion, optimizer, registry).
     #[error(transparent)]
     Component(Box<crate::Error>),

@@ -128,7 +128,8 @@ impl Meter {
 /// Where log lines go.
 pub(crate) struct Logger {
     format: LogFormat,
-    file: BufWriter<File>,
+    // `None` on ranks other than 0 of a distributed run, which log nothing.
+    file: Option<BufWriter<File>>,
     path: PathBuf,
     bar: ProgressBar,
     show_bar: bool,
@@ -158,12 +159,25 @@ impl Logger {
         let file = BufWriter::new(file);
         Ok(Self {
             format,
-            file,
+            file: Some(file),
             path: path.to_path_buf(),
             bar: ProgressBar::hidden(),
             show_bar,
             valid_subset: valid_subset.to_string(),
         })
+    }
+
+    /// A logger for ranks other than 0 of a distributed run: no file, no progress bar, no lines
+    /// (rank 0 logs the all-reduced statistics of every update).
+    pub fn silent(format: LogFormat, valid_subset: &str) -> Self {
+        Self {
+            format,
+            file: None,
+            path: PathBuf::new(),
+            bar: ProgressBar::hidden(),
+            show_bar: false,
+            valid_subset: valid_subset.to_string(),
+        }
     }
 
     /// Starts the progress bar of an epoch of `len` updates.
@@ -202,6 +216,9 @@ impl Logger {
         position: Option<(usize, usize)>,
         stats: &[(String, Value)],
     ) -> Result<()> {
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
         let prefix = if tag == "valid" { "valid_" } else { "" };
         let mut record = Map::new();
         record.insert("tag".into(), json!(tag));
@@ -210,8 +227,8 @@ impl Logger {
             record.insert(format!("{prefix}{k}"), v.clone());
         }
         let record = Value::Object(record);
-        writeln!(self.file, "{record}")
-            .and_then(|()| self.file.flush())
+        writeln!(file, "{record}")
+            .and_then(|()| file.flush())
             .map_err(|source| Error::Io { path: self.path.clone(), source })?;
         let line = match self.format {
             LogFormat::Json => record.to_string(),

@@ -20,6 +20,7 @@ use crate::checkpoint::{
     TrainerState,
 };
 use crate::criterions::{Criterion, CriterionContext, LoggingOutput, Metrics, safe_round};
+use crate::distributed::{CommStats, DdpBackend, GradReducer, Launch, ProcessGroup};
 use crate::fp16::{self, DynamicLossScaler, GradCheck, MasterWeights, Precision};
 use crate::optim::{LrScheduler, Optimizer, ScheduleContext};
 use crate::registry::Registry;
@@ -114,6 +115,16 @@ pub struct TrainSummary {
     pub restored_from: Option<PathBuf>,
     /// The update count training went on from (0 for a fresh run).
     pub start_num_updates: u64,
+    /// Data-parallel ranks (1 without distributed training).
+    pub world_size: usize,
+    /// This process's rank.
+    pub rank: usize,
+    /// Seconds this rank waited for gradient all-reduces after backward (communication not
+    /// hidden behind computation; 0 without distributed training).
+    pub comm_wait_seconds: f64,
+    /// Seconds spent in gradient hooks filling buckets and starting all-reduces during
+    /// backward (included in the training steps' time).
+    pub comm_hook_seconds: f64,
 }
 
 /// What one update did.
@@ -188,6 +199,60 @@ pub struct Trainer {
     start_num_updates: u64,
     logger: Logger,
     start: Instant,
+    // Data-parallel state (`None` when training alone).
+    dist: Option<Dist>,
+}
+
+/// One rank's data-parallel state. `reducer` is declared before `pg`: it is dropped first.
+struct Dist {
+    reducer: GradReducer,
+    pg: ProcessGroup,
+    comm: CommStats,
+}
+
+impl Dist {
+    fn is_master(&self) -> bool {
+        self.pg.is_master()
+    }
+
+    /// Sums every rank's logging numbers (fairseq's `_aggregate_logging_outputs`).
+    fn all_reduce_logging(&self, logging: &mut LoggingOutput) -> Result<()> {
+        let mut v = [
+            logging.loss,
+            logging.nll_loss,
+            logging.ntokens as f64,
+            logging.nsentences as f64,
+            logging.sample_size as f64,
+            logging.n_correct as f64,
+            logging.total as f64,
+        ];
+        self.pg.all_reduce_f64(&mut v)?;
+        logging.loss = v[0];
+        logging.nll_loss = v[1];
+        logging.ntokens = v[2].round() as u64;
+        logging.nsentences = v[3].round() as u64;
+        logging.sample_size = v[4].round() as u64;
+        logging.n_correct = v[5].round() as u64;
+        logging.total = v[6].round() as u64;
+        Ok(())
+    }
+
+    /// fairseq's `_check_grad_norms`: every rank must have computed the same gradient norm,
+    /// or the replicas have diverged.
+    fn check_grad_norms(&self, gnorm: f64, update: u64) -> Result<()> {
+        let norms = self.pg.all_gather_f64(gnorm)?;
+        let first = norms[0];
+        let same = |x: f64| {
+            (!x.is_finite() && !first.is_finite())
+                || (x - first).abs() <= 1e-6 * (1.0 + first.abs())
+        };
+        if norms.iter().all(|&x| same(x)) {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "update {update}: gradients are inconsistent between workers (gradient norms by              rank: {norms:?}); the replicas have diverged"
+        )))
+    }
 }
 
 /// What `trainer_state.json`'s `extra` holds for the loop.
@@ -213,8 +278,26 @@ impl std::fmt::Debug for Trainer {
 }
 
 /// Trains as configured and returns what happened (see the [module docs](super)).
+///
+/// Under torchrun, SLURM or fairseq's `--distributed-*` flags this process trains as one rank
+/// (see [`crate::distributed`]); `--distributed-world-size N` alone is for the command line
+/// ([`super::TrainCommand`]), which starts the N workers.
 pub fn run(config: &TrainConfig, registry: &Registry) -> Result<TrainSummary> {
-    Trainer::new(config, registry)?.train()
+    let d = &config.args.distributed;
+    let group = match Launch::resolve(d)? {
+        Launch::Single => None,
+        Launch::Worker(rv) => Some(ProcessGroup::init(
+            &rv,
+            d.distributed_backend,
+            std::time::Duration::from_secs(d.ddp_timeout),
+        )?),
+        Launch::Spawn { world_size, .. } => {
+            return Err(Error::Config(format!(
+                "--distributed-world-size {world_size} without RANK/WORLD_SIZE starts worker                  processes, which `seqforge-train train` does; in a library call set RANK,                  WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each rank"
+            )));
+        }
+    };
+    Trainer::with_group(config, registry, group)?.train()
 }
 
 fn tensor2d(t: &Tokens2d, device: Device) -> Result<Tensor> {
@@ -334,7 +417,22 @@ impl Trainer {
     /// optimizer and scheduler, plans the batches, restores a checkpoint (`--restore-file`,
     /// `--finetune-from-model`, see [`Trainer::restore`]) and writes `SAVE_DIR/config.json`.
     pub fn new(config: &TrainConfig, registry: &Registry) -> Result<Self> {
+        Self::with_group(config, registry, None)
+    }
+
+    /// [`Trainer::new`] as one rank of `group` (data-parallel; `None`: alone): this rank reads
+    /// its shard of every epoch's batches and of the validation batches, rank 0's weights are
+    /// broadcast after the restore, gradients are synchronized by a [`GradReducer`], and only
+    /// rank 0 writes `config.json`, logs and checkpoints (the other ranks wait at a barrier
+    /// around saves).
+    pub fn with_group(
+        config: &TrainConfig,
+        registry: &Registry,
+        group: Option<ProcessGroup>,
+    ) -> Result<Self> {
         let a = &config.args;
+        let (num_shards, shard_id) = group.as_ref().map_or((1, 0), |g| (g.world_size(), g.rank()));
+        let is_master = shard_id == 0;
         if a.update_freq == 0 {
             return Err(Error::Config("--update-freq must be at least 1".into()));
         }
@@ -438,7 +536,13 @@ impl Trainer {
         }
         let epoch_itr = EpochBatchIterator::new(
             plan.batches,
-            IteratorConfig { seed: a.seed, shuffle: true, ..IteratorConfig::default() },
+            IteratorConfig {
+                seed: a.seed,
+                shuffle: true,
+                num_shards,
+                shard_id,
+                ..IteratorConfig::default()
+            },
         )?;
 
         let valid = if a.disable_validation {
@@ -469,25 +573,42 @@ impl Trainer {
             }
             _ => None,
         };
+        // Each rank validates its shard of the batches; the statistics are summed (rank 0
+        // alone decodes for --eval-bleu, over all of them).
+        let valid = match valid {
+            Some((data, batches)) if num_shards > 1 => {
+                Some((data, crate::batching::shard_batches(&batches, num_shards, shard_id)?))
+            }
+            other => other,
+        };
 
         let io = |path: &std::path::Path| {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
-        std::fs::create_dir_all(&a.save_dir).map_err(io(&a.save_dir))?;
-        let config_path = a.save_dir.join("config.json");
-        let text = serde_json::to_string_pretty(config)
-            .map_err(|e| Error::Config(format!("config.json: {e}")))?;
-        std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
-        // A save directory left by a killed run: finish or drop its interrupted saves.
-        for path in checkpoint::recover(&a.save_dir)? {
-            tracing::info!(target: "seqforge::train", "recovered {}", path.display());
+        if is_master {
+            std::fs::create_dir_all(&a.save_dir).map_err(io(&a.save_dir))?;
+            let config_path = a.save_dir.join("config.json");
+            let text = serde_json::to_string_pretty(config)
+                .map_err(|e| Error::Config(format!("config.json: {e}")))?;
+            std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
+            // A save directory left by a killed run: finish or drop its interrupted saves.
+            for path in checkpoint::recover(&a.save_dir)? {
+                tracing::info!(target: "seqforge::train", "recovered {}", path.display());
+            }
+        }
+        if let Some(g) = &group {
+            // The other ranks read the save directory only once rank 0 has recovered it.
+            g.barrier()?;
         }
         let restore = restore_plan(a)?;
         let log_path = a.log_file.clone().unwrap_or_else(|| a.save_dir.join("train_log.jsonl"));
         let show_bar = !a.no_progress_bar;
-        let logger =
-            Logger::new(a.log_format, &log_path, restore.is_some(), show_bar, &a.valid_subset)?;
+        let logger = if is_master {
+            Logger::new(a.log_format, &log_path, restore.is_some(), show_bar, &a.valid_subset)?
+        } else {
+            Logger::silent(a.log_format, &a.valid_subset)
+        };
 
         tracing::info!(
             target: "seqforge::train",
@@ -539,11 +660,97 @@ impl Trainer {
             start_num_updates: 0,
             logger,
             start: Instant::now(),
+            dist: None,
         };
         if let Some((path, resets)) = restore {
             trainer.restore(&path, resets)?;
         }
+        if let Some(pg) = group {
+            trainer.join(pg)?;
+        }
         Ok(trainer)
+    }
+
+    /// Makes this trainer a rank of `pg`: broadcasts rank 0's weights (the 16-bit model and
+    /// the fp32 master copy) and hooks the gradient reducer onto the parameters (sorted by
+    /// name, so every rank buckets them alike).
+    fn join(&mut self, pg: ProcessGroup) -> Result<()> {
+        let d = &self.config.args.distributed;
+        {
+            let _guard = tch::no_grad_guard();
+            let model: Vec<&Tensor> = self.params.iter().map(|(_, t)| t).collect();
+            pg.broadcast(&model, 0)?;
+            if let Some(m) = &self.master {
+                let master: Vec<&Tensor> = m.params().iter().map(|(_, t)| t).collect();
+                pg.broadcast(&master, 0)?;
+            }
+        }
+        let params: Vec<&Tensor> = self.params.iter().map(|(_, t)| t).collect();
+        let overlap = d.ddp_backend == DdpBackend::C10d;
+        let reducer = GradReducer::new(&pg, &params, d.bucket_cap_mb, overlap)?;
+        tracing::info!(
+            target: "seqforge::train",
+            "data parallel: rank {} of {}, {} parameters in {} buckets of at most {} MB, \
+             ddp backend {:?}",
+            pg.rank(),
+            pg.world_size(),
+            reducer.params(),
+            reducer.buckets(),
+            d.bucket_cap_mb,
+            d.ddp_backend
+        );
+        self.dist = Some(Dist { reducer, pg, comm: CommStats::default() });
+        Ok(())
+    }
+
+    /// Whether this process writes logs and checkpoints (rank 0, or training alone).
+    pub fn is_master(&self) -> bool {
+        self.dist.as_ref().is_none_or(Dist::is_master)
+    }
+
+    /// Runs forward and backward on every batch of an update, telling the gradient reducer
+    /// which backward is the last (the only one that communicates); empty batches (a rank's
+    /// padding at the end of an epoch) are skipped. `scaled`: multiply the loss by the fp16
+    /// loss scale first.
+    fn forward_backward(&mut self, batches: &[Batch], scaled: bool) -> Result<LoggingOutput> {
+        let mut logging = LoggingOutput::default();
+        let last = batches.len().saturating_sub(1);
+        let (world, rank) = self.dist.as_ref().map_or((1, 0), |d| (d.pg.world_size(), d.pg.rank()));
+        for (i, batch) in batches.iter().enumerate() {
+            if let Some(d) = &self.dist {
+                d.reducer.prepare(i == last)?;
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let k = (i * world + rank) as u64;
+            RngState::reseed_micro_batch(self.config.args.seed, self.num_updates, k);
+            let (loss, out) = self.forward_batch(batch, true)?;
+            let loss = match (&self.scaler, scaled) {
+                (Some(s), true) => s.scale(&loss)?,
+                _ => loss,
+            };
+            loss.f_backward()?;
+            logging += out;
+        }
+        Ok(logging)
+    }
+
+    /// After the update's backwards: with data parallelism, waits for the gradient
+    /// all-reduces and sums the logging numbers over ranks. Returns the factor the gradients
+    /// must be multiplied by: `1 / sample_size` alone; `world_size / total sample_size` in
+    /// data parallel, whose all-reduced gradients are already divided by the world size
+    /// (fairseq's `multiply_grads(world_size / sample_size)`).
+    fn synchronize(&mut self, logging: &mut LoggingOutput) -> Result<f64> {
+        let Some(d) = &mut self.dist else {
+            return Ok(if logging.sample_size > 0 { 1.0 / logging.sample_size as f64 } else { 1.0 });
+        };
+        let stats = d.reducer.finish()?;
+        d.comm.wait_seconds += stats.wait_seconds;
+        d.comm.hook_seconds += stats.hook_seconds;
+        d.all_reduce_logging(logging)?;
+        let world = d.pg.world_size() as f64;
+        Ok(if logging.sample_size > 0 { world / logging.sample_size as f64 } else { 1.0 })
     }
 
     /// Restores the checkpoint directory `path` into this (freshly built) trainer, as fairseq's
@@ -706,18 +913,13 @@ impl Trainer {
         if self.precision != Precision::Fp32 {
             return self.train_step_mixed(batches);
         }
-        let mut logging = LoggingOutput::default();
-        for batch in batches.iter().filter(|b| !b.is_empty()) {
-            let (loss, out) = self.forward_batch(batch, true)?;
-            loss.f_backward()?;
-            logging += out;
-        }
+        let mut logging = self.forward_backward(batches, false)?;
+        let multiplier = self.synchronize(&mut logging)?;
         let mut grads = self.grads();
         let _guard = tch::no_grad_guard();
-        if logging.sample_size > 0 {
-            let scale = 1.0 / logging.sample_size as f64;
+        if multiplier != 1.0 {
             for g in &mut grads {
-                let _ = g.f_mul_scalar_(scale)?;
+                let _ = g.f_mul_scalar_(multiplier)?;
             }
         }
         let gnorm = if grads.is_empty() {
@@ -730,6 +932,9 @@ impl Trainer {
             Tensor::f_stack(&norms, 0)?.f_norm()?.f_double_value(&[])?
         };
         let update = self.num_updates + 1;
+        if let Some(d) = &self.dist {
+            d.check_grad_norms(gnorm, update)?;
+        }
         if !gnorm.is_finite() {
             return Err(Error::NonFiniteGradients { update, norm: gnorm });
         }
@@ -767,18 +972,8 @@ impl Trainer {
     /// `MemoryEfficientFP16Optimizer` around the optimizer, see [`crate::fp16`]).
     fn train_step_mixed(&mut self, batches: &[Batch]) -> Result<UpdateOutput> {
         self.zero_grad();
-        let mut logging = LoggingOutput::default();
-        for batch in batches.iter().filter(|b| !b.is_empty()) {
-            let (loss, out) = self.forward_batch(batch, true)?;
-            let loss = match &self.scaler {
-                Some(s) => s.scale(&loss)?,
-                None => loss,
-            };
-            loss.f_backward()?;
-            logging += out;
-        }
-        let multiplier =
-            if logging.sample_size > 0 { 1.0 / logging.sample_size as f64 } else { 1.0 };
+        let mut logging = self.forward_backward(batches, true)?;
+        let multiplier = self.synchronize(&mut logging)?;
         let clip_norm = self.config.args.clip_norm;
         let update = self.num_updates + 1;
         let check = match &mut self.master {
@@ -791,6 +986,14 @@ impl Trainer {
             ),
         };
         let lr = self.scheduler.lr();
+        if let Some(d) = &self.dist {
+            let norm = match &check {
+                Ok(GradCheck::Finite { grad_norm } | GradCheck::Overflow { grad_norm, .. })
+                | Err(fp16::Error::NonFiniteGradients { grad_norm }) => *grad_norm,
+                _ => f64::NAN,
+            };
+            d.check_grad_norms(norm, update)?;
+        }
         let gnorm = match check {
             Ok(GradCheck::Finite { grad_norm }) => grad_norm,
             Ok(GradCheck::Overflow { grad_norm, new_scale }) => {
@@ -852,6 +1055,9 @@ impl Trainer {
             }
             logging += self.forward_batch(&batch, false)?.1;
         }
+        if let Some(d) = &self.dist {
+            d.all_reduce_logging(&mut logging)?;
+        }
         Ok(Some((logging.metrics(), logging, start.elapsed().as_secs_f64())))
     }
 
@@ -865,6 +1071,9 @@ impl Trainer {
         let (Some(evaluator), Some((data, _))) = (&self.bleu, &self.valid) else {
             return Ok(None);
         };
+        if !self.is_master() {
+            return Ok(None);
+        }
         let model = self.model.as_transformer().ok_or_else(|| {
             Error::Config("--eval-bleu needs the built-in transformer".to_string())
         })?;
@@ -895,12 +1104,23 @@ impl Trainer {
                     a.criterion
                 ))
             })?,
-            "bleu" => bleu.as_ref().map(|b| b.score.score).ok_or_else(|| {
-                Error::Config("--best-checkpoint-metric bleu needs --eval-bleu".to_string())
-            })?,
+            "bleu" => match &bleu {
+                Some(b) => b.score.score,
+                // Rank 0 decodes; its score is broadcast below.
+                None if !self.is_master() => f64::NAN,
+                None => {
+                    return Err(Error::Config(
+                        "--best-checkpoint-metric bleu needs --eval-bleu".to_string(),
+                    ));
+                }
+            },
             other => {
                 return Err(Error::Config(format!("--best-checkpoint-metric {other}: unknown")));
             }
+        };
+        let value = match &self.dist {
+            Some(d) => d.pg.broadcast_f64(value)?,
+            None => value,
         };
         let maximize = a.maximize_best_checkpoint_metric;
         // fairseq's should_stop_early: strictly better; checkpoint_best also takes ties.
@@ -1051,7 +1271,7 @@ impl Trainer {
                 let max_update_reached =
                     updated && a.max_update > 0 && self.num_updates >= a.max_update;
                 let every = |n: u64| updated && n > 0 && self.num_updates.is_multiple_of(n);
-                let hours = self.wall() / 3600.0;
+                let hours = self.synced_wall()? / 3600.0;
                 let time_up = a.stop_time_hours > 0.0 && hours > a.stop_time_hours;
                 if time_up {
                     tracing::info!(
@@ -1132,7 +1352,14 @@ impl Trainer {
         } else {
             validations.iter().map(|v: &ValidSummary| v.metrics.loss).reduce(f64::min)
         };
+        let params_digest = self.params_digest()?;
+        self.check_replicas(&params_digest)?;
+        let comm = self.dist.as_ref().map(|d| d.comm).unwrap_or_default();
         Ok(TrainSummary {
+            world_size: self.dist.as_ref().map_or(1, |d| d.pg.world_size()),
+            rank: self.dist.as_ref().map_or(0, |d| d.pg.rank()),
+            comm_wait_seconds: comm.wait_seconds,
+            comm_hook_seconds: comm.hook_seconds,
             epochs,
             validations,
             num_updates: self.num_updates,
@@ -1142,13 +1369,51 @@ impl Trainer {
             best_valid_loss,
             best_metric: self.best,
             stop_reason,
-            params_digest: self.params_digest()?,
+            params_digest,
             precision: self.precision,
             loss_scale: self.loss_scale(),
             overflows: self.overflows,
             restored_from: self.restored_from.clone(),
             start_num_updates: self.start_num_updates,
         })
+    }
+
+    /// [`Trainer::wall`] for decisions every rank must take alike (`--stop-time-hours`): rank
+    /// 0's clock, broadcast, in data-parallel training with a time limit.
+    fn synced_wall(&self) -> Result<f64> {
+        match &self.dist {
+            Some(d) if self.config.args.stop_time_hours > 0.0 => Ok(d.pg.broadcast_f64(self.wall())?),
+            _ => Ok(self.wall()),
+        }
+    }
+
+    /// Checks that every rank ends with the same weights (an all-gather of the digests).
+    fn check_replicas(&self, digest: &str) -> Result<()> {
+        let Some(d) = &self.dist else {
+            return Ok(());
+        };
+        let value = u64::from_str_radix(digest, 16)
+            .map_err(|e| Error::Config(format!("params digest {digest}: {e}")))?;
+        let t = Tensor::f_from_slice(&[value as i64])?;
+        let all = d.pg.all_gather(&t)?;
+        let digests = all
+            .iter()
+            .map(|x| x.f_int64_value(&[0]).map(|v| format!("{:016x}", v as u64)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if digests.iter().any(|x| x != digest) {
+            return Err(Error::Config(format!(
+                "the ranks ended with different weights (digests by rank: {digests:?})"
+            )));
+        }
+        tracing::info!(
+            target: "seqforge::train",
+            "weights identical on all {} ranks (digest {digest}); waited {:.3} s for gradient \
+             all-reduces after backward, {:.3} s in gradient hooks",
+            digests.len(),
+            d.comm.wait_seconds,
+            d.comm.hook_seconds
+        );
+        Ok(())
     }
 
     /// Seconds since training started, runs before a resume included (fairseq's `wall`).
@@ -1181,7 +1446,7 @@ impl Trainer {
     /// that has to stop on an error; returns its path.
     fn save_last_checkpoint(&self, epoch: u64, end_of_epoch: bool) -> Result<Option<PathBuf>> {
         let a = &self.config.args;
-        if a.no_save || a.no_last_checkpoints {
+        if a.no_save || a.no_last_checkpoints || !self.is_master() {
             return Ok(None);
         }
         let ckpt = self.checkpoint(epoch, end_of_epoch, None, self.best)?;
@@ -1190,8 +1455,26 @@ impl Trainer {
     }
 
     /// Saves a checkpoint under the names fairseq would use at this point (none with
-    /// `--no-save`) and prunes old ones; returns the paths written.
+    /// `--no-save`) and prunes old ones; returns the paths written. In data-parallel training
+    /// rank 0 saves and every rank waits at a barrier until it has.
     pub fn save_checkpoint(
+        &self,
+        epoch: u64,
+        end_of_epoch: bool,
+        val_loss: Option<f64>,
+    ) -> Result<Vec<std::path::PathBuf>> {
+        let paths = if self.is_master() {
+            self.save_checkpoint_here(epoch, end_of_epoch, val_loss)?
+        } else {
+            Vec::new()
+        };
+        if let Some(d) = &self.dist {
+            d.pg.barrier()?;
+        }
+        Ok(paths)
+    }
+
+    fn save_checkpoint_here(
         &self,
         epoch: u64,
         end_of_epoch: bool,
