@@ -13,6 +13,8 @@
 //! - [`pool`] (feature `onnx`): a thread-safe translator (raw texts → n-best detokenized
 //!   hypotheses) with a fixed number of workers over one shared model, under the C ABI and the
 //!   HTTP server.
+//! - `capi` (feature `capi`): the C ABI (`seqforge_*` functions, `include/seqforge.h`) over
+//!   [`pool`], built into `libseqforge.so` / `libseqforge.a` by the `seqforge-capi` crate.
 //! - [`cli`] (feature `onnx`): the `seqforge generate` and `seqforge interactive` commands.
 //! - [`serve`] (feature `serve`, on by default): `seqforge serve`, an HTTP server (tokio +
 //!   axum) with dynamic batching, a bounded queue, limits and Prometheus metrics.
@@ -20,6 +22,8 @@
 //! The crate builds without the `onnx` feature (the trainer uses it that way), so code that
 //! does not need ONNX Runtime never links or loads it.
 
+#[cfg(feature = "capi")]
+pub mod capi;
 #[cfg(feature = "onnx")]
 pub mod cli;
 pub mod decoding;
