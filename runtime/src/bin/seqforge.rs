@@ -7,6 +7,8 @@
 //!   `seqforge_runtime::cli::generate`).
 //! - `interactive`: translate standard input as it arrives (see
 //!   `seqforge_runtime::cli::interactive`).
+//! - `serve`: an HTTP translation server with dynamic batching (see
+//!   `seqforge_runtime::serve`).
 
 use std::io;
 
@@ -37,6 +39,10 @@ enum Command {
     /// line on stdout, flushed as each buffer of lines is done).
     #[cfg(feature = "onnx")]
     Interactive(Box<InteractiveArgs>),
+    /// Serve an exported model over HTTP (POST /v1/translate, GET /healthz, GET /metrics)
+    /// with dynamic batching, a bounded queue and graceful shutdown on SIGTERM.
+    #[cfg(feature = "serve")]
+    Serve(Box<seqforge_runtime::serve::ServeArgs>),
 }
 
 fn main() -> Result<()> {
@@ -55,6 +61,8 @@ fn main() -> Result<()> {
                 &mut io::stdout().lock(),
             )?;
         }
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => seqforge_runtime::serve::run(&args)?,
     }
     Ok(())
 }

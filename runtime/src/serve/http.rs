@@ -1,0 +1,224 @@
+//! The HTTP API: routes, request checks, the JSON wire format and the metrics middleware.
+//!
+//! - `POST /v1/translate` with `{"texts": [...], "options": {...}}` (`options` optional: the
+//!   fields of [`GenerationOptions`], merged over the server's defaults; unknown fields are
+//!   errors) answers `{"translations": [{"hypotheses": [{"text", "tokens", "score",
+//!   "positional_scores"}]}], "options": {...}}` with one translation per text, in order.
+//! - `GET /healthz` answers `{"status": "ok", ...}` while the server runs.
+//! - `GET /metrics` answers the Prometheus text exposition of [`Metrics`].
+//!
+//! Errors are JSON (see [`ApiError`]): 400 malformed body, wrong types, invalid options or a
+//! text the model cannot take; 413 too many texts, too long a text (with its `index`) or too
+//! large a body; 503 with `Retry-After` when the queue is full; 504 after
+//! `--request-timeout-ms`; 500 when the model fails.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::batcher::{Engine, Queue};
+use super::error::ApiError;
+use super::metrics::Metrics;
+use crate::pool::{TranslatedHypothesis, check_options, parse_options};
+use crate::search::GenerationOptions;
+
+/// Request limits checked before a request is queued.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Texts per request at most.
+    pub max_texts: usize,
+    /// Characters per text at most.
+    pub max_chars: usize,
+    /// How long a request may take in all.
+    pub timeout: Duration,
+}
+
+impl Limits {
+    /// The largest body accepted: every text at its longest in escaped UTF-8, plus room for
+    /// the options.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_texts.saturating_mul(self.max_chars.saturating_mul(12).saturating_add(8))
+            .saturating_add(64 * 1024)
+    }
+}
+
+/// Everything the handlers share.
+pub struct App {
+    /// The translator.
+    pub engine: Arc<dyn Engine>,
+    /// The request queue the batcher drains.
+    pub queue: Arc<Queue>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// The body of `POST /v1/translate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TranslateRequest {
+    texts: Vec<String>,
+    #[serde(default)]
+    options: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct WireTranslation {
+    hypotheses: Vec<TranslatedHypothesis>,
+}
+
+#[derive(Serialize)]
+struct TranslateResponse<'a> {
+    translations: Vec<WireTranslation>,
+    options: &'a GenerationOptions,
+}
+
+/// The router of the server's three routes, with the metrics middleware.
+pub fn router(app: Arc<App>) -> Router {
+    let body_limit = app.limits.max_body_bytes();
+    Router::new()
+        .route("/v1/translate", post(translate))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), track))
+        .with_state(app)
+}
+
+/// A JSON response with `status`.
+pub(crate) fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = (status, body).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("serializing the answer: {e}"))
+            .into_response(),
+    }
+}
+
+/// Counts every answer by route and status, and times `/v1/translate`.
+async fn track(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let route = match request.uri().path() {
+        "/v1/translate" => "/v1/translate",
+        "/healthz" => "/healthz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    };
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    app.metrics.count_request(route, status.as_u16());
+    if route == "/v1/translate" {
+        let seconds = start.elapsed().as_secs_f64();
+        app.metrics.latency.observe(seconds);
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), seconds, "translate request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), seconds, "translate request");
+        }
+    }
+    response
+}
+
+async fn translate(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge(format!(
+                "at most {} bytes are accepted with these limits",
+                app.limits.max_body_bytes()
+            ))
+        } else {
+            ApiError::InvalidJson(e.body_text())
+        }
+    })?;
+    let request: TranslateRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    drop(body);
+    let limits = &app.limits;
+    if request.texts.len() > limits.max_texts {
+        return Err(ApiError::TooManyTexts { count: request.texts.len(), max: limits.max_texts });
+    }
+    for (index, text) in request.texts.iter().enumerate() {
+        let chars = text.chars().count();
+        if chars > limits.max_chars {
+            return Err(ApiError::TextTooLong { index, chars, max: limits.max_chars });
+        }
+    }
+    let defaults = app.engine.default_options();
+    let options = match &request.options {
+        None => defaults.clone(),
+        Some(value) => parse_options(&value.to_string(), defaults)
+            .map_err(|e| ApiError::InvalidOptions(e.to_string()))?,
+    };
+    check_options(&options).map_err(|e| ApiError::InvalidOptions(e.to_string()))?;
+    let mut tokens = Vec::with_capacity(request.texts.len());
+    for (index, text) in request.texts.iter().enumerate() {
+        let n = app
+            .engine
+            .source_tokens(text)
+            .map_err(|e| ApiError::InvalidText { index, message: text_error(e) })?;
+        tokens.push(n);
+    }
+    let receiver = app.queue.submit(options.clone(), request.texts, tokens)?;
+    let Ok(reply) = tokio::time::timeout(limits.timeout, receiver).await else {
+        // Let the batcher drop the abandoned texts now rather than at its next batch.
+        app.queue.wake();
+        return Err(ApiError::Timeout { ms: limits.timeout.as_millis() as u64 });
+    };
+    let reply = reply
+        .map_err(|_| ApiError::Internal("the request was dropped by the batcher".into()))?;
+    let translations = reply?
+        .into_iter()
+        .map(|t| WireTranslation { hypotheses: t.hypotheses })
+        .collect();
+    Ok(json_response(StatusCode::OK, &TranslateResponse { translations, options: &options }))
+}
+
+/// What is wrong with a text the model cannot take, without the pool's index (the caller
+/// names the request's own).
+fn text_error(error: crate::Error) -> String {
+    match error {
+        crate::Error::TextTooLong { tokens, max, .. } => format!(
+            "{tokens} source tokens (EOS included) exceed the model's max_source_positions \
+             {max} (the server cuts such texts only with --truncate-source)"
+        ),
+        other => other.to_string(),
+    }
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let body = serde_json::json!({
+        "status": "ok",
+        "workers": app.engine.workers(),
+        "queued_texts": app.queue.queued_texts(),
+        "running_batches": app.metrics.running_batches.load(Ordering::Relaxed),
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut response = Body::from(app.metrics.render()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
