@@ -211,10 +211,8 @@ fn sixty_four_concurrent_clients_get_what_translating_alone_gives() -> Result<()
         Some(json!({"beam": 3, "nbest": 2, "max_len_b": 12})),
         Some(json!({"strategy": {"kind": "greedy"}, "beam": 1, "max_len_b": 16})),
     ];
-    let expected: Vec<Vec<Value>> = option_sets
-        .iter()
-        .map(|o| alone(&f.model, &TEXTS, o.as_ref()))
-        .collect::<Result<_>>()?;
+    let expected: Vec<Vec<Value>> =
+        option_sets.iter().map(|o| alone(&f.model, &TEXTS, o.as_ref())).collect::<Result<_>>()?;
     let server = Server::start(
         &f.model,
         &["--workers", "2", "--max-wait-ms", "20", "--max-batch-tokens", "200"],
@@ -241,7 +239,10 @@ fn sixty_four_concurrent_clients_get_what_translating_alone_gives() -> Result<()
         sentences += texts.len();
     }
     // The metrics agree with what was sent.
-    ensure!(server.metric("seqforge_http_requests_total{route=\"/v1/translate\",code=\"200\"}")? == 64.0);
+    ensure!(
+        server.metric("seqforge_http_requests_total{route=\"/v1/translate\",code=\"200\"}")?
+            == 64.0
+    );
     ensure!(server.metric("seqforge_request_duration_seconds_count")? == 64.0);
     ensure!(server.metric("seqforge_translated_sentences_total")? == sentences as f64);
     ensure!(server.metric("seqforge_batch_sentences_sum")? == sentences as f64);
@@ -279,7 +280,8 @@ fn queued_requests_of_one_length_share_a_model_batch_and_keep_their_results() ->
     let f = common::fixture()?;
     let options = json!({"beam": 2, "max_len_b": 10});
     // 24 different sources of 5 bytes each (6 tokens with EOS).
-    let texts: Vec<String> = (0..24).map(|i| format!("{}{i:02}.", ["ab", "xy", "Lu"][i % 3])).collect();
+    let texts: Vec<String> =
+        (0..24).map(|i| format!("{}{i:02}.", ["ab", "xy", "Lu"][i % 3])).collect();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let expected = alone(&f.model, &texts, Some(&options))?;
     let (server, answers) = one_batch(&f.model, &texts, &options, &[])?;
@@ -321,14 +323,23 @@ fn overload_is_refused_with_retry_after_and_the_server_recovers() -> Result<()> 
     let server = Server::start(
         &f.model,
         &[
-            "--workers", "1", "--max-queue", "4", "--max-texts-per-request", "2",
-            "--max-wait-ms", "2000", "--max-batch-tokens", "100000", "--retry-after-s", "3",
+            "--workers",
+            "1",
+            "--max-queue",
+            "4",
+            "--max-texts-per-request",
+            "2",
+            "--max-wait-ms",
+            "2000",
+            "--max-batch-tokens",
+            "100000",
+            "--retry-after-s",
+            "3",
         ],
     )?;
     let options = json!({"beam": 2, "max_len_b": 8});
-    let requests = (0..24)
-        .map(|i| json!({"texts": [TEXTS[i % TEXTS.len()]], "options": options}))
-        .collect();
+    let requests =
+        (0..24).map(|i| json!({"texts": [TEXTS[i % TEXTS.len()]], "options": options})).collect();
     let answers = concurrently(&server.addr, requests)?;
     let (mut ok, mut refused) = (0, 0);
     for answer in &answers {
@@ -336,7 +347,11 @@ fn overload_is_refused_with_retry_after_and_the_server_recovers() -> Result<()> 
             200 => ok += 1,
             503 => {
                 refused += 1;
-                ensure!(answer.header("retry-after") == Some("3"), "Retry-After: {:?}", answer.headers);
+                ensure!(
+                    answer.header("retry-after") == Some("3"),
+                    "Retry-After: {:?}",
+                    answer.headers
+                );
                 let body = answer.json()?;
                 ensure!(body["error"]["code"] == "overloaded", "{body}");
             }
@@ -390,7 +405,12 @@ fn bad_requests_get_json_errors_with_the_right_status() -> Result<()> {
             400,
             "invalid_options",
         ),
-        ("too many texts", post(addr, &json!({"texts": ["a", "b", "c", "d"]}))?, 413, "too_many_texts"),
+        (
+            "too many texts",
+            post(addr, &json!({"texts": ["a", "b", "c", "d"]}))?,
+            413,
+            "too_many_texts",
+        ),
         (
             "too long a text",
             post(addr, &json!({"texts": ["a", "x".repeat(41)]}))?,
@@ -425,7 +445,9 @@ fn bad_requests_get_json_errors_with_the_right_status() -> Result<()> {
     ensure!(http(addr, "GET", "/v1/translate", None)?.status == 405);
     ensure!(http(addr, "GET", "/nowhere", None)?.status == 404);
     let count = |code: &str| {
-        server.metric(&format!("seqforge_http_requests_total{{route=\"/v1/translate\",code=\"{code}\"}}"))
+        server.metric(&format!(
+            "seqforge_http_requests_total{{route=\"/v1/translate\",code=\"{code}\"}}"
+        ))
     };
     ensure!(count("400")? == 10.0);
     ensure!(count("413")? == 2.0);
@@ -447,7 +469,9 @@ fn a_request_past_its_timeout_gets_504() -> Result<()> {
     let answer = post(&server.addr, &json!({"texts": ["Hola."]}))?;
     ensure!(answer.status == 504, "{} {}", answer.status, answer.body);
     ensure!(answer.json()?["error"]["code"] == "timeout");
-    ensure!(server.metric("seqforge_http_requests_total{route=\"/v1/translate\",code=\"504\"}")? == 1.0);
+    ensure!(
+        server.metric("seqforge_http_requests_total{route=\"/v1/translate\",code=\"504\"}")? == 1.0
+    );
     Ok(())
 }
 
@@ -457,10 +481,8 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() -> Result<()> {
     let options = json!({"beam": 2, "max_len_b": 10});
     let expected = alone(&f.model, &["Hola.", "fin"], Some(&options))?;
     // The request stays queued (the batch waits 10 minutes to fill) until shutdown flushes it.
-    let mut server = Server::start(
-        &f.model,
-        &["--max-wait-ms", "600000", "--max-batch-tokens", "100000"],
-    )?;
+    let mut server =
+        Server::start(&f.model, &["--max-wait-ms", "600000", "--max-batch-tokens", "100000"])?;
     let addr = server.addr.clone();
     let client = std::thread::spawn(move || {
         post(&addr, &json!({"texts": ["Hola.", "fin"], "options": options}))
@@ -500,7 +522,10 @@ fn bad_startup_input_exits_non_zero_with_a_message() -> Result<()> {
     let missing = missing.to_str().context("path")?;
     let (ok, stdout, stderr) = run(&[missing, "--port", "0"])?;
     ensure!(!ok && stdout.is_empty(), "{stdout}");
-    ensure!(stderr.contains("no-such-model") && stderr.contains("no such model directory"), "{stderr}");
+    ensure!(
+        stderr.contains("no-such-model") && stderr.contains("no such model directory"),
+        "{stderr}"
+    );
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = taken.local_addr()?.port().to_string();
@@ -511,7 +536,8 @@ fn bad_startup_input_exits_non_zero_with_a_message() -> Result<()> {
 
     let (ok, _, stderr) = run(&[model, "--port", "0", "--max-queue", "0"])?;
     ensure!(!ok && stderr.contains("--max-queue"), "{stderr}");
-    let (ok, _, stderr) = run(&[model, "--port", "0", "--max-queue", "4", "--max-texts-per-request", "8"])?;
+    let (ok, _, stderr) =
+        run(&[model, "--port", "0", "--max-queue", "4", "--max-texts-per-request", "8"])?;
     ensure!(!ok && stderr.contains("--max-texts-per-request"), "{stderr}");
     Ok(())
 }

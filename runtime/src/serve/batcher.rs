@@ -23,7 +23,7 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::error::ApiError;
 use super::metrics::Metrics;
-use crate::pool::{TranslatorPool, Translation};
+use crate::pool::{Translation, TranslatorPool};
 use crate::search::GenerationOptions;
 
 /// What the batcher runs batches on: the [`TranslatorPool`] in the server, anything with the
@@ -346,12 +346,15 @@ impl Queue {
 
 /// Puts a batch's results (or its error) into the requests they belong to, answering each
 /// request whose last text this was.
-fn deliver(metrics: &Metrics, targets: Vec<(Shared, usize)>, result: Result<Vec<Translation>, ApiError>) {
+fn deliver(
+    metrics: &Metrics,
+    targets: Vec<(Shared, usize)>,
+    result: Result<Vec<Translation>, ApiError>,
+) {
     match result {
         Ok(translations) => {
             for ((shared, slot), translation) in targets.into_iter().zip(translations) {
-                let generated: usize =
-                    translation.hypotheses.iter().map(|h| h.tokens.len()).sum();
+                let generated: usize = translation.hypotheses.iter().map(|h| h.tokens.len()).sum();
                 metrics.generated_tokens.fetch_add(generated as u64, Ordering::Relaxed);
                 let mut job = lock(&shared);
                 if let Some(s) = job.slots.get_mut(slot) {
@@ -361,8 +364,10 @@ fn deliver(metrics: &Metrics, targets: Vec<(Shared, usize)>, result: Result<Vec<
                 if job.remaining == 0
                     && let Some(reply) = job.reply.take()
                 {
-                    let all: Option<Vec<Translation>> = job.slots.iter_mut().map(Option::take).collect();
-                    let answer = all.ok_or_else(|| ApiError::Internal("a translation is missing".into()));
+                    let all: Option<Vec<Translation>> =
+                        job.slots.iter_mut().map(Option::take).collect();
+                    let answer =
+                        all.ok_or_else(|| ApiError::Internal("a translation is missing".into()));
                     let _ = reply.send(answer);
                 }
             }
@@ -372,5 +377,164 @@ fn deliver(metrics: &Metrics, targets: Vec<(Shared, usize)>, result: Result<Vec<
                 lock(&shared).fail(error.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::TranslatedHypothesis;
+
+    /// Translates a text to its upper case and records each batch (beam, texts); a text
+    /// `fail` fails its batch. Source tokens are the text's bytes.
+    #[derive(Default)]
+    struct Recorder {
+        batches: Mutex<Vec<(usize, Vec<String>)>>,
+        defaults: GenerationOptions,
+    }
+
+    impl Engine for Recorder {
+        fn translate(
+            &self,
+            texts: &[&str],
+            options: &GenerationOptions,
+        ) -> crate::Result<Vec<Translation>> {
+            lock(&self.batches).push((options.beam, texts.iter().map(|t| t.to_string()).collect()));
+            if texts.contains(&"fail") {
+                return Err(crate::Error::DecoderState("scripted failure".into()));
+            }
+            Ok(texts
+                .iter()
+                .map(|t| Translation {
+                    hypotheses: vec![TranslatedHypothesis {
+                        text: t.to_uppercase(),
+                        tokens: vec![1; t.len()],
+                        score: 0.0,
+                        positional_scores: Vec::new(),
+                    }],
+                })
+                .collect())
+        }
+
+        fn source_tokens(&self, text: &str) -> crate::Result<usize> {
+            Ok(text.len())
+        }
+
+        fn default_options(&self) -> &GenerationOptions {
+            &self.defaults
+        }
+
+        fn workers(&self) -> usize {
+            1
+        }
+    }
+
+    fn queue(max_batch_tokens: usize, max_queue: usize, mixed_lengths: bool) -> Arc<Queue> {
+        let config = BatchConfig {
+            max_batch_tokens,
+            max_wait: Duration::from_secs(3600),
+            max_queue,
+            retry_after_s: 2,
+            mixed_lengths,
+        };
+        Arc::new(Queue::new(config, Arc::new(Metrics::default())))
+    }
+
+    fn submit(queue: &Queue, beam: usize, texts: &[&str]) -> oneshot::Receiver<Reply> {
+        let options = GenerationOptions { beam, ..Default::default() };
+        let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        let tokens = texts.iter().map(String::len).collect();
+        queue.submit(options, texts, tokens).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn texts(reply: oneshot::Receiver<Reply>) -> Vec<String> {
+        match reply.await {
+            Ok(Ok(translations)) => {
+                translations.into_iter().map(|t| t.hypotheses[0].text.clone()).collect()
+            }
+            other => panic!("expected translations, got {other:?}"),
+        }
+    }
+
+    /// Queues three requests, lets the batcher run them one batch at a time (the queue is
+    /// closing, so nothing waits) and returns the batches and the answers.
+    async fn three_requests(mixed_lengths: bool) -> (Vec<(usize, Vec<String>)>, Vec<Vec<String>>) {
+        let q = queue(10, 100, mixed_lengths);
+        let a = submit(&q, 5, &["aaa", "bbb", "cccc"]);
+        let b = submit(&q, 2, &["ddd"]);
+        let c = submit(&q, 5, &["eee", "fff", "ggg"]);
+        assert_eq!(q.queued_texts(), 7);
+        q.close();
+        let engine = Arc::new(Recorder::default());
+        tokio::spawn(Arc::clone(&q).run(Arc::clone(&engine) as Arc<dyn Engine>));
+        let answers = vec![texts(a).await, texts(b).await, texts(c).await];
+        assert_eq!(q.queued_texts(), 0);
+        let batches = lock(&engine.batches).clone();
+        (batches, answers)
+    }
+
+    fn strings(texts: &[&str]) -> Vec<String> {
+        texts.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn batches_group_identical_options_and_one_length_within_the_token_bound() {
+        let (batches, answers) = three_requests(false).await;
+        assert_eq!(
+            batches,
+            vec![
+                (5, strings(&["aaa", "bbb", "eee"])),
+                (5, strings(&["cccc"])),
+                (2, strings(&["ddd"])),
+                (5, strings(&["fff", "ggg"])),
+            ]
+        );
+        assert_eq!(answers[0], strings(&["AAA", "BBB", "CCCC"]));
+        assert_eq!(answers[1], strings(&["DDD"]));
+        assert_eq!(answers[2], strings(&["EEE", "FFF", "GGG"]));
+    }
+
+    #[tokio::test]
+    async fn mixed_length_batches_fill_up_to_the_token_bound() {
+        let (batches, answers) = three_requests(true).await;
+        assert_eq!(
+            batches,
+            vec![
+                (5, strings(&["aaa", "bbb", "cccc"])),
+                (2, strings(&["ddd"])),
+                (5, strings(&["eee", "fff", "ggg"])),
+            ]
+        );
+        assert_eq!(answers[0], strings(&["AAA", "BBB", "CCCC"]));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_abandoned_requests_are_not_translated() {
+        let q = queue(100, 4, false);
+        let kept = submit(&q, 5, &["aa", "bb"]);
+        let dropped = submit(&q, 5, &["cc"]);
+        let refused = q.submit(GenerationOptions::default(), strings(&["dd", "ee"]), vec![2, 2]);
+        assert!(
+            matches!(refused, Err(ApiError::Overloaded { queued: 3, max: 4, retry_after_s: 2 })),
+            "{refused:?}"
+        );
+        drop(dropped);
+        q.close();
+        let engine = Arc::new(Recorder::default());
+        tokio::spawn(Arc::clone(&q).run(Arc::clone(&engine) as Arc<dyn Engine>));
+        assert_eq!(texts(kept).await, strings(&["AA", "BB"]));
+        assert_eq!(lock(&engine.batches).clone(), vec![(5, strings(&["aa", "bb"]))]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_answers_each_of_its_requests_with_the_error() {
+        let q = queue(100, 100, false);
+        let a = submit(&q, 5, &["fail", "ok"]);
+        let b = submit(&q, 5, &["ab", "cd"]);
+        q.close();
+        let engine = Arc::new(Recorder::default());
+        tokio::spawn(Arc::clone(&q).run(Arc::clone(&engine) as Arc<dyn Engine>));
+        assert!(matches!(a.await, Ok(Err(ApiError::Translation(m))) if m.contains("scripted")));
+        assert_eq!(texts(b).await, strings(&["AB", "CD"]));
     }
 }

@@ -47,7 +47,8 @@ impl Limits {
     /// The largest body accepted: every text at its longest in escaped UTF-8, plus room for
     /// the options.
     pub fn max_body_bytes(&self) -> usize {
-        self.max_texts.saturating_mul(self.max_chars.saturating_mul(12).saturating_add(8))
+        self.max_texts
+            .saturating_mul(self.max_chars.saturating_mul(12).saturating_add(8))
             .saturating_add(64 * 1024)
     }
 }
@@ -183,12 +184,10 @@ async fn translate(
         app.queue.wake();
         return Err(ApiError::Timeout { ms: limits.timeout.as_millis() as u64 });
     };
-    let reply = reply
-        .map_err(|_| ApiError::Internal("the request was dropped by the batcher".into()))?;
-    let translations = reply?
-        .into_iter()
-        .map(|t| WireTranslation { hypotheses: t.hypotheses })
-        .collect();
+    let reply =
+        reply.map_err(|_| ApiError::Internal("the request was dropped by the batcher".into()))?;
+    let translations =
+        reply?.into_iter().map(|t| WireTranslation { hypotheses: t.hypotheses }).collect();
     Ok(json_response(StatusCode::OK, &TranslateResponse { translations, options: &options }))
 }
 

@@ -129,8 +129,9 @@ impl ServeArgs {
 /// Sets up `tracing` on stderr (`RUST_LOG`; default: `info` for the server, `warn` for the
 /// rest), once.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,seqforge_runtime::serve=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,seqforge_runtime::serve=info")
+    });
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
@@ -154,7 +155,10 @@ pub fn run(args: &ServeArgs) -> Result<(), Error> {
     result
 }
 
-async fn serve(args: &ServeArgs, runtime_options: crate::onnx::RuntimeOptions) -> Result<(), Error> {
+async fn serve(
+    args: &ServeArgs,
+    runtime_options: crate::onnx::RuntimeOptions,
+) -> Result<(), Error> {
     let address = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
