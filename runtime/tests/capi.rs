@@ -1,0 +1,246 @@
+//! The C ABI from C: builds `libseqforge.so` (`cargo build -p seqforge-capi`, same target
+//! directory and profile as this test), compiles `examples/c/translate.c` with the system C
+//! compiler against `include/seqforge.h`, runs it on the test fixture's model and checks that
+//! it prints what `seqforge generate` prints for the same lines (plain output, and n-best texts
+//! and scores against the `D-` lines); then runs it under valgrind, which must find no invalid
+//! reads or writes and no definite or indirect leaks.
+//!
+//! The Rust-level tests of the C functions' error paths and of concurrent use are in
+//! `capi/tests/ffi.rs` (the `seqforge-capi` crate, where the `capi` feature is always on).
+#![cfg(feature = "onnx")]
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, bail, ensure};
+use common::fixture;
+
+/// The workspace root.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where cargo puts this build's artifacts: `CARGO_TARGET_DIR` when set, else three levels
+/// above this test binary (`<target>/<profile>/deps/capi-<hash>`), and the profile's name.
+fn target_dir() -> Result<(PathBuf, String)> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("test binary path")?;
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).context("profile")?.to_owned();
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => profile_dir.parent().context("target directory")?.to_path_buf(),
+    };
+    Ok((target, profile))
+}
+
+/// Builds libseqforge.so once per test process and compiles translate.c against it.
+fn translate_exe() -> Result<PathBuf> {
+    static EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    EXE.get_or_init(|| build_example().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_example() -> Result<PathBuf> {
+    let (target, profile) = target_dir()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace()).args(["build", "-p", "seqforge-capi", "--target-dir"]);
+    build.arg(&target);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            build.arg("--release");
+        }
+        other => {
+            build.args(["--profile", other]);
+        }
+    }
+    let out = build.output().context("running cargo build -p seqforge-capi")?;
+    ensure!(
+        out.status.success(),
+        "cargo build -p seqforge-capi failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lib_dir = target.join(&profile);
+    ensure!(lib_dir.join("libseqforge.so").is_file(), "no libseqforge.so in {lib_dir:?}");
+    let exe = lib_dir.join("examples-c-translate");
+    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let out = Command::new(cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-o"])
+        .arg(&exe)
+        .arg(workspace().join("examples/c/translate.c"))
+        .arg(format!("-I{}", workspace().join("runtime/include").display()))
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg("-lseqforge")
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .output()
+        .context("running the C compiler (cc)")?;
+    ensure!(
+        out.status.success(),
+        "compiling examples/c/translate.c failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(exe)
+}
+
+/// Runs `program args` with `stdin` on standard input.
+fn run(program: &mut Command, stdin: &[u8]) -> Result<Output> {
+    let mut child = program
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program:?}"))?;
+    child.stdin.take().context("stdin")?.write_all(stdin)?;
+    Ok(child.wait_with_output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Input lines: plain words, an empty line, a decomposed accent (NFC by the tokenizer),
+/// non-Latin text, a CRLF line end.
+const INPUT: &str = "hola mundo\n\nel gato negro\ne\u{301}l\n\u{65e5}\u{672c} y ñandú\nadios amigos\r\n";
+
+/// `seqforge generate`'s fast settings, and the same as C search options.
+const GENERATE: [&str; 6] = ["--beam", "3", "--max-len-b", "8", "--threads", "1"];
+const SEARCH: &str = r#"{"beam": 3, "max_len_b": 8}"#;
+
+#[test]
+fn c_example_prints_what_seqforge_generate_prints() -> Result<()> {
+    let f = fixture()?;
+    let exe = translate_exe()?;
+    let input = f.root.join("in.txt");
+    std::fs::write(&input, INPUT)?;
+    let generate = |extra: &[&str]| -> Result<String> {
+        let out = run(
+            Command::new(env!("CARGO_BIN_EXE_seqforge"))
+                .arg("generate")
+                .arg(&f.model)
+                .arg("--input")
+                .arg(&input)
+                .args(GENERATE)
+                .args(extra),
+            b"",
+        )?;
+        ensure!(out.status.success(), "seqforge generate failed: {}", text(&out.stderr));
+        Ok(text(&out.stdout))
+    };
+
+    // Plain output: identical, line for line.
+    let expected = generate(&["--output-format", "plain"])?;
+    let out = run(
+        Command::new(&exe).args(["--search", SEARCH, "--threads", "1"]).arg(&f.model),
+        INPUT.as_bytes(),
+    )?;
+    ensure!(out.status.success(), "translate.c failed: {}", text(&out.stderr));
+    let got = text(&out.stdout);
+    ensure!(expected.lines().count() == 6, "{expected:?}");
+    ensure!(got == expected, "C example:\n{got}\nseqforge generate:\n{expected}");
+
+    // n-best: the same texts in the same order as the D- lines, scores in base e (fairseq
+    // prints base 2).
+    let fairseq = generate(&["--nbest", "2"])?;
+    let out = run(
+        Command::new(&exe)
+            .args(["--nbest", "2", "--search", SEARCH, "--threads", "1"])
+            .arg(&f.model),
+        INPUT.as_bytes(),
+    )?;
+    ensure!(out.status.success(), "translate.c --nbest failed: {}", text(&out.stderr));
+    let got = text(&out.stdout);
+    let mut compared = 0;
+    for line in 0..6 {
+        let d: Vec<(f64, &str)> = fairseq
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("D-{line}\t")))
+            .map(|rest| {
+                let (score, text) = rest.split_once('\t').context("D line")?;
+                Ok((score.parse::<f64>()?, text))
+            })
+            .collect::<Result<_>>()?;
+        let c: Vec<(f64, &str)> = got
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{line}\t")))
+            .map(|rest| {
+                let mut fields = rest.splitn(3, '\t');
+                let (_rank, score, text) = (fields.next(), fields.next(), fields.next());
+                Ok((score.context("score")?.parse::<f64>()?, text.context("text")?))
+            })
+            .collect::<Result<_>>()?;
+        // An empty line has no hypotheses in the C API; fairseq prints one empty D line.
+        if line == 1 {
+            ensure!(c.is_empty() && d.len() == 1 && d[0].1.is_empty(), "{c:?} vs {d:?}");
+            continue;
+        }
+        ensure!(c.len() == 2 && d.len() == 2, "line {line}: {c:?} vs {d:?}\n{got}\n{fairseq}");
+        for ((cs, ct), (ds, dt)) in c.iter().zip(&d) {
+            ensure!(ct == dt, "line {line}: {ct:?} vs {dt:?}");
+            let base2 = cs / std::f64::consts::LN_2;
+            ensure!((base2 - ds).abs() < 1e-3, "line {line}: score {base2} vs {ds}");
+            compared += 1;
+        }
+    }
+    ensure!(compared == 10, "compared {compared} hypotheses");
+
+    // No input lines: success, no output. A bad model directory: exit 1 with its path.
+    let out = run(Command::new(&exe).arg(&f.model), b"")?;
+    ensure!(out.status.success() && out.stdout.is_empty(), "{}", text(&out.stderr));
+    let missing = f.root.join("no-such-model");
+    let out = run(Command::new(&exe).arg(&missing), b"hola\n")?;
+    let err = text(&out.stderr);
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    ensure!(err.contains("seqforge_translator_create (status 6)"), "{err}");
+    ensure!(err.contains(&missing.display().to_string()), "{err}");
+    // Bad search options: the message names the field.
+    let out = run(Command::new(&exe).args(["--search", r#"{"beam": -1}"#]).arg(&f.model), b"a\n")?;
+    let err = text(&out.stderr);
+    ensure!(out.status.code() == Some(1) && err.contains("(status 4)"), "{err}");
+    ensure!(err.contains("`beam`"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn c_example_is_clean_under_valgrind() -> Result<()> {
+    let Ok(valgrind) = which("valgrind") else {
+        bail!("valgrind is not installed (apt-get install valgrind)");
+    };
+    let f = fixture()?;
+    let exe = translate_exe()?;
+    let suppressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/capi.supp");
+    let out = run(
+        Command::new(valgrind)
+            .args([
+                "--leak-check=full",
+                "--error-exitcode=99",
+                "--errors-for-leak-kinds=definite,indirect",
+                "--show-leak-kinds=definite,indirect",
+            ])
+            .arg(format!("--suppressions={}", suppressions.display()))
+            .arg(&exe)
+            .args(["--nbest", "2", "--search", SEARCH, "--threads", "1"])
+            .arg(&f.model),
+        "hola mundo\n\nel gato\n".as_bytes(),
+    )?;
+    let err = text(&out.stderr);
+    ensure!(out.status.code() == Some(0), "valgrind reports errors (exit {:?}):\n{err}", out.status);
+    ensure!(err.contains("ERROR SUMMARY: 0 errors"), "{err}");
+    ensure!(text(&out.stdout).lines().count() == 4, "{}", text(&out.stdout));
+    Ok(())
+}
+
+/// The path of `program` on `PATH`.
+fn which(program: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").context("no PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{program} not on PATH"))
+}
