@@ -2,6 +2,7 @@
 //! `.deps/` from the package registries, `test` runs every test the project has.
 
 mod bench;
+mod bench_ddp;
 mod bench_generate;
 mod demo;
 mod pipeline;
@@ -40,6 +41,10 @@ enum Command {
     /// exports) on the demo's checkpoint and Bible test set: sentences/s, tokens/s, ratios,
     /// identical-hypotheses count, per-step cost at position 10 vs 200.
     BenchGenerate(bench_generate::BenchGenerateArgs),
+    /// Data-parallel training time per update split into compute and communication: one
+    /// process with --update-freq 2 vs 2 Gloo ranks on 127.0.0.1, all-reduce after backward
+    /// (legacy_ddp) vs overlapped with it (c10d).
+    BenchDdp(bench_ddp::BenchDdpArgs),
 }
 
 /// The workspace root (the parent of this crate's folder).
@@ -57,5 +62,6 @@ fn main() -> Result<()> {
         Command::Demo(args) => demo::run_demo(&root, &args),
         Command::BenchTrain(args) => bench::run(&root, &args),
         Command::BenchGenerate(args) => bench_generate::run(&root, &args),
+        Command::BenchDdp(args) => bench_ddp::run(&root, &args),
     }
 }

@@ -17,7 +17,11 @@ use super::{Error, Result};
 const GRACE: Duration = Duration::from_secs(5);
 
 /// Copies `reader`'s lines to stdout or stderr with `prefix`.
-fn pump(reader: impl Read + Send + 'static, prefix: String, to_stderr: bool) -> thread::JoinHandle<()> {
+fn pump(
+    reader: impl Read + Send + 'static,
+    prefix: String,
+    to_stderr: bool,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(reader);
         let mut line = Vec::new();

@@ -358,7 +358,8 @@ impl ProcessGroup {
     /// world size and that its rank is not taken, then the Gloo group connects all pairs.
     pub fn init(rv: &Rendezvous, backend: Backend, timeout: Duration) -> Result<Self> {
         let addr = format!("{}:{}", rv.master_addr, rv.master_port);
-        let fail = |message: String| Error::Rendezvous { rank: rv.rank, addr: addr.clone(), message };
+        let fail =
+            |message: String| Error::Rendezvous { rank: rv.rank, addr: addr.clone(), message };
         if backend == Backend::Nccl {
             return Err(Error::Config(
                 "--distributed-backend nccl needs a CUDA libtorch with ProcessGroupNCCL; this \
@@ -382,7 +383,10 @@ impl ProcessGroup {
         })
         .map_err(|e| {
             fail(if rv.rank == 0 {
-                format!("could not open the rendezvous store (is port {} in use?): {e}", rv.master_port)
+                format!(
+                    "could not open the rendezvous store (is port {} in use?): {e}",
+                    rv.master_port
+                )
             } else {
                 format!("could not reach rank 0's rendezvous store: {e}")
             })
@@ -461,7 +465,11 @@ impl ProcessGroup {
     /// Every rank registers itself; rank 0 publishes its world size, the others compare theirs
     /// with it; anyone who finds a problem publishes it so that every rank fails with it
     /// instead of waiting for the timeout.
-    fn check_membership(&self, rv: &Rendezvous, timeout: Duration) -> std::result::Result<(), String> {
+    fn check_membership(
+        &self,
+        rv: &Rendezvous,
+        timeout: Duration,
+    ) -> std::result::Result<(), String> {
         const ERROR_KEY: &str = "seqforge/error";
         let mine = rv.world_size.to_string();
         let taken = self.store_add(&format!("seqforge/rank/{}", rv.rank), 1)?;
@@ -622,11 +630,8 @@ fn own_address(host: &str, port: u16) -> String {
     match target {
         Some(t) if t.ip().is_loopback() => t.ip().to_string(),
         Some(t) => {
-            let bind: IpAddr = if t.is_ipv4() {
-                IpAddr::from([0, 0, 0, 0])
-            } else {
-                IpAddr::from([0u16; 8])
-            };
+            let bind: IpAddr =
+                if t.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) };
             std::net::UdpSocket::bind((bind, 0))
                 .and_then(|s| s.connect(t).and_then(|()| s.local_addr()))
                 .map_or_else(|_| host.to_string(), |a| a.ip().to_string())
@@ -772,7 +777,10 @@ mod tests {
             ..DistributedArgs::default()
         };
         let Launch::Worker(rv) = Launch::resolve_with(&args, &e).unwrap() else { panic!() };
-        assert_eq!((rv.rank, rv.world_size, rv.master_addr.as_str(), rv.master_port), (3, 4, "node7", 1234));
+        assert_eq!(
+            (rv.rank, rv.world_size, rv.master_addr.as_str(), rv.master_port),
+            (3, 4, "node7", 1234)
+        );
     }
 
     #[test]
@@ -783,7 +791,10 @@ mod tests {
             Launch::resolve_with(&args, &none).unwrap(),
             Launch::Spawn { world_size: 2, port: None }
         );
-        assert_eq!(Launch::resolve_with(&DistributedArgs::default(), &none).unwrap(), Launch::Single);
+        assert_eq!(
+            Launch::resolve_with(&DistributedArgs::default(), &none).unwrap(),
+            Launch::Single
+        );
     }
 
     #[test]
@@ -794,7 +805,8 @@ mod tests {
         let args = DistributedArgs { distributed_world_size: Some(3), ..Default::default() };
         let msg = Launch::resolve_with(&args, &e).unwrap_err().to_string();
         assert!(msg.contains("--distributed-world-size 3 disagrees with WORLD_SIZE=2"), "{msg}");
-        let e = env(&[("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "x"), ("MASTER_PORT", "1")]);
+        let e =
+            env(&[("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "x"), ("MASTER_PORT", "1")]);
         let msg = Launch::resolve_with(&DistributedArgs::default(), &e).unwrap_err().to_string();
         assert!(msg.contains("rank 2 is outside the world of 2"), "{msg}");
         let e = env(&[("RANK", "x"), ("WORLD_SIZE", "2")]);

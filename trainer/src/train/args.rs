@@ -378,10 +378,8 @@ impl TrainCommand {
         let config = TrainConfig::from_args(self.args.iter().cloned(), registry)?;
         match crate::distributed::Launch::resolve(&config.args.distributed)? {
             crate::distributed::Launch::Spawn { world_size, port } => {
-                let program = std::env::current_exe().map_err(|source| Error::Io {
-                    path: "/proc/self/exe".into(),
-                    source,
-                })?;
+                let program = std::env::current_exe()
+                    .map_err(|source| Error::Io { path: "/proc/self/exe".into(), source })?;
                 let args: Vec<OsString> = std::env::args_os().skip(1).collect();
                 crate::distributed::spawn_workers(&program, &args, world_size, port)?;
                 Ok(TrainOutcome::Launched { world_size })

@@ -743,7 +743,11 @@ impl Trainer {
     /// (fairseq's `multiply_grads(world_size / sample_size)`).
     fn synchronize(&mut self, logging: &mut LoggingOutput) -> Result<f64> {
         let Some(d) = &mut self.dist else {
-            return Ok(if logging.sample_size > 0 { 1.0 / logging.sample_size as f64 } else { 1.0 });
+            return Ok(if logging.sample_size > 0 {
+                1.0 / logging.sample_size as f64
+            } else {
+                1.0
+            });
         };
         let stats = d.reducer.finish()?;
         d.comm.wait_seconds += stats.wait_seconds;
@@ -1382,7 +1386,9 @@ impl Trainer {
     /// 0's clock, broadcast, in data-parallel training with a time limit.
     fn synced_wall(&self) -> Result<f64> {
         match &self.dist {
-            Some(d) if self.config.args.stop_time_hours > 0.0 => Ok(d.pg.broadcast_f64(self.wall())?),
+            Some(d) if self.config.args.stop_time_hours > 0.0 => {
+                Ok(d.pg.broadcast_f64(self.wall())?)
+            }
             _ => Ok(self.wall()),
         }
     }
