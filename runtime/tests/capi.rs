@@ -107,7 +107,8 @@ fn text(bytes: &[u8]) -> String {
 
 /// Input lines: plain words, an empty line, a decomposed accent (NFC by the tokenizer),
 /// non-Latin text, a CRLF line end.
-const INPUT: &str = "hola mundo\n\nel gato negro\ne\u{301}l\n\u{65e5}\u{672c} y ñandú\nadios amigos\r\n";
+const INPUT: &str =
+    "hola mundo\n\nel gato negro\ne\u{301}l\n\u{65e5}\u{672c} y ñandú\nadios amigos\r\n";
 
 /// `seqforge generate`'s fast settings, and the same as C search options.
 const GENERATE: [&str; 6] = ["--beam", "3", "--max-len-b", "8", "--threads", "1"];
@@ -230,7 +231,11 @@ fn c_example_is_clean_under_valgrind() -> Result<()> {
         "hola mundo\n\nel gato\n".as_bytes(),
     )?;
     let err = text(&out.stderr);
-    ensure!(out.status.code() == Some(0), "valgrind reports errors (exit {:?}):\n{err}", out.status);
+    ensure!(
+        out.status.code() == Some(0),
+        "valgrind reports errors (exit {:?}):\n{err}",
+        out.status
+    );
     ensure!(err.contains("ERROR SUMMARY: 0 errors"), "{err}");
     ensure!(text(&out.stdout).lines().count() == 4, "{}", text(&out.stdout));
     Ok(())
