@@ -391,3 +391,33 @@ fn port_in_use_mismatched_world_sizes_and_backend_are_clear_errors() {
     assert!(!o.status.success());
     assert!(text(&o).1.contains("nccl needs a CUDA libtorch"), "{}", text(&o).1);
 }
+
+#[test]
+fn a_frozen_rank_makes_the_other_fail_after_the_ddp_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data(tmp.path());
+    let a =
+        args(&data, &tmp.path().join("save"), &["--max-update", "1000000", "--ddp-timeout", "4"]);
+    let port = free_port();
+    let (mut r0, rx0) = start_rank(&a, 0, 2, port);
+    let (mut r1, _rx1) = start_rank(&a, 1, 2, port);
+    let mut seen = Vec::new();
+    assert!(wait_for_line(&rx0, "num_updates=3", &mut seen), "{}", seen.join("\n"));
+    // SIGSTOP: the peer is alive (its sockets stay open) but never answers.
+    Command::new("kill").args(["-STOP", &r1.id().to_string()]).status().unwrap();
+    let frozen_at = Instant::now();
+    let status = wait_exit(&mut r0, Duration::from_secs(120));
+    let took = frozen_at.elapsed();
+    r1.kill().unwrap();
+    let _ = r1.wait();
+    let status = status.expect("rank 0 hung on a frozen peer");
+    let stderr: Vec<String> = rx0.try_iter().collect();
+    let stderr = stderr.join("\n");
+    assert!(!status.success());
+    assert!(stderr.contains("--ddp-timeout 4s"), "{stderr}");
+    println!(
+        "rank 0 failed {:.1} s after its peer froze: {}",
+        took.as_secs_f64(),
+        stderr.lines().find(|l| l.contains("failed on rank")).unwrap_or("")
+    );
+}
