@@ -276,8 +276,7 @@ fn bad_texts_and_options_fail_naming_the_culprit() -> Result<()> {
 fn bad_translator_options_and_model_dirs_fail_naming_them() -> Result<()> {
     let f = common::fixture()?;
     let create = |dir: &str, edit: &dyn Fn(&mut SeqforgeOptions)| -> Result<SeqforgeStatus> {
-        let mut options = SeqforgeOptions::default();
-        options.threads = 1;
+        let mut options = SeqforgeOptions { threads: 1, ..SeqforgeOptions::default() };
         edit(&mut options);
         let dir = cstring(dir)?;
         let mut out = ptr::null_mut();
@@ -345,7 +344,7 @@ fn freed_foreign_and_wrong_kind_handles_are_invalid_handle() -> Result<()> {
         let boxed = Box::into_raw(Box::new([0u64; 4]));
         expect(seqforge_result_free(boxed.cast()), invalid, &[])?;
         drop(Box::from_raw(boxed));
-        expect(seqforge_translator_free(8 as *mut SeqforgeTranslator), invalid, &[])?;
+        expect(seqforge_translator_free(ptr::without_provenance_mut(64)), invalid, &[])?;
 
         // A translator freed twice, and used after free.
         let other = Translator::open(&f.model, |_| {})?;

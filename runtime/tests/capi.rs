@@ -37,15 +37,16 @@ fn target_dir() -> Result<(PathBuf, String)> {
     Ok((target, profile))
 }
 
-/// Builds libseqforge.so once per test process and compiles translate.c against it.
-fn translate_exe() -> Result<PathBuf> {
-    static EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+/// Builds libseqforge.so and libseqforge.a once per test process and compiles translate.c
+/// against each: `(dynamically linked, statically linked)` executables.
+fn translate_exes() -> Result<(PathBuf, PathBuf)> {
+    static EXE: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
     EXE.get_or_init(|| build_example().map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-fn build_example() -> Result<PathBuf> {
+fn build_example() -> Result<(PathBuf, PathBuf)> {
     let (target, profile) = target_dir()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
@@ -67,25 +68,41 @@ fn build_example() -> Result<PathBuf> {
         String::from_utf8_lossy(&out.stderr)
     );
     let lib_dir = target.join(&profile);
-    ensure!(lib_dir.join("libseqforge.so").is_file(), "no libseqforge.so in {lib_dir:?}");
-    let exe = lib_dir.join("examples-c-translate");
+    for lib in ["libseqforge.so", "libseqforge.a"] {
+        ensure!(lib_dir.join(lib).is_file(), "no {lib} in {lib_dir:?}");
+    }
+    let shared = lib_dir.join("examples-c-translate");
+    compile(
+        &shared,
+        &[
+            format!("-L{}", lib_dir.display()),
+            "-lseqforge".into(),
+            format!("-Wl,-rpath,{}", lib_dir.display()),
+        ],
+    )?;
+    let static_exe = lib_dir.join("examples-c-translate-static");
+    let archive = lib_dir.join("libseqforge.a").display().to_string();
+    compile(&static_exe, &[archive, "-lpthread".into(), "-ldl".into(), "-lm".into()])?;
+    Ok((shared, static_exe))
+}
+
+/// Compiles examples/c/translate.c into `exe` with the system C compiler, warnings as errors.
+fn compile(exe: &Path, link: &[String]) -> Result<()> {
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
     let out = Command::new(cc)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-o"])
-        .arg(&exe)
+        .arg(exe)
         .arg(workspace().join("examples/c/translate.c"))
         .arg(format!("-I{}", workspace().join("runtime/include").display()))
-        .arg(format!("-L{}", lib_dir.display()))
-        .arg("-lseqforge")
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .args(link)
         .output()
         .context("running the C compiler (cc)")?;
     ensure!(
         out.status.success(),
-        "compiling examples/c/translate.c failed:\n{}",
+        "compiling examples/c/translate.c into {exe:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(exe)
+    Ok(())
 }
 
 /// Runs `program args` with `stdin` on standard input.
@@ -117,7 +134,7 @@ const SEARCH: &str = r#"{"beam": 3, "max_len_b": 8}"#;
 #[test]
 fn c_example_prints_what_seqforge_generate_prints() -> Result<()> {
     let f = fixture()?;
-    let exe = translate_exe()?;
+    let (exe, static_exe) = translate_exes()?;
     let input = f.root.join("in.txt");
     std::fs::write(&input, INPUT)?;
     let generate = |extra: &[&str]| -> Result<String> {
@@ -145,6 +162,13 @@ fn c_example_prints_what_seqforge_generate_prints() -> Result<()> {
     let got = text(&out.stdout);
     ensure!(expected.lines().count() == 6, "{expected:?}");
     ensure!(got == expected, "C example:\n{got}\nseqforge generate:\n{expected}");
+    // The same program linked with libseqforge.a.
+    let out = run(
+        Command::new(&static_exe).args(["--search", SEARCH, "--threads", "1"]).arg(&f.model),
+        INPUT.as_bytes(),
+    )?;
+    ensure!(out.status.success(), "static translate.c failed: {}", text(&out.stderr));
+    ensure!(text(&out.stdout) == expected, "static C example:\n{}", text(&out.stdout));
 
     // n-best: the same texts in the same order as the D- lines, scores in base e (fairseq
     // prints base 2).
@@ -214,21 +238,28 @@ fn c_example_is_clean_under_valgrind() -> Result<()> {
         bail!("valgrind is not installed (apt-get install valgrind)");
     };
     let f = fixture()?;
-    let exe = translate_exe()?;
+    let (exe, _) = translate_exes()?;
     let suppressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/capi.supp");
-    let out = run(
-        Command::new(valgrind)
-            .args([
-                "--leak-check=full",
-                "--error-exitcode=99",
-                "--errors-for-leak-kinds=definite,indirect",
-                "--show-leak-kinds=definite,indirect",
-            ])
-            .arg(format!("--suppressions={}", suppressions.display()))
-            .arg(&exe)
-            .args(["--nbest", "2", "--search", SEARCH, "--threads", "1"])
-            .arg(&f.model),
-        "hola mundo\n\nel gato\n".as_bytes(),
+    let memcheck = |args: &[&str], stdin: &str| -> Result<Output> {
+        run(
+            Command::new(&valgrind)
+                .args([
+                    "--leak-check=full",
+                    "--error-exitcode=99",
+                    "--errors-for-leak-kinds=definite,indirect",
+                    "--show-leak-kinds=definite,indirect",
+                ])
+                .arg(format!("--suppressions={}", suppressions.display()))
+                .arg(&exe)
+                .args(args)
+                .arg(&f.model),
+            stdin.as_bytes(),
+        )
+    };
+    // A translation (n-best, an empty line among the inputs).
+    let out = memcheck(
+        &["--nbest", "2", "--search", SEARCH, "--threads", "1"],
+        "hola mundo\n\nel gato\n",
     )?;
     let err = text(&out.stderr);
     ensure!(
@@ -238,6 +269,11 @@ fn c_example_is_clean_under_valgrind() -> Result<()> {
     );
     ensure!(err.contains("ERROR SUMMARY: 0 errors"), "{err}");
     ensure!(text(&out.stdout).lines().count() == 4, "{}", text(&out.stdout));
+    // A failing call (bad search options) frees everything too: exit 1, not valgrind's 99.
+    let out = memcheck(&["--search", r#"{"beam": "wide"}"#, "--threads", "1"], "hola\n")?;
+    let err = text(&out.stderr);
+    ensure!(out.status.code() == Some(1), "exit {:?}:\n{err}", out.status);
+    ensure!(err.contains("`beam`") && err.contains("ERROR SUMMARY: 0 errors"), "{err}");
     Ok(())
 }
 
