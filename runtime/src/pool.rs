@@ -337,7 +337,8 @@ impl TranslatorPool {
     }
 
     /// Source tokens of `text`, EOS included, after truncation when the pool truncates (what
-    /// batching by tokens counts).
+    /// batching by tokens counts). A text too long for the model is [`Error::TextTooLong`]
+    /// (index 0) when the pool does not truncate.
     pub fn source_tokens(&self, text: &str) -> Result<usize> {
         Ok(self.encode(0, text)?.ids.len())
     }

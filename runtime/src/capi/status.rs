@@ -124,3 +124,39 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), Failure>) -> SeqforgeStatu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: never NULL, NUL-terminated, valid until the next call on this thread.
+        unsafe { CStr::from_ptr(last_error_ptr()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn panics_become_a_status_and_messages_are_kept_per_call() {
+        let status = guard(|| panic!("boom {}", 42));
+        assert_eq!(status, SeqforgeStatus::Panic);
+        assert!(last_error().contains("boom 42"), "{}", last_error());
+        let status = guard(|| Err(Failure::new(SeqforgeStatus::Translate, "a\0b")));
+        assert_eq!(status, SeqforgeStatus::Translate);
+        assert_eq!(last_error(), "a\\0b", "a NUL in a message is escaped, not truncated");
+        assert_eq!(guard(|| Ok(())), SeqforgeStatus::Ok);
+        assert_eq!(last_error(), "");
+    }
+
+    #[test]
+    fn error_chains_skip_causes_already_in_the_message() {
+        let io = std::io::Error::other("disk on fire");
+        let wrapped = Error::Io { path: "/m/encoder.onnx".into(), source: io };
+        assert_eq!(error_chain(&wrapped), "/m/encoder.onnx: disk on fire");
+        let failure = Failure::from_error(&wrapped, SeqforgeStatus::ModelLoad);
+        assert_eq!(failure.status, SeqforgeStatus::ModelLoad);
+        let options = Error::InvalidOptions { field: Some("beam".into()), message: "x".into() };
+        let failure = Failure::from_error(&options, SeqforgeStatus::Translate);
+        assert_eq!(failure.status, SeqforgeStatus::InvalidOptions);
+    }
+}

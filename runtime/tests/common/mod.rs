@@ -3,6 +3,7 @@
 //! exporter library together with a byte-level BPE `tokenizer.json`.
 //!
 //! Include it with `mod common;` from a test file of the runtime crate.
+#![allow(dead_code, reason = "each test file uses its own part of the shared fixture")]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
