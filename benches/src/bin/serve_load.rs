@@ -1,0 +1,483 @@
+//! Load test of `seqforge serve`: dynamic batching against batch-of-one serving, and memory
+//! under sustained overload.
+//!
+//! `serve_load [MODEL_DIR] [--seqforge PATH] [--seconds 5] [--clients 1,8,64] [--threads 1]
+//! [--workers 1] [--options JSON] [--overload-seconds 15] [--overload-clients 256]`:
+//!
+//! 1. takes MODEL_DIR (an exported model with a tokenizer) or, without one, exports a
+//!    synthetic demo-sized model into a temporary folder (3+3 layers, width 128, FFN 512,
+//!    4 heads, a byte-level tokenizer without merges, deterministic weights);
+//! 2. for each serving mode — batch of one (`--max-batch-tokens 1 --max-wait-ms 0`), dynamic
+//!    batching of same-length sources (results bit-identical to batch of one) with
+//!    `--max-wait-ms 0` (a free worker takes whatever is queued) and 5, and dynamic batching
+//!    with `--mixed-length-batches` (padded) — starts the `seqforge serve` binary
+//!    (`--port 0`), and for each client count runs that many closed-loop clients (one text
+//!    per request, new connection per request) for `--seconds`, measuring requests/s, p50 and
+//!    p99 latency and the mean model batch size (from `/metrics`);
+//! 3. runs `--overload-clients` clients without pause for `--overload-seconds` against a
+//!    server with a small queue (`--max-queue 64`), counting 200s and 503s and sampling the
+//!    server's resident memory (VmRSS in /proc/PID/status) every 250 ms;
+//! 4. prints one table per phase and a JSON line with everything.
+//!
+//! Nothing is asserted: it is a measurement. Build the server first:
+//! `cargo build --release -p seqforge-runtime --bin seqforge && cargo run --release -p
+//! seqforge-benches --bin serve_load`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+
+use seqforge_exporter::testing::SyntheticCheckpoint;
+use seqforge_exporter::{ExportOptions, export};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Load test of seqforge serve: dynamic batching vs batch of one, RSS under overload"
+)]
+struct Args {
+    /// An exported model directory (with tokenizer.json); default: a synthetic demo-sized model.
+    model_dir: Option<PathBuf>,
+    /// The seqforge binary (default: `seqforge` next to this program).
+    #[arg(long)]
+    seqforge: Option<PathBuf>,
+    /// Source sentences, one per line (default: generated Spanish-like sentences).
+    #[arg(long)]
+    texts: Option<PathBuf>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Client counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    clients: Vec<usize>,
+    /// ONNX Runtime intra-op threads per worker.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Server workers (model batches at once).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Search options of every request.
+    #[arg(long, default_value = r#"{"beam": 4, "max_len_a": 0, "max_len_b": 16}"#)]
+    options: String,
+    /// Seconds of the overload phase (0: skip it).
+    #[arg(long, default_value_t = 15.0)]
+    overload_seconds: f64,
+    /// Clients of the overload phase.
+    #[arg(long, default_value_t = 256)]
+    overload_clients: usize,
+}
+
+/// The GPT-2 byte-level alphabet (each byte's printable stand-in), sorted.
+fn byte_alphabet() -> Vec<String> {
+    let printable: Vec<u32> =
+        (0x21..=0x7E).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect::<Vec<u32>>();
+    let mut extra = 0;
+    let mut chars: Vec<char> = (0u32..256)
+        .filter_map(|b| {
+            let code = if printable.contains(&b) {
+                b
+            } else {
+                extra += 1;
+                255 + extra
+            };
+            char::from_u32(code)
+        })
+        .collect();
+    chars.sort_unstable();
+    chars.into_iter().map(String::from).collect()
+}
+
+/// Exports the synthetic model into `root/model`.
+fn synthetic_model(root: &Path) -> Result<PathBuf> {
+    let (ckpt, data, model) = (root.join("checkpoint"), root.join("data"), root.join("model"));
+    std::fs::create_dir_all(&data)?;
+    let symbols = byte_alphabet();
+    let dict: String = symbols.iter().map(|s| format!("{s} 1\n")).collect();
+    std::fs::write(data.join("dict.es.txt"), &dict)?;
+    std::fs::write(data.join("dict.en.txt"), &dict)?;
+    let vocab: BTreeMap<&str, usize> =
+        symbols.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                          "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                    "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    });
+    std::fs::write(data.join("tokenizer.json"), tokenizer.to_string())?;
+    let n = symbols.len() + 4;
+    SyntheticCheckpoint {
+        embed_dim: 128,
+        ffn_dim: 512,
+        layers: 3,
+        heads: 4,
+        max_positions: 256,
+        source_lang: "es".into(),
+        target_lang: "en".into(),
+        ..SyntheticCheckpoint::tiny(n, n)
+    }
+    .write(&ckpt, &data)?;
+    export(&ExportOptions::new(&ckpt, &data, &model))?;
+    Ok(model)
+}
+
+/// 500 Spanish-like sentences of 3 to 12 words (a fixed pseudo-random sequence).
+fn generated_texts() -> Vec<String> {
+    const WORDS: [&str; 24] = [
+        "el", "la", "de", "y", "en", "Dios", "tierra", "cielos", "luz", "dijo", "sobre", "hijos",
+        "pueblo", "casa", "rey", "palabra", "camino", "agua", "día", "noche", "todos", "grande",
+        "mano", "corazón",
+    ];
+    let mut state: u64 = 0x5eed;
+    let mut next = |m: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) % m as u64) as usize
+    };
+    (0..500)
+        .map(|_| {
+            let words = 3 + next(10);
+            let mut s: Vec<&str> = (0..words).map(|_| WORDS[next(WORDS.len())]).collect();
+            s.push(".");
+            s.join(" ")
+        })
+        .collect()
+}
+
+/// One HTTP/1.1 exchange on a new connection: (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    Ok((status, rest.to_string()))
+}
+
+/// A running server, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(
+        binary: &Path,
+        model: &Path,
+        threads: usize,
+        workers: usize,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg(model)
+            .args([
+                "--port",
+                "0",
+                "--threads",
+                &threads.to_string(),
+                "--workers",
+                &workers.to_string(),
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        match line.trim().strip_prefix("listening on ") {
+            Some(addr) => Ok(Self { addr: addr.to_string(), child }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} serve did not start: {line:?}", binary.display())
+            }
+        }
+    }
+
+    /// A metric's value from /metrics (0 when absent).
+    fn metric(&self, series: &str) -> Result<f64> {
+        let (_, body) = http(&self.addr, "GET", "/metrics", "")?;
+        Ok(body
+            .lines()
+            .find(|l| l.split(' ').next() == Some(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// Resident memory in KiB.
+    fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a closed-loop run measured.
+#[derive(Debug, Default)]
+struct Run {
+    ok: usize,
+    refused: usize,
+    other: usize,
+    seconds: f64,
+    /// Latencies of the answered (200) requests, sorted, in milliseconds.
+    latencies_ms: Vec<f64>,
+}
+
+impl Run {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_ms.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_ms.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_ms[i.min(self.latencies_ms.len() - 1)]
+    }
+}
+
+/// `clients` threads sending one text per request, back to back, for `seconds`.
+fn closed_loop(
+    addr: &str,
+    texts: &Arc<Vec<String>>,
+    options: &Value,
+    clients: usize,
+    seconds: f64,
+) -> Run {
+    let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = Arc::new(Mutex::new(Run::default()));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (addr, texts, options) = (addr.to_string(), Arc::clone(texts), options.clone());
+            let (next, stop, results) =
+                (Arc::clone(&next), Arc::clone(&stop), Arc::clone(&results));
+            std::thread::spawn(move || {
+                let mut local = Run::default();
+                while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                    let text = &texts[next.fetch_add(1, Ordering::Relaxed) % texts.len()];
+                    let body = json!({"texts": [text], "options": options}).to_string();
+                    let sent = Instant::now();
+                    match http(&addr, "POST", "/v1/translate", &body) {
+                        Ok((200, _)) => {
+                            local.ok += 1;
+                            local.latencies_ms.push(sent.elapsed().as_secs_f64() * 1e3);
+                        }
+                        Ok((503, _)) => local.refused += 1,
+                        _ => local.other += 1,
+                    }
+                }
+                if let Ok(mut all) = results.lock() {
+                    all.ok += local.ok;
+                    all.refused += local.refused;
+                    all.other += local.other;
+                    all.latencies_ms.extend(local.latencies_ms);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut run = results.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+    run.seconds = start.elapsed().as_secs_f64();
+    run.latencies_ms.sort_by(f64::total_cmp);
+    run
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let binary = match &args.seqforge {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("seqforge"),
+    };
+    if !binary.is_file() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p seqforge-runtime --bin \
+             seqforge) or pass --seqforge",
+            binary.display()
+        );
+    }
+    let tmp = tempfile::tempdir()?;
+    let model = match &args.model_dir {
+        Some(dir) => dir.clone(),
+        None => synthetic_model(tmp.path())?,
+    };
+    let texts: Vec<String> = match &args.texts {
+        Some(path) => std::fs::read_to_string(path)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => generated_texts(),
+    };
+    let texts = Arc::new(texts);
+    let options: Value = serde_json::from_str(&args.options).context("--options")?;
+    println!(
+        "model {} | {} texts | options {options} | {} worker(s) × {} thread(s) | {:.0} s per point",
+        if args.model_dir.is_some() {
+            model.display().to_string()
+        } else {
+            "synthetic 3+3×128".into()
+        },
+        texts.len(),
+        args.workers,
+        args.threads,
+        args.seconds
+    );
+    let modes: [(&str, Vec<&str>); 4] = [
+        ("batch of one", vec!["--max-batch-tokens", "1", "--max-wait-ms", "0"]),
+        ("dynamic, wait 0 ms", vec!["--max-batch-tokens", "2048", "--max-wait-ms", "0"]),
+        ("dynamic, wait 5 ms", vec!["--max-batch-tokens", "2048", "--max-wait-ms", "5"]),
+        (
+            "dynamic, mixed lengths",
+            vec!["--max-batch-tokens", "2048", "--max-wait-ms", "0", "--mixed-length-batches"],
+        ),
+    ];
+    let mut report = Vec::new();
+    println!(
+        "\n{:<24} {:>7} {:>9} {:>9} {:>9} {:>10} {:>7}",
+        "mode", "clients", "req/s", "p50 ms", "p99 ms", "sent/batch", "errors"
+    );
+    for (name, flags) in &modes {
+        let mut flags = flags.clone();
+        flags.extend_from_slice(&["--max-queue", "100000", "--request-timeout-ms", "600000"]);
+        let server = Server::start(&binary, &model, args.threads, args.workers, &flags)?;
+        closed_loop(&server.addr, &texts, &options, 2, 1.0); // warm-up
+        for &clients in &args.clients {
+            let (batches0, sentences0) = (
+                server.metric("seqforge_batch_sentences_count")?,
+                server.metric("seqforge_batch_sentences_sum")?,
+            );
+            let run = closed_loop(&server.addr, &texts, &options, clients, args.seconds);
+            let batches = server.metric("seqforge_batch_sentences_count")? - batches0;
+            let sentences = server.metric("seqforge_batch_sentences_sum")? - sentences0;
+            let per_batch = if batches > 0.0 { sentences / batches } else { 0.0 };
+            let rps = run.ok as f64 / run.seconds;
+            let (p50, p99) = (run.percentile(0.5), run.percentile(0.99));
+            println!(
+                "{name:<24} {clients:>7} {rps:>9.1} {p50:>9.1} {p99:>9.1} {per_batch:>10.2} {:>7}",
+                run.refused + run.other
+            );
+            report.push(json!({"mode": name, "clients": clients, "requests_per_s": rps,
+                "p50_ms": p50, "p99_ms": p99, "sentences_per_batch": per_batch,
+                "ok": run.ok, "errors": run.refused + run.other}));
+        }
+    }
+    let mut overload = Value::Null;
+    if args.overload_seconds > 0.0 {
+        let flags = ["--max-batch-tokens", "2048", "--max-wait-ms", "0", "--max-queue", "64"];
+        let server = Server::start(&binary, &model, args.threads, args.workers, &flags)?;
+        closed_loop(&server.addr, &texts, &options, 2, 1.0);
+        let idle_kib = server.rss_kib()?;
+        let done = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (done, pid) = (Arc::clone(&done), server.child.id());
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    let rss =
+                        std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
+                            s.lines()
+                                .find_map(|l| l.strip_prefix("VmRSS:"))
+                                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                        });
+                    if let Some(kib) = rss {
+                        samples.push(kib);
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                samples
+            })
+        };
+        let run = closed_loop(
+            &server.addr,
+            &texts,
+            &options,
+            args.overload_clients,
+            args.overload_seconds,
+        );
+        done.store(true, Ordering::Relaxed);
+        let samples: Vec<u64> = sampler.join().unwrap_or_default();
+        let third = (samples.len() / 3).max(1);
+        let mean = |s: &[u64]| s.iter().sum::<u64>() as f64 / s.len().max(1) as f64 / 1024.0;
+        let first = mean(&samples[..third.min(samples.len())]);
+        let last = mean(&samples[samples.len().saturating_sub(third)..]);
+        let max = samples.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+        // Ten evenly spaced samples, to show whether memory levels off.
+        let series: Vec<String> = (0..10)
+            .filter_map(|k| samples.get(k * samples.len() / 10))
+            .map(|kib| format!("{:.1}", *kib as f64 / 1024.0))
+            .collect();
+        let healthy =
+            http(&server.addr, "GET", "/healthz", "").map(|(s, _)| s == 200).unwrap_or(false);
+        println!(
+            "\noverload: {} clients for {:.0} s, --max-queue 64: {} answered ({:.1} req/s, p50 \
+             {:.0} ms, p99 {:.0} ms), {} refused with 503, {} other errors",
+            args.overload_clients,
+            run.seconds,
+            run.ok,
+            run.ok as f64 / run.seconds,
+            run.percentile(0.5),
+            run.percentile(0.99),
+            run.refused,
+            run.other
+        );
+        println!(
+            "server RSS: {:.1} MiB after warm-up; during overload mean {first:.1} MiB in the first \
+             third, {last:.1} MiB in the last third, max {max:.1} MiB ({} samples); /healthz \
+             afterwards: {}",
+            idle_kib as f64 / 1024.0,
+            samples.len(),
+            if healthy { "200" } else { "failed" }
+        );
+        println!("server RSS over the overload, MiB: {}", series.join(" "));
+        overload = json!({"clients": args.overload_clients, "seconds": run.seconds, "ok": run.ok,
+            "refused": run.refused, "other": run.other, "p50_ms": run.percentile(0.5),
+            "p99_ms": run.percentile(0.99), "rss_idle_mib": idle_kib as f64 / 1024.0,
+            "rss_first_third_mib": first, "rss_last_third_mib": last, "rss_max_mib": max, "rss_series_mib": series,
+            "healthy_after": healthy});
+    }
+    println!("{}", json!({"serve_load": report, "overload": overload}));
+    Ok(())
+}
