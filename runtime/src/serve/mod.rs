@@ -61,8 +61,10 @@ pub struct ServeArgs {
     /// Source tokens (EOS included) per model batch at most; 1 serves each text alone.
     #[arg(long, default_value_t = 2048)]
     pub max_batch_tokens: usize,
-    /// How long the oldest queued request waits for others to fill its batch.
-    #[arg(long, default_value_t = 5)]
+    /// How long the oldest queued request may wait for others to fill its batch while a
+    /// worker is free (0: a free worker takes at once what is queued; under load batches
+    /// still fill while the workers are busy).
+    #[arg(long, default_value_t = 0)]
     pub max_wait_ms: u64,
     /// Texts waiting for a batch at most; a request that does not fit gets 503.
     #[arg(long, default_value_t = 1024)]
