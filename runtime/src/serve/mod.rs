@@ -5,11 +5,10 @@
 //! to a batcher ([`batcher`]) that merges queued texts with identical options (and, unless
 //! `--mixed-length-batches`, the same source length) into model batches of at most
 //! `--max-batch-tokens` source tokens, waiting at most `--max-wait-ms` for a batch to fill,
-//! and runs up to `--workers` batches at once on a shared
-//! [`TranslatorPool`](crate::pool::TranslatorPool). Every request gets exactly the
-//! translations it would get alone: ONNX Runtime's numbers do not depend on how many
-//! sentences share a batch, but padding a shorter source changes the last bits of its scores,
-//! so batches hold sources of one length by default.
+//! and runs up to `--workers` batches at once on a shared [`TranslatorPool`]. Every request
+//! gets exactly the translations it would get alone: ONNX Runtime's numbers do not depend on
+//! how many sentences share a batch, but padding a shorter source changes the last bits of its
+//! scores, so batches hold sources of one length by default.
 //!
 //! Overload is refused, never buffered: a request whose texts do not fit in `--max-queue`
 //! gets 503 with `Retry-After`. `--max-texts-per-request` and `--max-chars-per-text` bound
