@@ -145,6 +145,27 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Polls `/metrics` until `n` requests are queued (a state, not a time: at most 30 s).
+    fn wait_for_queued_requests(&self, n: usize) -> Result<()> {
+        for _ in 0..6000 {
+            if self.metric("seqforge_queue_requests")? >= n as f64 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        bail!("{n} requests never reached the queue")
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) -> Result<()> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        Ok(())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -372,6 +393,47 @@ fn overload_is_refused_with_retry_after_and_the_server_recovers() -> Result<()> 
 }
 
 #[test]
+fn requests_beyond_the_concurrency_limit_are_refused_before_their_body_is_read() -> Result<()> {
+    let f = common::fixture()?;
+    let server = Server::start(
+        &f.model,
+        &[
+            "--max-concurrent-requests",
+            "2",
+            "--max-wait-ms",
+            "600000",
+            "--max-batch-tokens",
+            "100000",
+            "--retry-after-s",
+            "2",
+        ],
+    )?;
+    // Two requests wait in the queue (the batch would wait 10 minutes to fill): both slots
+    // are taken.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || post(&addr, &json!({"texts": ["Hola."]})))
+        })
+        .collect();
+    server.wait_for_queued_requests(2)?;
+    let refused = post(&server.addr, &json!({"texts": ["fin"]}))?;
+    ensure!(refused.status == 503, "{} {}", refused.status, refused.body);
+    ensure!(refused.header("retry-after") == Some("2"), "{:?}", refused.headers);
+    let error = refused.json()?["error"].clone();
+    ensure!(error["code"] == "overloaded", "{error}");
+    ensure!(error["message"].as_str().is_some_and(|m| m.contains("--max-concurrent-requests")));
+    ensure!(http(&server.addr, "GET", "/healthz", None)?.status == 200, "health is not limited");
+    // Shutting down flushes the queue: the held requests are answered.
+    server.terminate()?;
+    for h in held {
+        let answer = h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        ensure!(answer.status == 200, "{} {}", answer.status, answer.body);
+    }
+    Ok(())
+}
+
+#[test]
 fn bad_requests_get_json_errors_with_the_right_status() -> Result<()> {
     let f = common::fixture()?;
     let server = Server::start(
@@ -487,15 +549,8 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() -> Result<()> {
     let client = std::thread::spawn(move || {
         post(&addr, &json!({"texts": ["Hola.", "fin"], "options": options}))
     });
-    let mut polls = 0;
-    while server.metric("seqforge_queue_requests")? < 1.0 {
-        polls += 1;
-        ensure!(polls < 6000, "the request never reached the queue");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let pid = server.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status()?;
-    ensure!(status.success(), "kill -TERM failed");
+    server.wait_for_queued_requests(1)?;
+    server.terminate()?;
     let answer = client.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
     check_translations(&answer, &[&expected[0], &expected[1]], "in-flight request")?;
     let exit = server.child.wait()?;

@@ -103,6 +103,18 @@ pub enum ApiError {
         /// The `Retry-After` value in seconds.
         retry_after_s: u64,
     },
+    /// Too many `/v1/translate` requests are being received or processed at once: retry
+    /// after `retry_after_s` seconds.
+    #[error(
+        "server overloaded: {max} translate requests are in progress \
+         (--max-concurrent-requests); retry later"
+    )]
+    TooManyRequests {
+        /// The limit.
+        max: usize,
+        /// The `Retry-After` value in seconds.
+        retry_after_s: u64,
+    },
     /// The request did not finish within `--request-timeout-ms`.
     #[error("the request did not finish within {ms} ms (--request-timeout-ms)")]
     Timeout {
@@ -127,7 +139,9 @@ impl ApiError {
             Self::TooManyTexts { .. } | Self::TextTooLong { .. } | Self::BodyTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded { .. } | Self::TooManyRequests { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Translation(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -142,7 +156,7 @@ impl ApiError {
             Self::TextTooLong { .. } => "text_too_long",
             Self::InvalidText { .. } => "invalid_text",
             Self::BodyTooLarge(_) => "body_too_large",
-            Self::Overloaded { .. } => "overloaded",
+            Self::Overloaded { .. } | Self::TooManyRequests { .. } => "overloaded",
             Self::Timeout { .. } => "timeout",
             Self::Translation(_) => "translation_failed",
             Self::Internal(_) => "internal",
@@ -170,7 +184,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = super::http::json_response(self.status(), &self.body());
-        if let Self::Overloaded { retry_after_s, .. } = self {
+        if let Self::Overloaded { retry_after_s, .. }
+        | Self::TooManyRequests { retry_after_s, .. } = self
+        {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
         }
         response

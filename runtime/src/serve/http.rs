@@ -9,8 +9,9 @@
 //!
 //! Errors are JSON (see [`ApiError`]): 400 malformed body, wrong types, invalid options or a
 //! text the model cannot take; 413 too many texts, too long a text (with its `index`) or too
-//! large a body; 503 with `Retry-After` when the queue is full; 504 after
-//! `--request-timeout-ms`; 500 when the model fails.
+//! large a body; 503 with `Retry-After` when the queue is full or `--max-concurrent-requests`
+//! are in progress (then before the body is read, which bounds the bodies held in memory);
+//! 504 after `--request-timeout-ms`; 500 when the model fails.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,6 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use super::batcher::{Engine, Queue};
 use super::error::ApiError;
@@ -41,6 +43,8 @@ pub struct Limits {
     pub max_chars: usize,
     /// How long a request may take in all.
     pub timeout: Duration,
+    /// `/v1/translate` requests in progress at most.
+    pub max_concurrent: usize,
 }
 
 impl Limits {
@@ -63,6 +67,11 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Request limits.
     pub limits: Limits,
+    /// One permit per `/v1/translate` request being received or processed
+    /// (`--max-concurrent-requests`): bounds the request bodies in memory.
+    pub admission: Arc<Semaphore>,
+    /// The `Retry-After` seconds of a refused request.
+    pub retry_after_s: u64,
 }
 
 /// The body of `POST /v1/translate`.
@@ -89,7 +98,10 @@ struct TranslateResponse<'a> {
 pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.limits.max_body_bytes();
     Router::new()
-        .route("/v1/translate", post(translate))
+        .route(
+            "/v1/translate",
+            post(translate).layer(middleware::from_fn_with_state(Arc::clone(&app), admit)),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -109,6 +121,19 @@ pub(crate) fn json_response(status: StatusCode, value: &impl Serialize) -> Respo
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("serializing the answer: {e}"))
             .into_response(),
+    }
+}
+
+/// Refuses a translate request (503) before its body is read when
+/// `--max-concurrent-requests` are already in progress.
+async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    match Arc::clone(&app.admission).try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::TooManyRequests {
+            max: app.limits.max_concurrent,
+            retry_after_s: app.retry_after_s,
+        }
+        .into_response(),
     }
 }
 

@@ -10,8 +10,9 @@
 //! how many sentences share a batch, but padding a shorter source changes the last bits of its
 //! scores, so batches hold sources of one length by default.
 //!
-//! Overload is refused, never buffered: a request whose texts do not fit in `--max-queue`
-//! gets 503 with `Retry-After`. `--max-texts-per-request` and `--max-chars-per-text` bound
+//! Overload is refused, never buffered: a request whose texts do not fit in `--max-queue`,
+//! or that arrives while `--max-concurrent-requests` are in progress, gets 503 with
+//! `Retry-After`. `--max-texts-per-request` and `--max-chars-per-text` bound
 //! each request (413), `--request-timeout-ms` bounds its time (504). SIGTERM or Ctrl-C stops
 //! accepting connections, finishes the requests in flight, and exits 0.
 //!
@@ -68,6 +69,10 @@ pub struct ServeArgs {
     /// Texts waiting for a batch at most; a request that does not fit gets 503.
     #[arg(long, default_value_t = 1024)]
     pub max_queue: usize,
+    /// Translate requests being received or processed at once at most; more get 503 before
+    /// their body is read (this bounds the request bodies held in memory).
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_requests: usize,
     /// Texts per request at most (more: 413).
     #[arg(long, default_value_t = 64)]
     pub max_texts_per_request: usize,
@@ -97,6 +102,7 @@ impl ServeArgs {
             ("workers", self.workers),
             ("max-batch-tokens", self.max_batch_tokens),
             ("max-queue", self.max_queue),
+            ("max-concurrent-requests", self.max_concurrent_requests),
             ("max-texts-per-request", self.max_texts_per_request),
             ("max-chars-per-text", self.max_chars_per_text),
         ];
@@ -197,7 +203,10 @@ async fn serve(
             max_texts: args.max_texts_per_request,
             max_chars: args.max_chars_per_text,
             timeout: Duration::from_millis(args.request_timeout_ms),
+            max_concurrent: args.max_concurrent_requests,
         },
+        admission: Arc::new(tokio::sync::Semaphore::new(args.max_concurrent_requests)),
+        retry_after_s: args.retry_after_s,
     });
     let shutdown = shutdown_signal()?;
     let bound = listener
