@@ -152,7 +152,9 @@ async fn track(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
     if route == "/v1/translate" {
         let seconds = start.elapsed().as_secs_f64();
         app.metrics.latency.observe(seconds);
-        if status.is_server_error() {
+        // Refusals under overload (503) are expected and counted in the metrics: not logged
+        // one by one.
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(status = status.as_u16(), seconds, "translate request failed");
         } else {
             tracing::debug!(status = status.as_u16(), seconds, "translate request");
