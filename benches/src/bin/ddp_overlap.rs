@@ -98,6 +98,7 @@ fn main() -> Result<()> {
     let work = args.work.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&work)?;
     let data = make_data(&work)?;
+    let save_dir = work.join("checkpoints");
     let dim = args.dim.to_string();
     let ffn = (4 * args.dim).to_string();
     let layers = args.layers.to_string();
@@ -138,6 +139,8 @@ fn main() -> Result<()> {
         "--no-progress-bar",
         "--disable-validation",
         "--no-save",
+        "--save-dir",
+        save_dir.to_str().context("save path")?,
         "--seed",
         "1",
         "--bucket-cap-mb",
