@@ -12,7 +12,11 @@
 //! Per call, texts are encoded (tokenizer, dictionary, EOS), grouped into batches by length
 //! ([`make_batches`] with the pool's `max_sentences` / `max_tokens`), searched with the given
 //! [`GenerationOptions`], and returned in input order: one [`Translation`] per text with up to
-//! `nbest` hypotheses, best first. An empty text (no symbols) gets an empty hypotheses list
+//! `nbest` hypotheses, best first. Texts of one source length get the same hypotheses and
+//! scores whatever they are batched with; a text batched with longer ones is padded, which can
+//! change the last bits of its scores (the padded matrix products round differently), so
+//! callers that promise results identical to translating alone (the server) batch texts of one
+//! length together. An empty text (no symbols) gets an empty hypotheses list
 //! without running the model. A text longer than the model's `max_source_positions` is an
 //! [`Error::TextTooLong`] naming its index, unless the pool truncates sources.
 //!
