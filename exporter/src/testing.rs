@@ -204,3 +204,61 @@ pub fn dictionary_identity(path: &Path) -> Result<serde_json::Value> {
 pub fn numbered_dictionary(size: usize, tag: &str) -> String {
     (4..size).map(|i| format!("{tag}{i} 1\n")).collect()
 }
+
+/// The 256 symbols of a byte-level BPE without merges (GPT-2's byte → character map:
+/// printable Latin-1 bytes stand for themselves, the others for U+0100 onwards), sorted.
+pub fn byte_level_alphabet() -> Vec<String> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    let mut extra = 0;
+    let mut chars: Vec<char> = (0u32..256)
+        .filter_map(|b| {
+            let code = if printable(b) {
+                b
+            } else {
+                extra += 1;
+                255 + extra
+            };
+            char::from_u32(code)
+        })
+        .collect();
+    chars.sort_unstable();
+    chars.into_iter().map(String::from).collect()
+}
+
+/// A byte-level BPE `tokenizer.json` over `symbols` (NFC, ByteLevel pre-tokenizer and decoder,
+/// no merges), as the trainer's `learn-bpe` writes them.
+pub fn byte_level_tokenizer_json(symbols: &[String]) -> serde_json::Value {
+    let vocab: std::collections::BTreeMap<&str, usize> =
+        symbols.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                          "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                    "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    })
+}
+
+/// Writes a data directory for a model that translates raw text: `dict.{src}.txt` and
+/// `dict.{tgt}.txt` holding [`byte_level_alphabet`], and the matching `tokenizer.json`.
+/// Returns the vocabulary size with fairseq's 4 special symbols.
+pub fn write_byte_level_data(data: &Path, src: &str, tgt: &str) -> Result<usize> {
+    let io = |path: PathBuf| move |source| Error::Io { path, source };
+    std::fs::create_dir_all(data).map_err(io(data.to_path_buf()))?;
+    let symbols = byte_level_alphabet();
+    let dict: String = symbols.iter().map(|s| format!("{s} 1\n")).collect();
+    for lang in [src, tgt] {
+        let path = data.join(format!("dict.{lang}.txt"));
+        std::fs::write(&path, &dict).map_err(io(path.clone()))?;
+    }
+    let path = data.join("tokenizer.json");
+    std::fs::write(&path, byte_level_tokenizer_json(&symbols).to_string())
+        .map_err(io(path.clone()))?;
+    Ok(symbols.len() + 4)
+}

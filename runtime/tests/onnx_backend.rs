@@ -488,3 +488,14 @@ fn bad_binarized_data_fails_naming_the_file() -> Result<()> {
     ensure!(!run.ok && run.stderr.contains("valid.es-en.es.idx"), "{}", run.stderr);
     Ok(())
 }
+
+/// The exporter's test alphabet (used by every fixture model) is exactly the byte-level
+/// pre-tokenizer's.
+#[test]
+fn the_fixture_alphabet_is_the_byte_level_alphabet() {
+    let mut chars: Vec<char> =
+        tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
+    chars.sort_unstable();
+    let expected: Vec<String> = chars.into_iter().map(String::from).collect();
+    assert_eq!(seqforge_exporter::testing::byte_level_alphabet(), expected);
+}

@@ -23,7 +23,6 @@
 //! `cargo build --release -p seqforge-runtime --bin seqforge && cargo run --release -p
 //! seqforge-benches --bin serve_load`.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -36,7 +35,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::{Value, json};
 
-use seqforge_exporter::testing::SyntheticCheckpoint;
+use seqforge_exporter::testing::{SyntheticCheckpoint, write_byte_level_data};
 use seqforge_exporter::{ExportOptions, export};
 
 #[derive(Parser, Debug)]
@@ -75,51 +74,10 @@ struct Args {
     overload_clients: usize,
 }
 
-/// The GPT-2 byte-level alphabet (each byte's printable stand-in), sorted.
-fn byte_alphabet() -> Vec<String> {
-    let printable: Vec<u32> =
-        (0x21..=0x7E).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect::<Vec<u32>>();
-    let mut extra = 0;
-    let mut chars: Vec<char> = (0u32..256)
-        .filter_map(|b| {
-            let code = if printable.contains(&b) {
-                b
-            } else {
-                extra += 1;
-                255 + extra
-            };
-            char::from_u32(code)
-        })
-        .collect();
-    chars.sort_unstable();
-    chars.into_iter().map(String::from).collect()
-}
-
 /// Exports the synthetic model into `root/model`.
 fn synthetic_model(root: &Path) -> Result<PathBuf> {
     let (ckpt, data, model) = (root.join("checkpoint"), root.join("data"), root.join("model"));
-    std::fs::create_dir_all(&data)?;
-    let symbols = byte_alphabet();
-    let dict: String = symbols.iter().map(|s| format!("{s} 1\n")).collect();
-    std::fs::write(data.join("dict.es.txt"), &dict)?;
-    std::fs::write(data.join("dict.en.txt"), &dict)?;
-    let vocab: BTreeMap<&str, usize> =
-        symbols.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
-    let tokenizer = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-                          "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
-                    "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": []}
-    });
-    std::fs::write(data.join("tokenizer.json"), tokenizer.to_string())?;
-    let n = symbols.len() + 4;
+    let n = write_byte_level_data(&data, "es", "en")?;
     SyntheticCheckpoint {
         embed_dim: 128,
         ffn_dim: 512,
