@@ -9,21 +9,13 @@ use anyhow::Result;
 
 use crate::pipeline;
 
-/// Options of `cargo xtask bench-ddp` (passed on to the bench).
+/// Options of `cargo xtask bench-ddp`: passed to the bench as they are (`--updates`,
+/// `--dim`, `--layers`, `--max-tokens`, `--bucket-cap-mb`; see `ddp_overlap --help`).
 #[derive(clap::Args, Debug)]
 pub struct BenchDdpArgs {
-    /// Updates per configuration.
-    #[arg(long, default_value_t = 30)]
-    updates: u64,
-    /// Model width.
-    #[arg(long, default_value_t = 256)]
-    dim: usize,
-    /// Encoder and decoder layers.
-    #[arg(long, default_value_t = 3)]
-    layers: usize,
-    /// Gradient bucket size in MiB.
-    #[arg(long, default_value_t = 4.0)]
-    bucket_cap_mb: f64,
+    /// Flags for `ddp_overlap`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 /// Builds both binaries and runs the bench.
@@ -53,11 +45,7 @@ pub fn run(root: &Path, args: &BenchDdpArgs) -> Result<()> {
         "cargo build ddp_overlap",
     )?;
     pipeline::run(
-        Command::new(root.join("target/release/ddp_overlap"))
-            .args(["--updates", &args.updates.to_string()])
-            .args(["--dim", &args.dim.to_string()])
-            .args(["--layers", &args.layers.to_string()])
-            .args(["--bucket-cap-mb", &args.bucket_cap_mb.to_string()]),
+        Command::new(root.join("target/release/ddp_overlap")).args(&args.args),
         "ddp_overlap",
     )
 }
