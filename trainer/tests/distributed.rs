@@ -421,3 +421,68 @@ fn a_frozen_rank_makes_the_other_fail_after_the_ddp_timeout() {
         stderr.lines().find(|l| l.contains("failed on rank")).unwrap_or("")
     );
 }
+
+/// The collectives on tch tensors, two ranks as two threads of this process.
+#[test]
+fn collectives_on_two_ranks_in_threads() {
+    use seqforge_trainer::distributed::{Backend, ProcessGroup, ReduceOp, Rendezvous};
+    use tch::{Kind, Tensor};
+    let port = free_port();
+    let rank_main = move |rank: usize| -> Vec<String> {
+        let rv = Rendezvous {
+            rank,
+            world_size: 2,
+            local_rank: rank,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+        };
+        let pg = ProcessGroup::init(&rv, Backend::Gloo, Duration::from_secs(60)).unwrap();
+        assert_eq!((pg.rank(), pg.world_size(), pg.is_master()), (rank, 2, rank == 0));
+        let mut log = Vec::new();
+        // Sum, max and min of [r+1, 10(r+1)] and a second tensor of another shape and dtype.
+        let a = Tensor::from_slice(&[rank as f32 + 1.0, 10.0 * (rank as f32 + 1.0)]);
+        let b = Tensor::from_slice(&[rank as i64; 3]);
+        pg.all_reduce(&[&a, &b], ReduceOp::Sum).unwrap();
+        log.push(format!(
+            "sum {:?} {:?}",
+            Vec::<f32>::try_from(&a).unwrap(),
+            Vec::<i64>::try_from(&b).unwrap()
+        ));
+        let m = Tensor::from_slice(&[rank as f64, 5.0 - rank as f64]);
+        pg.all_reduce(&[&m], ReduceOp::Max).unwrap();
+        let n = Tensor::from_slice(&[rank as f64]);
+        pg.all_reduce(&[&n], ReduceOp::Min).unwrap();
+        log.push(format!(
+            "max {:?} min {:?}",
+            Vec::<f64>::try_from(&m).unwrap(),
+            Vec::<f64>::try_from(&n).unwrap()
+        ));
+        // Broadcast from rank 1 of a 2-D tensor.
+        let c = Tensor::full([2, 2], rank as f64 + 5.0, (Kind::Float, tch::Device::Cpu));
+        pg.broadcast(&[&c], 1).unwrap();
+        log.push(format!("bcast {:?}", Vec::<f32>::try_from(&c.reshape([-1])).unwrap()));
+        // All-gather, and the f64 helpers.
+        let g = pg.all_gather(&Tensor::from_slice(&[rank as i64 * 7])).unwrap();
+        let g: Vec<i64> = g.iter().map(|t| t.int64_value(&[0])).collect();
+        log.push(format!("gather {g:?} {:?}", pg.all_gather_f64(rank as f64 + 0.5).unwrap()));
+        let mut v = [1.0, rank as f64];
+        pg.all_reduce_f64(&mut v).unwrap();
+        log.push(format!("f64 {v:?} bcast {}", pg.broadcast_f64(rank as f64 + 3.0).unwrap()));
+        pg.barrier().unwrap();
+        log
+    };
+    let t0 = std::thread::spawn(move || rank_main(0));
+    let t1 = std::thread::spawn(move || rank_main(1));
+    let (l0, l1) = (t0.join().unwrap(), t1.join().unwrap());
+    assert_eq!(l0, l1, "both ranks see the same results");
+    assert_eq!(
+        l0,
+        [
+            "sum [3.0, 30.0] [1, 1, 1]",
+            "max [1.0, 5.0] min [0.0]",
+            "bcast [6.0, 6.0, 6.0, 6.0]",
+            "gather [0, 7] [0.5, 1.5]",
+            "f64 [2.0, 1.0] bcast 3",
+        ]
+    );
+}
