@@ -87,11 +87,17 @@ fn build_example() -> Result<(PathBuf, PathBuf)> {
 }
 
 /// Compiles examples/c/translate.c into `exe` with the system C compiler, warnings as errors.
+/// The compiler writes a file of this process's own and it is renamed into place: the tests
+/// run as parallel processes (nextest), and executing a file another process is still writing
+/// fails with "Text file busy".
 fn compile(exe: &Path, link: &[String]) -> Result<()> {
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let mut partial = exe.as_os_str().to_owned();
+    partial.push(format!(".{}.partial", std::process::id()));
+    let partial = PathBuf::from(partial);
     let out = Command::new(cc)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-o"])
-        .arg(exe)
+        .arg(&partial)
         .arg(workspace().join("examples/c/translate.c"))
         .arg(format!("-I{}", workspace().join("runtime/include").display()))
         .args(link)
@@ -102,6 +108,7 @@ fn compile(exe: &Path, link: &[String]) -> Result<()> {
         "compiling examples/c/translate.c into {exe:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::rename(&partial, exe).with_context(|| format!("renaming {partial:?} to {exe:?}"))?;
     Ok(())
 }
 
