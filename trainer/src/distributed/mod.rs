@@ -131,8 +131,9 @@ pub struct DistributedArgs {
     /// Largest gradient bucket in MiB.
     #[arg(long, default_value_t = 25.0, value_name = "MB")]
     pub bucket_cap_mb: f64,
-    /// Seconds a rendezvous or a collective may wait for the other ranks before this rank
-    /// fails with an error (PyTorch's default is 30 minutes).
+    /// Seconds a collective may wait for the other ranks before this rank fails with an error
+    /// (PyTorch's default is 30 minutes); the rendezvous at start-up waits at least 5 minutes
+    /// for every rank to join.
     #[arg(long, default_value_t = 1800, value_name = "SECONDS")]
     pub ddp_timeout: u64,
 }
@@ -309,6 +310,9 @@ fn parse_init_method(url: &str) -> Result<(String, u16)> {
     Ok((host.to_string(), port.parse().map_err(|_| bad())?))
 }
 
+/// The least time the rendezvous waits for all ranks to join.
+pub const RENDEZVOUS_MIN: Duration = Duration::from_secs(300);
+
 /// A c10d process group (Gloo) with its rendezvous store.
 pub struct ProcessGroup {
     store: *mut c_void,
@@ -354,7 +358,8 @@ pub enum ReduceOp {
 
 impl ProcessGroup {
     /// Joins the group described by `rv`: rank 0 opens the `TCPStore` on `MASTER_PORT`, the
-    /// others connect to it (retrying until `timeout`); every rank checks that all agree on the
+    /// others connect to it (retrying until `timeout`, at least [`RENDEZVOUS_MIN`]); every
+    /// rank checks that all agree on the
     /// world size and that its rank is not taken, then the Gloo group connects all pairs.
     pub fn init(rv: &Rendezvous, backend: Backend, timeout: Duration) -> Result<Self> {
         let addr = format!("{}:{}", rv.master_addr, rv.master_port);
@@ -368,6 +373,11 @@ impl ProcessGroup {
             ));
         }
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        // Ranks start at different times (loading libtorch from a cold disk takes seconds):
+        // the rendezvous waits at least RENDEZVOUS_MIN for everyone, whatever --ddp-timeout
+        // says about collectives. A rank that fails to join still fails everyone at once.
+        let rendezvous = timeout.max(RENDEZVOUS_MIN);
+        let rendezvous_ms = i64::try_from(rendezvous.as_millis()).unwrap_or(i64::MAX);
         let host = cstring(&rv.master_addr)?;
         let mut store = std::ptr::null_mut();
         // SAFETY: valid C strings and out-pointer; the shim catches every C++ exception.
@@ -377,7 +387,7 @@ impl ProcessGroup {
                 rv.master_port,
                 rv.world_size as i64,
                 rv.rank == 0,
-                timeout_ms,
+                rendezvous_ms,
                 &mut store,
             )
         })
@@ -398,7 +408,7 @@ impl ProcessGroup {
             world_size: rv.world_size,
             timeout,
         };
-        pg.check_membership(rv, timeout).map_err(fail)?;
+        pg.check_membership(rv, rendezvous).map_err(fail)?;
         // The address other ranks reach this one on: the interface that routes to rank 0.
         let own = own_address(&rv.master_addr, rv.master_port);
         let own = cstring(&own)?;
@@ -510,7 +520,7 @@ impl ProcessGroup {
             }
             if start.elapsed() > timeout {
                 return Err(format!(
-                    "ranks {missing:?} did not join within --ddp-timeout {}s",
+                    "ranks {missing:?} did not join within {}s",
                     timeout.as_secs()
                 ));
             }
