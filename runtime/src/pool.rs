@@ -347,6 +347,14 @@ impl TranslatorPool {
         Ok(self.encode(0, text)?.ids.len())
     }
 
+    /// The source length `text` is encoded with (its tokens rounded up to the runtime's
+    /// `pad_source_to_multiple`): texts with the same value get the same results in any batch.
+    pub fn padded_source_tokens(&self, text: &str) -> Result<usize> {
+        let n = self.source_tokens(text)?;
+        let max = self.model().contract().max_source_positions;
+        Ok(self.model().options().padded_source_len(n, max))
+    }
+
     fn encode(&self, index: usize, text: &str) -> Result<SourceLine> {
         self.text.encode_line(text, "text", index + 1, self.overlong).map_err(|e| match e {
             Error::SourceTooLong { tokens, max, .. } => Error::TextTooLong { index, tokens, max },

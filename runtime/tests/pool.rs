@@ -112,3 +112,29 @@ fn six_threads_share_two_workers() -> Result<()> {
     }
     Ok(())
 }
+
+/// With `pad_source_to_multiple`, texts whose lengths round up to the same multiple get the
+/// same bits batched together as translated alone (each alone is padded the same way), and
+/// lengths are reported rounded up and capped at the model's maximum. (Without the padding
+/// this batch does change text 0's scores in their last bits: the test fails with 1.)
+#[test]
+fn sources_padded_to_a_multiple_batch_without_changing_a_bit() -> Result<()> {
+    let f = common::fixture()?;
+    let mut cfg = config(&f.model);
+    cfg.runtime.pad_source_to_multiple = 8;
+    let pool = TranslatorPool::open(cfg)?;
+    // 9 to 16 tokens with EOS: one bucket of 16.
+    let texts = ["abcdefgh", "ab cd ef gh i", "hola mundo", "adios!!!!!!!!!!"];
+    for t in texts {
+        ensure!(pool.padded_source_tokens(t)? == 16, "{t}: {}", pool.padded_source_tokens(t)?);
+    }
+    ensure!(pool.padded_source_tokens("abc")? == 8 && pool.source_tokens("abc")? == 4, "");
+    ensure!(pool.padded_source_tokens(&"a".repeat(60))? == 64, "capped at max 64");
+    let options = GenerationOptions { beam: 3, nbest: 2, max_len_b: 8, ..Default::default() };
+    let together = pool.translate(&texts, &options)?;
+    for (i, t) in texts.iter().enumerate() {
+        let alone = pool.translate(&[t], &options)?;
+        ensure!(alone[0] == together[i], "text {i} differs batched vs alone");
+    }
+    Ok(())
+}

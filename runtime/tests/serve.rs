@@ -175,7 +175,19 @@ impl Drop for Server {
 
 /// Translates each text alone in this process and returns the JSON a server must answer.
 fn alone(model: &Path, texts: &[&str], options: Option<&Value>) -> Result<Vec<Value>> {
-    let pool = TranslatorPool::open(PoolConfig::new(model))?;
+    alone_padded(model, texts, options, 1)
+}
+
+/// [`alone`] with sources padded to a multiple of `pad` (`--pad-source-to-multiple`).
+fn alone_padded(
+    model: &Path,
+    texts: &[&str],
+    options: Option<&Value>,
+    pad: usize,
+) -> Result<Vec<Value>> {
+    let mut config = PoolConfig::new(model);
+    config.runtime.pad_source_to_multiple = pad;
+    let pool = TranslatorPool::open(config)?;
     let options = match options {
         Some(o) => parse_options(&o.to_string(), pool.default_options())?,
         None => pool.default_options().clone(),
@@ -313,6 +325,27 @@ fn queued_requests_of_one_length_share_a_model_batch_and_keep_their_results() ->
     ensure!(server.metric("seqforge_batch_sentences_sum")? == 24.0);
     ensure!(server.metric("seqforge_batch_sentences_bucket{le=\"16\"}")? == 0.0);
     ensure!(server.metric("seqforge_batch_sentences_bucket{le=\"32\"}")? == 1.0);
+    Ok(())
+}
+
+#[test]
+fn sources_padded_to_a_multiple_share_batches_across_lengths_bit_for_bit() -> Result<()> {
+    let f = common::fixture()?;
+    let options = json!({"beam": 2, "max_len_b": 10});
+    // 9 to 16 tokens with EOS: different lengths, one bucket of 16 with a multiple of 8.
+    let texts = ["abcdefgh", "ab cd ef gh i", "hola mundo", "adios!!!!!!!!!!", "Lu 12345678"];
+    let expected = alone_padded(&f.model, &texts, Some(&options), 8)?;
+    let total = (16 * texts.len()).to_string();
+    let args = ["--workers", "1", "--max-wait-ms", "600000", "--max-batch-tokens", &total];
+    let server =
+        Server::start(&f.model, &[&args[..], &["--pad-source-to-multiple", "8"]].concat())?;
+    let requests = texts.iter().map(|t| json!({"texts": [t], "options": options})).collect();
+    let answers = concurrently(&server.addr, requests)?;
+    for (i, answer) in answers.iter().enumerate() {
+        check_translations(answer, &[&expected[i]], &format!("client {i}"))?;
+    }
+    ensure!(server.metric("seqforge_batch_sentences_count")? == 1.0, "one model batch");
+    ensure!(server.metric("seqforge_batch_sentences_sum")? == texts.len() as f64);
     Ok(())
 }
 

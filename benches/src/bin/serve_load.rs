@@ -9,8 +9,10 @@
 //!    4 heads, a byte-level tokenizer without merges, deterministic weights);
 //! 2. for each serving mode — batch of one (`--max-batch-tokens 1 --max-wait-ms 0`), dynamic
 //!    batching of same-length sources (results bit-identical to batch of one) with
-//!    `--max-wait-ms 0` (a free worker takes whatever is queued) and 5, and dynamic batching
-//!    with `--mixed-length-batches` (padded) — starts the `seqforge serve` binary
+//!    `--max-wait-ms 0` (a free worker takes whatever is queued) and 5, the same with sources
+//!    padded to a multiple of 8 (`--pad-source-to-multiple 8`: lengths 9–16 share batches,
+//!    still bit-identical to translating alone with that padding), and dynamic batching with
+//!    `--mixed-length-batches` (padded) — starts the `seqforge serve` binary
 //!    (`--port 0`), and for each client count runs that many closed-loop clients (one text
 //!    per request, new connection per request) for `--seconds`, measuring requests/s, p50 and
 //!    p99 latency and the mean model batch size (from `/metrics`);
@@ -323,9 +325,20 @@ fn main() -> Result<()> {
         args.threads,
         args.seconds
     );
-    let modes: [(&str, Vec<&str>); 4] = [
+    let modes: [(&str, Vec<&str>); 5] = [
         ("batch of one", vec!["--max-batch-tokens", "1", "--max-wait-ms", "0"]),
         ("dynamic, wait 0 ms", vec!["--max-batch-tokens", "2048", "--max-wait-ms", "0"]),
+        (
+            "dynamic, pad to 8",
+            vec![
+                "--max-batch-tokens",
+                "2048",
+                "--max-wait-ms",
+                "0",
+                "--pad-source-to-multiple",
+                "8",
+            ],
+        ),
         ("dynamic, wait 5 ms", vec!["--max-batch-tokens", "2048", "--max-wait-ms", "5"]),
         (
             "dynamic, mixed lengths",

@@ -50,6 +50,11 @@ pub struct ModelArgs {
     /// `cargo xtask setup` installed).
     #[arg(long, value_name = "FILE")]
     pub ort_library: Option<PathBuf>,
+    /// Pad each batch's sources to a multiple of N tokens (e.g. 8). Results then depend only on
+    /// a source's length rounded up to N, not on what it is batched with; `serve` can batch
+    /// sources of different lengths without changing a bit. 1: no padding beyond the batch.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub pad_source_to_multiple: usize,
 }
 
 impl ModelArgs {
@@ -73,6 +78,7 @@ impl ModelArgs {
             optimize: true,
             ort_library: self.ort_library.clone(),
             io_binding: false,
+            pad_source_to_multiple: self.pad_source_to_multiple,
         })
     }
 }

@@ -76,6 +76,21 @@ pub struct RuntimeOptions {
     /// Run decoder steps through an I/O binding even on CPU (always done on a GPU); the results
     /// are the same, this exists so that the GPU code path is tested on CPU machines.
     pub io_binding: bool,
+    /// Pad every encoded batch's source length up to a multiple of this (capped at the model's
+    /// `max_source_positions`; 0 and 1: no extra padding, `--pad-source-to-multiple`). A
+    /// sentence's results depend on the padded length of its batch in their last bits, so with
+    /// a multiple M every sentence whose length rounds up to the same multiple gets the same
+    /// bits in any batch: a server can batch sources of different lengths and still answer
+    /// exactly what translating each alone answers.
+    pub pad_source_to_multiple: usize,
+}
+
+impl RuntimeOptions {
+    /// The source length a batch whose longest source has `len` tokens is encoded with.
+    pub fn padded_source_len(&self, len: usize, max_source_positions: usize) -> usize {
+        let m = self.pad_source_to_multiple.max(1);
+        len.div_ceil(m).saturating_mul(m).min(max_source_positions.max(len))
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -87,6 +102,7 @@ impl Default for RuntimeOptions {
             optimize: true,
             ort_library: None,
             io_binding: false,
+            pad_source_to_multiple: 1,
         }
     }
 }
@@ -633,6 +649,7 @@ impl IncrementalDecoder for OnnxDecoder {
                 "encode: a source of {s} tokens exceeds max_source_positions {max}"
             )));
         }
+        let s = self.model.options().padded_source_len(s, max);
         let pad = i64::from(self.special.pad);
         let mut tokens = vec![pad; b * s];
         for (i, src) in sources.iter().enumerate() {

@@ -6,12 +6,14 @@
 //! workers), then takes the oldest queued text's options and source length and collects queued
 //! texts with *identical* options and the same length (any length with `mixed_lengths`), in
 //! arrival order, until their source tokens (EOS included) would exceed `max_batch_tokens` (a
-//! single longer text still gets a batch of its own). It dispatches as soon as the batch is
+//! single longer text still gets a batch of its own). "Length" is the length a source is
+//! encoded with: its tokens rounded up to `--pad-source-to-multiple` (1 by default: the exact
+//! length), so with a multiple of 8 sources of 9 to 16 tokens share batches. It dispatches as soon as the batch is
 //! full, when the oldest request has waited `max_wait`, or when the server is shutting down.
 //! A request's texts may be spread over several batches; its answer is sent when all are done.
-//! Batches run on tokio's blocking threads. Batches of one source length are not padded, and
-//! ONNX Runtime's results do not depend on the number of sentences in a batch, so every
-//! request gets exactly what translating it alone gives. Requests whose client has gone (timed
+//! Batches run on tokio's blocking threads. Batches of one encoded length pad every source as
+//! translating it alone does, and ONNX Runtime's results do not depend on the number of
+//! sentences in a batch, so every request gets exactly what translating it alone gives. Requests whose client has gone (timed
 //! out) are dropped from the queue without being translated.
 
 use std::collections::VecDeque;
@@ -36,7 +38,8 @@ pub trait Engine: Send + Sync + 'static {
         texts: &[&str],
         options: &GenerationOptions,
     ) -> crate::Result<Vec<Translation>>;
-    /// Source tokens of `text`, EOS included.
+    /// The length `text` is encoded with: its source tokens (EOS included), rounded up as the
+    /// engine pads sources. Texts with equal lengths get the same results in any batch.
     fn source_tokens(&self, text: &str) -> crate::Result<usize>;
     /// The options a request without `options` gets, and the base its options are merged on.
     fn default_options(&self) -> &GenerationOptions;
@@ -54,7 +57,7 @@ impl Engine for TranslatorPool {
     }
 
     fn source_tokens(&self, text: &str) -> crate::Result<usize> {
-        TranslatorPool::source_tokens(self, text)
+        TranslatorPool::padded_source_tokens(self, text)
     }
 
     fn default_options(&self) -> &GenerationOptions {

@@ -91,7 +91,8 @@ pub struct Metrics {
     pub running_batches: AtomicU64,
     /// Sentences translated (texts answered with hypotheses).
     pub sentences: AtomicU64,
-    /// Source tokens (EOS included) of the translated sentences.
+    /// Source tokens (EOS included, padding to `--pad-source-to-multiple` included) of the
+    /// translated sentences.
     pub source_tokens: AtomicU64,
     /// Target tokens of every returned hypothesis (EOS included).
     pub generated_tokens: AtomicU64,
@@ -167,7 +168,8 @@ impl Metrics {
             ("seqforge_translated_sentences_total", "Sentences translated.", &self.sentences),
             (
                 "seqforge_source_tokens_total",
-                "Source tokens (EOS included) of the translated sentences.",
+                "Source tokens (EOS and padding to --pad-source-to-multiple included) of the \
+                 translated sentences.",
                 &self.source_tokens,
             ),
             (
