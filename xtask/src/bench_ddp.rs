@@ -28,21 +28,14 @@ pub fn run(root: &Path, args: &BenchDdpArgs) -> Result<()> {
             "--quiet",
             "-p",
             "seqforge-trainer",
-            "--bins",
-        ]),
-        "cargo build seqforge-train",
-    )?;
-    pipeline::run(
-        Command::new(&cargo).current_dir(root).args([
-            "build",
-            "--release",
-            "--quiet",
             "-p",
             "seqforge-benches",
             "--bin",
+            "seqforge-train",
+            "--bin",
             "ddp_overlap",
         ]),
-        "cargo build ddp_overlap",
+        "cargo build seqforge-train ddp_overlap",
     )?;
     pipeline::run(
         Command::new(root.join("target/release/ddp_overlap")).args(&args.args),
