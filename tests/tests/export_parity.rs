@@ -17,6 +17,7 @@ use ort::value::{DynValue, Tensor as OrtTensor};
 use seqforge_exporter::{ExportOptions, export};
 use seqforge_runtime::onnx::{SessionConfig, load_session};
 use seqforge_schemas::contract::{self, Dtype, Manifest, names};
+use seqforge_trainer::export_check::{float_input, float_output, gather_rows, to_vec};
 use seqforge_trainer::models::transformer::{Activation, Transformer, TransformerConfig};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -82,10 +83,6 @@ fn train_briefly(vs: &nn::VarStore, model: &Transformer, updates: usize) -> Resu
     Ok(())
 }
 
-fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(Vec::<f32>::try_from(t.f_flatten(0, -1)?.f_to_kind(Kind::Float)?)?)
-}
-
 fn max_diff(a: &[f32], b: &[f32]) -> Result<f32> {
     ensure!(a.len() == b.len(), "lengths differ: {} vs {}", a.len(), b.len());
     let mut worst = 0f32;
@@ -96,46 +93,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> Result<f32> {
     Ok(worst)
 }
 
-/// An ONNX Runtime tensor input of the model dtype.
-fn float_input(fp16: bool, shape: &[i64], data: &[f32]) -> Result<DynValue> {
-    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    Ok(if fp16 {
-        let h: Vec<f16> = data.iter().map(|&v| f16::from_f32(v)).collect();
-        OrtTensor::from_array((shape, h))?.into_dyn()
-    } else {
-        OrtTensor::from_array((shape, data.to_vec()))?.into_dyn()
-    })
-}
-
-fn float_output(
-    outputs: &ort::session::SessionOutputs<'_>,
-    name: &str,
-    fp16: bool,
-) -> Result<(Vec<i64>, Vec<f32>)> {
-    let value = &outputs[name];
-    if fp16 {
-        let (shape, data) = value.try_extract_tensor::<f16>()?;
-        Ok((shape.to_vec(), data.iter().map(|v| v.to_f32()).collect()))
-    } else {
-        let (shape, data) = value.try_extract_tensor::<f32>()?;
-        Ok((shape.to_vec(), data.to_vec()))
-    }
-}
-
 /// A tensor read back from ONNX Runtime: shape and values as f32.
 type Owned = (Vec<i64>, Vec<f32>);
-
-/// Gathers rows of a `[N, ...]` row-major tensor.
-fn gather_rows(shape: &[i64], data: &[f32], order: &[usize]) -> (Vec<i64>, Vec<f32>) {
-    let row = data.len() / shape[0].max(1) as usize;
-    let mut out = Vec::with_capacity(order.len() * row);
-    for &r in order {
-        out.extend_from_slice(&data[r * row..(r + 1) * row]);
-    }
-    let mut s = shape.to_vec();
-    s[0] = order.len() as i64;
-    (s, out)
-}
 
 /// The sources: lengths 5, 3 and 7 (EOS included).
 fn sources() -> Vec<Vec<i64>> {
@@ -548,7 +507,7 @@ fn fp16_survives_activations_that_overflow_a_naive_fp16_layer_norm() -> Result<(
     let reference = tch::no_grad(|| -> Result<Vec<f32>> {
         let (tokens, len) = padded(&sources(), true);
         let t = Tensor::from_slice(&tokens).f_reshape([sources().len() as i64, len as i64])?;
-        to_vec(&model.encode(&t, false)?.out)
+        Ok(to_vec(&model.encode(&t, false)?.out)?)
     })?;
 
     let compiled = seqforge_exporter::compile(

@@ -317,6 +317,35 @@ pub struct TrainerState {
     pub extra: serde_json::Value,
 }
 
+impl TrainerState {
+    /// The state of weights that were never trained by the loop (exported or converted
+    /// models, tests): `num_updates` recorded, epoch 1 not started, no scheduler, scaler or
+    /// validation state.
+    pub fn fresh(seed: u64, num_updates: u64) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            num_updates,
+            epoch: 1,
+            end_of_epoch: false,
+            iterator: EpochState {
+                version: 2,
+                epoch: 1,
+                iterations_in_epoch: 0,
+                shuffle: false,
+                num_batches: None,
+                num_shards: None,
+                batches_fingerprint: None,
+            },
+            lr_scheduler: serde_json::json!({}),
+            loss_scaler: None,
+            best: None,
+            val_loss: None,
+            rng: RngState { seed, num_updates },
+            extra: serde_json::Value::Null,
+        }
+    }
+}
+
 /// A whole checkpoint in memory.
 #[derive(Debug)]
 pub struct Checkpoint {

@@ -209,7 +209,8 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     })
 }
 
-fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+/// A libtorch tensor's values as a flat `Vec<f32>` (also used by the export parity tests).
+pub fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::<f32>::try_from(t.f_flatten(0, -1)?.f_to_kind(Kind::Float)?)?)
 }
 
@@ -223,7 +224,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn float_input(fp16: bool, shape: &[i64], data: &[f32]) -> Result<DynValue> {
+/// An ONNX Runtime input of the model's float dtype (fp16 or fp32) from f32 values.
+pub fn float_input(fp16: bool, shape: &[i64], data: &[f32]) -> Result<DynValue> {
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     Ok(if fp16 {
         let h: Vec<f16> = data.iter().map(|&v| f16::from_f32(v)).collect();
@@ -233,7 +235,8 @@ fn float_input(fp16: bool, shape: &[i64], data: &[f32]) -> Result<DynValue> {
     })
 }
 
-fn float_output(
+/// The output `name` (fp16 or fp32) as its shape and f32 values.
+pub fn float_output(
     outputs: &ort::session::SessionOutputs<'_>,
     name: &str,
     fp16: bool,
@@ -249,7 +252,7 @@ fn float_output(
 }
 
 /// Rows `order` of a row-major `[N, …]` tensor.
-fn gather_rows(shape: &[i64], data: &[f32], order: &[usize]) -> (Vec<i64>, Vec<f32>) {
+pub fn gather_rows(shape: &[i64], data: &[f32], order: &[usize]) -> (Vec<i64>, Vec<f32>) {
     let row = data.len() / shape.first().copied().unwrap_or(1).max(1) as usize;
     let mut out = Vec::with_capacity(order.len() * row);
     for &r in order {
@@ -450,9 +453,8 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<(f32, f3
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::batching::EpochState;
     use crate::checkpoint::{
-        Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState, TrainerState,
+        Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, TrainerState,
     };
     use crate::data::IndexedDatasetBuilder;
 
@@ -499,27 +501,7 @@ mod tests {
                     DictionaryIdentity::of_file(data.join("dict.en.txt")).unwrap(),
                 ],
             },
-            state: TrainerState {
-                format_version: checkpoint::FORMAT_VERSION,
-                num_updates: 0,
-                epoch: 1,
-                end_of_epoch: false,
-                iterator: EpochState {
-                    version: 2,
-                    epoch: 1,
-                    iterations_in_epoch: 0,
-                    shuffle: false,
-                    num_batches: None,
-                    num_shards: None,
-                    batches_fingerprint: None,
-                },
-                lr_scheduler: serde_json::json!({}),
-                loss_scaler: None,
-                best: None,
-                val_loss: None,
-                rng: RngState { seed: 3, num_updates: 0 },
-                extra: serde_json::Value::Null,
-            },
+            state: TrainerState::fresh(3, 0),
             model: model.fairseq_state_dict(),
             optimizer: vec![],
         };

@@ -5,9 +5,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use seqforge_trainer::batching::EpochState;
 use seqforge_trainer::checkpoint::{
-    self, Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, RngState, TrainerState,
+    self, Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, TrainerState,
 };
 use seqforge_trainer::fp16::Precision;
 use seqforge_trainer::models::transformer::Transformer;
@@ -49,27 +48,7 @@ pub fn save_checkpoint(
                 DictionaryIdentity::of_file(data.join("dict.en.txt"))?,
             ],
         },
-        state: TrainerState {
-            format_version: checkpoint::FORMAT_VERSION,
-            num_updates,
-            epoch: 1,
-            end_of_epoch: false,
-            iterator: EpochState {
-                version: 2,
-                epoch: 1,
-                iterations_in_epoch: 0,
-                shuffle: false,
-                num_batches: None,
-                num_shards: None,
-                batches_fingerprint: None,
-            },
-            lr_scheduler: serde_json::json!({}),
-            loss_scaler: None,
-            best: None,
-            val_loss: None,
-            rng: RngState { seed, num_updates },
-            extra: serde_json::Value::Null,
-        },
+        state: TrainerState::fresh(seed, num_updates),
         model: model.fairseq_state_dict(),
         optimizer: vec![],
     };
