@@ -15,24 +15,11 @@ pub struct BenchGenerateArgs {
     /// Work folder of `cargo xtask demo` (its `checkpoints/checkpoint_best` and `bible-bin`).
     #[arg(long, default_value = "demo")]
     work: String,
-    /// Number of test sentences (the first N).
-    #[arg(long, default_value_t = 200)]
-    sentences: usize,
-    /// Intra-op threads on both sides.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
-    /// Beam size.
-    #[arg(long, default_value_t = 5)]
-    beam: usize,
-    /// Force every output to N tokens + EOS (the work then does not depend on the weights).
-    #[arg(long)]
-    force_len: Option<usize>,
-    /// Skip the batch-1 runs.
-    #[arg(long)]
-    no_batch1: bool,
-    /// Decode only the first N sentences in the batch-1 runs (the slow part).
-    #[arg(long)]
-    batch1_sentences: Option<usize>,
+    /// Flags for `generate_vs_libtorch`, passed as they are (`--sentences 200`, `--threads 2`,
+    /// `--beam 5`, `--force-len N`, `--no-batch1`, `--batch1-sentences N`, ...; see its
+    /// `--help`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 /// Builds the bench binary and runs it on the demo's checkpoint and data.
@@ -53,21 +40,6 @@ pub fn run(root: &Path, args: &BenchGenerateArgs) -> Result<()> {
         "cargo build generate_vs_libtorch",
     )?;
     let mut cmd = Command::new(root.join("target/release/generate_vs_libtorch"));
-    cmd.arg("--checkpoint")
-        .arg(&checkpoint)
-        .arg("--data")
-        .arg(&data)
-        .args(["--sentences", &args.sentences.to_string()])
-        .args(["--threads", &args.threads.to_string()])
-        .args(["--beam", &args.beam.to_string()]);
-    if let Some(len) = args.force_len {
-        cmd.args(["--force-len", &len.to_string()]);
-    }
-    if args.no_batch1 {
-        cmd.arg("--no-batch1");
-    }
-    if let Some(n) = args.batch1_sentences {
-        cmd.args(["--batch1-sentences", &n.to_string()]);
-    }
+    cmd.arg("--checkpoint").arg(&checkpoint).arg("--data").arg(&data).args(&args.args);
     pipeline::run(&mut cmd, "generate_vs_libtorch")
 }
