@@ -2,9 +2,12 @@
 //!
 //! - [`onnx`]: the ONNX IR (`ModelProto`, `GraphProto`, `NodeProto`, `TensorProto`, …), used by
 //!   the exporter to write graphs and by tests to inspect them.
+//! - [`arch`]: model families' hyper-parameters and fairseq's named architectures (no libtorch),
+//!   read by the trainer and the exporter alike.
 //! - [`contract`]: the exported model directory (file names, graph input/output names, the
 //!   `metadata_props` keys, `manifest.json`, fairseq dictionaries) shared by exporter and runtime.
 
+pub mod arch;
 pub mod contract;
 
 /// The ONNX IR, generated from `proto/onnx.proto` (onnx 1.23.2).

@@ -14,7 +14,8 @@ use seqforge_runtime::decoding::IncrementalDecoder;
 use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
 use seqforge_runtime::search::{GenerationOptions, Hypothesis, Strategy, generate};
 use seqforge_schemas::contract::Dtype;
-use seqforge_trainer::models::transformer::{TorchDecoder, Transformer, TransformerConfig};
+use seqforge_trainer::models::TorchDecoder;
+use seqforge_trainer::models::transformer::{Transformer, TransformerConfig};
 use tch::{Device, Kind, Tensor, nn};
 
 mod common;

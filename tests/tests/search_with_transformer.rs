@@ -4,7 +4,8 @@
 
 use anyhow::{Result, ensure};
 use seqforge_runtime::search::{GenerationOptions, Strategy, generate};
-use seqforge_trainer::models::transformer::{TorchDecoder, Transformer, TransformerConfig};
+use seqforge_trainer::models::TorchDecoder;
+use seqforge_trainer::models::transformer::{Transformer, TransformerConfig};
 use tch::{Device, Kind, Tensor, nn};
 
 const VOCAB: usize = 24;

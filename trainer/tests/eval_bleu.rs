@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use seqforge_runtime::score::{BleuConfig, corpus_bleu};
 use seqforge_runtime::search::{GenerationOptions, generate};
 use seqforge_schemas::contract::Vocabulary;
-use seqforge_trainer::models::transformer::TorchDecoder;
+use seqforge_trainer::models::TorchDecoder;
 use seqforge_trainer::registry::Registry;
 use seqforge_trainer::train::{self, TrainConfig, Trainer};
 use serde_json::Value;
@@ -80,7 +80,7 @@ fn independent_bleu(trainer: &Trainer, raw: &Path, bin: &Path) -> f64 {
         })
         .collect();
     let references = lines(&raw.join("valid.en"));
-    let model = trainer.model().as_transformer().unwrap();
+    let model = trainer.model().step_model().unwrap();
     let results =
         generate(&mut TorchDecoder::new(model), &sources, &GenerationOptions::default()).unwrap();
     let hypotheses: Vec<String> = results

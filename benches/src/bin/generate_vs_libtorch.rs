@@ -39,7 +39,8 @@ use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
 use seqforge_runtime::search::{GenerationOptions, Hypothesis, generate};
 use seqforge_schemas::contract::Dtype;
 use seqforge_trainer::checkpoint;
-use seqforge_trainer::models::transformer::{TorchDecoder, Transformer, TransformerConfig};
+use seqforge_trainer::models::TorchDecoder;
+use seqforge_trainer::models::transformer::{Transformer, TransformerConfig};
 use seqforge_trainer::train::{infer_language_pair, load_split};
 use tch::{Device, nn};
 

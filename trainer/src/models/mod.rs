@@ -2,9 +2,14 @@
 //!
 //! - [`transformer`]: the encoder-decoder Transformer (Vaswani et al., 2017, "Attention Is All
 //!   You Need") as fairseq 0.12.2 builds it, with named architecture presets and an
-//!   incremental decoder for search ([`transformer::TorchDecoder`]).
+//!   incremental decoder for search.
+//! - [`decoding`]: what every family implements to be decoded incrementally ([`StepModel`]),
+//!   its state as named tensors ([`TorchState`]) and the search adapter ([`TorchDecoder`]).
 
+pub mod decoding;
 pub mod transformer;
+
+pub use decoding::{DecodingInfo, StepModel, TorchDecoder, TorchState};
 
 /// Errors of the models.
 #[derive(Debug, thiserror::Error)]
@@ -22,9 +27,9 @@ pub enum Error {
     /// A configuration a model cannot be built from.
     #[error("invalid model configuration: {0}")]
     Config(String),
-    /// An architecture preset name that does not exist.
-    #[error("unknown architecture {0:?}; known: {known}", known = transformer::PRESETS.join(", "))]
-    UnknownPreset(String),
+    /// A config rejected by its family, or an unknown architecture name.
+    #[error(transparent)]
+    Arch(#[from] seqforge_schemas::arch::Error),
     /// Inputs a model cannot run on (wrong shape, token out of the vocabulary, too long, …).
     #[error("invalid model input: {0}")]
     Input(String),

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::PairDataset;
 use super::{Error, Result};
-use crate::models::transformer::{TorchDecoder, Transformer};
+use crate::models::{StepModel, TorchDecoder};
 
 /// How hypotheses and references are turned into text before scoring (`--eval-bleu-detok`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -358,7 +358,7 @@ impl BleuEvaluator {
 
     /// Decodes the sentences of `data` with `model` (no dropout, no gradients, on the model's
     /// device and in its precision), detokenizes hypotheses and references and scores them.
-    pub fn evaluate(&self, model: &Transformer, data: &PairDataset) -> Result<BleuEval> {
+    pub fn evaluate(&self, model: &dyn StepModel, data: &PairDataset) -> Result<BleuEval> {
         let start = Instant::now();
         let _guard = tch::no_grad_guard();
         let mut sources = Vec::with_capacity(self.indices.len());

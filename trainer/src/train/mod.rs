@@ -25,7 +25,7 @@
 //!
 //! With `--eval-bleu` (fairseq's translation-task flags, [`eval_bleu`]) every validation also
 //! decodes the validation sentences with the runtime's search through
-//! [`TorchDecoder`](crate::models::transformer::TorchDecoder) and logs sacreBLEU's corpus
+//! [`TorchDecoder`](crate::models::TorchDecoder) and logs sacreBLEU's corpus
 //! `bleu`. `--best-checkpoint-metric` (default `loss`; `nll_loss`, `ppl`, `accuracy`, `bleu`)
 //! with `--maximize-best-checkpoint-metric` picks the statistic that decides `checkpoint_best`,
 //! `--patience` and the scheduler's end-of-epoch step, as in fairseq; the valid line then logs

@@ -7,8 +7,8 @@ use std::fmt;
 use serde_json::Value;
 use tch::{Tensor, nn};
 
-use crate::models::Error;
-use crate::models::transformer::{Activation, PRESETS, Transformer, TransformerConfig, preset};
+use crate::models::transformer::{Activation, Transformer, TransformerConfig};
+use crate::models::{Error, StepModel};
 
 /// A sequence-to-sequence model the trainer can train: teacher-forced forward pass, normalized
 /// probabilities and named parameters.
@@ -45,10 +45,9 @@ pub trait Model: Send {
         Vec::new()
     }
 
-    /// The model as the built-in [`Transformer`], which decodes incrementally through
-    /// [`TorchDecoder`](crate::models::transformer::TorchDecoder) (what `--eval-bleu` needs);
-    /// `None` by default.
-    fn as_transformer(&self) -> Option<&Transformer> {
+    /// The model as a [`StepModel`], which [`TorchDecoder`](crate::models::TorchDecoder)
+    /// decodes incrementally (what `--eval-bleu` needs); `None` for a model that cannot.
+    fn step_model(&self) -> Option<&dyn StepModel> {
         None
     }
 }
@@ -109,13 +108,13 @@ pub fn builtin_models() -> Vec<(&'static str, ModelFactory)> {
     )]
 }
 
-/// The architectures built into seqforge: every Transformer preset ([`PRESETS`]).
+/// The architectures built into seqforge: every preset of every family in
+/// [`seqforge_schemas::arch`] (fairseq's names and defaults, shared with the exporter).
 pub fn builtin_architectures() -> Vec<(String, Architecture)> {
-    PRESETS
-        .iter()
-        .filter_map(|&name| {
-            let config = serde_json::to_value(preset(name)?).ok()?;
-            Some((name.to_string(), Architecture { model: "transformer".into(), config }))
+    seqforge_schemas::arch::architectures()
+        .filter_map(|(name, family)| {
+            let config = (family.preset)(name)?;
+            Some((name.to_string(), Architecture { model: family.name.into(), config }))
         })
         .collect()
 }
@@ -290,7 +289,7 @@ impl Model for Transformer {
         Transformer::tied_parameters(self)
     }
 
-    fn as_transformer(&self) -> Option<&Transformer> {
+    fn step_model(&self) -> Option<&dyn StepModel> {
         Some(self)
     }
 }

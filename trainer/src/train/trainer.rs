@@ -561,10 +561,10 @@ impl Trainer {
         check_best_metric(a)?;
         let bleu = match &valid {
             Some((_, batches)) if a.eval_bleu.eval_bleu => {
-                if model.as_transformer().is_none() {
+                if model.step_model().is_none() {
                     return Err(Error::Config(format!(
-                        "--eval-bleu decodes through the built-in transformer's incremental \
-                         decoder; model {} has none",
+                        "--eval-bleu decodes incrementally; model {} has no incremental \
+                         decoder",
                         config.model
                     )));
                 }
@@ -1067,7 +1067,7 @@ impl Trainer {
 
     /// BLEU of the model on the validation set (`--eval-bleu`; `None` without it or with
     /// `--disable-validation`): the validation sentences are decoded with the shared search
-    /// through [`TorchDecoder`](crate::models::transformer::TorchDecoder), without dropout or
+    /// through [`TorchDecoder`](crate::models::TorchDecoder), without dropout or
     /// gradients, on the training device and in the training precision (see
     /// [`super::eval_bleu`]). Training is not affected: the model keeps no train/eval mode
     /// (dropout is chosen per forward call) and decoding draws nothing from libtorch's generator.
@@ -1078,8 +1078,8 @@ impl Trainer {
         if !self.is_master() {
             return Ok(None);
         }
-        let model = self.model.as_transformer().ok_or_else(|| {
-            Error::Config("--eval-bleu needs the built-in transformer".to_string())
+        let model = self.model.step_model().ok_or_else(|| {
+            Error::Config("--eval-bleu needs a model that decodes incrementally".to_string())
         })?;
         evaluator.evaluate(model, data).map(Some)
     }

@@ -1,161 +1,97 @@
-//! [`TorchDecoder`]: the libtorch [`Transformer`] behind the runtime's
-//! [`IncrementalDecoder`] contract, so that validation decoding in the trainer runs the same
-//! search code as deployment.
+//! The [`Transformer`] as a [`StepModel`]: its [`DecoderCache`] laid out as a [`TorchState`]
+//! under the names its exported step graph declares (`encoder_padding_mask`,
+//! `cross_{key,value}.{L}`, `self_{key,value}.{L}`), so search, `--eval-bleu` and the export
+//! check drive it like any family.
 
-use seqforge_runtime::decoding::{IncrementalDecoder, LogProbs, SpecialTokens};
-use tch::{Kind, Tensor};
+use tch::{Device, Tensor};
 
-use super::model::{DecoderCache, EncoderOut, Transformer};
-use crate::models::{Error, Result};
+use super::model::{DecoderCache, KeyValue, Transformer};
+use crate::models::Result;
+use crate::models::decoding::{DecodingInfo, StepModel, TorchState};
 
-/// Incremental decoding with a [`Transformer`] in eval mode (no dropout, no gradients).
-///
-/// `Encoded` is the encoder output of one call to `encode` (sources left-padded into one
-/// batch); `State` is the explicit [`DecoderCache`].
-#[derive(Debug)]
-pub struct TorchDecoder<'m> {
-    model: &'m Transformer,
-    special: SpecialTokens,
-}
-
-impl<'m> TorchDecoder<'m> {
-    /// Decodes with `model`; special tokens are fairseq's defaults with the model's
-    /// `pad_index`.
-    pub fn new(model: &'m Transformer) -> Self {
-        let pad = u32::try_from(model.config().pad_index).unwrap_or(u32::MAX);
-        Self { model, special: SpecialTokens { pad, ..SpecialTokens::default() } }
+/// State names of the Transformer's decoder (shared with its exporter graph by convention).
+pub mod state_names {
+    /// The source padding mask `[rows, src_len]`.
+    pub const ENCODER_PADDING_MASK: &str = "encoder_padding_mask";
+    /// Layer `l`'s encoder-attention keys.
+    pub fn cross_key(l: usize) -> String {
+        format!("cross_key.{l}")
     }
-
-    /// Uses other special token ids (the padding id must stay the model's `pad_index`).
-    pub fn with_special_tokens(mut self, special: SpecialTokens) -> Self {
-        self.special = special;
-        self
+    /// Layer `l`'s encoder-attention values.
+    pub fn cross_value(l: usize) -> String {
+        format!("cross_value.{l}")
     }
-
-    /// The model.
-    pub fn model(&self) -> &'m Transformer {
-        self.model
+    /// Layer `l`'s self-attention keys so far.
+    pub fn self_key(l: usize) -> String {
+        format!("self_key.{l}")
     }
-
-    fn index_tensor(&self, order: &[usize]) -> Result<Tensor> {
-        let index = order
-            .iter()
-            .map(|&i| {
-                i64::try_from(i).map_err(|_| Error::Input(format!("row index {i} is too large")))
-            })
-            .collect::<Result<Vec<i64>>>()?;
-        Ok(Tensor::f_from_slice(&index)?.f_to_device(self.model.device())?)
+    /// Layer `l`'s self-attention values so far.
+    pub fn self_value(l: usize) -> String {
+        format!("self_value.{l}")
     }
 }
 
-fn check_ids(ids: &[u32], vocab: usize, what: &str) -> Result<()> {
-    match ids.iter().find(|&&id| id as usize >= vocab) {
-        Some(id) => {
-            Err(Error::Input(format!("{what}: token id {id} is outside the vocabulary of {vocab}")))
+impl DecoderCache {
+    /// The cache as named tensors.
+    pub fn into_state(self) -> TorchState {
+        let mut state = TorchState::new();
+        state.step = self.step;
+        state.insert(state_names::ENCODER_PADDING_MASK, self.encoder_padding_mask);
+        for (l, kv) in self.self_attn.into_iter().enumerate() {
+            state.insert(state_names::self_key(l), kv.key);
+            state.insert(state_names::self_value(l), kv.value);
         }
-        None => Ok(()),
+        for (l, kv) in self.cross_attn.into_iter().enumerate() {
+            state.insert(state_names::cross_key(l), kv.key);
+            state.insert(state_names::cross_value(l), kv.value);
+        }
+        state
+    }
+
+    /// Takes a `layers`-layer cache back out of `state` (put it back with
+    /// [`DecoderCache::into_state`]).
+    pub fn from_state(state: &mut TorchState, layers: usize) -> Result<Self> {
+        let mut take_kv = |k: String, v: String| -> Result<KeyValue> {
+            Ok(KeyValue { key: state.take(&k)?, value: state.take(&v)? })
+        };
+        let self_attn = (0..layers)
+            .map(|l| take_kv(state_names::self_key(l), state_names::self_value(l)))
+            .collect::<Result<Vec<_>>>()?;
+        let cross_attn = (0..layers)
+            .map(|l| take_kv(state_names::cross_key(l), state_names::cross_value(l)))
+            .collect::<Result<Vec<_>>>()?;
+        let encoder_padding_mask = state.take(state_names::ENCODER_PADDING_MASK)?;
+        Ok(Self { self_attn, cross_attn, encoder_padding_mask, step: state.step })
     }
 }
 
-impl IncrementalDecoder for TorchDecoder<'_> {
-    type Encoded = EncoderOut;
-    type State = DecoderCache;
-    type Error = Error;
-
-    fn vocab_size(&self) -> usize {
-        self.model.config().tgt_vocab_size
-    }
-
-    fn special_tokens(&self) -> SpecialTokens {
-        self.special
-    }
-
-    fn max_target_positions(&self) -> usize {
-        self.model.config().max_target_positions
-    }
-
-    fn encode(&mut self, sources: &[Vec<u32>]) -> Result<EncoderOut> {
-        let config = self.model.config();
-        let max_len = sources.iter().map(Vec::len).max().unwrap_or(0);
-        for (i, source) in sources.iter().enumerate() {
-            if source.is_empty() {
-                return Err(Error::Input(format!(
-                    "source {i} is empty (expected at least the EOS token)"
-                )));
-            }
-            check_ids(source, config.src_vocab_size, &format!("source {i}"))?;
+impl StepModel for Transformer {
+    fn decoding_info(&self) -> DecodingInfo {
+        let c = self.config();
+        DecodingInfo {
+            src_vocab_size: c.src_vocab_size,
+            tgt_vocab_size: c.tgt_vocab_size,
+            pad_index: c.pad_index,
+            max_source_positions: c.max_source_positions,
+            max_target_positions: c.max_target_positions,
         }
-        if max_len > config.max_source_positions {
-            return Err(Error::Input(format!(
-                "a source of {max_len} tokens is longer than max_source_positions ({})",
-                config.max_source_positions
-            )));
-        }
-        // fairseq's default: left-pad the sources.
-        let pad = config.pad_index as i64;
-        let mut batch = Vec::with_capacity(sources.len() * max_len);
-        for source in sources {
-            batch.extend(std::iter::repeat_n(pad, max_len - source.len()));
-            batch.extend(source.iter().map(|&t| i64::from(t)));
-        }
-        let tokens =
-            Tensor::f_from_slice(&batch)?.f_reshape([sources.len() as i64, max_len as i64])?;
-        let _guard = tch::no_grad_guard();
-        self.model.encode(&tokens, false)
     }
 
-    fn init_state(
-        &mut self,
-        encoded: &EncoderOut,
-        rows_per_sentence: usize,
-    ) -> Result<DecoderCache> {
-        let _guard = tch::no_grad_guard();
-        let mut cache = self.model.init_cache(encoded)?;
-        let order: Vec<usize> = (0..encoded.batch_size())
-            .flat_map(|s| std::iter::repeat_n(s, rows_per_sentence))
-            .collect();
-        cache.reorder(&self.index_tensor(&order)?)?;
-        Ok(cache)
+    fn device(&self) -> Device {
+        Transformer::device(self)
     }
 
-    fn step(&mut self, tokens: &[u32], state: &mut DecoderCache) -> Result<LogProbs> {
-        let rows = state.rows();
-        if tokens.len() != rows {
-            return Err(Error::Input(format!("step got {} tokens for {rows} rows", tokens.len())));
-        }
-        check_ids(tokens, self.vocab_size(), "step")?;
-        if state.step >= self.max_target_positions() {
-            return Err(Error::Input(format!(
-                "cannot decode past max_target_positions ({})",
-                self.max_target_positions()
-            )));
-        }
-        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        let tokens = Tensor::f_from_slice(&ids)?.f_to_device(self.model.device())?;
-        let _guard = tch::no_grad_guard();
-        let logits = self.model.decode_step(&tokens, state)?;
-        let lprobs = self
-            .model
-            .get_normalized_probs(&logits, true)?
-            .f_to_device(tch::Device::Cpu)?
-            .f_to_kind(Kind::Float)?
-            .f_contiguous()?;
-        let vocab = self.vocab_size();
-        let mut data = vec![0f32; rows * vocab];
-        lprobs.f_copy_data(&mut data, rows * vocab)?;
-        Ok(LogProbs { rows, vocab, data })
+    fn start(&self, src_tokens: &Tensor) -> Result<TorchState> {
+        let encoded = self.encode(src_tokens, false)?;
+        Ok(self.init_cache(&encoded)?.into_state())
     }
 
-    fn reorder(&mut self, state: &mut DecoderCache, order: &[usize]) -> Result<()> {
-        let rows = state.rows();
-        if let Some(&bad) = order.iter().find(|&&i| i >= rows) {
-            return Err(Error::Input(format!("reorder: row {bad} does not exist ({rows} rows)")));
-        }
-        let _guard = tch::no_grad_guard();
-        state.reorder(&self.index_tensor(order)?)
-    }
-
-    fn rows(&self, state: &DecoderCache) -> usize {
-        state.rows()
+    fn step(&self, prev_tokens: &Tensor, state: &mut TorchState) -> Result<Tensor> {
+        let mut cache = DecoderCache::from_state(state, self.config().decoder_layers)?;
+        let logits = self.decode_step(prev_tokens, &mut cache);
+        let step = state.step;
+        *state = cache.into_state();
+        state.step = step;
+        self.get_normalized_probs(&logits?, true)
     }
 }

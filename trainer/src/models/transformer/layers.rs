@@ -7,7 +7,7 @@ use tch::Tensor;
 use super::attention::MultiheadAttention;
 use super::config::Activation;
 use super::model::KeyValue;
-use super::nn::{LayerNorm, Linear, LinearInit, Scope, dropout};
+use super::nn::{LayerNorm, Linear, LinearInit, Scope, activate, dropout};
 use crate::models::Result;
 
 /// Dimensions and regularisation of one side (encoder or decoder) of the model.
@@ -57,7 +57,7 @@ impl FeedForward {
         } else {
             x.shallow_clone()
         };
-        let h = spec.activation.apply(&self.fc1.forward(&h)?)?;
+        let h = activate(spec.activation, &self.fc1.forward(&h)?)?;
         let h = dropout(h, spec.activation_dropout, train)?;
         let h = dropout(self.fc2.forward(&h)?, spec.dropout, train)?;
         let out = residual.f_add(&h)?;

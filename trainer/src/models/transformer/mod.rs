@@ -12,7 +12,8 @@
 //! - [`DecoderCache`] and [`Transformer::decode_step`]: incremental decoding with explicit state
 //!   (self-attention keys/values per layer, encoder-attention keys/values computed once, the
 //!   source padding mask, the step), reordered with one `index_select` per tensor.
-//! - [`TorchDecoder`]: the runtime's `IncrementalDecoder` contract on top of that.
+//! - [`Transformer`] implements [`StepModel`](crate::models::decoding::StepModel) (its cache as
+//!   named tensors, [`state_names`]), so [`TorchDecoder`](crate::models::TorchDecoder) drives it.
 //!
 //! Not supported (fairseq options outside the scope): adaptive input/softmax,
 //! `decoder_input_dim`/`decoder_output_dim` different from `decoder_embed_dim`,
@@ -30,6 +31,6 @@ mod positions;
 mod tests;
 
 pub use config::{Activation, PRESETS, TransformerConfig, preset};
-pub use incremental::TorchDecoder;
+pub use incremental::state_names;
 pub use model::{DecoderCache, EncoderOut, KeyValue, Transformer};
 pub use positions::{make_positions, sinusoidal_table};

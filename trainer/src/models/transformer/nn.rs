@@ -175,10 +175,10 @@ pub(super) fn dropout(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
     if train && p > 0.0 { Ok(x.f_dropout(p, true)?) } else { Ok(x) }
 }
 
-impl Activation {
-    /// Applies the activation as fairseq does (`gelu` in fp32, cast back).
-    pub(super) fn apply(self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
+/// Applies `activation` as fairseq does (`gelu` in fp32, cast back).
+pub(super) fn activate(activation: Activation, x: &Tensor) -> Result<Tensor> {
+    {
+        Ok(match activation {
             Activation::Relu => x.f_relu()?,
             Activation::Gelu => x.f_to_kind(Kind::Float)?.f_gelu("none")?.f_to_kind(x.kind())?,
             Activation::GeluAccurate => x.f_gelu("tanh")?,

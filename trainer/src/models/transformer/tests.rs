@@ -8,7 +8,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use super::*;
-use crate::models::Error;
+use crate::models::{TorchDecoder, TorchState};
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
@@ -169,7 +169,10 @@ fn presets_match_fairseq_transformer_legacy() -> TestResult {
         assert_eq!((c.dropout, c.attention_dropout, c.activation_dropout), (p, pa, pact), "{name}");
     }
     assert!(preset("transformer_huge").is_none());
-    assert!(matches!(TransformerConfig::from_preset("nope"), Err(Error::UnknownPreset(_))));
+    assert!(matches!(
+        TransformerConfig::from_preset("nope"),
+        Err(seqforge_schemas::arch::Error::UnknownArch(_))
+    ));
     Ok(())
 }
 
@@ -198,7 +201,10 @@ fn config_json_round_trip_and_validation() -> TestResult {
         TransformerConfig { dropout: 1.0, ..tiny(false, false) },
     ];
     for config in bad {
-        assert!(matches!(config.validate(), Err(Error::Config(_))), "{config:?}");
+        assert!(
+            matches!(config.validate(), Err(seqforge_schemas::arch::Error::Config(_))),
+            "{config:?}"
+        );
         let vs = VarStore::new(Device::Cpu);
         assert!(Transformer::new(&vs.root(), &config).is_err());
     }
@@ -505,7 +511,7 @@ fn cached_equals_full(
         cached.push(decoder.step(&tokens, &mut state)?);
     }
     assert_eq!(state.step, steps);
-    assert_eq!(state.self_attn[0].key.size()[2], steps as i64);
+    assert_eq!(state.get(&state_names::self_key(0))?.size()[2], steps as i64);
 
     // The uncached pass: the whole model on the whole prefix, sources left-padded.
     let src = left_padded(&sources, 1)?;
@@ -628,7 +634,7 @@ fn reordered_cache_equals_decoding_each_history_alone() -> TestResult {
     let mut history: Vec<Vec<u32>> = vec![Vec::new(); 6];
     decoder.step(&[EOS; 6], &mut state)?;
 
-    let mut advance = |state: &mut DecoderCache,
+    let mut advance = |state: &mut TorchState,
                        history: &mut Vec<Vec<u32>>,
                        decoder: &mut TorchDecoder<'_>,
                        n: usize|
