@@ -107,11 +107,10 @@ fn main() -> Result<()> {
     let late = median((200..210).map(|p| times[&p]).collect());
     let ratio = late / early;
     println!(
-        "decode_step: {} ({}, {} decoder layers, dim {}, vocab {}), beam {BEAM}, {threads} threads",
+        "decode_step: {} ({}, {} state tensors, vocab {}), beam {BEAM}, {threads} threads",
         model_dir.display(),
         c.arch,
-        c.decoder_layers,
-        c.decoder_embed_dim,
+        c.state.tensors.len(),
         c.tgt_vocab_size
     );
     println!(
@@ -120,6 +119,6 @@ fn main() -> Result<()> {
         late * 1e3,
         if ratio <= 1.5 { "cache works: ≤ 1.5×" } else { "ABOVE 1.5×" }
     );
-    println!("decode_step: cross-attention inputs built {} times in 211 steps", state.regathers());
+    println!("decode_step: per-sentence inputs built {} times in 211 steps", state.regathers());
     Ok(())
 }

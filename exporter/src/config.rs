@@ -1,188 +1,28 @@
-//! The exporter's view of a checkpoint's `config.json`: the architecture name, the model's
-//! hyper-parameters (the trainer's serialized `TransformerConfig`, same field names and
-//! defaults, parsed here because the exporter does not depend on the trainer), the language
-//! pair and the identities of the dictionaries the model was trained on.
+//! The exporter's view of a checkpoint's `config.json`: the architecture name and its family
+//! (resolved through [`seqforge_schemas::arch`], the one place that owns configs and presets),
+//! the model's hyper-parameters (checked by the family), the language pair and the identities
+//! of the dictionaries the model was trained on.
 
 use std::path::Path;
 
+use seqforge_schemas::arch::{self, Family};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// The architectures the exporter can compile: fairseq's Transformer presets, as the trainer
-/// registers them (`trainer/src/models/transformer/config.rs`, `PRESETS`).
-pub const KNOWN_ARCHS: &[&str] = &[
-    "transformer",
-    "transformer_tiny",
-    "transformer_iwslt_de_en",
-    "transformer_wmt_en_de",
-    "transformer_vaswani_wmt_en_de_big",
-    "transformer_vaswani_wmt_en_fr_big",
-    "transformer_wmt_en_de_big",
-    "transformer_wmt_en_de_big_t2t",
-];
-
-/// The feed-forward activation (the trainer's `Activation`, same JSON names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// `max(0, x)`.
-    #[default]
-    Relu,
-    /// Exact GELU, `0.5·x·(1 + erf(x/√2))`, computed in fp32.
-    Gelu,
-    /// The tanh approximation of GELU.
-    #[serde(alias = "gelu_fast")]
-    GeluAccurate,
-    /// `tanh(x)`.
-    Tanh,
-    /// The identity.
-    Linear,
-}
-
-/// fairseq's Transformer hyper-parameters, as the trainer serializes them (unknown fields are
-/// refused: a field this exporter does not know may change the maths).
-///
-/// A deliberate mirror of the trainer's `TransformerConfig`
-/// (`trainer/src/models/transformer/config.rs`): same field names and defaults, kept in step
-/// by hand, because the exporter must build without libtorch and so cannot depend on the
-/// libtorch-linked trainer crate.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct TransformerConfig {
-    pub encoder_embed_dim: usize,
-    pub encoder_ffn_embed_dim: usize,
-    pub encoder_layers: usize,
-    pub encoder_attention_heads: usize,
-    pub encoder_normalize_before: bool,
-    pub encoder_learned_pos: bool,
-    pub decoder_embed_dim: usize,
-    pub decoder_ffn_embed_dim: usize,
-    pub decoder_layers: usize,
-    pub decoder_attention_heads: usize,
-    pub decoder_normalize_before: bool,
-    pub decoder_learned_pos: bool,
-    pub share_decoder_input_output_embed: bool,
-    pub share_all_embeddings: bool,
-    pub dropout: f64,
-    pub attention_dropout: f64,
-    pub activation_dropout: f64,
-    pub activation_fn: Activation,
-    pub max_source_positions: usize,
-    pub max_target_positions: usize,
-    pub no_scale_embedding: bool,
-    pub layernorm_embedding: bool,
-    pub no_token_positional_embeddings: bool,
-    pub no_decoder_final_norm: bool,
+/// The fields every family's config has (by convention of [`seqforge_schemas::arch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct CommonConfig {
+    /// Source dictionary size.
     pub src_vocab_size: usize,
+    /// Target dictionary size.
     pub tgt_vocab_size: usize,
+    /// Padding index.
     pub pad_index: usize,
-}
-
-impl Default for TransformerConfig {
-    /// The trainer's default (fairseq's `transformer` base architecture).
-    fn default() -> Self {
-        Self {
-            encoder_embed_dim: 512,
-            encoder_ffn_embed_dim: 2048,
-            encoder_layers: 6,
-            encoder_attention_heads: 8,
-            encoder_normalize_before: false,
-            encoder_learned_pos: false,
-            decoder_embed_dim: 512,
-            decoder_ffn_embed_dim: 2048,
-            decoder_layers: 6,
-            decoder_attention_heads: 8,
-            decoder_normalize_before: false,
-            decoder_learned_pos: false,
-            share_decoder_input_output_embed: false,
-            share_all_embeddings: false,
-            dropout: 0.1,
-            attention_dropout: 0.0,
-            activation_dropout: 0.0,
-            activation_fn: Activation::Relu,
-            max_source_positions: 1024,
-            max_target_positions: 1024,
-            no_scale_embedding: false,
-            layernorm_embedding: false,
-            no_token_positional_embeddings: false,
-            no_decoder_final_norm: false,
-            src_vocab_size: 0,
-            tgt_vocab_size: 0,
-            pad_index: 1,
-        }
-    }
-}
-
-impl TransformerConfig {
-    /// Whether the output projection is the decoder's input embedding.
-    pub fn shares_decoder_output(&self) -> bool {
-        self.share_decoder_input_output_embed || self.share_all_embeddings
-    }
-
-    /// Checks what the graphs rely on; `path` names the file in errors.
-    pub fn validate(&self, path: &Path) -> Result<()> {
-        let fail = |message: String| Err(Error::Config { path: path.to_path_buf(), message });
-        for (side, dim, heads, ffn) in [
-            (
-                "encoder",
-                self.encoder_embed_dim,
-                self.encoder_attention_heads,
-                self.encoder_ffn_embed_dim,
-            ),
-            (
-                "decoder",
-                self.decoder_embed_dim,
-                self.decoder_attention_heads,
-                self.decoder_ffn_embed_dim,
-            ),
-        ] {
-            if dim == 0 || heads == 0 || ffn == 0 || dim % heads != 0 {
-                return fail(format!(
-                    "{side}_embed_dim ({dim}) must be a positive multiple of \
-                     {side}_attention_heads ({heads}), {side}_ffn_embed_dim ({ffn}) positive"
-                ));
-            }
-        }
-        if self.decoder_layers == 0 {
-            return fail(
-                "decoder_layers is 0: the decoder step graph needs at least one layer \
-                         (its past's shape gives the step)"
-                    .into(),
-            );
-        }
-        for (name, v) in
-            [("src_vocab_size", self.src_vocab_size), ("tgt_vocab_size", self.tgt_vocab_size)]
-        {
-            if v <= self.pad_index {
-                return fail(format!(
-                    "{name} ({v}) must be larger than pad_index ({})",
-                    self.pad_index
-                ));
-            }
-        }
-        if !self.no_token_positional_embeddings {
-            for (side, learned, dim) in [
-                ("encoder", self.encoder_learned_pos, self.encoder_embed_dim),
-                ("decoder", self.decoder_learned_pos, self.decoder_embed_dim),
-            ] {
-                if !learned && dim < 4 {
-                    return fail(format!("{side}: sinusoidal positions need a dimension ≥ 4"));
-                }
-            }
-        }
-        if self.share_all_embeddings
-            && (self.src_vocab_size != self.tgt_vocab_size
-                || self.encoder_embed_dim != self.decoder_embed_dim)
-        {
-            return fail("share_all_embeddings needs equal vocabularies and embedding dims".into());
-        }
-        if self.max_source_positions == 0 || self.max_target_positions == 0 {
-            return fail("max_source_positions and max_target_positions must be positive".into());
-        }
-        Ok(())
-    }
+    /// Longest source in tokens.
+    pub max_source_positions: usize,
+    /// Longest target in tokens.
+    pub max_target_positions: usize,
 }
 
 /// One dictionary identity recorded in the checkpoint (the trainer's `DictionaryIdentity`).
@@ -215,16 +55,27 @@ struct RawCheckpointConfig {
 /// What the exporter reads from `config.json`.
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
-    /// The architecture name (one of [`KNOWN_ARCHS`]).
+    /// The architecture name.
     pub arch: String,
-    /// The model's hyper-parameters.
-    pub model: TransformerConfig,
+    /// The architecture's family.
+    pub family: &'static Family,
+    /// The model's hyper-parameters (the family's config as JSON, checked by the family, with
+    /// the dictionary sizes filled in).
+    pub model: serde_json::Value,
+    /// The fields every family has.
+    pub common: CommonConfig,
     /// Source language (the task's `source_lang`, else from the first dictionary's name).
     pub source_lang: String,
     /// Target language.
     pub target_lang: String,
     /// The dictionaries the model was trained with (source then target).
     pub dictionaries: Vec<DictionaryIdentity>,
+}
+
+/// The family's config type parsed from [`CheckpointConfig::model`].
+pub fn parse_model<T: serde::de::DeserializeOwned>(model: &serde_json::Value) -> Result<T> {
+    serde_json::from_value(model.clone())
+        .map_err(|e| Error::Config { path: "config.json".into(), message: e.to_string() })
 }
 
 /// `dict.{lang}.txt` → `lang`.
@@ -238,15 +89,18 @@ impl CheckpointConfig {
         let bytes = crate::error::read_checkpoint_file(path)?;
         let raw: RawCheckpointConfig = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Json { path: path.to_path_buf(), message: e.to_string() })?;
-        if !KNOWN_ARCHS.contains(&raw.arch.as_str()) {
-            return Err(Error::UnknownArch {
+        let family = arch::family_of(&raw.arch).map_err(|_| Error::UnknownArch {
+            path: path.to_path_buf(),
+            arch: raw.arch.clone(),
+            known: arch::architecture_names().join(", "),
+        })?;
+        let mut model = raw.model;
+        if !model.is_object() {
+            return Err(Error::Config {
                 path: path.to_path_buf(),
-                arch: raw.arch,
-                known: KNOWN_ARCHS.join(", "),
+                message: "`model` must be a JSON object".into(),
             });
         }
-        let mut model: TransformerConfig = serde_json::from_value(raw.model)
-            .map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })?;
         let task_lang = |key: &str| -> Option<String> {
             raw.task.as_ref()?.config.get(key)?.as_str().map(str::to_string)
         };
@@ -267,10 +121,8 @@ impl CheckpointConfig {
             .ok_or_else(|| missing("target_lang"))?;
         // The trainer stores the architecture's config with vocabulary sizes 0 and builds the
         // model with the sizes of its dictionaries: take them from the recorded identities.
-        for (lang, size) in
-            [(&source_lang, &mut model.src_vocab_size), (&target_lang, &mut model.tgt_vocab_size)]
-        {
-            if *size == 0 {
+        for (lang, key) in [(&source_lang, "src_vocab_size"), (&target_lang, "tgt_vocab_size")] {
+            if model.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0) == 0 {
                 let name = format!("dict.{lang}.txt");
                 let id = raw.dictionaries.iter().find(|d| d.name == name).ok_or_else(|| {
                     Error::Config {
@@ -280,11 +132,22 @@ impl CheckpointConfig {
                         ),
                     }
                 })?;
-                *size = id.size;
+                model[key] = id.size.into();
             }
         }
-        model.validate(path)?;
-        Ok(Self { arch: raw.arch, model, source_lang, target_lang, dictionaries: raw.dictionaries })
+        let config_error = |message: String| Error::Config { path: path.to_path_buf(), message };
+        (family.validate)(&model).map_err(|e| config_error(e.to_string()))?;
+        let common: CommonConfig = serde_json::from_value(model.clone())
+            .map_err(|e| config_error(format!("{} config: {e}", family.name)))?;
+        Ok(Self {
+            arch: raw.arch,
+            family,
+            model,
+            common,
+            source_lang,
+            target_lang,
+            dictionaries: raw.dictionaries,
+        })
     }
 
     /// The recorded identity of `dict.{lang}.txt`, if the checkpoint has one.
@@ -298,14 +161,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn model_config_defaults_and_unknown_fields() {
-        let c: TransformerConfig =
-            serde_json::from_str(r#"{"encoder_layers": 2, "activation_fn": "gelu_fast"}"#)
-                .unwrap_or_default();
-        assert_eq!(c.encoder_layers, 2);
-        assert_eq!(c.activation_fn, Activation::GeluAccurate);
-        assert_eq!(c.decoder_embed_dim, 512);
-        let e = serde_json::from_str::<TransformerConfig>(r#"{"adaptive_softmax": true}"#);
-        assert!(e.is_err());
+    fn unknown_architectures_list_the_known_ones() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, r#"{"arch": "fconv_nope", "model": {}}"#).unwrap_or_default();
+        let e = CheckpointConfig::load(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("fconv_nope") && e.contains("transformer_tiny"), "{e}");
+        assert!(e.contains("lstm_wiseman_iwslt_de_en"), "{e}");
     }
 }

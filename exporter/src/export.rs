@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use seqforge_schemas::contract::{
-    DECODER_FILE, Dtype, ENCODER_FILE, FORMAT_VERSION, FileEntry, GraphKind, MANIFEST_FILE,
-    Manifest, ModelContract, ModelFiles, SpecialIds, TOKENIZER_FILE, Vocabulary,
+    DECODER_FILE, Dtype, ENCODER_FILE, FORMAT_VERSION, FileEntry, MANIFEST_FILE, Manifest,
+    ModelContract, ModelFiles, SpecialIds, TOKENIZER_FILE, Vocabulary,
 };
 use tracing::info;
 
 use crate::config::CheckpointConfig;
 use crate::error::{Error, Result, io_err};
-use crate::transformer::{self, BuildOptions};
+use crate::transformer::BuildOptions;
 use crate::weights::{Weights, sha256_hex};
 
 /// The checkpoint's model file.
@@ -89,14 +89,15 @@ pub struct ExportSummary {
 impl ExportSummary {
     /// A few human lines: files with sizes, total, time.
     pub fn render(&self) -> String {
+        let c = &self.manifest.contract;
         let mut s = format!(
-            "exported {} ({}, {} encoder / {} decoder layers, vocab {} → {}) to {} in {:.2}s\n",
-            self.manifest.contract.arch,
-            self.manifest.contract.dtype,
-            self.manifest.contract.encoder_layers,
-            self.manifest.contract.decoder_layers,
-            self.manifest.contract.src_vocab_size,
-            self.manifest.contract.tgt_vocab_size,
+            "exported {} ({} family, {}, {} state tensors, vocab {} → {}) to {} in {:.2}s\n",
+            c.arch,
+            c.family,
+            c.dtype,
+            c.state.tensors.len(),
+            c.src_vocab_size,
+            c.tgt_vocab_size,
             self.out.display(),
             self.elapsed.as_secs_f64()
         );
@@ -245,7 +246,20 @@ pub struct Compiled {
 /// used for the dictionaries' identities when given.
 pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> Result<Compiled> {
     let config = CheckpointConfig::load(&checkpoint.join(CHECKPOINT_CONFIG_FILE))?;
-    let c = &config.model;
+    let c = config.common;
+    let family =
+        crate::families::exporter_for(config.family.name).ok_or_else(|| Error::UnknownArch {
+            path: checkpoint.join(CHECKPOINT_CONFIG_FILE),
+            arch: format!(
+                "{} (family {}, which this exporter cannot compile)",
+                config.arch, config.family.name
+            ),
+            known: crate::families::exporters()
+                .iter()
+                .map(|e| e.family)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
     info!(arch = %config.arch, "reading {}", checkpoint.join(CHECKPOINT_MODEL_FILE).display());
     let weights = Weights::load(&checkpoint.join(CHECKPOINT_MODEL_FILE))?;
     let special = match data {
@@ -264,16 +278,12 @@ pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> R
         }
         None => SpecialIds { pad: c.pad_index as u32, ..SpecialIds::default() },
     };
+    let state = (family.state)(&config.model)?;
+    state.validate(&checkpoint.join(CHECKPOINT_CONFIG_FILE).display().to_string())?;
     let contract = ModelContract {
         format_version: FORMAT_VERSION,
+        family: config.family.name.to_string(),
         arch: config.arch.clone(),
-        encoder_layers: c.encoder_layers,
-        decoder_layers: c.decoder_layers,
-        encoder_attention_heads: c.encoder_attention_heads,
-        decoder_attention_heads: c.decoder_attention_heads,
-        decoder_head_dim: c.decoder_embed_dim / c.decoder_attention_heads,
-        encoder_embed_dim: c.encoder_embed_dim,
-        decoder_embed_dim: c.decoder_embed_dim,
         src_vocab_size: c.src_vocab_size,
         tgt_vocab_size: c.tgt_vocab_size,
         special,
@@ -281,15 +291,12 @@ pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> R
         max_target_positions: c.max_target_positions,
         dtype: build.dtype,
         checkpoint_sha256: weights.sha256().to_string(),
+        state,
     };
-    info!(dtype = %build.dtype, "building the encoder graph");
-    let encoder =
-        transformer::build_encoder(&weights, c, build, &contract.to_metadata(GraphKind::Encoder))?;
-    info!(dtype = %build.dtype, "building the decoder-step graph");
-    let decoder =
-        transformer::build_decoder(&weights, c, build, &contract.to_metadata(GraphKind::Decoder))?;
-    weights.check_all_used(|name| transformer::ignorable_tensor(c, name))?;
-    Ok(Compiled { contract, config, encoder, decoder })
+    info!(dtype = %build.dtype, family = family.family, "building the encoder and decoder-step graphs");
+    let graphs = (family.build)(&weights, &config.model, build, &contract)?;
+    weights.check_all_used(|name| (family.ignorable)(&config.model, name))?;
+    Ok(Compiled { contract, config, encoder: graphs.encoder, decoder: graphs.decoder })
 }
 
 /// Exports `options.checkpoint` to the model directory `options.out` (see the module docs).

@@ -2,8 +2,9 @@
 //!
 //! - [`graph`]: a small ONNX graph builder over the `seqforge-schemas` protobuf types — one
 //!   method per operator, dtypes and shapes checked as nodes are added, readable node names.
-//! - [`config`]: the checkpoint's `config.json` (architecture, Transformer hyper-parameters,
+//! - [`config`]: the checkpoint's `config.json` (architecture and family, hyper-parameters,
 //!   languages, dictionary identities).
+//! - [`families`]: which graph builder compiles which model family, and its declared state.
 //! - [`weights`]: the checkpoint's `model.safetensors`, every tensor checked by name and shape.
 //! - [`transformer`]: fairseq's Transformer as the contract's encoder and decoder-step graphs
 //!   (fp32, or fp16 with fp32 layer norms and softmaxes).
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod export;
+pub mod families;
 pub mod graph;
 pub mod testing;
 pub mod transformer;

@@ -17,17 +17,19 @@
 //! scores get a large negative bias (-1e9) in fp32 rather than `-inf`: the same probabilities
 //! as fairseq wherever a row has a real key (sources always end with EOS), and never a NaN.
 
-use seqforge_schemas::contract::{Dtype, names};
-
-use crate::config::{Activation, TransformerConfig};
 use crate::error::Result;
 use crate::graph::{DType, Dim, GraphBuilder, Value};
 use crate::weights::Weights;
+use seqforge_schemas::arch::transformer::{Activation, TransformerConfig, state_names};
+use seqforge_schemas::contract::{Dtype, names};
 
 /// fairseq's `LayerNorm` epsilon.
 const LAYER_NORM_EPS: f32 = 1e-5;
 /// The additive bias of masked attention scores (fp32).
 const MASKED_SCORE: f32 = -1e9;
+/// An extra encoder output (the last encoder layer's states `[B, S, E]`), which the decoder
+/// does not read; kept for inspection and tests.
+pub const ENCODER_OUT: &str = "encoder_out";
 
 /// How the graphs are numerically built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -322,8 +324,8 @@ fn embed_scale(c: &TransformerConfig, dim: usize) -> Option<f32> {
     if c.no_scale_embedding { None } else { Some((dim as f64).sqrt() as f32) }
 }
 
-/// Builds the encoder graph (see the contract): `src_tokens` → `encoder_out`,
-/// `encoder_padding_mask`, `cross_key.{L}`, `cross_value.{L}`.
+/// Builds the encoder graph (see the contract): `src_tokens` → [`ENCODER_OUT`] and the
+/// per-sentence state (`encoder_padding_mask`, `cross_key.{L}`, `cross_value.{L}`).
 pub fn build_encoder(
     w: &Weights,
     c: &TransformerConfig,
@@ -337,7 +339,7 @@ pub fn build_encoder(
     let src = Dim::named("S");
     let tokens = n.g.input(names::SRC_TOKENS, DType::I64, vec![batch, src])?;
     let pad_c = n.g.initializer_i64("pad_index", &[], &[i(pad)])?;
-    let mask = n.g.equal(names::ENCODER_PADDING_MASK, &tokens, &pad_c)?;
+    let mask = n.g.equal(state_names::ENCODER_PADDING_MASK, &tokens, &pad_c)?;
     let keep = n.g.not("encoder.non_padding", &mask)?;
 
     let table = n.param("encoder.embed_tokens.weight", &[c.src_vocab_size, enc.dim])?;
@@ -390,14 +392,20 @@ pub fn build_encoder(
     if enc.normalize_before {
         x = n.layer_norm("encoder.layer_norm", &x, enc.dim)?;
     }
-    let out = n.g.identity(names::ENCODER_OUT, &x)?;
+    let out = n.g.identity(ENCODER_OUT, &x)?;
     n.g.output(&out);
     n.g.output(&mask);
     for l in 0..c.decoder_layers {
         let a = format!("decoder.layers.{l}.encoder_attn");
-        let k = n.key_or_value(&format!("{a}.k_proj"), &names::cross_key(l), &out, enc.dim, dec)?;
-        let v =
-            n.key_or_value(&format!("{a}.v_proj"), &names::cross_value(l), &out, enc.dim, dec)?;
+        let k =
+            n.key_or_value(&format!("{a}.k_proj"), &state_names::cross_key(l), &out, enc.dim, dec)?;
+        let v = n.key_or_value(
+            &format!("{a}.v_proj"),
+            &state_names::cross_value(l),
+            &out,
+            enc.dim,
+            dec,
+        )?;
         n.g.output(&k);
         n.g.output(&v);
     }
@@ -407,8 +415,8 @@ pub fn build_encoder(
 }
 
 /// Builds the decoder-step graph (see the contract): `prev_tokens`, `reorder`,
-/// `encoder_padding_mask`, `cross_{key,value}.{L}`, `past_{key,value}.{L}` → `log_probs`,
-/// `present_{key,value}.{L}`.
+/// `encoder_padding_mask`, `cross_{key,value}.{L}`, `past.self_{key,value}.{L}` → `log_probs`,
+/// `present.self_{key,value}.{L}`.
 pub fn build_decoder(
     w: &Weights,
     c: &TransformerConfig,
@@ -423,19 +431,20 @@ pub fn build_decoder(
     let prev = n.g.input(names::PREV_TOKENS, DType::I64, vec![rows(), Dim::Fixed(1)])?;
     let reorder = n.g.input(names::REORDER, DType::I64, vec![rows()])?;
     let mask =
-        n.g.input(names::ENCODER_PADDING_MASK, DType::Bool, vec![rows(), Dim::named("S")])?;
+        n.g.input(state_names::ENCODER_PADDING_MASK, DType::Bool, vec![rows(), Dim::named("S")])?;
     let kv_shape =
         |len: &str, r: Dim| vec![r, Dim::Fixed(heads), Dim::named(len), Dim::Fixed(head_dim)];
     let mut cross = Vec::new();
     for l in 0..c.decoder_layers {
-        let k = n.g.input(&names::cross_key(l), n.t, kv_shape("S", rows()))?;
-        let v = n.g.input(&names::cross_value(l), n.t, kv_shape("S", rows()))?;
+        let k = n.g.input(&state_names::cross_key(l), n.t, kv_shape("S", rows()))?;
+        let v = n.g.input(&state_names::cross_value(l), n.t, kv_shape("S", rows()))?;
         cross.push((k, v));
     }
     let mut past = Vec::new();
     for l in 0..c.decoder_layers {
-        let k = n.g.input(&names::past_key(l), n.t, kv_shape("P", Dim::named("R_past")))?;
-        let v = n.g.input(&names::past_value(l), n.t, kv_shape("P", Dim::named("R_past")))?;
+        let past_shape = || kv_shape("P", Dim::named("R_past"));
+        let k = n.g.input(&names::past(&state_names::self_key(l)), n.t, past_shape())?;
+        let v = n.g.input(&names::past(&state_names::self_value(l)), n.t, past_shape())?;
         past.push((k, v));
     }
 
@@ -481,8 +490,8 @@ pub fn build_decoder(
         let (past_k, past_v) = &past[l];
         let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, &reorder, 0)?;
         let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, &reorder, 0)?;
-        let present_k = n.g.concat(&names::present_key(l), &[&pk, &k], 2)?;
-        let present_v = n.g.concat(&names::present_value(l), &[&pv, &v], 2)?;
+        let present_k = n.g.concat(&names::present(&state_names::self_key(l)), &[&pk, &k], 2)?;
+        let present_v = n.g.concat(&names::present(&state_names::self_value(l)), &[&pv, &v], 2)?;
         let ctx = n.attend(&a, &q, &present_k, &present_v, None, dec.dim)?;
         let out = n.linear(&format!("{a}.out_proj"), &ctx, dec.dim, dec.dim)?;
         x = n.g.add(&format!("{p}.self_attn_residual"), &x, &out)?;

@@ -222,6 +222,8 @@ fn library_errors_are_typed() -> Result<()> {
 #[test]
 fn graphs_follow_the_contract() -> Result<()> {
     use prost::Message;
+    use seqforge_exporter::transformer::ENCODER_OUT;
+    use seqforge_schemas::arch::transformer::state_names as sn;
     use seqforge_schemas::contract::{GraphKind, ModelContract, names};
     use seqforge_schemas::onnx::ModelProto;
     let f = fixture()?;
@@ -230,7 +232,7 @@ fn graphs_follow_the_contract() -> Result<()> {
         seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(&f.ckpt, &f.data, &out))?;
     let manifest = summary.manifest;
     ensure!(manifest.contract.src_vocab_size == SRC_VOCAB, "{:?}", manifest.contract);
-    ensure!(manifest.contract.decoder_head_dim == DIM / 2, "{:?}", manifest.contract);
+    ensure!(manifest.contract.state.dims["head_dim"] == DIM / 2, "{:?}", manifest.contract);
     for (file, kind) in [("encoder.onnx", GraphKind::Encoder), ("decoder.onnx", GraphKind::Decoder)]
     {
         let model = ModelProto::decode(std::fs::read(out.join(file))?.as_slice())?;
@@ -250,23 +252,26 @@ fn graphs_follow_the_contract() -> Result<()> {
         let per_layer = |a: fn(usize) -> String, b: fn(usize) -> String| -> Vec<String> {
             (0..LAYERS).flat_map(|l| [a(l), b(l)]).collect()
         };
+        let self_kv = |wrap: fn(&str) -> String| -> Vec<String> {
+            (0..LAYERS).flat_map(|l| [wrap(&sn::self_key(l)), wrap(&sn::self_value(l))]).collect()
+        };
         let (inputs, outputs): (Vec<String>, Vec<String>) = match kind {
             GraphKind::Encoder => (
                 vec![names::SRC_TOKENS.into()],
-                [names::ENCODER_OUT.to_string(), names::ENCODER_PADDING_MASK.into()]
+                [ENCODER_OUT.to_string(), sn::ENCODER_PADDING_MASK.into()]
                     .into_iter()
-                    .chain(per_layer(names::cross_key, names::cross_value))
+                    .chain(per_layer(sn::cross_key, sn::cross_value))
                     .collect(),
             ),
             GraphKind::Decoder => (
-                [names::PREV_TOKENS, names::REORDER, names::ENCODER_PADDING_MASK]
+                [names::PREV_TOKENS, names::REORDER, sn::ENCODER_PADDING_MASK]
                     .into_iter()
                     .map(String::from)
-                    .chain(per_layer(names::cross_key, names::cross_value))
-                    .chain(per_layer(names::past_key, names::past_value))
+                    .chain(per_layer(sn::cross_key, sn::cross_value))
+                    .chain(self_kv(names::past))
                     .collect(),
                 std::iter::once(names::LOG_PROBS.to_string())
-                    .chain(per_layer(names::present_key, names::present_value))
+                    .chain(self_kv(names::present))
                     .collect(),
             ),
         };

@@ -4,8 +4,8 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | [`ENCODER_FILE`] | source tokens → encoder output, padding mask, per-layer cross-attention K/V |
-//! | [`DECODER_FILE`] | one incremental decoder step (an empty past is legal: one graph for every step) |
+//! | [`ENCODER_FILE`] | source tokens → the per-sentence tensors the decoder reads |
+//! | [`DECODER_FILE`] | one incremental decoder step over a declared state |
 //! | [`MANIFEST_FILE`] | [`Manifest`]: the [`ModelContract`] plus file names and SHA-256 hashes |
 //! | `tokenizer.json` | the HuggingFace tokenizer the data was preprocessed with (optional) |
 //! | `dict.{lang}.txt` | the fairseq dictionaries (ids ↔ symbols) |
@@ -14,43 +14,62 @@
 //! `seqforge.*`, see [`ModelContract::to_metadata`]), so a graph is self-describing even when it
 //! travels without its manifest; the runtime checks that both agree.
 //!
+//! ## The decoder state is declared data
+//!
+//! Nothing here names an architecture. A model family declares its decoder state as a
+//! [`StateSpec`]: a list of [`StateTensor`]s, each with a name, an element type
+//! ([`StateDtype`]), a shape of *named* dimensions and a [`StatePolicy`]:
+//!
+//! - [`StatePolicy::PerSentence`]: made once per sentence by the encoder (its output of the
+//!   same name, `[B, …]`) and fed to every step in row order (`[R, …]`); the runtime gathers it
+//!   again only when rows change sentence (expansion to the beam, pruning). Example: the
+//!   Transformer's cross-attention keys/values, an LSTM's encoder outputs, the padding mask.
+//! - [`StatePolicy::Recurrent`]: follows its row. The step takes `past.{name}` (the previous
+//!   step's rows, gathered by `reorder` inside the graph) and returns `present.{name}` of the same
+//!   shape for this step's rows; it starts as zeros or as an encoder output
+//!   ([`StateInit`]). Example: an LSTM's `h`/`c`, a convolution's window of past inputs.
+//! - [`StatePolicy::Append`]: like `Recurrent`, but grows by one position per step along a named
+//!   axis and starts empty (length 0). Example: a self-attention key/value cache.
+//!
+//! Dimension names: [`dims::ROWS`] (axis 0 of every state tensor: decoder rows, or sentences in
+//! an encoder output), [`dims::SOURCE`] (the padded source length of the batch), the axis of an
+//! `Append` tensor (its length is the number of steps taken), and constants listed in
+//! [`StateSpec::dims`] (e.g. `heads = 4`). Anything else is an error naming the tensor.
+//!
 //! ## Graph inputs and outputs
 //!
-//! Shapes use `B` (sentences), `R` (live hypotheses = decoder rows), `S` (source length), `P`
-//! (past length), `H` (heads), `D` (head dim), `E` (model dim), `V` (target vocabulary), `L`
-//! (layer index). `T` is the model dtype (`float` or `float16`).
+//! `T` of a tensor is its [`StateDtype`] (`model` = the export dtype, `float` or `float16`).
 //!
 //! Encoder ([`ENCODER_FILE`]):
 //! - in `src_tokens` int64 `[B, S]` (right- or left-padded with `pad`; padding is masked);
-//! - out `encoder_out` T `[B, S, E]`, `encoder_padding_mask` bool `[B, S]` (true = padding),
-//!   `cross_key.{L}` / `cross_value.{L}` T `[B, H, S, D]` (decoder layer `L`'s encoder-attention
-//!   keys and values, projected once per sentence).
+//! - out every `PerSentence` tensor and every `Recurrent` tensor's [`StateInit::Encoder`] source,
+//!   `[B, …]` (other outputs are allowed and ignored).
 //!
 //! Decoder step ([`DECODER_FILE`]):
 //! - in `prev_tokens` int64 `[R, 1]` (the last token of each row; the first step feeds `eos`,
 //!   as fairseq does);
 //! - in `reorder` int64 `[R]`: row `r` of this step continues row `reorder[r]` of the past
-//!   (a `Gather` on the batch axis inside the graph, so a beam reorder never moves the cache
-//!   through the host; pass `0..R` when nothing moved);
-//! - in `encoder_padding_mask` bool `[R, S]`, `cross_key.{L}` / `cross_value.{L}` T `[R, H, S, D]`
-//!   (already in row order);
-//! - in `past_key.{L}` / `past_value.{L}` T `[R', H, P, D]` (`R'` = rows of the previous step;
-//!   `P` = 0 on the first step);
-//! - out `log_probs` float32 `[R, V]` (log-softmax computed in the graph, in fp32 for every
-//!   dtype), `present_key.{L}` / `present_value.{L}` T `[R, H, P + 1, D]`.
+//!   (gathered inside the graph, so a beam reorder never moves the state through the host; pass
+//!   `0..R` when nothing moved);
+//! - in every `PerSentence` tensor by its name, `[R, …]`, already in row order;
+//! - in `past.{name}` for every `Recurrent`/`Append` tensor, `[R', …]` (`R'` = rows of the
+//!   previous step; an `Append` axis has the length of the steps taken so far, 0 at first);
+//! - out `log_probs` float32 `[R, V]` (log-softmax in the graph, in fp32 for every dtype) and
+//!   `present.{name}` `[R, …]` for every `Recurrent`/`Append` tensor (an `Append` axis one longer).
 //!
-//! The step index is not an input: it is `P`, read from the past's shape inside the graph, so
-//! the position can never disagree with the cache. Target positions are `pad + 1 + P` (fairseq's
-//! positions skip the padding index).
+//! A graph that needs the step index reads it from an `Append` tensor's length or keeps it as
+//! a `Recurrent` int64 tensor: the position can never disagree with the state.
+//!
+//! Format version 1 (before the state was declared) is refused with a message to re-export.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// The model-directory format version this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The encoder graph's file name.
 pub const ENCODER_FILE: &str = "encoder.onnx";
 /// The decoder-step graph's file name.
@@ -62,14 +81,10 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The prefix of every `metadata_props` key the exporter writes.
 pub const METADATA_PREFIX: &str = "seqforge.";
 
-/// Input and output names of the two graphs.
+/// Input and output names of the two graphs that do not depend on the family.
 pub mod names {
     /// Encoder input: source tokens.
     pub const SRC_TOKENS: &str = "src_tokens";
-    /// Encoder output: the last encoder layer's states.
-    pub const ENCODER_OUT: &str = "encoder_out";
-    /// Encoder output and decoder input: the source padding mask.
-    pub const ENCODER_PADDING_MASK: &str = "encoder_padding_mask";
     /// Decoder input: last tokens.
     pub const PREV_TOKENS: &str = "prev_tokens";
     /// Decoder input: gather index into the past's rows.
@@ -77,35 +92,27 @@ pub mod names {
     /// Decoder output: log-probabilities over the target vocabulary.
     pub const LOG_PROBS: &str = "log_probs";
 
-    /// `cross_key.{layer}`.
-    pub fn cross_key(layer: usize) -> String {
-        format!("cross_key.{layer}")
+    /// The step input of state tensor `name`: `past.{name}`.
+    pub fn past(name: &str) -> String {
+        format!("past.{name}")
     }
-    /// `cross_value.{layer}`.
-    pub fn cross_value(layer: usize) -> String {
-        format!("cross_value.{layer}")
-    }
-    /// `past_key.{layer}`.
-    pub fn past_key(layer: usize) -> String {
-        format!("past_key.{layer}")
-    }
-    /// `past_value.{layer}`.
-    pub fn past_value(layer: usize) -> String {
-        format!("past_value.{layer}")
-    }
-    /// `present_key.{layer}`.
-    pub fn present_key(layer: usize) -> String {
-        format!("present_key.{layer}")
-    }
-    /// `present_value.{layer}`.
-    pub fn present_value(layer: usize) -> String {
-        format!("present_value.{layer}")
+    /// The step output of state tensor `name`: `present.{name}`.
+    pub fn present(name: &str) -> String {
+        format!("present.{name}")
     }
 
     /// The naming pattern recorded in the metadata (`seqforge.io_names`), so a runtime can tell
     /// a future renaming from a corrupt file.
-    pub const PATTERN: &str = "src_tokens;encoder_out;encoder_padding_mask;cross_{key,value}.{L};\
-                               prev_tokens;reorder;past_{key,value}.{L};log_probs;present_{key,value}.{L}";
+    pub const PATTERN: &str =
+        "src_tokens;{per_sentence};prev_tokens;reorder;past.{state};log_probs;present.{state}";
+}
+
+/// Reserved dimension names of state shapes.
+pub mod dims {
+    /// Axis 0 of every state tensor: decoder rows (sentences in an encoder output).
+    pub const ROWS: &str = "rows";
+    /// The padded source length of the batch.
+    pub const SOURCE: &str = "source";
 }
 
 /// Errors of reading or checking a contract. Each names the file or key at fault.
@@ -163,6 +170,16 @@ pub enum Error {
         expected: String,
         /// The other value.
         found: String,
+    },
+    /// A declared state tensor that is malformed, or that a graph does not match.
+    #[error("{what}: state tensor `{tensor}`: {message}")]
+    State {
+        /// The file or graph.
+        what: String,
+        /// The state tensor (or graph input/output) at fault.
+        tensor: String,
+        /// What is wrong.
+        message: String,
     },
     /// A malformed `dict.txt` line.
     #[error("{path}:{line}: {message}")]
@@ -256,28 +273,244 @@ impl Default for SpecialIds {
     }
 }
 
+/// Element type of a state tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateDtype {
+    /// The export dtype ([`ModelContract::dtype`]: float or float16).
+    Model,
+    /// Always float32 (e.g. statistics kept in fp32 in an fp16 model).
+    Float32,
+    /// Booleans (e.g. a padding mask, true = padding).
+    Bool,
+    /// 64-bit integers (e.g. a step counter).
+    Int64,
+}
+
+/// How a recurrent state tensor starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateInit {
+    /// All zeros (false for bool).
+    Zeros,
+    /// The encoder output of this name (`[B, …]`, same dtype and trailing shape), one copy per
+    /// row of the sentence.
+    Encoder(String),
+}
+
+/// How a state tensor lives across decoder steps (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StatePolicy {
+    /// Made once per sentence by the encoder; fed to every step in row order, never returned.
+    PerSentence,
+    /// Follows its row, same shape at every step: `past.{name}` in, `present.{name}` out.
+    Recurrent {
+        /// The first step's value.
+        init: StateInit,
+    },
+    /// Follows its row and grows by one position per step along `axis`; starts empty.
+    Append {
+        /// The dimension name that grows (must occur once in the shape).
+        axis: String,
+    },
+}
+
+impl StatePolicy {
+    /// Whether the step graph takes `past.{name}` and returns `present.{name}`.
+    pub fn follows_row(&self) -> bool {
+        !matches!(self, StatePolicy::PerSentence)
+    }
+}
+
+/// One declared state tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateTensor {
+    /// Its name (graph names derive from it: see [`names::past`], [`names::present`]).
+    pub name: String,
+    /// Element type.
+    pub dtype: StateDtype,
+    /// Dimension names, [`dims::ROWS`] first.
+    pub shape: Vec<String>,
+    /// How it lives across steps.
+    pub policy: StatePolicy,
+}
+
+/// A family's declared decoder state: every tensor the step graph carries between steps or
+/// reads per sentence, and the sizes of the named constant dimensions.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSpec {
+    /// Named constant dimensions (e.g. `heads`, `head_dim`, `hidden`).
+    pub dims: BTreeMap<String, usize>,
+    /// The tensors, in the order the graphs list them.
+    pub tensors: Vec<StateTensor>,
+}
+
+/// One dimension of a state shape, resolved against a [`StateSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DimKind {
+    /// Axis 0: rows (or sentences).
+    Rows,
+    /// The padded source length.
+    Source,
+    /// The growing axis of an `Append` tensor.
+    Grows,
+    /// A constant.
+    Fixed(usize),
+}
+
+impl StateSpec {
+    /// Checks the declaration: unique non-empty names, `rows` first, every dimension known,
+    /// `Append` axes present once and not constants, per-sentence tensors without a growing
+    /// axis, encoder-initialised tensors naming a per-sentence-shaped source. `what` names the
+    /// file in errors.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        let bad = |tensor: &str, message: String| Error::State {
+            what: what.to_string(),
+            tensor: tensor.to_string(),
+            message,
+        };
+        if self.tensors.is_empty() {
+            return Err(bad("-", "the decoder state declares no tensor".into()));
+        }
+        let mut seen = BTreeSet::new();
+        let reserved = [names::SRC_TOKENS, names::PREV_TOKENS, names::REORDER, names::LOG_PROBS];
+        for (d, &v) in &self.dims {
+            if d == dims::ROWS || d == dims::SOURCE {
+                return Err(bad(
+                    "-",
+                    format!("dimension `{d}` is reserved and cannot be a constant"),
+                ));
+            }
+            if v == 0 {
+                return Err(bad("-", format!("constant dimension `{d}` is 0")));
+            }
+        }
+        for t in &self.tensors {
+            if t.name.is_empty() || t.name.contains(char::is_whitespace) {
+                return Err(bad(&t.name, "names must be non-empty without spaces".into()));
+            }
+            if reserved.contains(&t.name.as_str()) || !seen.insert(t.name.as_str()) {
+                return Err(bad(&t.name, "the name is reserved or declared twice".into()));
+            }
+            if t.shape.first().map(String::as_str) != Some(dims::ROWS) {
+                return Err(bad(&t.name, format!("the shape must start with `{}`", dims::ROWS)));
+            }
+            match &t.policy {
+                StatePolicy::Append { axis } => {
+                    if t.shape.iter().filter(|d| *d == axis).count() != 1 {
+                        return Err(bad(
+                            &t.name,
+                            format!(
+                                "the growing axis `{axis}` must occur exactly once in the shape"
+                            ),
+                        ));
+                    }
+                }
+                StatePolicy::Recurrent { init: StateInit::Encoder(source) } => {
+                    if source.is_empty() || reserved.contains(&source.as_str()) {
+                        return Err(bad(&t.name, format!("bad encoder output name `{source}`")));
+                    }
+                    if t.shape.iter().any(|d| d == dims::SOURCE) {
+                        return Err(bad(
+                            &t.name,
+                            "a recurrent tensor cannot depend on the source length".into(),
+                        ));
+                    }
+                }
+                StatePolicy::Recurrent { init: StateInit::Zeros } | StatePolicy::PerSentence => {}
+            }
+            self.dim_kinds(t).map_err(|m| bad(&t.name, m))?;
+        }
+        Ok(())
+    }
+
+    /// The kind of each dimension of `t`, or a message naming the unknown one.
+    pub fn dim_kinds(&self, t: &StateTensor) -> std::result::Result<Vec<DimKind>, String> {
+        let grows = match &t.policy {
+            StatePolicy::Append { axis } => Some(axis.as_str()),
+            _ => None,
+        };
+        t.shape
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d.as_str() {
+                dims::ROWS if i == 0 => Ok(DimKind::Rows),
+                dims::ROWS => Err(format!("`{}` may only be axis 0", dims::ROWS)),
+                dims::SOURCE => Ok(DimKind::Source),
+                d if Some(d) == grows => {
+                    if self.dims.contains_key(d) {
+                        Err(format!("growing axis `{d}` is also declared a constant"))
+                    } else {
+                        Ok(DimKind::Grows)
+                    }
+                }
+                d => self.dims.get(d).map(|&v| DimKind::Fixed(v)).ok_or_else(|| {
+                    format!(
+                        "unknown dimension `{d}` (known: {}, {}{}{})",
+                        dims::ROWS,
+                        dims::SOURCE,
+                        grows.map(|g| format!(", {g}")).unwrap_or_default(),
+                        self.dims.keys().map(|k| format!(", {k}")).collect::<String>()
+                    )
+                }),
+            })
+            .collect()
+    }
+
+    /// The concrete shape of `t` for `rows` rows, a source of `source` tokens and `grown`
+    /// positions on its growing axis. The spec must have passed [`StateSpec::validate`].
+    pub fn shape_of(
+        &self,
+        t: &StateTensor,
+        rows: usize,
+        source: usize,
+        grown: usize,
+    ) -> Vec<usize> {
+        self.dim_kinds(t)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| match k {
+                DimKind::Rows => rows,
+                DimKind::Source => source,
+                DimKind::Grows => grown,
+                DimKind::Fixed(v) => v,
+            })
+            .collect()
+    }
+
+    /// The encoder outputs the runtime needs: per-sentence tensors, then encoder-initialised
+    /// recurrent tensors' sources (with the tensor that declares each).
+    pub fn encoder_outputs(&self) -> Vec<(&str, &StateTensor)> {
+        let mut out: Vec<(&str, &StateTensor)> = self
+            .tensors
+            .iter()
+            .filter(|t| t.policy == StatePolicy::PerSentence)
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        for t in &self.tensors {
+            if let StatePolicy::Recurrent { init: StateInit::Encoder(src) } = &t.policy
+                && !out.iter().any(|(n, _)| *n == src.as_str())
+            {
+                out.push((src.as_str(), t));
+            }
+        }
+        out
+    }
+}
+
 /// Everything a runtime needs to drive the two graphs without guessing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelContract {
     /// [`FORMAT_VERSION`] of the writer.
     pub format_version: u32,
+    /// The model family (`transformer`, `lstm`, …; informational for the runtime).
+    pub family: String,
     /// The trainer's architecture name (e.g. `transformer_iwslt_de_en`).
     pub arch: String,
-    /// Encoder layers.
-    pub encoder_layers: usize,
-    /// Decoder layers (the number of `past_key.{L}` inputs).
-    pub decoder_layers: usize,
-    /// Encoder attention heads.
-    pub encoder_attention_heads: usize,
-    /// Decoder attention heads (`H` of the caches).
-    pub decoder_attention_heads: usize,
-    /// Decoder head dimension (`D` of the caches).
-    pub decoder_head_dim: usize,
-    /// Encoder model dimension.
-    pub encoder_embed_dim: usize,
-    /// Decoder model dimension.
-    pub decoder_embed_dim: usize,
     /// Source vocabulary size.
     pub src_vocab_size: usize,
     /// Target vocabulary size (`V`).
@@ -292,20 +525,16 @@ pub struct ModelContract {
     pub dtype: Dtype,
     /// SHA-256 (hex) of the checkpoint's `model.safetensors` the graphs were exported from.
     pub checkpoint_sha256: String,
+    /// The decoder state the graphs carry.
+    pub state: StateSpec,
 }
 
 macro_rules! contract_fields {
     ($m:ident) => {
         $m!(
             format_version,
+            family,
             arch,
-            encoder_layers,
-            decoder_layers,
-            encoder_attention_heads,
-            decoder_attention_heads,
-            decoder_head_dim,
-            encoder_embed_dim,
-            decoder_embed_dim,
             src_vocab_size,
             tgt_vocab_size,
             max_source_positions,
@@ -317,8 +546,9 @@ macro_rules! contract_fields {
 }
 
 impl ModelContract {
-    /// The `metadata_props` of graph `kind`: every field under `seqforge.{field}`, plus
-    /// `seqforge.graph`, `seqforge.io_names` and the special ids as `seqforge.{bos,pad,eos,unk}`.
+    /// The `metadata_props` of graph `kind`: every scalar field under `seqforge.{field}`, the
+    /// special ids as `seqforge.{bos,pad,eos,unk}`, the state as JSON under `seqforge.state`,
+    /// plus `seqforge.graph` and `seqforge.io_names`.
     pub fn to_metadata(&self, kind: GraphKind) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut put = |k: &str, v: String| out.push((format!("{METADATA_PREFIX}{k}"), v));
@@ -330,13 +560,16 @@ impl ModelContract {
         put("pad", self.special.pad.to_string());
         put("eos", self.special.eos.to_string());
         put("unk", self.special.unk.to_string());
+        // Serializing plain structs of strings and integers cannot fail.
+        put("state", serde_json::to_string(&self.state).unwrap_or_default());
         put("graph", kind.as_str().to_string());
         put("io_names", names::PATTERN.to_string());
         out
     }
 
     /// Reads a contract back from a graph's `metadata_props` (`what` names the graph in
-    /// errors). Checks the format version first, then `seqforge.graph` against `kind`.
+    /// errors). Checks the format version first, then `seqforge.graph` against `kind`, then the
+    /// declared state.
     pub fn from_metadata(
         what: &str,
         kind: GraphKind,
@@ -383,70 +616,68 @@ impl ModelContract {
                 message: format!("`{io}`, expected `{}`", names::PATTERN),
             });
         }
+        let state: StateSpec =
+            serde_json::from_str(get("state")?).map_err(|e| Error::Metadata {
+                what: what.to_string(),
+                key: format!("{METADATA_PREFIX}state"),
+                message: e.to_string(),
+            })?;
+        state.validate(what)?;
+        let field = |key: &str| -> Result<usize> { parse(what, key, get(key)?) };
         Ok(Self {
             format_version,
+            family: get("family")?.clone(),
             arch: get("arch")?.clone(),
-            encoder_layers: parse(what, "encoder_layers", get("encoder_layers")?)?,
-            decoder_layers: parse(what, "decoder_layers", get("decoder_layers")?)?,
-            encoder_attention_heads: parse(
-                what,
-                "encoder_attention_heads",
-                get("encoder_attention_heads")?,
-            )?,
-            decoder_attention_heads: parse(
-                what,
-                "decoder_attention_heads",
-                get("decoder_attention_heads")?,
-            )?,
-            decoder_head_dim: parse(what, "decoder_head_dim", get("decoder_head_dim")?)?,
-            encoder_embed_dim: parse(what, "encoder_embed_dim", get("encoder_embed_dim")?)?,
-            decoder_embed_dim: parse(what, "decoder_embed_dim", get("decoder_embed_dim")?)?,
-            src_vocab_size: parse(what, "src_vocab_size", get("src_vocab_size")?)?,
-            tgt_vocab_size: parse(what, "tgt_vocab_size", get("tgt_vocab_size")?)?,
+            src_vocab_size: field("src_vocab_size")?,
+            tgt_vocab_size: field("tgt_vocab_size")?,
             special: SpecialIds {
                 bos: parse(what, "bos", get("bos")?)?,
                 pad: parse(what, "pad", get("pad")?)?,
                 eos: parse(what, "eos", get("eos")?)?,
                 unk: parse(what, "unk", get("unk")?)?,
             },
-            max_source_positions: parse(
-                what,
-                "max_source_positions",
-                get("max_source_positions")?,
-            )?,
-            max_target_positions: parse(
-                what,
-                "max_target_positions",
-                get("max_target_positions")?,
-            )?,
+            max_source_positions: field("max_source_positions")?,
+            max_target_positions: field("max_target_positions")?,
             dtype: parse(what, "dtype", get("dtype")?)?,
             checkpoint_sha256: get("checkpoint_sha256")?.clone(),
+            state,
         })
     }
 
     /// Checks that `other` (e.g. read from a graph) describes the same model as `self` (the
     /// manifest), naming the first field that differs.
     pub fn check_same(&self, what: &str, other: &ModelContract) -> Result<()> {
+        let mismatch = |field: &str, expected: String, found: String| Error::Mismatch {
+            what: what.to_string(),
+            field: field.to_string(),
+            expected,
+            found,
+        };
         macro_rules! cmp {
             ($($f:ident),*) => { $(
                 if self.$f != other.$f {
-                    return Err(Error::Mismatch {
-                        what: what.to_string(),
-                        field: stringify!($f).to_string(),
-                        expected: self.$f.to_string(),
-                        found: other.$f.to_string(),
-                    });
+                    return Err(mismatch(
+                        stringify!($f),
+                        self.$f.to_string(),
+                        other.$f.to_string(),
+                    ));
                 }
             )* };
         }
         contract_fields!(cmp);
         if self.special != other.special {
-            return Err(Error::Mismatch {
-                what: what.to_string(),
-                field: "special".into(),
-                expected: format!("{:?}", self.special),
-                found: format!("{:?}", other.special),
-            });
+            return Err(mismatch(
+                "special",
+                format!("{:?}", self.special),
+                format!("{:?}", other.special),
+            ));
+        }
+        if self.state != other.state {
+            return Err(mismatch(
+                "state",
+                serde_json::to_string(&self.state).unwrap_or_default(),
+                serde_json::to_string(&other.state).unwrap_or_default(),
+            ));
         }
         Ok(())
     }
@@ -526,8 +757,10 @@ impl Manifest {
                 supported: FORMAT_VERSION,
             });
         }
-        serde_json::from_value(value)
-            .map_err(|e| Error::Manifest { path: path.clone(), message: e.to_string() })
+        let manifest: Self = serde_json::from_value(value)
+            .map_err(|e| Error::Manifest { path: path.clone(), message: e.to_string() })?;
+        manifest.contract.state.validate(&path.display().to_string())?;
+        Ok(manifest)
     }
 
     /// The manifest as pretty JSON (what [`Manifest::load`] reads).
@@ -654,17 +887,52 @@ pub fn symbols_hash<'a>(symbols: impl IntoIterator<Item = &'a str>) -> String {
 mod tests {
     use super::*;
 
+    /// A Transformer-like state: a mask and cross keys per sentence, a growing self cache.
+    pub(crate) fn state() -> StateSpec {
+        let t = |name: &str, dtype, shape: &[&str], policy| StateTensor {
+            name: name.into(),
+            dtype,
+            shape: shape.iter().map(|s| s.to_string()).collect(),
+            policy,
+        };
+        StateSpec {
+            dims: [("heads".to_string(), 4), ("head_dim".to_string(), 16), ("hidden".into(), 8)]
+                .into(),
+            tensors: vec![
+                t("mask", StateDtype::Bool, &["rows", "source"], StatePolicy::PerSentence),
+                t(
+                    "cross_key.0",
+                    StateDtype::Model,
+                    &["rows", "heads", "source", "head_dim"],
+                    StatePolicy::PerSentence,
+                ),
+                t(
+                    "self_key.0",
+                    StateDtype::Model,
+                    &["rows", "heads", "past", "head_dim"],
+                    StatePolicy::Append { axis: "past".into() },
+                ),
+                t(
+                    "hidden.0",
+                    StateDtype::Model,
+                    &["rows", "hidden"],
+                    StatePolicy::Recurrent { init: StateInit::Encoder("final_hidden.0".into()) },
+                ),
+                t(
+                    "step",
+                    StateDtype::Int64,
+                    &["rows"],
+                    StatePolicy::Recurrent { init: StateInit::Zeros },
+                ),
+            ],
+        }
+    }
+
     fn contract() -> ModelContract {
         ModelContract {
             format_version: FORMAT_VERSION,
+            family: "transformer".into(),
             arch: "transformer_tiny".into(),
-            encoder_layers: 2,
-            decoder_layers: 3,
-            encoder_attention_heads: 2,
-            decoder_attention_heads: 4,
-            decoder_head_dim: 16,
-            encoder_embed_dim: 64,
-            decoder_embed_dim: 64,
             src_vocab_size: 1000,
             tgt_vocab_size: 1008,
             special: SpecialIds::default(),
@@ -672,7 +940,60 @@ mod tests {
             max_target_positions: 512,
             dtype: Dtype::Fp16,
             checkpoint_sha256: "ab".repeat(32),
+            state: state(),
         }
+    }
+
+    #[test]
+    fn state_spec_resolves_shapes_and_lists_encoder_outputs() -> Result<()> {
+        let s = state();
+        s.validate("m")?;
+        assert_eq!(s.shape_of(&s.tensors[1], 10, 7, 0), [10, 4, 7, 16]);
+        assert_eq!(s.shape_of(&s.tensors[2], 10, 7, 3), [10, 4, 3, 16]);
+        let outs: Vec<&str> = s.encoder_outputs().iter().map(|(n, _)| *n).collect();
+        assert_eq!(outs, ["mask", "cross_key.0", "final_hidden.0"]);
+        let json = serde_json::to_string(&s).unwrap_or_default();
+        assert!(json.contains(r#""policy":{"kind":"append","axis":"past"}"#), "{json}");
+        assert!(json.contains(r#""init":{"encoder":"final_hidden.0"}"#), "{json}");
+        assert!(json.contains(r#""init":"zeros""#), "{json}");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_state_declarations_name_the_tensor() {
+        let check = |f: &dyn Fn(&mut StateSpec), want: &[&str]| {
+            let mut s = state();
+            f(&mut s);
+            let e = err(s.validate("decoder.onnx")).to_string();
+            for w in want {
+                assert!(e.contains(w), "{e} lacks {w}");
+            }
+        };
+        check(
+            &|s| s.tensors[1].shape[1] = "hedas".into(),
+            &["cross_key.0", "unknown dimension `hedas`"],
+        );
+        check(&|s| s.tensors[2].shape.swap(0, 1), &["self_key.0", "must start with `rows`"]);
+        check(
+            &|s| s.tensors[2].policy = StatePolicy::Append { axis: "time".into() },
+            &["self_key.0", "`time` must occur exactly once"],
+        );
+        check(&|s| s.tensors[4].name = "mask".into(), &["`mask`", "declared twice"]);
+        check(&|s| s.tensors[4].name = "log_probs".into(), &["log_probs", "reserved"]);
+        check(
+            &|s| {
+                s.dims.insert("source".into(), 3);
+            },
+            &["reserved"],
+        );
+        check(&|s| s.tensors.clear(), &["declares no tensor"]);
+        // An unknown policy is a parse error naming the variant.
+        let json = r#"{"dims":{},"tensors":[{"name":"a","dtype":"model","shape":["rows"],"policy":{"kind":"ring"}}]}"#;
+        let e = serde_json::from_str::<StateSpec>(json)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("ring"), "{e}");
     }
 
     /// The error of a result that must have failed.
@@ -704,14 +1025,19 @@ mod tests {
         assert!(e.to_string().contains("seqforge.graph"), "{e}");
 
         let mut p = props(GraphKind::Encoder, &c);
-        p.insert("seqforge.format_version".into(), "2".into());
+        p.insert("seqforge.format_version".into(), "3".into());
         let e = err(ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p));
-        assert!(matches!(e, Error::UnsupportedVersion { found: 2, .. }), "{e}");
+        assert!(matches!(e, Error::UnsupportedVersion { found: 3, .. }), "{e}");
 
         let mut p = props(GraphKind::Encoder, &c);
-        p.remove("seqforge.decoder_head_dim");
+        p.remove("seqforge.max_target_positions");
         let e = err(ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p));
-        assert!(e.to_string().contains("seqforge.decoder_head_dim"), "{e}");
+        assert!(e.to_string().contains("seqforge.max_target_positions"), "{e}");
+
+        let mut p = props(GraphKind::Encoder, &c);
+        p.insert("seqforge.state".into(), r#"{"dims":{},"tensors":[]}"#.into());
+        let e = err(ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p));
+        assert!(e.to_string().contains("declares no tensor"), "{e}");
 
         let mut p = props(GraphKind::Encoder, &c);
         p.insert("seqforge.dtype".into(), "int4".into());
@@ -726,6 +1052,10 @@ mod tests {
         b.tgt_vocab_size = 8;
         let e = err(a.check_same("decoder.onnx", &b));
         assert!(e.to_string().contains("tgt_vocab_size"), "{e}");
+        let mut b = contract();
+        b.state.dims.insert("heads".into(), 8);
+        let e = err(a.check_same("decoder.onnx", &b));
+        assert!(e.to_string().contains("`state`"), "{e}");
     }
 
     #[test]
@@ -753,10 +1083,15 @@ mod tests {
             .map_err(|source| Error::Io { path: path.clone(), source })?;
         assert_eq!(Manifest::load(&dir)?, m);
 
-        let newer = m.to_json().replace("\"format_version\": 1", "\"format_version\": 9");
+        let newer = m.to_json().replace("\"format_version\": 2", "\"format_version\": 9");
         std::fs::write(&path, newer).map_err(|source| Error::Io { path: path.clone(), source })?;
         let e = err(Manifest::load(&dir));
         assert!(matches!(e, Error::UnsupportedVersion { found: 9, .. }), "{e}");
+
+        let v1 = m.to_json().replace("\"format_version\": 2", "\"format_version\": 1");
+        std::fs::write(&path, v1).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let e = err(Manifest::load(&dir));
+        assert!(e.to_string().contains("re-export"), "{e}");
 
         std::fs::write(&path, "{").map_err(|source| Error::Io { path: path.clone(), source })?;
         assert!(matches!(Manifest::load(&dir), Err(Error::Manifest { .. })));

@@ -14,11 +14,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use half::f16;
 use ort::value::{DynValue, Tensor as OrtTensor};
+use seqforge_exporter::transformer::ENCODER_OUT;
 use seqforge_exporter::{ExportOptions, export};
 use seqforge_runtime::onnx::{SessionConfig, load_session};
 use seqforge_schemas::contract::{self, Dtype, Manifest, names};
 use seqforge_trainer::export_check::{float_input, float_output, gather_rows, to_vec};
-use seqforge_trainer::models::transformer::{Activation, Transformer, TransformerConfig};
+use seqforge_trainer::models::transformer::{
+    Activation, Transformer, TransformerConfig, state_names as sn,
+};
 use tch::{Device, Kind, Tensor, nn};
 
 mod common;
@@ -131,11 +134,9 @@ struct Diffs {
 fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs> {
     let manifest = Manifest::load(model_dir)?;
     let fp16 = manifest.contract.dtype == Dtype::Fp16;
-    let layers = manifest.contract.decoder_layers;
-    let (heads, head_dim) = (
-        manifest.contract.decoder_attention_heads as i64,
-        manifest.contract.decoder_head_dim as i64,
-    );
+    let c = model.config();
+    let layers = c.decoder_layers;
+    let (heads, head_dim) = (c.decoder_attention_heads as i64, c.decoder_head_dim() as i64);
     let config = SessionConfig { intra_threads: 1, optimize: true };
     let mut enc = load_session(&model_dir.join(contract::ENCODER_FILE), &config)?;
     let mut dec = load_session(&model_dir.join(contract::DECODER_FILE), &config)?;
@@ -152,7 +153,7 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
         let outputs = enc.run(ort::inputs![
             names::SRC_TOKENS => OrtTensor::from_array(([b, len], tokens.clone()))?
         ])?;
-        let (_, got) = float_output(&outputs, names::ENCODER_OUT, fp16)?;
+        let (_, got) = float_output(&outputs, ENCODER_OUT, fp16)?;
         diffs.encoder_out = diffs.encoder_out.max(max_diff(&got, &expected)?);
     }
 
@@ -164,22 +165,19 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
     let outputs = enc.run(
         ort::inputs![names::SRC_TOKENS => OrtTensor::from_array(([b, len], tokens.clone()))?],
     )?;
-    let (shape, got) = float_output(&outputs, names::ENCODER_OUT, fp16)?;
-    ensure!(
-        shape == [b as i64, len as i64, manifest.contract.encoder_embed_dim as i64],
-        "{shape:?}"
-    );
+    let (shape, got) = float_output(&outputs, ENCODER_OUT, fp16)?;
+    ensure!(shape == [b as i64, len as i64, c.encoder_embed_dim as i64], "{shape:?}");
     diffs.encoder_out = diffs.encoder_out.max(max_diff(&got, &to_vec(&encoded.out)?)?);
     let (mask_shape, mask) = {
-        let (s, m) = outputs[names::ENCODER_PADDING_MASK].try_extract_tensor::<bool>()?;
+        let (s, m) = outputs[sn::ENCODER_PADDING_MASK].try_extract_tensor::<bool>()?;
         (s.to_vec(), m.to_vec())
     };
     let expected_mask: Vec<bool> = tokens.iter().map(|&t| t == PAD).collect();
     ensure!(mask == expected_mask, "padding mask {mask:?}");
     let mut cross = Vec::new();
     for l in 0..layers {
-        let k = float_output(&outputs, &names::cross_key(l), fp16)?;
-        let v = float_output(&outputs, &names::cross_value(l), fp16)?;
+        let k = float_output(&outputs, &sn::cross_key(l), fp16)?;
+        let v = float_output(&outputs, &sn::cross_value(l), fp16)?;
         ensure!(k.0 == [b as i64, heads, len as i64, head_dim], "cross_key.{l} shape {:?}", k.0);
         diffs.cross_kv = diffs.cross_kv.max(max_diff(&k.1, &to_vec(&cache.cross_attn[l].key)?)?);
         diffs.cross_kv = diffs.cross_kv.max(max_diff(&v.1, &to_vec(&cache.cross_attn[l].value)?)?);
@@ -243,18 +241,18 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
         let mvals: Vec<bool> = mrows.iter().map(|&x| x != 0.0).collect();
         let mshape: Vec<usize> = mshape.iter().map(|&d| d as usize).collect();
         inputs.push((
-            names::ENCODER_PADDING_MASK.into(),
+            sn::ENCODER_PADDING_MASK.into(),
             OrtTensor::from_array((mshape, mvals))?.into_dyn(),
         ));
         for (l, ((ks, kd), (vs, vd))) in cross.iter().enumerate() {
             let (s, d) = gather_rows(ks, kd, &sentence);
-            inputs.push((names::cross_key(l), float_input(fp16, &s, &d)?));
+            inputs.push((sn::cross_key(l), float_input(fp16, &s, &d)?));
             let (s, d) = gather_rows(vs, vd, &sentence);
-            inputs.push((names::cross_value(l), float_input(fp16, &s, &d)?));
+            inputs.push((sn::cross_value(l), float_input(fp16, &s, &d)?));
         }
         for (l, ((ks, kd), (vs, vd))) in past.iter().enumerate() {
-            inputs.push((names::past_key(l), float_input(fp16, ks, kd)?));
-            inputs.push((names::past_value(l), float_input(fp16, vs, vd)?));
+            inputs.push((names::past(&sn::self_key(l)), float_input(fp16, ks, kd)?));
+            inputs.push((names::past(&sn::self_value(l)), float_input(fp16, vs, vd)?));
         }
         let outputs = dec.run(inputs)?;
         let (lp_shape, lp) = {
@@ -274,8 +272,8 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
         }
         let mut next = Vec::new();
         for l in 0..layers {
-            let k = float_output(&outputs, &names::present_key(l), fp16)?;
-            let v = float_output(&outputs, &names::present_value(l), fp16)?;
+            let k = float_output(&outputs, &names::present(&sn::self_key(l)), fp16)?;
+            let v = float_output(&outputs, &names::present(&sn::self_value(l)), fp16)?;
             ensure!(
                 k.0 == [rows as i64, heads, step as i64 + 1, head_dim],
                 "step {step}: present_key.{l} {:?}",
@@ -440,10 +438,7 @@ fn run_encoder_with(
     let outputs = session.run(ort::inputs![
         names::SRC_TOKENS => OrtTensor::from_array(([sources().len(), len], tokens))?
     ])?;
-    Ok((
-        float_output(&outputs, names::ENCODER_OUT, true)?.1,
-        float_output(&outputs, extra, true)?.1,
-    ))
+    Ok((float_output(&outputs, ENCODER_OUT, true)?.1, float_output(&outputs, extra, true)?.1))
 }
 
 /// A layer norm's statistics computed naively in fp16, every operation rounded to fp16 as fp16

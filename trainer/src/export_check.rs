@@ -1,29 +1,39 @@
 //! `seqforge-train export`: compiles a checkpoint to an ONNX model directory with the exporter
 //! (`seqforge-exporter`), then runs the exported graphs in ONNX Runtime side by side with the
-//! checkpoint's libtorch [`Transformer`] on validation sentences, and refuses the export when
-//! they disagree.
+//! checkpoint's libtorch model on validation sentences, and refuses the export when they
+//! disagree.
 //!
-//! The comparison: the first `--check-samples` sentences of `--check-subset` (left-padded into
-//! one batch) through both encoders, then `--check-steps` incremental decoder steps, each row
-//! continued greedily by the libtorch model and fed identically to both, with the rows reversed
-//! halfway through (a beam-like reorder of both caches). The largest absolute difference of the
-//! encoder output and of the log-probabilities must stay within `--tolerance` (1e-4 for fp32,
-//! 2e-2 for fp16). The model directory is exported to `OUT.unchecked-<pid>` and only renamed to
-//! `OUT` once the check passed; on a mismatch nothing is left behind.
+//! The comparison drives both backends through the same [`IncrementalDecoder`] interface the
+//! search uses — the trainer's [`TorchDecoder`] over the model the registry builds for the
+//! checkpoint's architecture, and the runtime's [`OnnxDecoder`] over the staged model
+//! directory — so it works for every model family without naming a tensor of one. The first
+//! `--check-samples` sentences of `--check-subset` (a padded batch: libtorch left-pads as
+//! fairseq does, the runtime right-pads) are encoded by both, then `--check-steps` incremental
+//! steps are taken, each row continued greedily by the libtorch model and fed identically to
+//! both; halfway through the rows are reversed (a beam reorder) and at three quarters the first
+//! row is dropped (a prune). The largest absolute difference of the log-probabilities must stay
+//! within `--tolerance` (1e-4 for fp32, 2e-2 for fp16). The model directory is exported to
+//! `OUT.unchecked-<pid>` and only renamed to `OUT` once the check passed; on a mismatch nothing
+//! is left behind.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use half::f16;
 use ort::value::{DynValue, Tensor as OrtTensor};
 use seqforge_exporter::{BuildOptions, ExportOptions, ExportSummary};
-use seqforge_runtime::onnx::{SessionConfig, load_session};
-use seqforge_schemas::contract::{self, Dtype, names};
+use seqforge_runtime::decoding::{IncrementalDecoder, LogProbs};
+use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
+use seqforge_schemas::contract::{self, Dtype};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::checkpoint;
 use crate::data::indexed::IndexedDataset;
-use crate::models::transformer::{Transformer, TransformerConfig};
+use crate::models::TorchDecoder;
+use crate::registry::Registry;
+use crate::train::model::{Model, ModelContext};
 
 /// Errors of `seqforge-train export`, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,8 +142,8 @@ pub struct ExportReport {
     pub samples: usize,
     /// Decoder steps compared.
     pub steps: usize,
-    /// Max abs difference of the encoder output.
-    pub encoder_diff: f32,
+    /// Rows left after the prune (the last steps compared).
+    pub final_rows: usize,
     /// Max abs difference of the log-probabilities.
     pub log_probs_diff: f32,
     /// The tolerance applied.
@@ -173,8 +183,8 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     });
     let start = Instant::now();
     let checked =
-        if args.check_samples == 0 { Ok((0.0, 0.0, 0)) } else { check(args, &staging, tolerance) };
-    let (encoder_diff, log_probs_diff, samples) = match checked {
+        if args.check_samples == 0 { Ok((0.0, 0, 0)) } else { check(args, &staging, tolerance) };
+    let (log_probs_diff, samples, final_rows) = match checked {
         Ok(d) => d,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -202,7 +212,7 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         summary,
         samples,
         steps: if samples > 0 { args.check_steps } else { 0 },
-        encoder_diff,
+        final_rows,
         log_probs_diff,
         tolerance,
         check_seconds: start.elapsed().as_secs_f64(),
@@ -265,39 +275,63 @@ pub fn gather_rows(shape: &[i64], data: &[f32], order: &[usize]) -> (Vec<i64>, V
     (s, out)
 }
 
-/// The libtorch model of the checkpoint, weights loaded.
+/// The libtorch model of the checkpoint, built by the registry for its architecture, weights
+/// loaded.
 fn torch_model(
     ckpt_dir: &Path,
     vocab: (usize, usize),
     pad: usize,
-) -> Result<(nn::VarStore, Transformer)> {
+) -> Result<(nn::VarStore, Box<dyn Model>)> {
     let ckpt = checkpoint::load(ckpt_dir)?;
-    let config: TransformerConfig =
-        serde_json::from_value(ckpt.config.model.clone()).map_err(|e| ExportCheckError::Data {
-            path: ckpt_dir.join(checkpoint::CONFIG_FILE),
-            message: format!("model config: {e}"),
-        })?;
-    let mut config = config.with_vocab(vocab.0, vocab.1);
-    config.pad_index = pad;
+    let registry = Registry::with_builtins().map_err(|e| ExportCheckError::Data {
+        path: ckpt_dir.join(checkpoint::CONFIG_FILE),
+        message: e.to_string(),
+    })?;
+    let bad = |message: String| ExportCheckError::Data {
+        path: ckpt_dir.join(checkpoint::CONFIG_FILE),
+        message,
+    };
+    let arch = registry.architectures.get(&ckpt.config.arch).map_err(|e| bad(e.to_string()))?;
+    let factory = registry.models.get(&arch.model).map_err(|e| bad(e.to_string()))?;
+    let ctx = ModelContext { src_vocab_size: vocab.0, tgt_vocab_size: vocab.1, pad_index: pad };
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Transformer::new(&vs.root(), &config)?;
-    ckpt.load_model_into(&model.fairseq_state_dict())?;
+    let model = (factory.build)(&vs.root(), &ckpt.config.model, &ctx)?;
+    ckpt.load_model_into(&model.state_dict())?;
     Ok((vs, model))
 }
 
-/// Compares the staged export with the libtorch model; returns (encoder diff, log-probs diff,
-/// sentences) or a [`ExportCheckError::Mismatch`].
-fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<(f32, f32, usize)> {
-    let manifest = contract::Manifest::load(model_dir)?;
-    let c = &manifest.contract;
-    let fp16 = c.dtype == Dtype::Fp16;
+/// The greedy continuation of every row by the reference (EOS and padding suppressed so every
+/// row keeps going).
+fn greedy(lp: &LogProbs, eos: u32, pad: u32, unk: u32) -> Vec<u32> {
+    (0..lp.rows)
+        .map(|r| {
+            lp.row(r)
+                .iter()
+                .enumerate()
+                .filter(|&(id, _)| id as u32 != eos && id as u32 != pad)
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(unk, |(id, _)| id as u32)
+        })
+        .collect()
+}
+
+/// Compares the staged export with the libtorch model through [`IncrementalDecoder`]; returns
+/// (log-probs diff, sentences, rows at the end) or a [`ExportCheckError::Mismatch`].
+fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<(f32, usize, usize)> {
+    let onnx_model = Arc::new(ModelDir::open(model_dir, &RuntimeOptions::default())?);
+    let c = onnx_model.contract().clone();
+    let manifest = onnx_model.manifest();
     let (src_lang, tgt_lang) = (
         manifest.source_lang.clone().unwrap_or_default(),
         manifest.target_lang.clone().unwrap_or_default(),
     );
-    let pad = c.special.pad as i64;
+    let special = c.special;
     let (_vs, model) =
-        torch_model(&args.checkpoint, (c.src_vocab_size, c.tgt_vocab_size), pad as usize)?;
+        torch_model(&args.checkpoint, (c.src_vocab_size, c.tgt_vocab_size), special.pad as usize)?;
+    let step_model = model.step_model().ok_or_else(|| ExportCheckError::Data {
+        path: args.checkpoint.clone(),
+        message: format!("model {} cannot decode incrementally", c.arch),
+    })?;
 
     // Validation sentences (EOS included), at most the model's source length.
     let prefix = args.data.join(format!("{}.{src_lang}-{tgt_lang}.{src_lang}", args.check_subset));
@@ -305,13 +339,12 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<(f32, f3
         path: prefix.clone(),
         message: format!("cannot read the check sentences: {e} (pass --check-samples 0 to skip)"),
     })?;
-    let mut sources = Vec::new();
+    let mut sources: Vec<Vec<u32>> = Vec::new();
     for i in 0..dataset.len().min(args.check_samples) {
         let ids = dataset
             .get(i)
             .map_err(|e| ExportCheckError::Data { path: prefix.clone(), message: e.to_string() })?;
-        let ids: Vec<i64> =
-            ids.iter().map(|&t| i64::from(t)).take(c.max_source_positions).collect();
+        let ids: Vec<u32> = ids.iter().map(|&t| t as u32).take(c.max_source_positions).collect();
         if !ids.is_empty() {
             sources.push(ids);
         }
@@ -323,98 +356,32 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<(f32, f3
         });
     }
     let b = sources.len();
-    let len = sources.iter().map(Vec::len).max().unwrap_or(1);
-    let mut tokens = Vec::with_capacity(b * len);
-    for s in &sources {
-        tokens.extend(std::iter::repeat_n(pad, len - s.len()));
-        tokens.extend(s);
-    }
-
-    let config = SessionConfig::default();
-    let mut enc = load_session(&model_dir.join(contract::ENCODER_FILE), &config)?;
-    let mut dec = load_session(&model_dir.join(contract::DECODER_FILE), &config)?;
-    let _guard = tch::no_grad_guard();
-    let encoded =
-        model.encode(&Tensor::from_slice(&tokens).f_reshape([b as i64, len as i64])?, false)?;
-    let mut cache = model.init_cache(&encoded)?;
-    let outputs = enc.run(ort::inputs![
-        names::SRC_TOKENS => OrtTensor::from_array(([b, len], tokens.clone()))?
-    ])?;
-    let (_, got) = float_output(&outputs, names::ENCODER_OUT, fp16)?;
-    let encoder_diff = max_diff(&got, &to_vec(&encoded.out)?);
-    if encoder_diff.is_nan() || encoder_diff > tolerance {
-        return Err(ExportCheckError::Mismatch {
-            dtype: c.dtype,
-            what: "encoder_out".into(),
-            diff: encoder_diff,
-            tolerance,
-            at: String::new(),
-        });
-    }
-    let mask: Vec<f32> = tokens.iter().map(|&t| if t == pad { 1.0 } else { 0.0 }).collect();
-    let mut cross = Vec::new();
-    for l in 0..c.decoder_layers {
-        cross.push((
-            float_output(&outputs, &names::cross_key(l), fp16)?,
-            float_output(&outputs, &names::cross_value(l), fp16)?,
-        ));
-    }
-    drop(outputs);
-
-    let (heads, head_dim) = (c.decoder_attention_heads as i64, c.decoder_head_dim as i64);
-    let empty = vec![b as i64, heads, 0, head_dim];
-    let mut past: Vec<[(Vec<i64>, Vec<f32>); 2]> = (0..c.decoder_layers)
-        .map(|_| [(empty.clone(), Vec::new()), (empty.clone(), Vec::new())])
-        .collect();
-    let mut sentence: Vec<usize> = (0..b).collect();
-    let mut prev: Vec<i64> = vec![i64::from(c.special.eos); b];
-    let mut reorder: Vec<usize> = (0..b).collect();
+    let mut torch = TorchDecoder::new(step_model);
+    let mut onnx = OnnxDecoder::new(onnx_model)?;
+    let encoded_t = torch.encode(&sources)?;
+    let encoded_o = onnx.encode(&sources)?;
+    let mut state_t = torch.init_state(&encoded_t, 1)?;
+    let mut state_o = onnx.init_state(&encoded_o, 1)?;
+    let mut prev: Vec<u32> = vec![special.eos; b];
     let steps = args.check_steps.min(c.max_target_positions);
-    let vocab = c.tgt_vocab_size;
     let mut log_probs_diff = 0f32;
     for step in 0..steps {
-        if step == steps / 2 && b > 1 {
-            reorder = (0..b).rev().collect();
-            let index: Vec<i64> = reorder.iter().map(|&r| r as i64).collect();
-            cache.reorder(&Tensor::from_slice(&index))?;
-            sentence = reorder.iter().map(|&r| sentence[r]).collect();
-            prev = reorder.iter().map(|&r| prev[r]).collect();
+        let rows = prev.len();
+        let order: Option<Vec<usize>> = if step == steps / 2 && rows > 1 {
+            Some((0..rows).rev().collect())
+        } else if step == 3 * steps / 4 && rows > 1 {
+            Some((1..rows).collect())
+        } else {
+            None
+        };
+        if let Some(order) = order {
+            torch.reorder(&mut state_t, &order)?;
+            onnx.reorder(&mut state_o, &order)?;
+            prev = order.iter().map(|&r| prev[r]).collect();
         }
-        let logits = model.decode_step(&Tensor::from_slice(&prev), &mut cache)?;
-        let expected = to_vec(&model.get_normalized_probs(&logits, true)?)?;
-        let mut inputs: Vec<(String, DynValue)> = vec![
-            (
-                names::PREV_TOKENS.into(),
-                OrtTensor::from_array(([b, 1usize], prev.clone()))?.into_dyn(),
-            ),
-            (
-                names::REORDER.into(),
-                OrtTensor::from_array((
-                    [b],
-                    reorder.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                ))?
-                .into_dyn(),
-            ),
-        ];
-        let (_, m) = gather_rows(&[b as i64, len as i64], &mask, &sentence);
-        let m: Vec<bool> = m.iter().map(|&v| v != 0.0).collect();
-        inputs.push((
-            names::ENCODER_PADDING_MASK.into(),
-            OrtTensor::from_array(([b, len], m))?.into_dyn(),
-        ));
-        for (l, ((ks, kd), (vs, vd))) in cross.iter().enumerate() {
-            let (s, d) = gather_rows(ks, kd, &sentence);
-            inputs.push((names::cross_key(l), float_input(fp16, &s, &d)?));
-            let (s, d) = gather_rows(vs, vd, &sentence);
-            inputs.push((names::cross_value(l), float_input(fp16, &s, &d)?));
-        }
-        for (l, [(ks, kd), (vs, vd)]) in past.iter().enumerate() {
-            inputs.push((names::past_key(l), float_input(fp16, ks, kd)?));
-            inputs.push((names::past_value(l), float_input(fp16, vs, vd)?));
-        }
-        let outputs = dec.run(inputs)?;
-        let got = outputs[names::LOG_PROBS].try_extract_tensor::<f32>()?.1.to_vec();
-        let d = max_diff(&got, &expected);
+        let expected = torch.step(&prev, &mut state_t)?;
+        let got = onnx.step(&prev, &mut state_o)?;
+        let d = max_diff(&got.data, &expected.data);
         log_probs_diff = log_probs_diff.max(d);
         if d.is_nan() || d > tolerance {
             return Err(ExportCheckError::Mismatch {
@@ -422,31 +389,12 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<(f32, f3
                 what: "log_probs".into(),
                 diff: d,
                 tolerance,
-                at: format!(" at decoder step {step}"),
+                at: format!(" at decoder step {step} ({} rows)", prev.len()),
             });
         }
-        let mut next = Vec::with_capacity(past.len());
-        for l in 0..c.decoder_layers {
-            next.push([
-                float_output(&outputs, &names::present_key(l), fp16)?,
-                float_output(&outputs, &names::present_value(l), fp16)?,
-            ]);
-        }
-        past = next;
-        // Greedy continuation by the reference model (EOS suppressed to keep every row going).
-        prev = expected
-            .chunks(vocab)
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .filter(|&(id, _)| id as u32 != c.special.eos && id as i64 != pad)
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map_or(i64::from(c.special.unk), |(id, _)| id as i64)
-            })
-            .collect();
-        reorder = (0..b).collect();
+        prev = greedy(&expected, special.eos, special.pad, special.unk);
     }
-    Ok((encoder_diff, log_probs_diff, b))
+    Ok((log_probs_diff, b, prev.len()))
 }
 
 #[cfg(test)]
@@ -457,6 +405,7 @@ mod tests {
         Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, TrainerState,
     };
     use crate::data::IndexedDatasetBuilder;
+    use crate::models::transformer::{Transformer, TransformerConfig};
 
     /// A random tiny model saved as a checkpoint, with dictionaries and a 3-sentence valid set.
     fn fixture(root: &Path) -> (PathBuf, PathBuf) {
@@ -532,7 +481,7 @@ mod tests {
         let out = tmp.path().join("model");
         let r = run(&args(&ckpt, &data, &out, Dtype::Fp32)).unwrap();
         assert_eq!((r.samples, r.steps), (3, 12));
-        assert!(r.encoder_diff <= 1e-4 && r.log_probs_diff <= 1e-4, "{r:?}");
+        assert!(r.log_probs_diff <= 1e-4 && r.final_rows == 2, "{r:?}");
         assert!(out.join(contract::MANIFEST_FILE).is_file());
 
         // fp16 differs from the fp32 reference by ~1e-3: a 1e-6 tolerance must refuse it and

@@ -341,13 +341,11 @@ fn main() -> Result<()> {
     options.validate()?;
 
     println!(
-        "generate_vs_libtorch: {} ({}, {}+{} layers, dim {}, vocab {}/{}), {n} {} sentences \
+        "generate_vs_libtorch: {} ({}, {} state tensors, vocab {}/{}), {n} {} sentences \
          ({:.1} source tokens each), beam {}, {} threads",
         cli.checkpoint.display(),
         c.arch,
-        c.encoder_layers,
-        c.decoder_layers,
-        c.decoder_embed_dim,
+        c.state.tensors.len(),
         c.src_vocab_size,
         c.tgt_vocab_size,
         cli.split,

@@ -20,22 +20,28 @@
 //! The first decoder takes the sessions [`ModelDir::open`] built for its checks; later ones
 //! build their own from the same files (a session build, once per worker).
 //!
-//! # State and cache
+//! # State
 //!
+//! The runtime names no architecture: it drives the state the model directory declares
+//! ([`StateSpec`], see [`seqforge_schemas::contract`]).
 //! - [`OnnxDecoder::encode`] pads the batch on the right with `pad`, runs the encoder once and
-//!   keeps the padding mask and every layer's cross-attention keys/values *per sentence* on the
-//!   host ([`Encoded`]).
-//! - [`DecoderState`] keeps, per live row, the sentence it belongs to; the self-attention cache
-//!   as the ONNX Runtime values the last step returned (`present_*`, owned by ONNX Runtime and
-//!   fed back as the next step's `past_*` by reference, never copied: on CPU a plain run, whose
-//!   outputs ONNX Runtime allocates in host memory; on CUDA/TensorRT an [`IoBinding`] whose
-//!   cache outputs are bound to the GPU, so the cache stays there and only `log_probs` come to
-//!   the host); and the row-ordered mask and cross-attention inputs, also ONNX Runtime values
-//!   (uploaded once per rebuild on GPU).
+//!   keeps the outputs the declared state needs (per-sentence tensors and the sources of
+//!   encoder-initialised recurrent tensors) *per sentence* on the host ([`Encoded`]), each
+//!   checked against its declared shape.
+//! - [`DecoderState`] keeps, per live row, the sentence it belongs to; every row-following
+//!   tensor (`Recurrent`, `Append`) as the ONNX Runtime value the last step returned
+//!   (`present.{name}`, owned by ONNX Runtime and fed back as the next step's `past.{name}` by
+//!   reference, never copied: on CPU a plain run, whose outputs ONNX Runtime allocates in host
+//!   memory; on CUDA/TensorRT an [`IoBinding`] whose state outputs are bound to the GPU, so the
+//!   state stays there and only `log_probs` come to the host); and the row-ordered
+//!   per-sentence inputs, also ONNX Runtime values (uploaded once per rebuild on GPU).
+//! - Every step's `present.{name}` is checked against its declared shape (an `Append` axis one
+//!   longer than before), so a graph that disagrees with its declaration fails naming the
+//!   tensor instead of decoding garbage.
 //! - [`OnnxDecoder::reorder`] only records the gather index: the next step feeds it as the
-//!   graph's `reorder` input, so the cache is gathered inside the graph and never copied
+//!   graph's `reorder` input, so the state is gathered inside the graph and never copied
 //!   through the host or `ndarray`. Several reorders between two steps compose.
-//! - The row-ordered cross-attention inputs depend only on which sentence each row belongs to.
+//! - The row-ordered per-sentence inputs depend only on which sentence each row belongs to.
 //!   Beam reordering keeps every row inside its sentence's block, so they are rebuilt (a host
 //!   gather from the per-sentence copies, then one upload on GPU) only when that mapping
 //!   changes: once when step 0's one row per sentence expands to the beam, and when finished
@@ -50,7 +56,8 @@ use ort::memory::{AllocationDevice, MemoryInfo};
 use ort::session::{IoBinding, Session};
 use ort::value::{DynValue, Outlet, Tensor, TensorElementType, ValueType};
 use seqforge_schemas::contract::{
-    self, Dtype, GraphKind, Manifest, ModelContract, TOKENIZER_FILE, Vocabulary, names,
+    self, Dtype, GraphKind, Manifest, ModelContract, StateDtype, StateInit, StatePolicy, StateSpec,
+    StateTensor, TOKENIZER_FILE, Vocabulary, names,
 };
 use sha2::{Digest, Sha256};
 
@@ -298,42 +305,30 @@ impl ModelDir {
         self.contract().check_same(&what, &found)?;
 
         let c = self.contract();
-        let t = match c.dtype {
-            Dtype::Fp32 => TensorElementType::Float32,
-            Dtype::Fp16 => TensorElementType::Float16,
-        };
-        let layers = c.decoder_layers;
-        let per_layer = |f: fn(usize) -> String| (0..layers).map(f).collect::<Vec<_>>();
+        let spec = &c.state;
+        let ty = |t: &StateTensor| element_type(c.dtype, t.dtype);
         let (inputs, outputs): (Vec<(String, TensorElementType, usize)>, Vec<_>) = match kind {
             GraphKind::Encoder => {
-                let mut outs =
-                    vec![(names::ENCODER_PADDING_MASK.to_string(), TensorElementType::Bool, 2)];
-                for (k, v) in
-                    per_layer(names::cross_key).into_iter().zip(per_layer(names::cross_value))
-                {
-                    outs.push((k, t, 4));
-                    outs.push((v, t, 4));
-                }
+                let outs = spec
+                    .encoder_outputs()
+                    .into_iter()
+                    .map(|(name, t)| (name.to_string(), ty(t), t.shape.len()))
+                    .collect();
                 (vec![(names::SRC_TOKENS.to_string(), TensorElementType::Int64, 2)], outs)
             }
             GraphKind::Decoder => {
                 let mut ins = vec![
                     (names::PREV_TOKENS.to_string(), TensorElementType::Int64, 2),
                     (names::REORDER.to_string(), TensorElementType::Int64, 1),
-                    (names::ENCODER_PADDING_MASK.to_string(), TensorElementType::Bool, 2),
                 ];
                 let mut outs = vec![(names::LOG_PROBS.to_string(), TensorElementType::Float32, 2)];
-                for l in 0..layers {
-                    for n in [
-                        names::cross_key(l),
-                        names::cross_value(l),
-                        names::past_key(l),
-                        names::past_value(l),
-                    ] {
-                        ins.push((n, t, 4));
+                for t in &spec.tensors {
+                    if t.policy.follows_row() {
+                        ins.push((names::past(&t.name), ty(t), t.shape.len()));
+                        outs.push((names::present(&t.name), ty(t), t.shape.len()));
+                    } else {
+                        ins.push((t.name.clone(), ty(t), t.shape.len()));
                     }
-                    outs.push((names::present_key(l), t, 4));
-                    outs.push((names::present_value(l), t, 4));
                 }
                 (ins, outs)
             }
@@ -344,14 +339,16 @@ impl ModelDir {
         if let Some(extra) =
             session.inputs().iter().find(|o| !inputs.iter().any(|(n, _, _)| n == o.name()))
         {
-            return Err(Error::GraphInterface {
-                path: path.to_path_buf(),
+            return Err(contract::Error::State {
+                what: path.display().to_string(),
+                tensor: extra.name().to_string(),
                 message: format!(
-                    "unexpected input `{}` (not in the seqforge contract: {})",
-                    extra.name(),
-                    names::PATTERN
+                    "the graph takes this input but the declared state has no such tensor \
+                     (declared: {})",
+                    spec.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
                 ),
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -398,11 +395,50 @@ fn check_outlets(
     Ok(())
 }
 
-/// Host copy of a per-sentence tensor `[B, H, S, D]` in the model's dtype.
+/// The ONNX element type of a state tensor of `dtype` in a model of `model`.
+fn element_type(model: Dtype, dtype: StateDtype) -> TensorElementType {
+    match dtype {
+        StateDtype::Model => match model {
+            Dtype::Fp32 => TensorElementType::Float32,
+            Dtype::Fp16 => TensorElementType::Float16,
+        },
+        StateDtype::Float32 => TensorElementType::Float32,
+        StateDtype::Bool => TensorElementType::Bool,
+        StateDtype::Int64 => TensorElementType::Int64,
+    }
+}
+
+/// Host copy of a per-sentence tensor (`[B, …]`, row-major).
 #[derive(Debug, Clone)]
 enum HostData {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    Bool(Vec<bool>),
+    I64(Vec<i64>),
+}
+
+/// One encoder output kept on the host, `[B, …]`.
+#[derive(Debug)]
+struct HostTensor {
+    /// The full shape, sentences first.
+    shape: Vec<usize>,
+    data: HostData,
+}
+
+impl HostTensor {
+    /// Rows `rows` (sentence indices) of the tensor, as a value of `[rows.len(), …]` on the
+    /// decoder's device.
+    fn gather(&self, decoder: &OnnxDecoder, rows: &[usize]) -> Result<DynValue> {
+        let block: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = rows.len();
+        match &self.data {
+            HostData::F32(v) => decoder.upload(shape, gather_rows(v, block, rows)),
+            HostData::F16(v) => decoder.upload(shape, gather_rows(v, block, rows)),
+            HostData::Bool(v) => decoder.upload(shape, gather_rows(v, block, rows)),
+            HostData::I64(v) => decoder.upload(shape, gather_rows(v, block, rows)),
+        }
+    }
 }
 
 /// Per-sentence encoder results kept on the host.
@@ -410,10 +446,8 @@ enum HostData {
 struct EncodedBatch {
     sentences: usize,
     src_len: usize,
-    /// `[B, S]`, true = padding.
-    mask: Vec<bool>,
-    /// `cross_key.{L}`, `cross_value.{L}` interleaved (`2L` entries), each `[B, H, S, D]`.
-    cross: Vec<HostData>,
+    /// [`StateSpec::encoder_outputs`] in that order.
+    outputs: Vec<HostTensor>,
 }
 
 /// The encoder's output for a batch (cheap to clone).
@@ -439,38 +473,66 @@ pub struct DecoderState {
     rows: Vec<usize>,
     /// Gather index (into the past's rows) for the next step; `None` = identity.
     pending: Option<Vec<i64>>,
-    /// `past_key.{L}`, `past_value.{L}` interleaved.
+    /// The row-following tensors (`past.{name}`), in [`Names::past`] order.
     past: Vec<DynValue>,
     /// Rows of `past`.
     past_rows: usize,
-    /// The row → sentence mapping `cross` is laid out for.
-    cross_rows: Vec<usize>,
-    /// Row-ordered `encoder_padding_mask`, then `cross_key.{L}`, `cross_value.{L}` interleaved.
-    cross: Vec<DynValue>,
-    /// Decoder steps taken (the past length).
+    /// The row → sentence mapping `per_sentence` is laid out for.
+    per_sentence_rows: Vec<usize>,
+    /// Row-ordered per-sentence inputs, in [`Names::per_sentence`] order.
+    per_sentence: Vec<DynValue>,
+    /// Decoder steps taken (the length of every `Append` axis).
     position: usize,
-    /// Times the cross-attention inputs were rebuilt.
+    /// Times the per-sentence inputs were rebuilt.
     regathers: usize,
 }
 
 impl DecoderState {
-    /// Target positions decoded so far (the cache length).
+    /// Target positions decoded so far (the length of growing state axes).
     pub fn position(&self) -> usize {
         self.position
     }
 
-    /// How many times the row-ordered cross-attention inputs were rebuilt (expansion to the
-    /// beam and pruning of finished sentences; never for a plain beam reorder).
+    /// How many times the row-ordered per-sentence inputs were rebuilt (expansion to the beam
+    /// and pruning of finished sentences; never for a plain beam reorder).
     pub fn regathers(&self) -> usize {
         self.regathers
     }
 }
 
-/// Precomputed input/output names.
+/// The declared state, resolved once per decoder: graph names and where each comes from.
 struct Names {
-    cross: Vec<String>,
-    past: Vec<String>,
-    present: Vec<String>,
+    /// Per-sentence inputs: (name, index into [`EncodedBatch::outputs`]).
+    per_sentence: Vec<(String, usize)>,
+    /// Row-following tensors: the declaration, `past.{name}`, `present.{name}`.
+    past: Vec<(StateTensor, String, String)>,
+    /// Encoder outputs to keep: (name, declaring tensor).
+    encoder: Vec<(String, StateTensor)>,
+}
+
+impl Names {
+    fn new(spec: &StateSpec) -> Self {
+        let encoder: Vec<(String, StateTensor)> =
+            spec.encoder_outputs().into_iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+        let index = |name: &str| encoder.iter().position(|(n, _)| n == name).unwrap_or(0);
+        let per_sentence = spec
+            .tensors
+            .iter()
+            .filter(|t| !t.policy.follows_row())
+            .map(|t| (t.name.clone(), index(&t.name)))
+            .collect();
+        let past = spec
+            .tensors
+            .iter()
+            .filter(|t| t.policy.follows_row())
+            .map(|t| (t.clone(), names::past(&t.name), names::present(&t.name)))
+            .collect();
+        Self { per_sentence, past, encoder }
+    }
+
+    fn encoder_index(&self, name: &str) -> Option<usize> {
+        self.encoder.iter().position(|(n, _)| n == name)
+    }
 }
 
 /// One worker's ONNX Runtime sessions of a shared [`ModelDir`], implementing
@@ -501,13 +563,7 @@ impl OnnxDecoder {
     /// A decoder over `model` (see the module documentation on sharing).
     pub fn new(model: Arc<ModelDir>) -> Result<Self> {
         let Sessions { encoder, decoder } = model.sessions()?;
-        let layers = model.contract().decoder_layers;
-        let mut names = Names { cross: Vec::new(), past: Vec::new(), present: Vec::new() };
-        for l in 0..layers {
-            names.cross.extend([names::cross_key(l), names::cross_value(l)]);
-            names.past.extend([names::past_key(l), names::past_value(l)]);
-            names.present.extend([names::present_key(l), names::present_value(l)]);
-        }
+        let names = Names::new(&model.contract().state);
         let binding = decoder.create_binding()?;
         let cache = model.options.device.cache_memory()?;
         let host = Device::host_memory()?;
@@ -541,45 +597,46 @@ impl OnnxDecoder {
         })
     }
 
-    /// Builds the row-ordered mask and cross-attention inputs for `state.rows`.
+    /// Builds the row-ordered per-sentence inputs for `state.rows`.
     fn regather(&self, state: &mut DecoderState) -> Result<()> {
-        let enc = &state.encoded;
-        let (s, r) = (enc.src_len, state.rows.len());
-        let (h, d) = (self.contract().decoder_attention_heads, self.contract().decoder_head_dim);
-        let block = h * s * d;
-        let mut mask = Vec::with_capacity(r * s);
-        for &sent in &state.rows {
-            mask.extend_from_slice(&enc.mask[sent * s..(sent + 1) * s]);
+        let mut values = Vec::with_capacity(self.names.per_sentence.len());
+        for (_, index) in &self.names.per_sentence {
+            values.push(state.encoded.outputs[*index].gather(self, &state.rows)?);
         }
-        let mut cross = Vec::with_capacity(1 + enc.cross.len());
-        cross.push(self.upload(vec![r, s], mask)?);
-        for host in &enc.cross {
-            let shape = vec![r, h, s, d];
-            cross.push(match host {
-                HostData::F32(v) => self.upload(shape, gather_rows(v, block, &state.rows))?,
-                HostData::F16(v) => self.upload(shape, gather_rows(v, block, &state.rows))?,
-            });
-        }
-        state.cross = cross;
-        state.cross_rows = state.rows.clone();
+        state.per_sentence = values;
+        state.per_sentence_rows = state.rows.clone();
         state.regathers += 1;
         Ok(())
     }
 
-    /// An empty past `[rows, H, 0, D]` for every layer.
-    fn empty_past(&self, rows: usize) -> Result<Vec<DynValue>> {
-        let c = self.contract();
-        let shape = vec![rows, c.decoder_attention_heads, 0, c.decoder_head_dim];
-        (0..2 * c.decoder_layers)
-            .map(|_| match c.dtype {
-                Dtype::Fp32 => {
-                    Ok(Tensor::from_array((shape.clone(), Vec::<f32>::new()))?.into_dyn())
+    /// The first step's value of every row-following tensor for `rows` (sentence of each row):
+    /// empty along `Append` axes, zeros, or the rows' encoder outputs.
+    fn initial_past(&self, encoded: &EncodedBatch, rows: &[usize]) -> Result<Vec<DynValue>> {
+        let spec = &self.contract().state;
+        let dtype = self.contract().dtype;
+        let mut past = Vec::with_capacity(self.names.past.len());
+        for (t, _, _) in &self.names.past {
+            let shape = spec.shape_of(t, rows.len(), encoded.src_len, 0);
+            let value = match &t.policy {
+                StatePolicy::Recurrent { init: StateInit::Encoder(source) } => {
+                    let index = self.names.encoder_index(source).ok_or_else(|| {
+                        Error::DecoderState(format!("no encoder output `{source}` kept"))
+                    })?;
+                    encoded.outputs[index].gather(self, rows)?
                 }
-                Dtype::Fp16 => {
-                    Ok(Tensor::from_array((shape.clone(), Vec::<f16>::new()))?.into_dyn())
+                _ => {
+                    let n: usize = shape.iter().product();
+                    match element_type(dtype, t.dtype) {
+                        TensorElementType::Float16 => self.upload(shape, vec![f16::ZERO; n])?,
+                        TensorElementType::Bool => self.upload(shape, vec![false; n])?,
+                        TensorElementType::Int64 => self.upload(shape, vec![0i64; n])?,
+                        _ => self.upload(shape, vec![0f32; n])?,
+                    }
                 }
-            })
-            .collect()
+            };
+            past.push(value);
+        }
+        Ok(past)
     }
 }
 
@@ -591,33 +648,44 @@ fn gather_rows<T: Copy>(data: &[T], block: usize, rows: &[usize]) -> Vec<T> {
     out
 }
 
-/// Copies a tensor output to the host, checking its shape.
-fn host_copy(value: &DynValue, dtype: Dtype, shape: &[usize], name: &str) -> Result<HostData> {
+/// Copies an encoder output to the host, checking its element type and shape.
+fn host_copy(
+    value: &DynValue,
+    ty: TensorElementType,
+    shape: &[usize],
+    name: &str,
+) -> Result<HostTensor> {
     let bad = |message: String| Error::GraphOutput {
         graph: contract::ENCODER_FILE,
         output: name.to_string(),
         message,
     };
-    let check = |found: &[i64]| -> Result<()> {
+    fn take<T: ort::value::PrimitiveTensorElementType + Clone>(
+        value: &DynValue,
+        shape: &[usize],
+        bad: &dyn Fn(String) -> Error,
+    ) -> Result<Vec<T>> {
+        let (found, data) = value.try_extract_tensor::<T>().map_err(|e| bad(e.to_string()))?;
         if found.len() != shape.len() || found.iter().zip(shape).any(|(&a, &b)| a as usize != b) {
-            return Err(bad(format!("shape {found:?}, expected {shape:?}")));
+            return Err(bad(format!("shape {:?}, declared {shape:?}", &**found)));
         }
-        Ok(())
+        Ok(data.to_vec())
+    }
+    let data = match ty {
+        TensorElementType::Float16 => HostData::F16(take(value, shape, &bad)?),
+        TensorElementType::Bool => HostData::Bool(take(value, shape, &bad)?),
+        TensorElementType::Int64 => HostData::I64(take(value, shape, &bad)?),
+        _ => HostData::F32(take(value, shape, &bad)?),
     };
-    Ok(match dtype {
-        Dtype::Fp32 => {
-            let (found, data) =
-                value.try_extract_tensor::<f32>().map_err(|e| bad(e.to_string()))?;
-            check(found)?;
-            HostData::F32(data.to_vec())
-        }
-        Dtype::Fp16 => {
-            let (found, data) =
-                value.try_extract_tensor::<f16>().map_err(|e| bad(e.to_string()))?;
-            check(found)?;
-            HostData::F16(data.to_vec())
-        }
-    })
+    Ok(HostTensor { shape: shape.to_vec(), data })
+}
+
+/// The shape of an ONNX Runtime value (empty for a non-tensor).
+fn value_shape(value: &DynValue) -> Vec<i64> {
+    match value.dtype() {
+        ValueType::Tensor { shape, .. } => shape.to_vec(),
+        _ => Vec::new(),
+    }
 }
 
 impl IncrementalDecoder for OnnxDecoder {
@@ -660,34 +728,17 @@ impl IncrementalDecoder for OnnxDecoder {
         let input = Tensor::from_array((vec![b, s], tokens))?;
         let outputs = self.encoder.run(ort::inputs![names::SRC_TOKENS => input])?;
         let c = self.model.contract();
-        let get = |name: &str| {
-            outputs.get(name).ok_or_else(|| Error::GraphOutput {
+        let mut kept = Vec::with_capacity(self.names.encoder.len());
+        for (name, t) in &self.names.encoder {
+            let value = outputs.get(name.as_str()).ok_or_else(|| Error::GraphOutput {
                 graph: contract::ENCODER_FILE,
-                output: name.to_string(),
+                output: name.clone(),
                 message: "not returned".into(),
-            })
-        };
-        let mask_value = get(names::ENCODER_PADDING_MASK)?;
-        let (mshape, mdata) =
-            mask_value.try_extract_tensor::<bool>().map_err(|e| Error::GraphOutput {
-                graph: contract::ENCODER_FILE,
-                output: names::ENCODER_PADDING_MASK.into(),
-                message: e.to_string(),
             })?;
-        if **mshape != [b as i64, s as i64] {
-            return Err(Error::GraphOutput {
-                graph: contract::ENCODER_FILE,
-                output: names::ENCODER_PADDING_MASK.into(),
-                message: format!("shape {:?}, expected [{b}, {s}]", &**mshape),
-            });
+            let shape = c.state.shape_of(t, b, s, 0);
+            kept.push(host_copy(value, element_type(c.dtype, t.dtype), &shape, name)?);
         }
-        let mask = mdata.to_vec();
-        let shape = [b, c.decoder_attention_heads, s, c.decoder_head_dim];
-        let mut cross = Vec::with_capacity(self.names.cross.len());
-        for name in &self.names.cross {
-            cross.push(host_copy(get(name)?, c.dtype, &shape, name)?);
-        }
-        Ok(Encoded(Arc::new(EncodedBatch { sentences: b, src_len: s, mask, cross })))
+        Ok(Encoded(Arc::new(EncodedBatch { sentences: b, src_len: s, outputs: kept })))
     }
 
     fn init_state(&mut self, encoded: &Encoded, rows_per_sentence: usize) -> Result<DecoderState> {
@@ -697,15 +748,15 @@ impl IncrementalDecoder for OnnxDecoder {
         let rows: Vec<usize> = (0..encoded.0.sentences)
             .flat_map(|s| std::iter::repeat_n(s, rows_per_sentence))
             .collect();
-        let past = self.empty_past(rows.len())?;
+        let past = self.initial_past(&encoded.0, &rows)?;
         let mut state = DecoderState {
             encoded: Arc::clone(&encoded.0),
             past_rows: rows.len(),
             rows,
             pending: None,
             past,
-            cross_rows: Vec::new(),
-            cross: Vec::new(),
+            per_sentence_rows: Vec::new(),
+            per_sentence: Vec::new(),
             position: 0,
             regathers: 0,
         };
@@ -721,7 +772,7 @@ impl IncrementalDecoder for OnnxDecoder {
         if r == 0 {
             return Err(Error::DecoderState("step: no rows left".into()));
         }
-        if state.cross_rows != state.rows {
+        if state.per_sentence_rows != state.rows {
             self.regather(state)?;
         }
         let order: Vec<i64> = match state.pending.take() {
@@ -737,14 +788,14 @@ impl IncrementalDecoder for OnnxDecoder {
         let prev: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let prev = Tensor::from_array((vec![r, 1], prev))?.into_dyn();
         let order = Tensor::from_array((vec![r], order))?.into_dyn();
-        let mut inputs: Vec<(&str, &DynValue)> = Vec::with_capacity(3 + 2 * self.names.past.len());
+        let mut inputs: Vec<(&str, &DynValue)> =
+            Vec::with_capacity(2 + self.names.per_sentence.len() + self.names.past.len());
         inputs.push((names::PREV_TOKENS, &prev));
         inputs.push((names::REORDER, &order));
-        inputs.push((names::ENCODER_PADDING_MASK, &state.cross[0]));
-        for (name, value) in self.names.cross.iter().zip(&state.cross[1..]) {
+        for ((name, _), value) in self.names.per_sentence.iter().zip(&state.per_sentence) {
             inputs.push((name.as_str(), value));
         }
-        for (name, value) in self.names.past.iter().zip(&state.past) {
+        for ((_, name, _), value) in self.names.past.iter().zip(&state.past) {
             inputs.push((name.as_str(), value));
         }
         let vocab = self.model.contract().tgt_vocab_size;
@@ -759,7 +810,7 @@ impl IncrementalDecoder for OnnxDecoder {
                 // the next step reads them; only `log_probs` come to the host.
                 let binding = &mut self.binding;
                 binding.clear_outputs();
-                for name in &self.names.present {
+                for (_, _, name) in &self.names.past {
                     binding.bind_output_to_device(name.as_str(), &self.cache)?;
                 }
                 binding.bind_output_to_device(names::LOG_PROBS, &self.host)?;
@@ -788,8 +839,8 @@ impl IncrementalDecoder for OnnxDecoder {
                 });
             }
             let data = values.to_vec();
-            let mut present = Vec::with_capacity(self.names.present.len());
-            for name in &self.names.present {
+            let mut present = Vec::with_capacity(self.names.past.len());
+            for (_, _, name) in &self.names.past {
                 present.push(outputs.remove(name.as_str()).ok_or_else(|| missing(name))?);
             }
             (data, present)
@@ -798,23 +849,22 @@ impl IncrementalDecoder for OnnxDecoder {
         if self.bind {
             self.binding.clear_inputs();
         }
-        if let Some(first) = present.first() {
-            let c = self.model.contract();
-            let want = [
-                r as i64,
-                c.decoder_attention_heads as i64,
-                state.position as i64 + 1,
-                c.decoder_head_dim as i64,
-            ];
-            let shape = match first.dtype() {
-                ValueType::Tensor { shape, .. } => shape.to_vec(),
-                _ => Vec::new(),
-            };
-            if shape != want {
+        let spec = &self.model.contract().state;
+        for ((t, _, name), value) in self.names.past.iter().zip(&present) {
+            let want: Vec<i64> = spec
+                .shape_of(t, r, state.encoded.src_len, state.position + 1)
+                .into_iter()
+                .map(|d| d as i64)
+                .collect();
+            let found = value_shape(value);
+            if found != want {
                 return Err(Error::GraphOutput {
                     graph: contract::DECODER_FILE,
-                    output: self.names.present[0].clone(),
-                    message: format!("shape {shape:?}, expected {want:?}"),
+                    output: name.clone(),
+                    message: format!(
+                        "shape {found:?}, but state tensor `{}` declares {want:?} ({:?})",
+                        t.name, t.shape
+                    ),
                 });
             }
         }

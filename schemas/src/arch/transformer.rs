@@ -290,3 +290,83 @@ impl TransformerConfig {
         Ok(())
     }
 }
+
+/// Names of the Transformer's decoder state tensors, shared by the trainer's libtorch decoder
+/// and the exported step graph.
+pub mod state_names {
+    /// The source padding mask `[rows, source]` (true = padding), per sentence.
+    pub const ENCODER_PADDING_MASK: &str = "encoder_padding_mask";
+    /// Layer `l`'s encoder-attention keys `[rows, heads, source, head_dim]`, per sentence.
+    pub fn cross_key(l: usize) -> String {
+        format!("cross_key.{l}")
+    }
+    /// Layer `l`'s encoder-attention values, per sentence.
+    pub fn cross_value(l: usize) -> String {
+        format!("cross_value.{l}")
+    }
+    /// Layer `l`'s self-attention keys so far `[rows, heads, past, head_dim]`.
+    pub fn self_key(l: usize) -> String {
+        format!("self_key.{l}")
+    }
+    /// Layer `l`'s self-attention values so far.
+    pub fn self_value(l: usize) -> String {
+        format!("self_value.{l}")
+    }
+    /// The growing axis of the self-attention cache.
+    pub const PAST: &str = "past";
+}
+
+impl TransformerConfig {
+    /// Decoder head dimension.
+    pub fn decoder_head_dim(&self) -> usize {
+        self.decoder_embed_dim / self.decoder_attention_heads.max(1)
+    }
+
+    /// The decoder state as the contract declares it: the padding mask and every layer's
+    /// encoder-attention keys/values per sentence, every layer's self-attention keys/values
+    /// growing along `past`.
+    pub fn decoder_state(&self) -> crate::contract::StateSpec {
+        use crate::contract::{StateDtype, StatePolicy, StateSpec, StateTensor, dims};
+        let t = |name: String, dtype, shape: [&str; 4], policy: StatePolicy| StateTensor {
+            name,
+            dtype,
+            shape: shape.iter().map(|s| s.to_string()).collect(),
+            policy,
+        };
+        let cross = [dims::ROWS, "heads", dims::SOURCE, "head_dim"];
+        let past = [dims::ROWS, "heads", state_names::PAST, "head_dim"];
+        let grows = || StatePolicy::Append { axis: state_names::PAST.into() };
+        let mut tensors = vec![StateTensor {
+            name: state_names::ENCODER_PADDING_MASK.into(),
+            dtype: StateDtype::Bool,
+            shape: vec![dims::ROWS.into(), dims::SOURCE.into()],
+            policy: StatePolicy::PerSentence,
+        }];
+        for l in 0..self.decoder_layers {
+            tensors.push(t(
+                state_names::cross_key(l),
+                StateDtype::Model,
+                cross,
+                StatePolicy::PerSentence,
+            ));
+            tensors.push(t(
+                state_names::cross_value(l),
+                StateDtype::Model,
+                cross,
+                StatePolicy::PerSentence,
+            ));
+        }
+        for l in 0..self.decoder_layers {
+            tensors.push(t(state_names::self_key(l), StateDtype::Model, past, grows()));
+            tensors.push(t(state_names::self_value(l), StateDtype::Model, past, grows()));
+        }
+        StateSpec {
+            dims: [
+                ("heads".to_string(), self.decoder_attention_heads),
+                ("head_dim".to_string(), self.decoder_head_dim()),
+            ]
+            .into(),
+            tensors,
+        }
+    }
+}

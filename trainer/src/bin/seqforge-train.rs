@@ -83,9 +83,9 @@ fn main() -> Result<()> {
             let r = seqforge_trainer::export_check::run(&args)?;
             println!("{}", r.summary.render());
             println!(
-                "check: {} sentences × {} steps, max |diff| encoder_out {:.2e}, log_probs {:.2e} \
-                 (tolerance {:.0e}) in {:.1}s",
-                r.samples, r.steps, r.encoder_diff, r.log_probs_diff, r.tolerance, r.check_seconds
+                "check: {} sentences × {} steps (reordered, then pruned to {} rows), max |diff| \
+                 log_probs {:.2e} (tolerance {:.0e}) in {:.1}s",
+                r.samples, r.steps, r.final_rows, r.log_probs_diff, r.tolerance, r.check_seconds
             );
             Ok(())
         }

@@ -9,27 +9,7 @@ use super::model::{DecoderCache, KeyValue, Transformer};
 use crate::models::Result;
 use crate::models::decoding::{DecodingInfo, StepModel, TorchState};
 
-/// State names of the Transformer's decoder (shared with its exporter graph by convention).
-pub mod state_names {
-    /// The source padding mask `[rows, src_len]`.
-    pub const ENCODER_PADDING_MASK: &str = "encoder_padding_mask";
-    /// Layer `l`'s encoder-attention keys.
-    pub fn cross_key(l: usize) -> String {
-        format!("cross_key.{l}")
-    }
-    /// Layer `l`'s encoder-attention values.
-    pub fn cross_value(l: usize) -> String {
-        format!("cross_value.{l}")
-    }
-    /// Layer `l`'s self-attention keys so far.
-    pub fn self_key(l: usize) -> String {
-        format!("self_key.{l}")
-    }
-    /// Layer `l`'s self-attention values so far.
-    pub fn self_value(l: usize) -> String {
-        format!("self_value.{l}")
-    }
-}
+pub use seqforge_schemas::arch::transformer::state_names;
 
 impl DecoderCache {
     /// The cache as named tensors.
