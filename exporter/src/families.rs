@@ -4,6 +4,7 @@
 //! module and one entry in [`exporters`]; the export, the manifest and the runtime stay as they
 //! are.
 
+use seqforge_schemas::arch::lstm::LstmConfig;
 use seqforge_schemas::arch::transformer::TransformerConfig;
 use seqforge_schemas::contract::{GraphKind, ModelContract, StateSpec};
 use seqforge_schemas::onnx::ModelProto;
@@ -11,6 +12,7 @@ use serde_json::Value;
 
 use crate::config::parse_model;
 use crate::error::Result;
+use crate::lstm;
 use crate::transformer::{self, BuildOptions};
 use crate::weights::Weights;
 
@@ -48,31 +50,57 @@ fn metadata(contract: &ModelContract, kind: GraphKind) -> Vec<(String, String)> 
 
 /// The families this exporter compiles.
 pub fn exporters() -> &'static [FamilyExporter] {
-    const EXPORTERS: &[FamilyExporter] = &[FamilyExporter {
-        family: "transformer",
-        state: |v| Ok(parse_model::<TransformerConfig>(v)?.decoder_state()),
-        build: |w, v, options, contract| {
-            let c: TransformerConfig = parse_model(v)?;
-            Ok(Graphs {
-                encoder: transformer::build_encoder(
-                    w,
-                    &c,
-                    options,
-                    &metadata(contract, GraphKind::Encoder),
-                )?,
-                decoder: transformer::build_decoder(
-                    w,
-                    &c,
-                    options,
-                    &metadata(contract, GraphKind::Decoder),
-                )?,
-            })
+    const EXPORTERS: &[FamilyExporter] = &[
+        FamilyExporter {
+            family: "transformer",
+            state: |v| Ok(parse_model::<TransformerConfig>(v)?.decoder_state()),
+            build: |w, v, options, contract| {
+                let c: TransformerConfig = parse_model(v)?;
+                Ok(Graphs {
+                    encoder: transformer::build_encoder(
+                        w,
+                        &c,
+                        options,
+                        &metadata(contract, GraphKind::Encoder),
+                    )?,
+                    decoder: transformer::build_decoder(
+                        w,
+                        &c,
+                        options,
+                        &metadata(contract, GraphKind::Decoder),
+                    )?,
+                })
+            },
+            ignorable: |v, name| {
+                parse_model::<TransformerConfig>(v)
+                    .is_ok_and(|c| transformer::ignorable_tensor(&c, name))
+            },
         },
-        ignorable: |v, name| {
-            parse_model::<TransformerConfig>(v)
-                .is_ok_and(|c| transformer::ignorable_tensor(&c, name))
+        FamilyExporter {
+            family: "lstm",
+            state: |v| Ok(parse_model::<LstmConfig>(v)?.decoder_state()),
+            build: |w, v, options, contract| {
+                let c: LstmConfig = parse_model(v)?;
+                Ok(Graphs {
+                    encoder: lstm::build_encoder(
+                        w,
+                        &c,
+                        options,
+                        &metadata(contract, GraphKind::Encoder),
+                    )?,
+                    decoder: lstm::build_decoder(
+                        w,
+                        &c,
+                        options,
+                        &metadata(contract, GraphKind::Decoder),
+                    )?,
+                })
+            },
+            ignorable: |v, name| {
+                parse_model::<LstmConfig>(v).is_ok_and(|c| lstm::ignorable_tensor(&c, name))
+            },
         },
-    }];
+    ];
     EXPORTERS
 }
 

@@ -37,6 +37,8 @@ pub enum DType {
     F16,
     /// 64-bit signed integer (token ids, shapes).
     I64,
+    /// 32-bit signed integer (sequence lengths of recurrent ops).
+    I32,
     /// Boolean (masks).
     Bool,
 }
@@ -48,6 +50,7 @@ impl DType {
             Self::F32 => DataType::Float,
             Self::F16 => DataType::Float16,
             Self::I64 => DataType::Int64,
+            Self::I32 => DataType::Int32,
             Self::Bool => DataType::Bool,
         };
         code as i32
@@ -577,6 +580,96 @@ impl GraphBuilder {
         self.unary_float("Tanh", out, x)
     }
 
+    /// `Sigmoid(x)`.
+    pub fn sigmoid(&mut self, out: &str, x: &Value) -> Result<Value> {
+        self.unary_float("Sigmoid", out, x)
+    }
+
+    /// `Slice(x)` of `[start, end)` along the last axis, whose size must be fixed.
+    pub fn slice_last(&mut self, out: &str, x: &Value, start: i64, end: i64) -> Result<Value> {
+        let rank = x.shape.len();
+        let fail = |message: String| Error::Node { node: out.to_string(), message };
+        match x.shape.last() {
+            Some(Dim::Fixed(n)) if 0 <= start && start < end && end <= *n => {}
+            other => return Err(fail(format!("Slice {start}..{end} of a last axis {other:?}"))),
+        }
+        let starts = self.initializer_i64(&format!("{out}.starts"), &[1], &[start])?;
+        let ends = self.initializer_i64(&format!("{out}.ends"), &[1], &[end])?;
+        let axes = self.initializer_i64(&format!("{out}.axes"), &[1], &[rank as i64 - 1])?;
+        let mut shape = x.shape.clone();
+        shape[rank - 1] = Dim::Fixed(end - start);
+        self.node("Slice", out, &[x, &starts, &ends, &axes], vec![], x.dtype, shape)
+    }
+
+    /// `ReduceSum(x, axis)` without keeping the axis.
+    pub fn reduce_sum(&mut self, out: &str, x: &Value, axis: i64) -> Result<Value> {
+        require_dtype(out, x, &[DType::F32, DType::F16, DType::I64])?;
+        let axis = normalize_axis(out, axis, x.shape.len())?;
+        let axes = self.initializer_i64(&format!("{out}.axes"), &[1], &[axis as i64])?;
+        let mut shape = x.shape.clone();
+        shape.remove(axis);
+        let attributes = vec![int_attribute("keepdims", 0)];
+        self.node("ReduceSum", out, &[x, &axes], attributes, x.dtype, shape)
+    }
+
+    /// ONNX `LSTM` (gates `iofc`, fp32) over `x` `[S, B, in]` with `w` `[dirs, 4H, in]`, `r`
+    /// `[dirs, 4H, H]`, `b` `[dirs, 8H]` and `sequence_lens` int32 `[B]` (steps past a row's
+    /// length are skipped and give zeros); zero initial states. Returns `Y` `[S, dirs, B, H]`,
+    /// `Y_h` and `Y_c` `[dirs, B, H]`, named `{out}.y`, `{out}.y_h`, `{out}.y_c`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lstm(
+        &mut self,
+        out: &str,
+        x: &Value,
+        w: &Value,
+        r: &Value,
+        b: &Value,
+        sequence_lens: &Value,
+        hidden: usize,
+        bidirectional: bool,
+    ) -> Result<(Value, Value, Value)> {
+        for v in [x, w, r, b] {
+            require_dtype(out, v, &[DType::F32])?;
+        }
+        require_dtype(out, sequence_lens, &[DType::I32])?;
+        let dirs = if bidirectional { 2 } else { 1 };
+        let names = [format!("{out}.y"), format!("{out}.y_h"), format!("{out}.y_c")];
+        for n in &names {
+            self.claim(n)?;
+        }
+        let h = hidden as i64;
+        let direction = if bidirectional { "bidirectional" } else { "forward" };
+        self.nodes.push(NodeProto {
+            name: Some(out.to_string()),
+            op_type: Some("LSTM".to_string()),
+            input: vec![
+                x.name.clone(),
+                w.name.clone(),
+                r.name.clone(),
+                b.name.clone(),
+                sequence_lens.name.clone(),
+            ],
+            output: names.to_vec(),
+            attribute: vec![
+                int_attribute("hidden_size", h),
+                string_attribute("direction", direction),
+            ],
+            ..Default::default()
+        });
+        let (seq, batch) = (x.shape[0].clone(), x.shape[1].clone());
+        let y = Value {
+            name: names[0].clone(),
+            dtype: DType::F32,
+            shape: vec![seq, Dim::Fixed(dirs), batch.clone(), Dim::Fixed(h)],
+        };
+        let state = |name: &String| Value {
+            name: name.clone(),
+            dtype: DType::F32,
+            shape: vec![Dim::Fixed(dirs), batch.clone(), Dim::Fixed(h)],
+        };
+        Ok((y, state(&names[1]), state(&names[2])))
+    }
+
     /// `Erf(x)`.
     pub fn erf(&mut self, out: &str, x: &Value) -> Result<Value> {
         self.unary_float("Erf", out, x)
@@ -705,6 +798,15 @@ fn float_attribute(name: &str, value: f32) -> AttributeProto {
         name: Some(name.to_string()),
         r#type: Some(AttributeType::Float as i32),
         f: Some(value),
+        ..Default::default()
+    }
+}
+
+fn string_attribute(name: &str, value: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_string()),
+        r#type: Some(AttributeType::String as i32),
+        s: Some(value.as_bytes().to_vec()),
         ..Default::default()
     }
 }

@@ -19,7 +19,7 @@
 
 use crate::error::Result;
 use crate::graph::{DType, Dim, GraphBuilder, Value};
-use crate::weights::Weights;
+use crate::weights::{Weights, transpose};
 use seqforge_schemas::arch::transformer::{Activation, TransformerConfig, state_names};
 use seqforge_schemas::contract::{Dtype, names};
 
@@ -116,12 +116,7 @@ impl<'w> Net<'w> {
     /// `prefix` = `x @ prefix.weight.T + prefix.bias`, weight `[out, in]` in the checkpoint.
     fn linear(&mut self, prefix: &str, x: &Value, in_dim: usize, out_dim: usize) -> Result<Value> {
         let weight = self.w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-        let mut transposed = vec![0f32; weight.len()];
-        for o in 0..out_dim {
-            for k in 0..in_dim {
-                transposed[k * out_dim + o] = weight[o * in_dim + k];
-            }
-        }
+        let transposed = transpose(weight, out_dim, in_dim);
         let wt = self.g.initializer_float(
             &format!("{prefix}.weight_t"),
             self.t,

@@ -144,6 +144,18 @@ impl Weights {
     }
 }
 
+/// A row-major `[rows, cols]` matrix transposed to `[cols, rows]` (PyTorch's `[out, in]`
+/// linear weights become `[in, out]` for `MatMul`).
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -220,6 +220,14 @@ impl LstmConfig {
                 self.decoder_embed_dim, self.decoder_out_embed_dim
             ));
         }
+        if self.decoder_layers > self.encoder_layers {
+            // fairseq's LSTMDecoder starts layer i from the encoder's layer-i final state.
+            return fail(format!(
+                "decoder_layers ({}) cannot exceed encoder_layers ({}): each decoder layer starts \
+                 from the final state of the encoder layer of the same index",
+                self.decoder_layers, self.encoder_layers
+            ));
+        }
         if self.share_all_embeddings
             && (self.src_vocab_size != self.tgt_vocab_size
                 || self.encoder_embed_dim != self.decoder_embed_dim)
@@ -234,6 +242,94 @@ impl LstmConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Names of the LSTM's decoder state tensors, shared by the trainer's libtorch decoder and the
+/// exported step graph.
+pub mod state_names {
+    /// The encoder's outputs `[rows, source, encoder_units]`, per sentence (attention only).
+    pub const ENCODER_OUT: &str = "encoder_out";
+    /// The source padding mask `[rows, source]` (true = padding), per sentence (attention only).
+    pub const ENCODER_PADDING_MASK: &str = "encoder_padding_mask";
+    /// The attentional output of the previous step `[rows, hidden]` (input feeding).
+    pub const INPUT_FEED: &str = "input_feed";
+    /// Decoder layer `l`'s hidden state `[rows, hidden]`.
+    pub fn hidden(l: usize) -> String {
+        format!("hidden.{l}")
+    }
+    /// Decoder layer `l`'s cell state `[rows, hidden]`.
+    pub fn cell(l: usize) -> String {
+        format!("cell.{l}")
+    }
+    /// The encoder output that initialises `hidden.{l}`: the final state of encoder layer `l`
+    /// (directions concatenated, through `encoder_hidden_proj` when sizes differ).
+    pub fn final_hidden(l: usize) -> String {
+        format!("final_hidden.{l}")
+    }
+    /// The encoder output that initialises `cell.{l}`.
+    pub fn final_cell(l: usize) -> String {
+        format!("final_cell.{l}")
+    }
+}
+
+impl LstmConfig {
+    /// The decoder state as the contract declares it: the encoder outputs and padding mask per
+    /// sentence (with attention), each layer's `hidden`/`cell` starting from the encoder's final
+    /// states, and the input feed starting at zeros.
+    pub fn decoder_state(&self) -> crate::contract::StateSpec {
+        use crate::contract::{StateDtype, StateInit, StatePolicy, StateSpec, StateTensor, dims};
+        let t = |name: String, shape: &[&str], policy: StatePolicy, dtype| StateTensor {
+            name,
+            dtype,
+            shape: shape.iter().map(|s| s.to_string()).collect(),
+            policy,
+        };
+        let mut tensors = Vec::new();
+        if self.decoder_attention {
+            tensors.push(t(
+                state_names::ENCODER_OUT.into(),
+                &[dims::ROWS, dims::SOURCE, "encoder_units"],
+                StatePolicy::PerSentence,
+                StateDtype::Model,
+            ));
+            tensors.push(t(
+                state_names::ENCODER_PADDING_MASK.into(),
+                &[dims::ROWS, dims::SOURCE],
+                StatePolicy::PerSentence,
+                StateDtype::Bool,
+            ));
+        }
+        let from = |s: String| StatePolicy::Recurrent { init: StateInit::Encoder(s) };
+        for l in 0..self.decoder_layers {
+            let hidden = [dims::ROWS, "hidden"];
+            tensors.push(t(
+                state_names::hidden(l),
+                &hidden,
+                from(state_names::final_hidden(l)),
+                StateDtype::Model,
+            ));
+            tensors.push(t(
+                state_names::cell(l),
+                &hidden,
+                from(state_names::final_cell(l)),
+                StateDtype::Model,
+            ));
+        }
+        tensors.push(t(
+            state_names::INPUT_FEED.into(),
+            &[dims::ROWS, "hidden"],
+            StatePolicy::Recurrent { init: StateInit::Zeros },
+            StateDtype::Model,
+        ));
+        StateSpec {
+            dims: [
+                ("hidden".to_string(), self.decoder_hidden()),
+                ("encoder_units".to_string(), self.encoder_output_units()),
+            ]
+            .into(),
+            tensors,
+        }
     }
 }
 
