@@ -116,7 +116,8 @@ impl StepModel for Lstm {
     fn step(&self, prev_tokens: &Tensor, state: &mut TorchState) -> Result<Tensor> {
         let mut decoder_state =
             DecoderState::from_torch_state(state, self.decoder_layers(), self.has_attention())?;
-        // On error the state is left partly taken; callers discard it.
+        // The tensors go back into `state` even when the step fails (the search then discards
+        // it); a missing tensor fails above, before anything is updated.
         let logits = self.decode_step(prev_tokens, &mut decoder_state);
         let step = state.step;
         *state = decoder_state.into_torch_state(step);
