@@ -213,6 +213,14 @@ impl LstmConfig {
                 ));
             }
         }
+        // fairseq's `LSTMModel.build_model`: each decoder layer starts from the final states of
+        // the encoder layer with the same index.
+        if self.encoder_layers != self.decoder_layers {
+            return fail(format!(
+                "--encoder-layers ({}) must match --decoder-layers ({})",
+                self.encoder_layers, self.decoder_layers
+            ));
+        }
         if self.shares_decoder_output() && self.decoder_out_embed_dim != self.decoder_embed_dim {
             return fail(format!(
                 "--share-decoder-input-output-embed requires decoder_embed_dim ({}) == \
@@ -351,5 +359,7 @@ mod tests {
         c.encoder_embed_dim = 128;
         assert_eq!(c.encoder_hidden(), 128, "hidden size follows the embedding dim");
         assert!(serde_json::from_str::<LstmConfig>(r#"{"residuals": true}"#).is_err());
+        let c = LstmConfig { decoder_layers: 2, ..LstmConfig::default().with_vocab(40, 40) };
+        assert!(c.validate().is_err(), "fairseq: --encoder-layers must match --decoder-layers");
     }
 }

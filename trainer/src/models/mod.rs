@@ -3,10 +3,14 @@
 //! - [`transformer`]: the encoder-decoder Transformer (Vaswani et al., 2017, "Attention Is All
 //!   You Need") as fairseq 0.12.2 builds it, with named architecture presets and an
 //!   incremental decoder for search.
+//! - [`lstm`]: the LSTM encoder-decoder with attention and input feeding (Luong et al., 2015)
+//!   as fairseq 0.12.2 builds it (`fairseq/models/lstm.py`), with its three named
+//!   architectures and an incremental decoder for search.
 //! - [`decoding`]: what every family implements to be decoded incrementally ([`StepModel`]),
 //!   its state as named tensors ([`TorchState`]) and the search adapter ([`TorchDecoder`]).
 
 pub mod decoding;
+pub mod lstm;
 pub mod transformer;
 
 pub use decoding::{DecodingInfo, StepModel, TorchDecoder, TorchState};
