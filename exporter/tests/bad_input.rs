@@ -133,9 +133,16 @@ fn the_binary_exports_and_replaces_only_with_force() -> Result<()> {
 #[test]
 fn unknown_architecture_is_named() -> Result<()> {
     let f = fixture()?;
+    SyntheticCheckpoint { arch: "fconv_made_up".into(), ..checkpoint() }
+        .write_config(&f.ckpt, &f.data)?;
+    fails_naming(
+        &f,
+        &["fconv_made_up", "config.json", "unknown architecture", "lstm", "transformer"],
+    )?;
+    // A known architecture of another family: its config does not parse as that family's.
     SyntheticCheckpoint { arch: "lstm_wiseman_iwslt_de_en".into(), ..checkpoint() }
         .write_config(&f.ckpt, &f.data)?;
-    fails_naming(&f, &["lstm_wiseman_iwslt_de_en", "config.json", "unknown architecture"])
+    fails_naming(&f, &["config.json", "lstm config", "unknown field"])
 }
 
 #[test]

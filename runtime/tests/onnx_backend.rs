@@ -217,28 +217,34 @@ fn bad_inputs_fail_with_messages_that_name_them() -> Result<()> {
     // A newer format version.
     let newer = copy_model(&f, "newer")?;
     let manifest = std::fs::read_to_string(newer.join(MANIFEST_FILE))?;
-    ensure!(manifest.contains("\"format_version\": 1"), "{manifest}");
+    ensure!(manifest.contains("\"format_version\": 2"), "{manifest}");
     std::fs::write(
         newer.join(MANIFEST_FILE),
-        manifest.replace("\"format_version\": 1", "\"format_version\": 99"),
+        manifest.replace("\"format_version\": 2", "\"format_version\": 99"),
     )?;
     fails(
         &["generate", path(&newer)?, "--input", ok_s],
         &["manifest.json", "version 99", "re-export"],
     )?;
+    // A version-1 directory (before the state was declared) asks to be re-exported.
+    std::fs::write(
+        newer.join(MANIFEST_FILE),
+        manifest.replace("\"format_version\": 2", "\"format_version\": 1"),
+    )?;
+    fails(
+        &["generate", path(&newer)?, "--input", ok_s],
+        &["manifest.json", "version 1,", "re-export"],
+    )?;
 
     // A manifest that disagrees with the graphs' metadata_props.
     let edited = copy_model(&f, "edited")?;
     let manifest = std::fs::read_to_string(edited.join(MANIFEST_FILE))?;
-    ensure!(manifest.contains("\"decoder_head_dim\": 8"), "{manifest}");
+    ensure!(manifest.contains("\"head_dim\": 8"), "{manifest}");
     std::fs::write(
         edited.join(MANIFEST_FILE),
-        manifest.replace("\"decoder_head_dim\": 8", "\"decoder_head_dim\": 4"),
+        manifest.replace("\"head_dim\": 8", "\"head_dim\": 4"),
     )?;
-    fails(
-        &["generate", path(&edited)?, "--input", ok_s],
-        &["encoder.onnx", "decoder_head_dim", "manifest says 4"],
-    )?;
+    fails(&["generate", path(&edited)?, "--input", ok_s], &["encoder.onnx", "`state`"])?;
 
     // A corrupt graph: named when loading, and by its hash with --verify.
     let corrupt = copy_model(&f, "corrupt")?;
@@ -259,6 +265,145 @@ fn bad_inputs_fail_with_messages_that_name_them() -> Result<()> {
     fails(&["generate", model, "--input", "/nonexistent/in.txt"], &["/nonexistent/in.txt"])?;
     fails(&["generate", model, "--input", ok_s, "--prefix-size", "1"], &["--ref"])?;
     fails(&["generate", model, "--input", ok_s, "--beam", "3", "--nbest", "4"], &["nbest"])?;
+    Ok(())
+}
+
+/// Applies `edit` to the declared state of a copy of the model: in the manifest and in both
+/// graphs' `metadata_props`, so that all three still agree and only the graphs' real inputs
+/// and outputs can contradict the declaration.
+fn rewrite_state(
+    f: &Fixture,
+    name: &str,
+    edit: impl Fn(&mut serde_json::Value) -> Result<()>,
+) -> Result<PathBuf> {
+    use prost::Message;
+    let dir = copy_model(f, name)?;
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)?;
+    edit(&mut manifest["contract"]["state"])?;
+    let state = serde_json::to_string(&manifest["contract"]["state"])?;
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)?)?;
+    for file in ["encoder.onnx", "decoder.onnx"] {
+        let path = dir.join(file);
+        let mut model =
+            seqforge_schemas::onnx::ModelProto::decode(std::fs::read(&path)?.as_slice())?;
+        let prop = model
+            .metadata_props
+            .iter_mut()
+            .find(|p| p.key.as_deref() == Some("seqforge.state"))
+            .context("no seqforge.state")?;
+        prop.value = Some(state.clone());
+        std::fs::write(&path, model.encode_to_vec())?;
+    }
+    Ok(dir)
+}
+
+/// The error of opening `dir` and decoding one step, as text.
+fn open_and_step(dir: &Path) -> Result<String> {
+    let run = || -> Result<(), Error> {
+        let model = Arc::new(ModelDir::open(dir, &RuntimeOptions::default())?);
+        let mut decoder = OnnxDecoder::new(model)?;
+        let encoded = decoder.encode(&[vec![5, 6, 2], vec![7, 2]])?;
+        let mut state = decoder.init_state(&encoded, 2)?;
+        decoder.step(&[2, 2, 2, 2], &mut state)?;
+        decoder.step(&[5, 6, 7, 8], &mut state)?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => anyhow::bail!("{}: decoding a declared-state mismatch succeeded", dir.display()),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+#[test]
+fn a_declared_state_that_disagrees_with_the_graphs_is_named() -> Result<()> {
+    let f = fixture()?;
+    let tensor = |state: &mut serde_json::Value, name: &str| -> Result<serde_json::Value> {
+        state["tensors"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+            .cloned()
+            .context("no such tensor")
+    };
+    let set = |state: &mut serde_json::Value, name: &str, t: serde_json::Value| {
+        if let Some(ts) = state["tensors"].as_array_mut() {
+            for x in ts.iter_mut().filter(|x| x["name"] == name) {
+                *x = t.clone();
+            }
+        }
+    };
+    // A renamed recurrent tensor: the step graph has no `past.self_kee.0`.
+    let dir = rewrite_state(&f, "renamed", |s| {
+        let mut t = tensor(s, "self_key.0")?;
+        t["name"] = "self_kee.0".into();
+        set(s, "self_key.0", t);
+        Ok(())
+    })?;
+    let e = open_and_step(&dir)?;
+    ensure!(e.contains("decoder.onnx") && e.contains("past.self_kee.0"), "{e}");
+
+    // A graph input the declaration does not list (`past.self_key.0` after dropping it).
+    let dir = rewrite_state(&f, "undeclared", |s| {
+        if let Some(ts) = s["tensors"].as_array_mut() {
+            ts.retain(|t| t["name"] != "self_key.0");
+        }
+        Ok(())
+    })?;
+    let e = open_and_step(&dir)?;
+    ensure!(
+        e.contains("past.self_key.0") && e.contains("declared state has no such tensor"),
+        "{e}"
+    );
+
+    // A declared per-sentence tensor the encoder does not produce.
+    let dir = rewrite_state(&f, "no_output", |s| {
+        let mut t = tensor(s, "encoder_padding_mask")?;
+        t["name"] = "source_lengths".into();
+        s["tensors"].as_array_mut().context("tensors")?.push(t);
+        Ok(())
+    })?;
+    let e = open_and_step(&dir)?;
+    ensure!(e.contains("encoder.onnx") && e.contains("source_lengths"), "{e}");
+
+    // A wrong constant dimension: the encoder's cross keys do not have the declared shape.
+    let dir = rewrite_state(&f, "wrong_dim", |s| {
+        let heads = s["dims"]["heads"].as_u64().context("heads")?;
+        s["dims"]["heads"] = (heads + 1).into();
+        Ok(())
+    })?;
+    let e = open_and_step(&dir)?;
+    ensure!(e.contains("cross_key.0") && e.contains("declared state says"), "{e}");
+
+    // One state tensor declared with a wrong constant: named when the graphs are checked.
+    let dir = rewrite_state(&f, "wrong_present", |s| {
+        let heads = s["dims"]["heads"].as_u64().context("heads")?;
+        s["dims"]["more_heads"] = (heads + 1).into();
+        let mut t = tensor(s, "self_value.0")?;
+        t["shape"][1] = "more_heads".into();
+        set(s, "self_value.0", t);
+        Ok(())
+    })?;
+    let e = open_and_step(&dir)?;
+    ensure!(e.contains("past.self_value.0") && e.contains("declared state says"), "{e}");
+
+    // Malformed declarations fail when the manifest is read, naming the tensor.
+    let dir = rewrite_state(&f, "unknown_dim", |s| {
+        let mut t = tensor(s, "cross_key.0")?;
+        t["shape"][1] = "hedas".into();
+        set(s, "cross_key.0", t);
+        Ok(())
+    })?;
+    let e = open_and_step(&dir)?;
+    ensure!(e.contains("cross_key.0") && e.contains("unknown dimension `hedas`"), "{e}");
+    let dir = rewrite_state(&f, "unknown_policy", |s| {
+        let mut t = tensor(s, "self_key.0")?;
+        t["policy"] = serde_json::json!({"kind": "ring_buffer"});
+        set(s, "self_key.0", t);
+        Ok(())
+    })?;
+    let e = open_and_step(&dir)?;
+    ensure!(e.contains("manifest.json") && e.contains("ring_buffer"), "{e}");
     Ok(())
 }
 

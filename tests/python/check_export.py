@@ -50,7 +50,9 @@ def metadata_matches(model_path, graph, contract):
     props = {p.key: p.value for p in model.metadata_props}
     check(props.get("seqforge.graph") == graph, f"{model_path}: seqforge.graph = {props.get('seqforge.graph')!r}")
     for key, value in contract.items():
-        if key == "special":
+        if key == "state":
+            check(json.loads(props.get("seqforge.state", "null")) == value, f"{model_path}: seqforge.state differs from the manifest")
+        elif key == "special":
             for k, v in value.items():
                 check(props.get(f"seqforge.{k}") == str(v), f"{model_path}: seqforge.{k} = {props.get(f'seqforge.{k}')!r}, manifest {v}")
         else:
@@ -100,10 +102,10 @@ def main():
             fragile_ops_read_fp32(path)
 
     fp16 = contract["dtype"] == "fp16"
-    ftype = np.float16 if fp16 else np.float32
-    layers = contract["decoder_layers"]
-    heads = contract["decoder_attention_heads"]
-    head_dim = contract["decoder_head_dim"]
+    state = contract["state"]
+    dims = state["dims"]
+    tensors = state["tensors"]
+    np_types = {"model": np.float16 if fp16 else np.float32, "float32": np.float32, "bool": np.bool_, "int64": np.int64}
     vocab = contract["tgt_vocab_size"]
     pad, eos = contract["special"]["pad"], contract["special"]["eos"]
     opts = ort.SessionOptions()
@@ -111,41 +113,75 @@ def main():
     enc = ort.InferenceSession(enc_path, opts, providers=["CPUExecutionProvider"])
     dec = ort.InferenceSession(dec_path, opts, providers=["CPUExecutionProvider"])
 
+    def shape_of(t, rows, source, grown):
+        """The declared shape of state tensor t (an independent reading of the contract)."""
+        axis = t["policy"].get("axis")
+        out = []
+        for i, d in enumerate(t["shape"]):
+            if d == "rows":
+                check(i == 0, f"{t['name']}: rows not on axis 0")
+                out.append(rows)
+            elif d == "source":
+                out.append(source)
+            elif d == axis:
+                out.append(grown)
+            else:
+                check(d in dims, f"{t['name']}: unknown dimension {d}")
+                out.append(dims[d])
+        return tuple(out)
+
+    def follows_row(t):
+        return t["policy"]["kind"] != "per_sentence"
+
     first_word = 4
     srcs = [[first_word + 1, first_word + 5, first_word + 3, eos], [first_word + 2, eos],
             [first_word, first_word + 4, first_word + 4, first_word + 1, first_word + 6, eos]]
     srcs = [[t % contract["src_vocab_size"] if t != eos else eos for t in s] for s in srcs]
     S = max(len(s) for s in srcs)
-    tokens = np.array([[pad] * (S - len(s)) + s for s in srcs], dtype=np.int64)
+    # Right padding, as the runtime pads.
+    tokens = np.array([s + [pad] * (S - len(s)) for s in srcs], dtype=np.int64)
     B = len(srcs)
     enc_names = [o.name for o in enc.get_outputs()]
     enc_out = dict(zip(enc_names, enc.run(None, {"src_tokens": tokens})))
-    check(enc_out["encoder_out"].shape == (B, S, contract["encoder_embed_dim"]), f"encoder_out shape {enc_out['encoder_out'].shape}")
-    check(enc_out["encoder_out"].dtype == ftype, f"encoder_out dtype {enc_out['encoder_out'].dtype}")
-    check(np.isfinite(enc_out["encoder_out"].astype(np.float32)).all(), "encoder_out has non-finite values")
-    check((enc_out["encoder_padding_mask"] == (tokens == pad)).all(), "encoder_padding_mask is not tokens == pad")
-    for l in range(layers):
-        for kind in ("key", "value"):
-            shape = enc_out[f"cross_{kind}.{l}"].shape
-            check(shape == (B, heads, S, head_dim), f"cross_{kind}.{l} shape {shape}")
+    needed = {}
+    for t in tensors:
+        if t["policy"]["kind"] == "per_sentence":
+            needed[t["name"]] = t
+        init = t["policy"].get("init")
+        if isinstance(init, dict):
+            needed[init["encoder"]] = t
+    for name, t in needed.items():
+        check(name in enc_out, f"encoder output {name} missing (has {enc_names})")
+        v = enc_out[name]
+        check(v.shape == shape_of(t, B, S, 0), f"encoder output {name} shape {v.shape}, declared {shape_of(t, B, S, 0)}")
+        check(v.dtype == np_types[t["dtype"]], f"encoder output {name} dtype {v.dtype}")
+        if v.dtype != np.bool_:
+            check(np.isfinite(v.astype(np.float64)).all(), f"encoder output {name} has non-finite values")
+    if "encoder_padding_mask" in enc_out:
+        check((enc_out["encoder_padding_mask"] == (tokens == pad)).all(), "encoder_padding_mask is not tokens == pad")
 
     dec_names = [o.name for o in dec.get_outputs()]
-    past = {f"past_{k}.{l}": np.zeros((B, heads, 0, head_dim), dtype=ftype) for l in range(layers) for k in ("key", "value")}
     rows = list(range(B))
+    past = {}
+    for t in tensors:
+        if not follows_row(t):
+            continue
+        init = t["policy"].get("init")
+        if isinstance(init, dict):
+            past[f"past.{t['name']}"] = enc_out[init["encoder"]][rows]
+        else:
+            past[f"past.{t['name']}"] = np.zeros(shape_of(t, B, S, 0), dtype=np_types[t["dtype"]])
     prev = np.full((B, 1), eos, dtype=np.int64)
-    # Step 0 expands 3 rows of an empty past to 4 (a beam's first step), step 1 to 5.
+    # Step 0 expands 3 rows to 4 (a beam's first step), step 1 to 5.
     for step, reorder in enumerate([[0, 0, 1, 2], [0, 1, 1, 2, 3]]):
-        # Rows of this step continue rows `reorder` of the past; cross inputs are in row order.
+        # Rows of this step continue rows `reorder` of the past; per-sentence inputs are in row order.
         rows = [rows[r] for r in reorder]
-        feeds = {
-            "prev_tokens": prev[reorder],
-            "reorder": np.array(reorder, dtype=np.int64),
-            "encoder_padding_mask": enc_out["encoder_padding_mask"][rows],
-        }
-        for l in range(layers):
-            feeds[f"cross_key.{l}"] = enc_out[f"cross_key.{l}"][rows]
-            feeds[f"cross_value.{l}"] = enc_out[f"cross_value.{l}"][rows]
+        feeds = {"prev_tokens": prev[reorder], "reorder": np.array(reorder, dtype=np.int64)}
+        for t in tensors:
+            if not follows_row(t):
+                feeds[t["name"]] = enc_out[t["name"]][rows]
         feeds.update(past)
+        check(set(feeds) == {i.name for i in dec.get_inputs()}, f"step {step}: inputs {sorted(feeds)} vs graph {[i.name for i in dec.get_inputs()]}")
         out = dict(zip(dec_names, dec.run(None, feeds)))
         R = len(reorder)
         lp = out["log_probs"]
@@ -154,11 +190,14 @@ def main():
         check(np.isfinite(lp).all(), f"step {step}: log_probs has non-finite values")
         lse = np.log(np.exp(lp.astype(np.float64)).sum(axis=1))
         check(np.abs(lse).max() < 1e-4, f"step {step}: log_probs rows not normalized (logsumexp {lse})")
-        for l in range(layers):
-            for kind in ("key", "value"):
-                shape = out[f"present_{kind}.{l}"].shape
-                check(shape == (R, heads, step + 1, head_dim), f"step {step}: present_{kind}.{l} shape {shape}")
-        past = {f"past_{k}.{l}": out[f"present_{k}.{l}"] for l in range(layers) for k in ("key", "value")}
+        past = {}
+        for t in tensors:
+            if follows_row(t):
+                v = out[f"present.{t['name']}"]
+                want = shape_of(t, R, S, step + 1)
+                check(v.shape == want, f"step {step}: present.{t['name']} shape {v.shape}, declared {want}")
+                check(v.dtype == np_types[t["dtype"]], f"step {step}: present.{t['name']} dtype {v.dtype}")
+                past[f"past.{t['name']}"] = v
         prev = lp.argmax(axis=1).astype(np.int64).reshape(R, 1)
     if len(reorder) == 5:
         # Rows 1 and 2 of step 1 continue the same row with the same token: identical outputs.

@@ -405,14 +405,38 @@ mod tests {
         Checkpoint, CheckpointConfig, ComponentConfig, DictionaryIdentity, TrainerState,
     };
     use crate::data::IndexedDatasetBuilder;
-    use crate::models::transformer::{Transformer, TransformerConfig};
 
-    /// A random tiny model saved as a checkpoint, with dictionaries and a 3-sentence valid set.
+    /// A random tiny `transformer_tiny` saved as a checkpoint, with dictionaries and a
+    /// 3-sentence valid set.
     fn fixture(root: &Path) -> (PathBuf, PathBuf) {
+        fixture_for(root, "transformer_tiny", serde_json::json!({}), 1.0)
+    }
+
+    /// A random model of `arch` (preset with `overrides`, parameters multiplied by `scale` so
+    /// that its distributions are far from uniform), built by the registry as training builds
+    /// it, saved as a checkpoint with dictionaries and a 3-sentence valid set.
+    fn fixture_for(
+        root: &Path,
+        arch: &str,
+        overrides: serde_json::Value,
+        scale: f64,
+    ) -> (PathBuf, PathBuf) {
         tch::manual_seed(3);
-        let config = TransformerConfig::from_preset("transformer_tiny").unwrap().with_vocab(30, 30);
+        let registry = Registry::with_builtins().unwrap();
+        let architecture = registry.architectures.get(arch).unwrap();
+        let mut config = architecture.config.clone();
+        for (k, v) in overrides.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        let ctx = ModelContext { src_vocab_size: 30, tgt_vocab_size: 30, pad_index: 1 };
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Transformer::new(&vs.root(), &config).unwrap();
+        let factory = registry.models.get(&architecture.model).unwrap();
+        let model = (factory.build)(&vs.root(), &config, &ctx).unwrap();
+        tch::no_grad(|| {
+            for (_, mut t) in model.parameters() {
+                let _ = t.f_mul_scalar_(scale).unwrap();
+            }
+        });
         let data = root.join("data");
         std::fs::create_dir_all(&data).unwrap();
         for lang in ["de", "en"] {
@@ -429,13 +453,13 @@ mod tests {
             b.finalize().unwrap();
         }
         // As the trainer saves it: the arch config with vocabulary sizes 0.
-        let mut saved_config = serde_json::to_value(&config).unwrap();
+        let mut saved_config = config;
         saved_config["src_vocab_size"] = 0.into();
         saved_config["tgt_vocab_size"] = 0.into();
         let ckpt = Checkpoint {
             config: CheckpointConfig {
                 format_version: checkpoint::FORMAT_VERSION,
-                arch: "transformer_tiny".into(),
+                arch: arch.into(),
                 model: saved_config,
                 task: ComponentConfig::new(
                     "translation",
@@ -451,7 +475,7 @@ mod tests {
                 ],
             },
             state: TrainerState::fresh(3, 0),
-            model: model.fairseq_state_dict(),
+            model: model.state_dict(),
             optimizer: vec![],
         };
         let dir = root.join("checkpoint_last");
@@ -510,5 +534,41 @@ mod tests {
         let e = run(&missing).unwrap_err();
         assert!(e.to_string().contains("test.de-en.de"), "{e}");
         assert!(!tmp.path().join("m2").exists());
+    }
+
+    #[test]
+    fn lstm_exports_pass_the_check_over_a_reorder_and_a_prune() {
+        let tmp = tempfile::tempdir().unwrap();
+        let variants = [
+            // Bidirectional 2-layer encoder (64 units ≠ decoder hidden 24: both projections),
+            // attention, out_embed_dim ≠ hidden (additional_fc).
+            serde_json::json!({
+                "encoder_embed_dim": 16, "encoder_hidden_size": 32, "encoder_layers": 2,
+                "encoder_bidirectional": true, "decoder_embed_dim": 16,
+                "decoder_hidden_size": 24, "decoder_layers": 2, "decoder_out_embed_dim": 20
+            }),
+            // Unidirectional, no attention, all embeddings shared (joined dictionary).
+            serde_json::json!({
+                "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16,
+                "decoder_attention": false, "share_all_embeddings": true
+            }),
+        ];
+        for (k, overrides) in variants.into_iter().enumerate() {
+            let root = tmp.path().join(format!("v{k}"));
+            std::fs::create_dir_all(&root).unwrap();
+            let (ckpt, data) = fixture_for(&root, "lstm_wiseman_iwslt_de_en", overrides, 5.0);
+            for dtype in [Dtype::Fp32, Dtype::Fp16] {
+                let out = root.join(format!("model-{dtype}"));
+                let mut a = args(&ckpt, &data, &out, dtype);
+                a.check_steps = 32;
+                let r = run(&a).unwrap_or_else(|e| panic!("variant {k} {dtype}: {e}"));
+                assert_eq!((r.samples, r.steps, r.final_rows), (3, 32, 2), "{r:?}");
+                let limit = if dtype == Dtype::Fp32 { 1e-4 } else { 2e-2 };
+                assert!(r.log_probs_diff <= limit, "variant {k} {dtype}: {r:?}");
+                eprintln!("lstm variant {k} {dtype}: max |diff| {:.2e}", r.log_probs_diff);
+                let manifest = contract::Manifest::load(&out).unwrap();
+                assert_eq!(manifest.contract.family, "lstm");
+            }
+        }
     }
 }

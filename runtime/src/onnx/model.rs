@@ -56,8 +56,8 @@ use ort::memory::{AllocationDevice, MemoryInfo};
 use ort::session::{IoBinding, Session};
 use ort::value::{DynValue, Outlet, Tensor, TensorElementType, ValueType};
 use seqforge_schemas::contract::{
-    self, Dtype, GraphKind, Manifest, ModelContract, StateDtype, StateInit, StatePolicy, StateSpec,
-    StateTensor, TOKENIZER_FILE, Vocabulary, names,
+    self, DimKind, Dtype, GraphKind, Manifest, ModelContract, StateDtype, StateInit, StatePolicy,
+    StateSpec, StateTensor, TOKENIZER_FILE, Vocabulary, names,
 };
 use sha2::{Digest, Sha256};
 
@@ -306,28 +306,43 @@ impl ModelDir {
 
         let c = self.contract();
         let spec = &c.state;
-        let ty = |t: &StateTensor| element_type(c.dtype, t.dtype);
-        let (inputs, outputs): (Vec<(String, TensorElementType, usize)>, Vec<_>) = match kind {
+        // Each expected input/output: name, element type, and per axis the declared constant
+        // (`None` for rows, source and growing axes).
+        let expect = |name: String, t: &StateTensor| -> Expected {
+            let dims = spec
+                .dim_kinds(t)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|k| match k {
+                    DimKind::Fixed(v) => Some(v as i64),
+                    _ => None,
+                })
+                .collect();
+            (name, element_type(c.dtype, t.dtype), dims)
+        };
+        let plain =
+            |name: &str, ty, rank: usize| -> Expected { (name.to_string(), ty, vec![None; rank]) };
+        let (inputs, outputs): (Vec<Expected>, Vec<Expected>) = match kind {
             GraphKind::Encoder => {
                 let outs = spec
                     .encoder_outputs()
                     .into_iter()
-                    .map(|(name, t)| (name.to_string(), ty(t), t.shape.len()))
+                    .map(|(name, t)| expect(name.to_string(), t))
                     .collect();
-                (vec![(names::SRC_TOKENS.to_string(), TensorElementType::Int64, 2)], outs)
+                (vec![plain(names::SRC_TOKENS, TensorElementType::Int64, 2)], outs)
             }
             GraphKind::Decoder => {
                 let mut ins = vec![
-                    (names::PREV_TOKENS.to_string(), TensorElementType::Int64, 2),
-                    (names::REORDER.to_string(), TensorElementType::Int64, 1),
+                    plain(names::PREV_TOKENS, TensorElementType::Int64, 2),
+                    plain(names::REORDER, TensorElementType::Int64, 1),
                 ];
-                let mut outs = vec![(names::LOG_PROBS.to_string(), TensorElementType::Float32, 2)];
+                let mut outs = vec![plain(names::LOG_PROBS, TensorElementType::Float32, 2)];
                 for t in &spec.tensors {
                     if t.policy.follows_row() {
-                        ins.push((names::past(&t.name), ty(t), t.shape.len()));
-                        outs.push((names::present(&t.name), ty(t), t.shape.len()));
+                        ins.push(expect(names::past(&t.name), t));
+                        outs.push(expect(names::present(&t.name), t));
                     } else {
-                        ins.push((t.name.clone(), ty(t), t.shape.len()));
+                        ins.push(expect(t.name.clone(), t));
                     }
                 }
                 (ins, outs)
@@ -363,13 +378,17 @@ impl ModelDir {
     }
 }
 
+/// An expected graph input or output: name, element type, and per axis the declared size
+/// (`None` where any size is legal).
+type Expected = (String, TensorElementType, Vec<Option<i64>>);
+
 fn check_outlets(
     path: &Path,
     direction: &str,
     outlets: &[Outlet],
-    expected: &[(String, TensorElementType, usize)],
+    expected: &[Expected],
 ) -> Result<()> {
-    for (name, ty, rank) in expected {
+    for (name, ty, dims) in expected {
         let bad = |message: String| Error::GraphInterface { path: path.to_path_buf(), message };
         let outlet = outlets.iter().find(|o| o.name() == name).ok_or_else(|| {
             bad(format!(
@@ -382,11 +401,23 @@ fn check_outlets(
                 if found != ty {
                     return Err(bad(format!("{direction} `{name}` is {found:?}, expected {ty:?}")));
                 }
-                if shape.len() != *rank {
+                if shape.len() != dims.len() {
                     return Err(bad(format!(
-                        "{direction} `{name}` has rank {}, expected {rank}",
-                        shape.len()
+                        "{direction} `{name}` has rank {}, the declared state has {}",
+                        shape.len(),
+                        dims.len()
                     )));
+                }
+                for (axis, (&found, want)) in shape.iter().zip(dims).enumerate() {
+                    if let Some(want) = *want
+                        && found >= 0
+                        && found != want
+                    {
+                        return Err(bad(format!(
+                            "{direction} `{name}` has size {found} on axis {axis}, the declared \
+                             state says {want}"
+                        )));
+                    }
                 }
             }
             other => return Err(bad(format!("{direction} `{name}` is {other:?}, not a tensor"))),

@@ -228,14 +228,6 @@ impl LstmConfig {
                 self.decoder_embed_dim, self.decoder_out_embed_dim
             ));
         }
-        if self.decoder_layers > self.encoder_layers {
-            // fairseq's LSTMDecoder starts layer i from the encoder's layer-i final state.
-            return fail(format!(
-                "decoder_layers ({}) cannot exceed encoder_layers ({}): each decoder layer starts \
-                 from the final state of the encoder layer of the same index",
-                self.decoder_layers, self.encoder_layers
-            ));
-        }
         if self.share_all_embeddings
             && (self.src_vocab_size != self.tgt_vocab_size
                 || self.encoder_embed_dim != self.decoder_embed_dim)

@@ -10,45 +10,7 @@ use super::model::Lstm;
 use crate::models::Result;
 use crate::models::decoding::{DecodingInfo, StepModel, TorchState};
 
-/// State names of the LSTM decoder (shared with its exporter graph by convention). Every
-/// tensor has one row per hypothesis on axis 0 and the model's float kind, except the mask.
-pub mod state_names {
-    use seqforge_schemas::arch::lstm::LstmConfig;
-
-    /// Encoder outputs `[rows, src_len, encoder_output_units]`, right-padded (only with
-    /// attention).
-    pub const ENCODER_OUT: &str = "encoder_out";
-    /// `[rows, src_len]` bool, `true` at (right) source padding (only with attention).
-    pub const ENCODER_PADDING_MASK: &str = "encoder_padding_mask";
-    /// The previous position's output fed back with the next token, `[rows, decoder_hidden]`.
-    pub const INPUT_FEED: &str = "input_feed";
-
-    /// Layer `l`'s hidden state `[rows, decoder_hidden]`.
-    pub fn hidden(l: usize) -> String {
-        format!("hidden.{l}")
-    }
-
-    /// Layer `l`'s cell state `[rows, decoder_hidden]`.
-    pub fn cell(l: usize) -> String {
-        format!("cell.{l}")
-    }
-
-    /// Every state name of a model with `config`, in a fixed order: the encoder output and
-    /// mask (with attention only), then `hidden.{l}`, `cell.{l}` per layer, then `input_feed`.
-    pub fn all(config: &LstmConfig) -> Vec<String> {
-        let mut names = Vec::new();
-        if config.decoder_attention {
-            names.push(ENCODER_OUT.to_string());
-            names.push(ENCODER_PADDING_MASK.to_string());
-        }
-        for l in 0..config.decoder_layers {
-            names.push(hidden(l));
-            names.push(cell(l));
-        }
-        names.push(INPUT_FEED.to_string());
-        names
-    }
-}
+pub use seqforge_schemas::arch::lstm::state_names;
 
 impl DecoderState {
     /// The state as named tensors (see [`state_names`]), at step `step`.

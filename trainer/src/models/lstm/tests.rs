@@ -369,7 +369,7 @@ fn cached_decoding_equals_full_forward() -> TestResult {
         let names: Vec<&String> = state.tensors().keys().collect();
         assert_eq!(
             names.into_iter().cloned().collect::<std::collections::BTreeSet<_>>(),
-            state_names::all(&config).into_iter().collect(),
+            config.decoder_state().tensors.iter().map(|t| t.name.clone()).collect(),
             "{name}"
         );
         let full = full_lprobs(&model, &sources, &fed)?;
