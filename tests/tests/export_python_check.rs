@@ -1,8 +1,9 @@
 //! The exported model directory checked by the reference Python tools: a tiny random trainer
-//! Transformer is saved as a checkpoint, exported in fp32 and fp16, and
-//! `tests/python/check_export.py` runs `onnx.checker.check_model(full_check=True)` on both
-//! graphs and runs them in Python onnxruntime (encoder on a padded batch, decoder step 0 with an
-//! empty past, step 1 with the presents as past). The Python packages come from
+//! model of each family (Transformer, LSTM) is saved as a checkpoint, exported in fp32 and
+//! fp16, and `tests/python/check_export.py` runs `onnx.checker.check_model(full_check=True)` on
+//! both graphs and runs them in Python onnxruntime, driving the declared state with its own
+//! reading of the contract (encoder on a padded batch, two decoder steps with beam-like
+//! reorders, every state tensor's shape checked against its declaration). The Python packages come from
 //! `cargo xtask setup` (`.deps/python`); without them this test fails and says so.
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,26 @@ fn checkpoint(root: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((dir, data))
 }
 
+/// An LSTM checkpoint (bidirectional encoder, attention, projections) in `root/lstm`.
+fn lstm_checkpoint(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    tch::manual_seed(12);
+    let overrides = serde_json::json!({
+        "encoder_embed_dim": 16, "encoder_hidden_size": 16, "encoder_layers": 2,
+        "encoder_bidirectional": true, "decoder_embed_dim": 16, "decoder_hidden_size": 24,
+        "decoder_layers": 2, "decoder_out_embed_dim": 20
+    });
+    let (_vs, model, config) = common::registry_model("lstm_wiseman_iwslt_de_en", overrides, 40)?;
+    let root = root.join("lstm");
+    let data = root.join("data");
+    std::fs::create_dir_all(&data)?;
+    for lang in ["de", "en"] {
+        common::write_dict(&data.join(format!("dict.{lang}.txt")), 40, lang, |_| 1)?;
+    }
+    let dir = root.join("checkpoint_last");
+    common::save_model(&dir, model.as_ref(), config, "lstm_wiseman_iwslt_de_en", &data, 12, 0)?;
+    Ok((dir, data))
+}
+
 #[test]
 fn onnx_checker_and_python_onnxruntime_accept_the_export() -> Result<()> {
     let root = workspace()?;
@@ -59,21 +80,32 @@ fn onnx_checker_and_python_onnxruntime_accept_the_export() -> Result<()> {
     let script = root.join("tests/python/check_export.py");
     let tmp = tempfile::tempdir()?;
     let (ckpt, data) = checkpoint(tmp.path())?;
-    for dtype in [Dtype::Fp32, Dtype::Fp16] {
-        let out = tmp.path().join(format!("model-{dtype}"));
-        export(&ExportOptions::new(&ckpt, &data, &out).with_dtype(dtype))?;
-        ensure!(out.join("tokenizer.json").is_file(), "DATA/tokenizer.json was not shipped");
-        let result = Command::new("python3")
-            .arg(&script)
-            .arg(&out)
-            .env("PYTHONPATH", &deps)
-            .output()
-            .context("running python3")?;
-        let stdout = String::from_utf8_lossy(&result.stdout);
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        print!("{stdout}");
-        ensure!(result.status.success(), "{dtype}: check_export.py failed:\n{stdout}\n{stderr}");
-        ensure!(stdout.contains("check_export: OK"), "{dtype}: no OK line:\n{stdout}");
+    let (lstm_ckpt, lstm_data) = lstm_checkpoint(tmp.path())?;
+    for (family, ckpt, data) in [("transformer", &ckpt, &data), ("lstm", &lstm_ckpt, &lstm_data)] {
+        for dtype in [Dtype::Fp32, Dtype::Fp16] {
+            let out = tmp.path().join(format!("model-{family}-{dtype}"));
+            export(&ExportOptions::new(ckpt, data, &out).with_dtype(dtype))?;
+            if family == "transformer" {
+                ensure!(
+                    out.join("tokenizer.json").is_file(),
+                    "DATA/tokenizer.json was not shipped"
+                );
+            }
+            let result = Command::new("python3")
+                .arg(&script)
+                .arg(&out)
+                .env("PYTHONPATH", &deps)
+                .output()
+                .context("running python3")?;
+            let stdout = String::from_utf8_lossy(&result.stdout);
+            let stderr = String::from_utf8_lossy(&result.stderr);
+            print!("{stdout}");
+            ensure!(
+                result.status.success(),
+                "{family} {dtype}: check_export.py failed:\n{stdout}\n{stderr}"
+            );
+            ensure!(stdout.contains("check_export: OK"), "{family} {dtype}: no OK line:\n{stdout}");
+        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! What the libtorch-linked export tests share: dictionaries and a trainer checkpoint of a
-//! libtorch [`Transformer`], written with the trainer's own `checkpoint::save` so that the
-//! exporter reads exactly what training produces.
+//! What the libtorch-linked export tests share: dictionaries, models of any family built by
+//! the trainer's registry, and trainer checkpoints written with the trainer's own
+//! `checkpoint::save` so that the exporter reads exactly what training produces.
 
 use std::path::Path;
 
@@ -10,6 +10,9 @@ use seqforge_trainer::checkpoint::{
 };
 use seqforge_trainer::fp16::Precision;
 use seqforge_trainer::models::transformer::Transformer;
+use seqforge_trainer::registry::Registry;
+use seqforge_trainer::train::model::{Model, ModelContext};
+use tch::nn;
 
 /// Writes a fairseq `dict.txt` at `path` with `size` symbols: the 4 specials (implicit) and the
 /// words `{tag}4` … `{tag}{size-1}` with counts `count(i)`.
@@ -30,11 +33,49 @@ pub fn save_checkpoint(
     seed: u64,
     num_updates: u64,
 ) -> Result<()> {
+    let config = serde_json::to_value(model.config())?;
+    save_model(dir, model, config, arch, data, seed, num_updates)
+}
+
+/// A model of architecture `arch` as training builds it (the registry's preset with
+/// `overrides` applied, both vocabularies of `vocab` symbols, padding 1); returns its var store,
+/// the model and its config.
+#[allow(dead_code)]
+pub fn registry_model(
+    arch: &str,
+    overrides: serde_json::Value,
+    vocab: usize,
+) -> Result<(nn::VarStore, Box<dyn Model>, serde_json::Value)> {
+    let registry = Registry::with_builtins()?;
+    let architecture = registry.architectures.get(arch)?;
+    let mut config = architecture.config.clone();
+    if let Some(fields) = overrides.as_object() {
+        for (k, v) in fields {
+            config[k] = v.clone();
+        }
+    }
+    let ctx = ModelContext { src_vocab_size: vocab, tgt_vocab_size: vocab, pad_index: 1 };
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let model = (registry.models.get(&architecture.model)?.build)(&vs.root(), &config, &ctx)?;
+    Ok((vs, model, config))
+}
+
+/// Saves any `model` (its `state_dict`) with `config` as a de → en `arch` checkpoint at `dir`
+/// (see [`save_checkpoint`]).
+pub fn save_model(
+    dir: &Path,
+    model: &dyn Model,
+    config: serde_json::Value,
+    arch: &str,
+    data: &Path,
+    seed: u64,
+    num_updates: u64,
+) -> Result<()> {
     let ckpt = Checkpoint {
         config: CheckpointConfig {
             format_version: checkpoint::FORMAT_VERSION,
             arch: arch.into(),
-            model: serde_json::to_value(model.config())?,
+            model: config,
             task: ComponentConfig::new(
                 "translation",
                 serde_json::json!({"source_lang": "de", "target_lang": "en"}),
@@ -49,7 +90,7 @@ pub fn save_checkpoint(
             ],
         },
         state: TrainerState::fresh(seed, num_updates),
-        model: model.fairseq_state_dict(),
+        model: model.state_dict(),
         optimizer: vec![],
     };
     checkpoint::save(dir, &ckpt)?;
