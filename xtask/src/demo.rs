@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the whole chain on real data, from a fresh clone.
 //!
 //! setup → Bible corpus (Reina-Valera 1909 → KJV) → joint BPE + binarization → train a small
-//! Transformer on CPU for a bounded time → export FP32 and FP16 ONNX models → translate the
+//! model of the chosen family (`--arch transformer` by default, or `lstm`) on CPU for a bounded
+//! time → export FP32 and FP16 ONNX models → translate the
 //! test set with beam 5 through `seqforge generate` → BLEU and chrF, throughput and sample
 //! translations. Every step leaves a stamp in the work folder, so an interrupted demo resumes
 //! where it stopped (training itself resumes from `checkpoint_last`).
@@ -23,17 +24,54 @@ pub struct DemoArgs {
     /// Training time budget in minutes (cumulative over resumes).
     #[arg(long, default_value_t = 15.0)]
     minutes: f64,
-    /// Work folder (git-ignored; delete it to start over).
-    #[arg(long, default_value = "demo")]
-    work: String,
+    /// The model family: `transformer` (3+3 layers × 128) or `lstm` (fairseq's
+    /// `lstm_wiseman_iwslt_de_en` with a bidirectional encoder).
+    #[arg(long, default_value = "transformer")]
+    arch: DemoArch,
+    /// Work folder (git-ignored; delete it to start over). Default: `demo` for the Transformer,
+    /// `demo-{arch}` for another family, so their results sit side by side.
+    #[arg(long)]
+    work: Option<String>,
     /// Threads for training and translation.
     #[arg(long, default_value_t = 2)]
     threads: usize,
 }
 
-/// The demo's model: a small post-norm Transformer sharing one embedding matrix (joined BPE
-/// dictionary), sized so that a CPU run of a quarter of an hour gets somewhere.
-const MODEL_FLAGS: &[&str] = &[
+/// The model families the demo trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoArch {
+    /// [`TRANSFORMER_FLAGS`].
+    Transformer,
+    /// [`LSTM_FLAGS`].
+    Lstm,
+}
+
+impl DemoArch {
+    fn name(self) -> &'static str {
+        match self {
+            DemoArch::Transformer => "transformer",
+            DemoArch::Lstm => "lstm",
+        }
+    }
+
+    /// The model's flags and its learning rate.
+    fn flags(self) -> (&'static [&'static str], &'static str) {
+        match self {
+            DemoArch::Transformer => (TRANSFORMER_FLAGS, "0.0015"),
+            DemoArch::Lstm => (LSTM_FLAGS, "0.001"),
+        }
+    }
+}
+
+/// fairseq's IWSLT LSTM (Wiseman & Rush's setting: 256-wide embeddings and states) with a
+/// bidirectional encoder, attention and input feeding, one embedding matrix for source, target
+/// and output (joined BPE dictionary).
+const LSTM_FLAGS: &[&str] =
+    &["--arch", "lstm_wiseman_iwslt_de_en", "--encoder-bidirectional", "--share-all-embeddings"];
+
+/// The demo's Transformer: a small post-norm Transformer sharing one embedding matrix (joined
+/// BPE dictionary), sized so that a CPU run of a quarter of an hour gets somewhere.
+const TRANSFORMER_FLAGS: &[&str] = &[
     "--arch",
     "transformer",
     "--encoder-layers",
@@ -63,8 +101,6 @@ const OPTIM_FLAGS: &[&str] = &[
     "adam",
     "--adam-betas",
     "0.9,0.98",
-    "--lr",
-    "0.0015",
     "--lr-scheduler",
     "inverse_sqrt",
     "--warmup-updates",
@@ -100,7 +136,12 @@ pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
     }
     setup::run(root, &args.setup)?;
     let bins = pipeline::build_bins(root)?;
-    let work = root.join(&args.work);
+    let work = root.join(match &args.work {
+        Some(w) => w.clone(),
+        None if args.arch == DemoArch::Transformer => "demo".to_string(),
+        None => format!("demo-{}", args.arch.name()),
+    });
+    let (model_flags, lr) = args.arch.flags();
     let (text, data) = pipeline::prepare_bible(root, &work, &bins)?;
     let threads = args.threads.to_string();
 
@@ -108,7 +149,9 @@ pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
     extend_training(&work, args.minutes)?;
     step(&work, "train", || {
         println!(
-            "train: {:.1} minutes of CPU training ({} threads); resumes from {} if interrupted",
+            "train: {} for {:.1} minutes of CPU training ({} threads); resumes from {} if \
+             interrupted",
+            args.arch.name(),
             args.minutes,
             args.threads,
             ckpt.join("checkpoint_last").display()
@@ -117,8 +160,9 @@ pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
             Command::new(&bins.train)
                 .arg("train")
                 .arg(&data)
-                .args(MODEL_FLAGS)
+                .args(model_flags)
                 .args(OPTIM_FLAGS)
+                .args(["--lr", lr])
                 .args(["--stop-time-hours", &format!("{}", args.minutes / 60.0)])
                 .args(["--threads", &threads, "--cpu", "--save-dir"])
                 .arg(&ckpt),
@@ -186,7 +230,10 @@ pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
     }
 
     println!();
-    println!("==================== seqforge demo: Spanish → English (Bible) ====================");
+    println!(
+        "============ seqforge demo: Spanish → English (Bible), {} ============",
+        args.arch.name()
+    );
     let train_log = ckpt.join("train_log.jsonl");
     if let Some(last) = last_valid(&train_log) {
         println!("training: {last}");
