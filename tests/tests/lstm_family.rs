@@ -11,14 +11,14 @@ use std::sync::Arc;
 use anyhow::{Result, ensure};
 use seqforge_exporter::{ExportOptions, export};
 use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
-use seqforge_runtime::search::{GenerationOptions, Hypothesis, generate};
+use seqforge_runtime::search::{GenerationOptions, generate};
 use seqforge_schemas::contract::Dtype;
 use seqforge_trainer::models::TorchDecoder;
 use seqforge_trainer::train::model::Model;
 use tch::{Device, Kind, Tensor, nn};
 
 mod common;
-use common::write_dict;
+use common::{same_hypotheses as same, sources, write_dict};
 
 const VOCAB: usize = 32;
 
@@ -89,35 +89,6 @@ fn fixture() -> Result<Fixture> {
 fn onnx(dir: &PathBuf) -> Result<OnnxDecoder> {
     let options = RuntimeOptions { threads: 1, ..RuntimeOptions::default() };
     Ok(OnnxDecoder::new(Arc::new(ModelDir::open(dir, &options)?))?)
-}
-
-fn sources() -> Vec<Vec<u32>> {
-    vec![
-        vec![5, 9, 7, 11, 2],
-        vec![13, 6, 2],
-        vec![8, 8, 19, 4, 17, 10, 2],
-        vec![20, 2],
-        vec![4, 30, 12, 12, 25, 7, 9, 22, 16, 2],
-        vec![31, 14, 27, 5, 2],
-    ]
-}
-
-/// Same tokens and scores within `tol`; returns the largest score difference.
-fn same(what: &str, a: &[Vec<Hypothesis>], b: &[Vec<Hypothesis>], tol: f32) -> Result<f32> {
-    ensure!(a.len() == b.len(), "{what}: {} vs {} sentences", a.len(), b.len());
-    let mut worst = 0f32;
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        ensure!(x.len() == y.len(), "{what} sentence {i}: {} vs {} hypotheses", x.len(), y.len());
-        for (j, (h, g)) in x.iter().zip(y).enumerate() {
-            ensure!(h.tokens == g.tokens, "{what} {i}/{j}: {:?} vs {:?}", h.tokens, g.tokens);
-            worst = worst.max((h.score - g.score).abs());
-            for (p, q) in h.positional_scores.iter().zip(&g.positional_scores) {
-                worst = worst.max((p - q).abs());
-            }
-        }
-    }
-    ensure!(worst <= tol, "{what}: scores differ by {worst:e} > {tol:e}");
-    Ok(worst)
 }
 
 #[test]

@@ -25,6 +25,7 @@ pub fn write_dict(path: &Path, size: usize, tag: &str, count: fn(usize) -> usize
 /// Saves `model` as a de → en `arch` checkpoint at `dir` (trained with `seed` for
 /// `num_updates` updates, no optimizer state), recording the identities of `data`'s
 /// `dict.de.txt` and `dict.en.txt`.
+#[allow(dead_code)]
 pub fn save_checkpoint(
     dir: &Path,
     model: &Transformer,
@@ -95,4 +96,52 @@ pub fn save_model(
     };
     checkpoint::save(dir, &ckpt)?;
     Ok(())
+}
+
+/// Sources of lengths 2 to 10 (EOS included), some with repeated words, for vocabularies of at
+/// least 32 symbols.
+#[allow(dead_code)]
+pub fn sources() -> Vec<Vec<u32>> {
+    vec![
+        vec![5, 9, 7, 11, 2],
+        vec![13, 6, 2],
+        vec![8, 8, 19, 4, 17, 10, 2],
+        vec![20, 2],
+        vec![4, 30, 12, 12, 25, 7, 9, 22, 16, 2],
+        vec![31, 14, 27, 5, 2],
+    ]
+}
+
+/// Same tokens, scores and positional scores within `tol`; returns the largest difference.
+#[allow(dead_code)]
+pub fn same_hypotheses(
+    what: &str,
+    a: &[Vec<seqforge_runtime::search::Hypothesis>],
+    b: &[Vec<seqforge_runtime::search::Hypothesis>],
+    tol: f32,
+) -> Result<f32> {
+    anyhow::ensure!(a.len() == b.len(), "{what}: {} vs {} sentences", a.len(), b.len());
+    let mut worst = 0f32;
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        anyhow::ensure!(
+            x.len() == y.len(),
+            "{what} sentence {i}: {} vs {} hypotheses",
+            x.len(),
+            y.len()
+        );
+        for (j, (h, g)) in x.iter().zip(y).enumerate() {
+            anyhow::ensure!(
+                h.tokens == g.tokens,
+                "{what} {i}/{j}: {:?} vs {:?}",
+                h.tokens,
+                g.tokens
+            );
+            worst = worst.max((h.score - g.score).abs());
+            for (p, q) in h.positional_scores.iter().zip(&g.positional_scores) {
+                worst = worst.max((p - q).abs());
+            }
+        }
+    }
+    anyhow::ensure!(worst <= tol, "{what}: scores differ by {worst:e} > {tol:e}");
+    Ok(worst)
 }

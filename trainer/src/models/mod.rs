@@ -11,6 +11,7 @@
 
 pub mod decoding;
 pub mod lstm;
+pub(crate) mod nn;
 pub mod transformer;
 
 pub use decoding::{DecodingInfo, StepModel, TorchDecoder, TorchState};

@@ -5,7 +5,7 @@
 use tch::{Kind, Tensor};
 
 use super::encoder::EncoderOut;
-use super::nn::{Linear, Scope, dropout, embed, embedding_weight};
+use super::nn::{Linear, Scope, dropout, embed, embedding_weight, uniform};
 use crate::models::{Error, Result};
 
 /// Everything the decoder carries from one target position to the next, one row per
@@ -88,10 +88,10 @@ struct Cell {
 impl Cell {
     fn new(scope: &Scope<'_, '_>, input: i64, hidden: i64) -> Result<Self> {
         Ok(Self {
-            weight_ih: scope.uniform("weight_ih", &[4 * hidden, input])?,
-            weight_hh: scope.uniform("weight_hh", &[4 * hidden, hidden])?,
-            bias_ih: scope.uniform("bias_ih", &[4 * hidden])?,
-            bias_hh: scope.uniform("bias_hh", &[4 * hidden])?,
+            weight_ih: uniform(scope, "weight_ih", &[4 * hidden, input])?,
+            weight_hh: uniform(scope, "weight_hh", &[4 * hidden, hidden])?,
+            bias_ih: uniform(scope, "bias_ih", &[4 * hidden])?,
+            bias_hh: uniform(scope, "bias_hh", &[4 * hidden])?,
         })
     }
 

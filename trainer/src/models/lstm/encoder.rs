@@ -3,7 +3,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::nn::{Scope, dropout, embed, embedding_weight, tokens_2d};
+use super::nn::{Scope, dropout, embed, embedding_weight, tokens_2d, uniform};
 use crate::models::{Error, Result};
 
 /// The encoder's output for a batch of sources, batch-first.
@@ -69,10 +69,10 @@ impl Encoder {
             let input = if l == 0 { spec.embed_dim } else { spec.hidden * directions.len() as i64 };
             for &reverse in directions {
                 let [w_ih, w_hh, b_ih, b_hh] = lstm_param_names(l, reverse);
-                lstm_params.push(lstm.uniform(&w_ih, &[4 * spec.hidden, input])?);
-                lstm_params.push(lstm.uniform(&w_hh, &[4 * spec.hidden, spec.hidden])?);
-                lstm_params.push(lstm.uniform(&b_ih, &[4 * spec.hidden])?);
-                lstm_params.push(lstm.uniform(&b_hh, &[4 * spec.hidden])?);
+                lstm_params.push(uniform(&lstm, &w_ih, &[4 * spec.hidden, input])?);
+                lstm_params.push(uniform(&lstm, &w_hh, &[4 * spec.hidden, spec.hidden])?);
+                lstm_params.push(uniform(&lstm, &b_ih, &[4 * spec.hidden])?);
+                lstm_params.push(uniform(&lstm, &b_hh, &[4 * spec.hidden])?);
             }
         }
         Ok(Self {

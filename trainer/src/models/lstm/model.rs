@@ -104,44 +104,20 @@ impl Lstm {
     /// The model's parameters under their fairseq names, in fairseq's order; a tied parameter
     /// appears once, under its first name.
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.entries
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Param(name, t) => Some((name.clone(), t.shallow_clone())),
-                Entry::Alias(..) => None,
-            })
-            .collect()
+        crate::models::nn::parameters(&self.entries)
     }
 
     /// The `(alias, parameter)` names of tied weights: with `share_all_embeddings`,
     /// `decoder.embed_tokens.weight` → `encoder.embed_tokens.weight`. (A decoder sharing its
     /// input and output embeddings has no `fc_out` at all, so nothing to alias.)
     pub fn tied_parameters(&self) -> Vec<(String, String)> {
-        self.entries
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Alias(alias, canonical) => Some((alias.clone(), canonical.clone())),
-                Entry::Param(..) => None,
-            })
-            .collect()
+        crate::models::nn::tied_parameters(&self.entries)
     }
 
     /// The model as fairseq 0.12.2's `model.state_dict()` lists it, in its order (tied
     /// aliases included, the same tensor under each name; the LSTM model has no buffers).
     pub fn fairseq_state_dict(&self) -> Vec<(String, Tensor)> {
-        let find = |name: &str| {
-            self.entries.iter().find_map(|e| match e {
-                Entry::Param(n, t) if n == name => Some(t.shallow_clone()),
-                _ => None,
-            })
-        };
-        self.entries
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Param(name, t) => Some((name.clone(), t.shallow_clone())),
-                Entry::Alias(alias, canonical) => find(canonical).map(|t| (alias.clone(), t)),
-            })
-            .collect()
+        crate::models::nn::state_dict(&self.entries)
     }
 
     /// Runs the encoder on `src_tokens` (`[batch, src_len]`, left-padded as fairseq batches

@@ -158,9 +158,7 @@ impl std::fmt::Debug for Transformer {
     }
 }
 
-fn usize_to_i64(value: usize, what: &str) -> Result<i64> {
-    i64::try_from(value).map_err(|_| Error::Config(format!("{what} ({value}) is too large")))
-}
+use crate::models::nn::{to_i64 as usize_to_i64, tokens_2d};
 
 impl Transformer {
     /// Creates the model's variables under `vs` (fairseq names, e.g.
@@ -324,13 +322,7 @@ impl Transformer {
     /// The model's parameters under their fairseq names, in fairseq's order; a tied
     /// parameter appears once, under its first name (see [`Transformer::tied_parameters`]).
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.entries
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Param(name, t) => Some((name.clone(), t.shallow_clone())),
-                _ => None,
-            })
-            .collect()
+        crate::models::nn::parameters(&self.entries)
     }
 
     /// The `(alias, parameter)` names of tied weights, the parameter being the var-store
@@ -339,13 +331,7 @@ impl Transformer {
     /// `share_decoder_input_output_embed` only, `decoder.output_projection.weight` →
     /// `decoder.embed_tokens.weight`.
     pub fn tied_parameters(&self) -> Vec<(String, String)> {
-        self.entries
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Alias(alias, canonical) => Some((alias.clone(), canonical.clone())),
-                _ => None,
-            })
-            .collect()
+        crate::models::nn::tied_parameters(&self.entries)
     }
 
     /// The model as fairseq 0.12.2's `model.state_dict()` lists it, in its order: parameters,
@@ -358,41 +344,12 @@ impl Transformer {
     /// `out_proj_bias`, `fc1_weight`, `fc1_bias`, `fc2_weight`, `fc2_bias`): fairseq rebuilds
     /// them from `self_attn.*` and `fc1`/`fc2` whenever it loads a state dict.
     pub fn fairseq_state_dict(&self) -> Vec<(String, Tensor)> {
-        let find = |name: &str| {
-            self.entries.iter().find_map(|e| match e {
-                Entry::Param(n, t) if n == name => Some(t.shallow_clone()),
-                _ => None,
-            })
-        };
-        self.entries
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Param(name, t) | Entry::Buffer(name, t) => {
-                    Some((name.clone(), t.shallow_clone()))
-                }
-                Entry::Alias(alias, canonical) => find(canonical).map(|t| (alias.clone(), t)),
-            })
-            .collect()
+        crate::models::nn::state_dict(&self.entries)
     }
 
     /// Moves `tokens` to the model's device as a 2-D `Int64` tensor.
     fn tokens_2d(&self, tokens: &Tensor, what: &str) -> Result<Tensor> {
-        if tokens.dim() != 2 {
-            return Err(Error::Input(format!(
-                "{what} must be [batch, len], got shape {:?}",
-                tokens.size()
-            )));
-        }
-        if !matches!(
-            tokens.kind(),
-            Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
-        ) {
-            return Err(Error::Input(format!(
-                "{what} must hold integer token ids, got {:?}",
-                tokens.kind()
-            )));
-        }
-        Ok(tokens.f_to_device(self.device)?.f_to_kind(Kind::Int64)?)
+        tokens_2d(tokens, self.device, what)
     }
 
     /// Runs the encoder on `src_tokens` (`[batch, src_len]`, padded with `pad_index`, left or

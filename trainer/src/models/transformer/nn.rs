@@ -1,86 +1,15 @@
 //! Building blocks shared by the Transformer's layers: a parameter scope that records fairseq
 //! names, linear layers, layer norms and embeddings with fairseq's initialisation.
 
-use std::cell::RefCell;
-
-use tch::nn::{self, Init};
+use tch::nn::Init;
 use tch::{Kind, Tensor};
 
 use super::config::Activation;
-use crate::models::{Error, Result};
+use crate::models::Result;
+pub(super) use crate::models::nn::{Entry, Scope, dropout, embed};
 
 /// fairseq's `LayerNorm` epsilon (PyTorch's default).
 pub(super) const LAYER_NORM_EPS: f64 = 1e-5;
-
-/// One entry of the model's fairseq state dict, in fairseq's order.
-pub(super) enum Entry {
-    /// A variable of the var store, under its fairseq name.
-    Param(String, Tensor),
-    /// A name that fairseq's state dict also lists for a tied parameter: (alias, canonical).
-    Alias(String, String),
-    /// A buffer fairseq keeps in its state dict (`version`, `_float_tensor`); not a variable.
-    Buffer(String, Tensor),
-}
-
-/// A var-store path plus the fairseq name it stands for, recording every variable created.
-pub(super) struct Scope<'a, 'r> {
-    path: nn::Path<'a>,
-    name: String,
-    entries: &'r RefCell<Vec<Entry>>,
-}
-
-impl<'a, 'r> Scope<'a, 'r> {
-    /// The root scope: fairseq names are relative to `path`.
-    pub(super) fn root(path: &nn::Path<'a>, entries: &'r RefCell<Vec<Entry>>) -> Self {
-        Self { path: path.clone(), name: String::new(), entries }
-    }
-
-    /// The scope of a sub-module.
-    pub(super) fn sub(&self, component: impl ToString) -> Scope<'a, 'r> {
-        let component = component.to_string();
-        let name = if self.name.is_empty() {
-            component.clone()
-        } else {
-            format!("{}.{component}", self.name)
-        };
-        Scope { path: &self.path / component, name, entries: self.entries }
-    }
-
-    /// The fairseq name of `leaf` in this scope.
-    pub(super) fn name_of(&self, leaf: &str) -> String {
-        if self.name.is_empty() { leaf.to_string() } else { format!("{}.{leaf}", self.name) }
-    }
-
-    /// The device variables are created on.
-    pub(super) fn device(&self) -> tch::Device {
-        self.path.device()
-    }
-
-    /// The float kind variables are created with.
-    pub(super) fn kind(&self) -> Kind {
-        self.path.kind()
-    }
-
-    /// Creates a trainable variable `leaf` and records it.
-    pub(super) fn var(&self, leaf: &str, dims: &[i64], init: Init) -> Result<Tensor> {
-        if self.path.get(leaf).is_some() {
-            return Err(Error::DuplicateVariable(self.path.path(leaf)));
-        }
-        let tensor = self.path.f_var(leaf, dims, init)?;
-        self.entries.borrow_mut().push(Entry::Param(self.name_of(leaf), tensor.shallow_clone()));
-        Ok(tensor)
-    }
-
-    /// Records that fairseq's state dict also lists `leaf` (in this scope) for `canonical`.
-    pub(super) fn alias(&self, leaf: &str, canonical: &str) {
-        self.entries.borrow_mut().push(Entry::Alias(self.name_of(leaf), canonical.to_string()));
-    }
-
-    /// Records a fairseq buffer `leaf` (not a variable of the var store).
-    pub(super) fn buffer(&self, leaf: &str, tensor: Tensor) {
-        self.entries.borrow_mut().push(Entry::Buffer(self.name_of(leaf), tensor));
-    }
-}
 
 /// `nn.Linear` with a weight of shape `[out, in]` (fairseq/PyTorch layout).
 pub(super) struct Linear {
@@ -165,25 +94,13 @@ pub(super) fn embedding_weight(
     Ok(weight)
 }
 
-/// Looks `tokens` up in `weight`; the padding row gets no gradient (as `nn.Embedding`).
-pub(super) fn embed(weight: &Tensor, tokens: &Tensor, padding_idx: i64) -> Result<Tensor> {
-    Ok(Tensor::f_embedding(weight, tokens, padding_idx, false, false)?)
-}
-
-/// Dropout that is the identity outside training or at `p == 0`.
-pub(super) fn dropout(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 { Ok(x.f_dropout(p, true)?) } else { Ok(x) }
-}
-
 /// Applies `activation` as fairseq does (`gelu` in fp32, cast back).
 pub(super) fn activate(activation: Activation, x: &Tensor) -> Result<Tensor> {
-    {
-        Ok(match activation {
-            Activation::Relu => x.f_relu()?,
-            Activation::Gelu => x.f_to_kind(Kind::Float)?.f_gelu("none")?.f_to_kind(x.kind())?,
-            Activation::GeluAccurate => x.f_gelu("tanh")?,
-            Activation::Tanh => x.f_tanh()?,
-            Activation::Linear => x.shallow_clone(),
-        })
-    }
+    Ok(match activation {
+        Activation::Relu => x.f_relu()?,
+        Activation::Gelu => x.f_to_kind(Kind::Float)?.f_gelu("none")?.f_to_kind(x.kind())?,
+        Activation::GeluAccurate => x.f_gelu("tanh")?,
+        Activation::Tanh => x.f_tanh()?,
+        Activation::Linear => x.shallow_clone(),
+    })
 }

@@ -1,0 +1,156 @@
+//! Building blocks every family on libtorch shares: a parameter [`Scope`] that records
+//! fairseq's state-dict names (variables, tied aliases, buffers) as it creates variables, and
+//! the small tensor helpers (embedding lookup, dropout, token checks) that the families' layers
+//! use alike.
+
+use std::cell::RefCell;
+
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+use crate::models::{Error, Result};
+
+/// One entry of the model's fairseq state dict, in fairseq's order.
+pub(crate) enum Entry {
+    /// A variable of the var store, under its fairseq name.
+    Param(String, Tensor),
+    /// A name that fairseq's state dict also lists for a tied parameter: (alias, canonical).
+    Alias(String, String),
+    /// A buffer fairseq keeps in its state dict (`version`, `_float_tensor`); not a variable.
+    Buffer(String, Tensor),
+}
+
+/// A var-store path plus the fairseq name it stands for, recording every variable created.
+pub(crate) struct Scope<'a, 'r> {
+    path: nn::Path<'a>,
+    name: String,
+    entries: &'r RefCell<Vec<Entry>>,
+}
+
+impl<'a, 'r> Scope<'a, 'r> {
+    /// The root scope: fairseq names are relative to `path`.
+    pub(crate) fn root(path: &nn::Path<'a>, entries: &'r RefCell<Vec<Entry>>) -> Self {
+        Self { path: path.clone(), name: String::new(), entries }
+    }
+
+    /// The scope of a sub-module.
+    pub(crate) fn sub(&self, component: impl ToString) -> Scope<'a, 'r> {
+        let component = component.to_string();
+        let name = if self.name.is_empty() {
+            component.clone()
+        } else {
+            format!("{}.{component}", self.name)
+        };
+        Scope { path: &self.path / component, name, entries: self.entries }
+    }
+
+    /// The fairseq name of `leaf` in this scope.
+    pub(crate) fn name_of(&self, leaf: &str) -> String {
+        if self.name.is_empty() { leaf.to_string() } else { format!("{}.{leaf}", self.name) }
+    }
+
+    /// The device variables are created on.
+    pub(crate) fn device(&self) -> tch::Device {
+        self.path.device()
+    }
+
+    /// The float kind variables are created with.
+    pub(crate) fn kind(&self) -> Kind {
+        self.path.kind()
+    }
+
+    /// Creates a trainable variable `leaf` and records it.
+    pub(crate) fn var(&self, leaf: &str, dims: &[i64], init: Init) -> Result<Tensor> {
+        if self.path.get(leaf).is_some() {
+            return Err(Error::DuplicateVariable(self.path.path(leaf)));
+        }
+        let tensor = self.path.f_var(leaf, dims, init)?;
+        self.entries.borrow_mut().push(Entry::Param(self.name_of(leaf), tensor.shallow_clone()));
+        Ok(tensor)
+    }
+
+    /// Records that fairseq's state dict also lists `leaf` (in this scope) for `canonical`.
+    pub(crate) fn alias(&self, leaf: &str, canonical: &str) {
+        self.entries.borrow_mut().push(Entry::Alias(self.name_of(leaf), canonical.to_string()));
+    }
+
+    /// Records a fairseq buffer `leaf` (not a variable of the var store).
+    pub(crate) fn buffer(&self, leaf: &str, tensor: Tensor) {
+        self.entries.borrow_mut().push(Entry::Buffer(self.name_of(leaf), tensor));
+    }
+}
+
+/// Looks `tokens` up in `weight`; the padding row gets no gradient (as `nn.Embedding`).
+pub(crate) fn embed(weight: &Tensor, tokens: &Tensor, padding_idx: i64) -> Result<Tensor> {
+    Ok(Tensor::f_embedding(weight, tokens, padding_idx, false, false)?)
+}
+
+/// Dropout that is the identity outside training or at `p == 0` (fairseq's `FairseqDropout`).
+pub(crate) fn dropout(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 { Ok(x.f_dropout(p, true)?) } else { Ok(x) }
+}
+
+/// `value` as `i64`, or a configuration error naming `what`.
+pub(crate) fn to_i64(value: usize, what: &str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::Config(format!("{what} ({value}) is too large")))
+}
+
+/// Moves `tokens` to `device` as a 2-D `Int64` tensor, or says why it cannot.
+pub(crate) fn tokens_2d(tokens: &Tensor, device: tch::Device, what: &str) -> Result<Tensor> {
+    if tokens.dim() != 2 {
+        return Err(Error::Input(format!(
+            "{what} must be [batch, len], got shape {:?}",
+            tokens.size()
+        )));
+    }
+    if !matches!(tokens.kind(), Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8) {
+        return Err(Error::Input(format!(
+            "{what} must hold integer token ids, got {:?}",
+            tokens.kind()
+        )));
+    }
+    Ok(tokens.f_to_device(device)?.f_to_kind(Kind::Int64)?)
+}
+
+/// The parameters among `entries` under their fairseq names, in order; a tied parameter
+/// appears once, under its first name.
+pub(crate) fn parameters(entries: &[Entry]) -> Vec<(String, Tensor)> {
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Param(name, t) => Some((name.clone(), t.shallow_clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `(alias, parameter)` names of the tied weights among `entries`.
+pub(crate) fn tied_parameters(entries: &[Entry]) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Alias(alias, canonical) => Some((alias.clone(), canonical.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `entries` as fairseq's `state_dict()` lists them, in order: parameters and buffers, and each
+/// tied alias with the tensor of its parameter.
+pub(crate) fn state_dict(entries: &[Entry]) -> Vec<(String, Tensor)> {
+    let find = |name: &str| {
+        entries.iter().find_map(|e| match e {
+            Entry::Param(n, t) if n == name => Some(t.shallow_clone()),
+            _ => None,
+        })
+    };
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Param(name, t) | Entry::Buffer(name, t) => {
+                Some((name.clone(), t.shallow_clone()))
+            }
+            Entry::Alias(alias, canonical) => find(canonical).map(|t| (alias.clone(), t)),
+        })
+        .collect()
+}
