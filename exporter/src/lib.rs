@@ -24,6 +24,7 @@ pub mod transformer;
 pub mod weights;
 
 mod error;
+mod net;
 
 pub use error::{Error, Result};
 pub use export::{ExportOptions, ExportSummary, compile, export};

@@ -21,88 +21,17 @@
 //! softmax and the log-softmax run in fp32.
 
 use seqforge_schemas::arch::lstm::{LstmConfig, state_names};
-use seqforge_schemas::contract::{Dtype, names};
+use seqforge_schemas::contract::names;
 use seqforge_schemas::onnx::ModelProto;
 
 use crate::error::Result;
-use crate::graph::{DType, Dim, GraphBuilder, Value};
+use crate::graph::{DType, Dim, Value};
+use crate::net::{Net, i};
 use crate::transformer::BuildOptions;
 use crate::weights::{Weights, transpose};
 
 /// The value masked attention scores are replaced with (fp32; `exp` of it is exactly 0).
 const MASKED_SCORE: f32 = -1e9;
-
-fn i(v: usize) -> i64 {
-    v as i64
-}
-
-/// A graph under construction with the weights it reads.
-struct Net<'w> {
-    g: GraphBuilder,
-    w: &'w Weights,
-    t: DType,
-}
-
-/// A linear layer's initializers: the weight transposed to `[in, out]` and the bias.
-struct Linear {
-    weight_t: Value,
-    bias: Option<Value>,
-}
-
-impl<'w> Net<'w> {
-    fn new(name: &str, w: &'w Weights, options: BuildOptions) -> Self {
-        let t = match options.dtype {
-            Dtype::Fp32 => DType::F32,
-            Dtype::Fp16 => DType::F16,
-        };
-        Self { g: GraphBuilder::new(name), w, t }
-    }
-
-    fn param(&mut self, name: &str, shape: &[usize]) -> Result<Value> {
-        let data = self.w.get(name, shape)?;
-        let dims: Vec<i64> = shape.iter().map(|&d| i(d)).collect();
-        self.g.initializer_float(name, self.t, &dims, data)
-    }
-
-    fn up(&mut self, out: &str, x: &Value) -> Result<Value> {
-        if x.dtype() == DType::F32 { Ok(x.clone()) } else { self.g.cast(out, x, DType::F32) }
-    }
-
-    fn down(&mut self, out: &str, x: &Value) -> Result<Value> {
-        if x.dtype() == self.t { Ok(x.clone()) } else { self.g.cast(out, x, self.t) }
-    }
-
-    /// `prefix.weight` `[out, in]` (and `prefix.bias`) as initializers for `x @ W^T + b`.
-    fn linear(
-        &mut self,
-        prefix: &str,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-    ) -> Result<Linear> {
-        let weight = self.w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-        let transposed = transpose(weight, out_dim, in_dim);
-        let weight_t = self.g.initializer_float(
-            &format!("{prefix}.weight_t"),
-            self.t,
-            &[i(in_dim), i(out_dim)],
-            &transposed,
-        )?;
-        let bias =
-            if bias { Some(self.param(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
-        Ok(Linear { weight_t, bias })
-    }
-
-    fn apply(&mut self, name: &str, x: &Value, l: &Linear) -> Result<Value> {
-        match &l.bias {
-            Some(b) => {
-                let xw = self.g.matmul(&format!("{name}.matmul"), x, &l.weight_t)?;
-                self.g.add(name, &xw, b)
-            }
-            None => self.g.matmul(name, x, &l.weight_t),
-        }
-    }
-}
 
 /// PyTorch's gate blocks `i, f, g, o` (rows of `[4H, …]`) in ONNX's order `i, o, f, c`.
 fn onnx_gate_order(m: &[f32], hidden: usize) -> Vec<f32> {
@@ -185,8 +114,8 @@ pub fn build_encoder(
     let project = units != dec_hidden;
     let projections = if project {
         Some((
-            n.linear("decoder.encoder_hidden_proj", units, dec_hidden, true)?,
-            n.linear("decoder.encoder_cell_proj", units, dec_hidden, true)?,
+            n.linear_weights("decoder.encoder_hidden_proj", units, dec_hidden, true)?,
+            n.linear_weights("decoder.encoder_cell_proj", units, dec_hidden, true)?,
         ))
     } else {
         None
@@ -294,7 +223,7 @@ pub fn build_decoder(
     let out = match &attention_inputs {
         Some((enc, mask)) => {
             let a = "decoder.attention";
-            let ip = n.linear(&format!("{a}.input_proj"), hidden, units, false)?;
+            let ip = n.linear_weights(&format!("{a}.input_proj"), hidden, units, false)?;
             let q = n.apply(&format!("{a}.query"), &h, &ip)?;
             let q = n.g.unsqueeze(&format!("{a}.query_column"), &q, &[2])?;
             let scores = n.g.matmul(&format!("{a}.scores_column"), enc, &q)?;
@@ -308,7 +237,8 @@ pub fn build_decoder(
             let ctx = n.g.matmul(&format!("{a}.context_row"), &probs, enc)?;
             let ctx = n.g.reshape(&format!("{a}.context"), &ctx, &[0, i(units)])?;
             let cat = n.g.concat(&format!("{a}.context_and_hidden"), &[&ctx, &h], 1)?;
-            let op = n.linear(&format!("{a}.output_proj"), units + hidden, hidden, false)?;
+            let op =
+                n.linear_weights(&format!("{a}.output_proj"), units + hidden, hidden, false)?;
             let o = n.apply(&format!("{a}.output"), &cat, &op)?;
             let o = n.up(&format!("{a}.output_fp32"), &o)?;
             let o = n.g.tanh(&format!("{a}.output_tanh_fp32"), &o)?;
@@ -319,7 +249,8 @@ pub fn build_decoder(
     let feed_out = n.g.identity(&names::present(state_names::INPUT_FEED), &out)?;
     let mut features = feed_out.clone();
     if hidden != c.decoder_out_embed_dim {
-        let fc = n.linear("decoder.additional_fc", hidden, c.decoder_out_embed_dim, true)?;
+        let fc =
+            n.linear_weights("decoder.additional_fc", hidden, c.decoder_out_embed_dim, true)?;
         features = n.apply("decoder.additional_fc", &features, &fc)?;
     }
     let logits = if c.shares_decoder_output() {

@@ -18,8 +18,10 @@
 //! as fairseq wherever a row has a real key (sources always end with EOS), and never a NaN.
 
 use crate::error::Result;
-use crate::graph::{DType, Dim, GraphBuilder, Value};
-use crate::weights::{Weights, transpose};
+use crate::graph::{DType, Dim, Value};
+use crate::net::Net;
+use crate::net::i;
+use crate::weights::Weights;
 use seqforge_schemas::arch::transformer::{Activation, TransformerConfig, state_names};
 use seqforge_schemas::contract::{Dtype, names};
 
@@ -67,6 +69,7 @@ struct Side {
     ffn: usize,
     heads: usize,
     normalize_before: bool,
+    activation: Activation,
 }
 
 impl Side {
@@ -75,57 +78,11 @@ impl Side {
     }
 }
 
-/// A graph under construction with the weights it reads.
-struct Net<'w> {
-    g: GraphBuilder,
-    w: &'w Weights,
-    t: DType,
-    activation: Activation,
-}
-
-fn i(v: usize) -> i64 {
-    v as i64
-}
-
-impl<'w> Net<'w> {
-    fn new(name: &str, w: &'w Weights, c: &TransformerConfig, options: BuildOptions) -> Self {
-        let t = match options.dtype {
-            Dtype::Fp32 => DType::F32,
-            Dtype::Fp16 => DType::F16,
-        };
-        Self { g: GraphBuilder::new(name), w, t, activation: c.activation_fn }
-    }
-
-    /// Tensor `name` of `shape` as an initializer of the model dtype under the same name.
-    fn param(&mut self, name: &str, shape: &[usize]) -> Result<Value> {
-        let data = self.w.get(name, shape)?;
-        let dims: Vec<i64> = shape.iter().map(|&d| i(d)).collect();
-        self.g.initializer_float(name, self.t, &dims, data)
-    }
-
-    /// To fp32 (a no-op name-wise in fp32 graphs).
-    fn up(&mut self, out: &str, x: &Value) -> Result<Value> {
-        if x.dtype() == DType::F32 { Ok(x.clone()) } else { self.g.cast(out, x, DType::F32) }
-    }
-
-    /// Back to the model dtype.
-    fn down(&mut self, out: &str, x: &Value) -> Result<Value> {
-        if x.dtype() == self.t { Ok(x.clone()) } else { self.g.cast(out, x, self.t) }
-    }
-
+impl Net<'_> {
     /// `prefix` = `x @ prefix.weight.T + prefix.bias`, weight `[out, in]` in the checkpoint.
     fn linear(&mut self, prefix: &str, x: &Value, in_dim: usize, out_dim: usize) -> Result<Value> {
-        let weight = self.w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-        let transposed = transpose(weight, out_dim, in_dim);
-        let wt = self.g.initializer_float(
-            &format!("{prefix}.weight_t"),
-            self.t,
-            &[i(in_dim), i(out_dim)],
-            &transposed,
-        )?;
-        let bias = self.param(&format!("{prefix}.bias"), &[out_dim])?;
-        let xw = self.g.matmul(&format!("{prefix}.matmul"), x, &wt)?;
-        self.g.add(prefix, &xw, &bias)
+        let layer = self.linear_weights(prefix, in_dim, out_dim, true)?;
+        self.apply(prefix, x, &layer)
     }
 
     /// fairseq's `LayerNorm` `prefix` over the last axis (statistics in fp32).
@@ -207,14 +164,14 @@ impl<'w> Net<'w> {
         let h =
             if side.normalize_before { self.layer_norm(&norm, x, side.dim)? } else { x.clone() };
         let h = self.linear(&format!("{prefix}.fc1"), &h, side.dim, side.ffn)?;
-        let h = self.activation(&format!("{prefix}.activation"), &h)?;
+        let h = self.activation(side.activation, &format!("{prefix}.activation"), &h)?;
         let h = self.linear(&format!("{prefix}.fc2"), &h, side.ffn, side.dim)?;
         let out = self.g.add(&format!("{prefix}.ffn_residual"), x, &h)?;
         if side.normalize_before { Ok(out) } else { self.layer_norm(&norm, &out, side.dim) }
     }
 
-    fn activation(&mut self, name: &str, x: &Value) -> Result<Value> {
-        match self.activation {
+    fn activation(&mut self, activation: Activation, name: &str, x: &Value) -> Result<Value> {
+        match activation {
             Activation::Relu => self.g.relu(name, x),
             Activation::Tanh => self.g.tanh(name, x),
             Activation::Linear => self.g.identity(name, x),
@@ -305,12 +262,14 @@ fn sides(c: &TransformerConfig) -> (Side, Side) {
             ffn: c.encoder_ffn_embed_dim,
             heads: c.encoder_attention_heads,
             normalize_before: c.encoder_normalize_before,
+            activation: c.activation_fn,
         },
         Side {
             dim: c.decoder_embed_dim,
             ffn: c.decoder_ffn_embed_dim,
             heads: c.decoder_attention_heads,
             normalize_before: c.decoder_normalize_before,
+            activation: c.activation_fn,
         },
     )
 }
@@ -327,7 +286,7 @@ pub fn build_encoder(
     options: BuildOptions,
     metadata: &[(String, String)],
 ) -> Result<seqforge_schemas::onnx::ModelProto> {
-    let mut n = Net::new("seqforge_encoder", w, c, options);
+    let mut n = Net::new("seqforge_encoder", w, options);
     let (enc, dec) = sides(c);
     let pad = c.pad_index;
     let batch = Dim::named("B");
@@ -418,7 +377,7 @@ pub fn build_decoder(
     options: BuildOptions,
     metadata: &[(String, String)],
 ) -> Result<seqforge_schemas::onnx::ModelProto> {
-    let mut n = Net::new("seqforge_decoder_step", w, c, options);
+    let mut n = Net::new("seqforge_decoder_step", w, options);
     let (_, dec) = sides(c);
     let pad = c.pad_index;
     let (heads, head_dim) = (i(dec.heads), i(dec.head_dim()));
