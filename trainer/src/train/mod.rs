@@ -119,7 +119,7 @@ use std::path::PathBuf;
 pub use args::DEFAULT_RESTORE_FILE;
 pub use args::{LogFormat, TrainArgs, TrainCommand, TrainConfig, TrainOutcome};
 pub use dataset::{LanguagePair, PairDataset, infer_language_pair, load_split};
-pub use model::{Architecture, Model, ModelContext, ModelFactory, TransformerArgs};
+pub use model::{Architecture, Model, ModelContext, ModelFactory};
 pub use trainer::{
     EpochSummary, Resets, StopReason, TrainSummary, Trainer, UpdateOutput, ValidSummary, run,
 };

@@ -37,6 +37,7 @@ mod encoder;
 mod incremental;
 mod model;
 mod nn;
+mod registration;
 
 #[cfg(test)]
 mod tests;
@@ -45,4 +46,5 @@ pub use decoder::DecoderState;
 pub use encoder::EncoderOut;
 pub use incremental::state_names;
 pub use model::Lstm;
+pub use registration::{LstmArgs, factory};
 pub use seqforge_schemas::arch::lstm::{LstmConfig, PRESETS, preset};

@@ -26,6 +26,7 @@ mod layers;
 mod model;
 mod nn;
 mod positions;
+mod registration;
 
 #[cfg(test)]
 mod tests;
@@ -34,3 +35,4 @@ pub use config::{Activation, PRESETS, TransformerConfig, preset};
 pub use incremental::state_names;
 pub use model::{DecoderCache, EncoderOut, KeyValue, Transformer};
 pub use positions::{make_positions, sinusoidal_table};
+pub use registration::{TransformerArgs, factory};
