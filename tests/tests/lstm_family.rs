@@ -86,7 +86,7 @@ fn fixture() -> Result<Fixture> {
     Ok(Fixture { _dir: dir, _vs: vs, model, fp32, fp16 })
 }
 
-fn onnx(dir: &PathBuf) -> Result<OnnxDecoder> {
+fn onnx(dir: &std::path::Path) -> Result<OnnxDecoder> {
     let options = RuntimeOptions { threads: 1, ..RuntimeOptions::default() };
     Ok(OnnxDecoder::new(Arc::new(ModelDir::open(dir, &options)?))?)
 }

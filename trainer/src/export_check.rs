@@ -344,7 +344,7 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<(f32, us
         let ids = dataset
             .get(i)
             .map_err(|e| ExportCheckError::Data { path: prefix.clone(), message: e.to_string() })?;
-        let ids: Vec<u32> = ids.iter().map(|&t| t as u32).take(c.max_source_positions).collect();
+        let ids: Vec<u32> = ids.iter().copied().take(c.max_source_positions).collect();
         if !ids.is_empty() {
             sources.push(ids);
         }

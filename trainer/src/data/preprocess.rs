@@ -56,10 +56,10 @@ pub struct PreprocessArgs {
     /// Destination folder.
     #[arg(long, value_name = "DIR", default_value = "data-bin")]
     pub destdir: PathBuf,
-    /// Map target words appearing fewer than this many times to <unk>.
+    /// Map target words appearing fewer than this many times to `<unk>`.
     #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
     pub thresholdtgt: i64,
-    /// Map source words appearing fewer than this many times to <unk>.
+    /// Map source words appearing fewer than this many times to `<unk>`.
     #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
     pub thresholdsrc: i64,
     /// Reuse a given target dictionary.
