@@ -41,7 +41,8 @@
 //! `T` of a tensor is its [`StateDtype`] (`model` = the export dtype, `float` or `float16`).
 //!
 //! Encoder ([`ENCODER_FILE`]):
-//! - in `src_tokens` int64 `[B, S]` (right- or left-padded with `pad`; padding is masked);
+//! - in `src_tokens` int64 `[B, S]`, right-padded with `pad` (what the runtime feeds; recurrent
+//!   encoders rely on it, the Transformer's graph also accepts left padding);
 //! - out every `PerSentence` tensor and every `Recurrent` tensor's [`StateInit::Encoder`] source,
 //!   `[B, …]` (other outputs are allowed and ignored).
 //!
