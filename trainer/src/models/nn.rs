@@ -154,3 +154,36 @@ pub(crate) fn state_dict(entries: &[Entry]) -> Vec<(String, Tensor)> {
         })
         .collect()
 }
+
+/// The shape checks of a teacher-forced forward pass (fairseq's `model(src_tokens,
+/// src_lengths, prev_output_tokens)`): `src_lengths` is `[batch]` and `prev_output_tokens` has
+/// the same batch as `src_tokens`.
+pub(crate) fn check_forward_inputs(
+    src_tokens: &Tensor,
+    src_lengths: &Tensor,
+    prev_output_tokens: &Tensor,
+) -> Result<()> {
+    let batch = src_tokens.size().first().copied().unwrap_or(0);
+    if src_lengths.size() != [batch] {
+        return Err(Error::Input(format!(
+            "src_lengths must be [{batch}], got {:?}",
+            src_lengths.size()
+        )));
+    }
+    if prev_output_tokens.size().first().copied() != Some(batch) {
+        return Err(Error::Input(format!(
+            "prev_output_tokens has shape {:?}, expected a batch of {batch}",
+            prev_output_tokens.size()
+        )));
+    }
+    Ok(())
+}
+
+/// fairseq's `get_normalized_probs`: (log-)softmax over the last axis, in fp32.
+pub(crate) fn normalized_probs(logits: &Tensor, log_probs: bool) -> Result<Tensor> {
+    Ok(if log_probs {
+        logits.f_log_softmax(-1, Kind::Float)?
+    } else {
+        logits.f_softmax(-1, Kind::Float)?
+    })
+}

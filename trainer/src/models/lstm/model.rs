@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Tensor, nn};
 
 use super::decoder::{Decoder, DecoderSpec, DecoderState};
 use super::encoder::{Encoder, EncoderOut, EncoderSpec};
@@ -185,30 +185,14 @@ impl Lstm {
         prev_output_tokens: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let batch = src_tokens.size().first().copied().unwrap_or(0);
-        if src_lengths.size() != [batch] {
-            return Err(Error::Input(format!(
-                "src_lengths must be [{batch}], got {:?}",
-                src_lengths.size()
-            )));
-        }
-        if prev_output_tokens.size().first().copied() != Some(batch) {
-            return Err(Error::Input(format!(
-                "prev_output_tokens has shape {:?}, expected a batch of {batch}",
-                prev_output_tokens.size()
-            )));
-        }
+        crate::models::nn::check_forward_inputs(src_tokens, src_lengths, prev_output_tokens)?;
         let encoder_out = self.encode(src_tokens, train)?;
         self.decode(prev_output_tokens, &encoder_out, train)
     }
 
     /// fairseq's `get_normalized_probs`: (log-)softmax over the vocabulary, in fp32.
     pub fn get_normalized_probs(&self, logits: &Tensor, log_probs: bool) -> Result<Tensor> {
-        Ok(if log_probs {
-            logits.f_log_softmax(-1, Kind::Float)?
-        } else {
-            logits.f_softmax(-1, Kind::Float)?
-        })
+        crate::models::nn::normalized_probs(logits, log_probs)
     }
 
     /// One incremental decoder step (no dropout): feeds `tokens` (`[rows]`, the previous output
