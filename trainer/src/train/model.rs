@@ -113,3 +113,36 @@ pub fn builtin_architectures() -> Vec<(String, Architecture)> {
         })
         .collect()
 }
+
+/// A family's config parsed from its JSON; errors name the family.
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    family: &str,
+    value: &Value,
+) -> Result<T, Error> {
+    serde_json::from_value(value.clone())
+        .map_err(|e| Error::Config(format!("{family} config: {e}")))
+}
+
+/// A family's [`ModelFactory::apply_args`]: its flags `A` read from `matches` and applied to the
+/// `preset` (config `C`) by `apply`, back to JSON.
+pub fn apply_flags<A, C>(
+    family: &str,
+    matches: &clap::ArgMatches,
+    preset: &Value,
+    apply: impl FnOnce(&A, C) -> Result<C, Error>,
+) -> Result<Value, Error>
+where
+    A: clap::FromArgMatches,
+    C: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let args = A::from_arg_matches(matches).map_err(|e| Error::Config(e.to_string()))?;
+    let config = apply(&args, parse_config(family, preset)?)?;
+    serde_json::to_value(config).map_err(|e| Error::Config(format!("{family} config: {e}")))
+}
+
+/// `*dst = v` when a flag gave `v` (how every family's flags override a preset).
+pub fn set<T: Copy>(dst: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *dst = v;
+    }
+}

@@ -6,7 +6,7 @@ use tch::{Tensor, nn};
 
 use super::{Lstm, LstmConfig};
 use crate::models::{Error, StepModel};
-use crate::train::model::{Model, ModelContext, ModelFactory};
+use crate::train::model::{Model, ModelContext, ModelFactory, apply_flags, parse_config, set};
 
 /// The registry entry of the `lstm` model.
 pub fn factory() -> ModelFactory {
@@ -90,11 +90,6 @@ impl LstmArgs {
     /// `config` with every flag that was given applied (a hidden size or per-side dropout
     /// left unset keeps following its embedding dimension or `--dropout`, as in fairseq).
     pub fn apply(&self, mut c: LstmConfig) -> LstmConfig {
-        fn set<T: Copy>(dst: &mut T, v: Option<T>) {
-            if let Some(v) = v {
-                *dst = v;
-            }
-        }
         fn set_opt<T: Copy>(dst: &mut Option<T>, v: Option<T>) {
             if v.is_some() {
                 *dst = v;
@@ -122,15 +117,8 @@ impl LstmArgs {
     }
 }
 
-fn lstm_config(value: &Value) -> Result<LstmConfig, Error> {
-    serde_json::from_value(value.clone()).map_err(|e| Error::Config(format!("lstm config: {e}")))
-}
-
 fn lstm_apply_args(matches: &clap::ArgMatches, preset: Value) -> Result<Value, Error> {
-    let args = <LstmArgs as clap::FromArgMatches>::from_arg_matches(matches)
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let config = args.apply(lstm_config(&preset)?);
-    serde_json::to_value(config).map_err(|e| Error::Config(format!("lstm config: {e}")))
+    apply_flags("lstm", matches, &preset, |args: &LstmArgs, c| Ok(args.apply(c)))
 }
 
 fn build_lstm(
@@ -138,7 +126,8 @@ fn build_lstm(
     config: &Value,
     ctx: &ModelContext,
 ) -> Result<Box<dyn Model>, Error> {
-    let mut config = lstm_config(config)?.with_vocab(ctx.src_vocab_size, ctx.tgt_vocab_size);
+    let mut config = parse_config::<LstmConfig>("lstm", config)?
+        .with_vocab(ctx.src_vocab_size, ctx.tgt_vocab_size);
     config.pad_index = ctx.pad_index;
     Ok(Box::new(Lstm::new(vs, &config)?))
 }

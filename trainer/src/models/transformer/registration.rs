@@ -6,7 +6,7 @@ use tch::{Tensor, nn};
 
 use super::{Activation, Transformer, TransformerConfig};
 use crate::models::{Error, StepModel};
-use crate::train::model::{Model, ModelContext, ModelFactory};
+use crate::train::model::{Model, ModelContext, ModelFactory, apply_flags, parse_config, set};
 
 /// The registry entry of the `transformer` model.
 pub fn factory() -> ModelFactory {
@@ -98,11 +98,6 @@ pub struct TransformerArgs {
 impl TransformerArgs {
     /// `config` with every flag that was given applied.
     pub fn apply(&self, mut c: TransformerConfig) -> Result<TransformerConfig, Error> {
-        fn set<T: Copy>(dst: &mut T, v: Option<T>) {
-            if let Some(v) = v {
-                *dst = v;
-            }
-        }
         set(&mut c.encoder_embed_dim, self.encoder_embed_dim);
         set(&mut c.encoder_ffn_embed_dim, self.encoder_ffn_embed_dim);
         set(&mut c.encoder_layers, self.encoder_layers);
@@ -134,16 +129,8 @@ impl TransformerArgs {
     }
 }
 
-fn transformer_config(value: &Value) -> Result<TransformerConfig, Error> {
-    serde_json::from_value(value.clone())
-        .map_err(|e| Error::Config(format!("transformer config: {e}")))
-}
-
 fn transformer_apply_args(matches: &clap::ArgMatches, preset: Value) -> Result<Value, Error> {
-    let args = <TransformerArgs as clap::FromArgMatches>::from_arg_matches(matches)
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let config = args.apply(transformer_config(&preset)?)?;
-    serde_json::to_value(config).map_err(|e| Error::Config(format!("transformer config: {e}")))
+    apply_flags("transformer", matches, &preset, TransformerArgs::apply)
 }
 
 fn build_transformer(
@@ -151,7 +138,8 @@ fn build_transformer(
     config: &Value,
     ctx: &ModelContext,
 ) -> Result<Box<dyn Model>, Error> {
-    let mut config = transformer_config(config)?.with_vocab(ctx.src_vocab_size, ctx.tgt_vocab_size);
+    let mut config = parse_config::<TransformerConfig>("transformer", config)?
+        .with_vocab(ctx.src_vocab_size, ctx.tgt_vocab_size);
     config.pad_index = ctx.pad_index;
     Ok(Box::new(Transformer::new(vs, &config)?))
 }
