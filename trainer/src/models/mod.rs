@@ -12,6 +12,8 @@
 pub mod decoding;
 pub mod lstm;
 pub(crate) mod nn;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod transformer;
 
 pub use decoding::{DecodingInfo, StepModel, TorchDecoder, TorchState};

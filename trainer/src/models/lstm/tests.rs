@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::*;
 use crate::models::TorchDecoder;
+use crate::models::testing::Tokens;
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -20,25 +21,6 @@ const EOS: u32 = 2;
 const PAD: i64 = 1;
 /// Outputs compared with fairseq, or cached with uncached, must agree to this.
 const TOL: f64 = 1e-5;
-
-/// A deterministic token stream (xorshift) for test inputs.
-struct Tokens(u64);
-
-impl Tokens {
-    fn next(&mut self, vocab: usize) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        // Skip the specials (0..4).
-        (4 + self.0 % (vocab as u64 - 4)) as u32
-    }
-
-    fn sentence(&mut self, len: usize, vocab: usize) -> Vec<u32> {
-        let mut s: Vec<u32> = (0..len - 1).map(|_| self.next(vocab)).collect();
-        s.push(EOS);
-        s
-    }
-}
 
 /// A small config: bidirectional 2-layer encoder, 2-layer decoder with attention, both
 /// projections (encoder width 2 × 10 != 16, out_embed_dim 8 != 16).

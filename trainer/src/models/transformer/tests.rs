@@ -8,6 +8,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use super::*;
+use crate::models::testing::Tokens;
 use crate::models::{TorchDecoder, TorchState};
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -15,25 +16,6 @@ type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 const EOS: u32 = 2;
 /// Cached and uncached log-probabilities must agree to this.
 const TOL: f64 = 1e-5;
-
-/// A deterministic token stream (xorshift) for test inputs.
-struct Tokens(u64);
-
-impl Tokens {
-    fn next(&mut self, vocab: usize) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        // Skip the specials (0..4).
-        (4 + self.0 % (vocab as u64 - 4)) as u32
-    }
-
-    fn sentence(&mut self, len: usize, vocab: usize) -> Vec<u32> {
-        let mut s: Vec<u32> = (0..len - 1).map(|_| self.next(vocab)).collect();
-        s.push(EOS);
-        s
-    }
-}
 
 fn tiny(normalize_before: bool, learned_pos: bool) -> TransformerConfig {
     TransformerConfig {
