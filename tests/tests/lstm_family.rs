@@ -15,7 +15,7 @@ use seqforge_runtime::search::{GenerationOptions, generate};
 use seqforge_schemas::contract::Dtype;
 use seqforge_trainer::models::TorchDecoder;
 use seqforge_trainer::train::model::Model;
-use tch::{Device, Kind, Tensor, nn};
+use tch::nn;
 
 mod common;
 use common::{same_hypotheses as same, sources, write_dict};
@@ -30,29 +30,6 @@ struct Fixture {
     fp16: PathBuf,
 }
 
-/// Teacher-forced Adam updates on a copy task.
-fn train(vs: &nn::VarStore, model: &dyn Model, updates: usize) -> Result<()> {
-    use tch::nn::OptimizerConfig;
-    let mut opt = nn::Adam::default().build(vs, 1e-2)?;
-    for _ in 0..updates {
-        let words = Tensor::randint_low(4, VOCAB as i64, [8, 6], (Kind::Int64, Device::Cpu));
-        let eos = Tensor::full([8, 1], 2, (Kind::Int64, Device::Cpu));
-        let src = Tensor::f_cat(&[&words, &eos], 1)?;
-        let prev = Tensor::f_cat(&[&eos, &words], 1)?;
-        let lengths = Tensor::from_slice(&[7i64; 8]);
-        let logits = model.forward(&src, &lengths, &prev, true)?;
-        let lprobs = model.get_normalized_probs(&logits, true)?;
-        let loss = lprobs.f_view([-1, VOCAB as i64])?.f_nll_loss(
-            &src.f_view([-1])?,
-            None::<Tensor>,
-            tch::Reduction::Mean,
-            -100,
-        )?;
-        opt.backward_step(&loss);
-    }
-    Ok(())
-}
-
 /// A bidirectional 2-layer encoder (its 48 outputs ≠ the decoder's 32 hidden units: both
 /// initial-state projections), attention, `decoder_out_embed_dim` ≠ hidden (`additional_fc`).
 fn fixture() -> Result<Fixture> {
@@ -63,7 +40,7 @@ fn fixture() -> Result<Fixture> {
         "decoder_layers": 2, "decoder_out_embed_dim": 24, "dropout": 0.0
     });
     let (vs, model, config) = common::registry_model("lstm_wiseman_iwslt_de_en", overrides, VOCAB)?;
-    train(&vs, model.as_ref(), 150)?;
+    common::train_copy_task(&vs, model.as_ref(), 150, 1e-2, VOCAB)?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;

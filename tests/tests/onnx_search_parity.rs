@@ -16,7 +16,7 @@ use seqforge_runtime::search::{GenerationOptions, Strategy, generate};
 use seqforge_schemas::contract::Dtype;
 use seqforge_trainer::models::TorchDecoder;
 use seqforge_trainer::models::transformer::{Transformer, TransformerConfig};
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, nn};
 
 mod common;
 use common::{same_hypotheses as same, sources, write_dict};
@@ -33,37 +33,12 @@ struct Fixture {
     fp16_dir: PathBuf,
 }
 
-/// Teacher-forced Adam updates on a copy task, so that the model's distributions are peaked
-/// (no near-ties that 1e-6 rounding differences could flip).
-fn train(vs: &nn::VarStore, model: &Transformer, updates: usize) -> Result<()> {
-    use tch::nn::OptimizerConfig;
-    let mut opt = nn::Adam::default().build(vs, 3e-3)?;
-    for _ in 0..updates {
-        let words = Tensor::randint_low(4, VOCAB as i64, [8, 6], (Kind::Int64, Device::Cpu));
-        let eos = Tensor::full([8, 1], 2, (Kind::Int64, Device::Cpu));
-        let src = Tensor::f_cat(&[&words, &eos], 1)?;
-        let tgt = src.shallow_clone();
-        let prev = Tensor::f_cat(&[&eos, &words], 1)?;
-        let lengths = Tensor::from_slice(&[7i64; 8]);
-        let logits = model.forward(&src, &lengths, &prev, true)?;
-        let lprobs = model.get_normalized_probs(&logits, true)?;
-        let loss = lprobs.f_view([-1, VOCAB as i64])?.f_nll_loss(
-            &tgt.f_view([-1])?,
-            None::<Tensor>,
-            tch::Reduction::Mean,
-            -100,
-        )?;
-        opt.backward_step(&loss);
-    }
-    Ok(())
-}
-
 fn fixture(seed: i64) -> Result<Fixture> {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let config = TransformerConfig::from_preset("transformer_tiny")?.with_vocab(VOCAB, VOCAB);
     let model = Transformer::new(&vs.root(), &config)?;
-    train(&vs, &model, 60)?;
+    common::train_copy_task(&vs, &model, 60, 3e-3, VOCAB)?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;

@@ -145,3 +145,36 @@ pub fn same_hypotheses(
     anyhow::ensure!(worst <= tol, "{what}: scores differ by {worst:e} > {tol:e}");
     Ok(worst)
 }
+
+/// Teacher-forced Adam updates (learning rate `lr`) on a copy task over a vocabulary of
+/// `vocab`, so that the model's distributions are peaked (no near-ties that 1e-6 rounding
+/// differences could flip).
+#[allow(dead_code)]
+pub fn train_copy_task(
+    vs: &nn::VarStore,
+    model: &dyn Model,
+    updates: usize,
+    lr: f64,
+    vocab: usize,
+) -> Result<()> {
+    use tch::nn::OptimizerConfig;
+    use tch::{Device, Kind, Tensor};
+    let mut opt = nn::Adam::default().build(vs, lr)?;
+    for _ in 0..updates {
+        let words = Tensor::randint_low(4, vocab as i64, [8, 6], (Kind::Int64, Device::Cpu));
+        let eos = Tensor::full([8, 1], 2, (Kind::Int64, Device::Cpu));
+        let src = Tensor::f_cat(&[&words, &eos], 1)?;
+        let prev = Tensor::f_cat(&[&eos, &words], 1)?;
+        let lengths = Tensor::from_slice(&[7i64; 8]);
+        let logits = model.forward(&src, &lengths, &prev, true)?;
+        let lprobs = model.get_normalized_probs(&logits, true)?;
+        let loss = lprobs.f_view([-1, vocab as i64])?.f_nll_loss(
+            &src.f_view([-1])?,
+            None::<Tensor>,
+            tch::Reduction::Mean,
+            -100,
+        )?;
+        opt.backward_step(&loss);
+    }
+    Ok(())
+}
