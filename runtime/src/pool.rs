@@ -340,6 +340,12 @@ impl TranslatorPool {
         self.count
     }
 
+    /// `text` encoded as the pool translates it (truncated when the pool truncates); a text too
+    /// long for the model is [`Error::TextTooLong`] (index 0) when the pool does not truncate.
+    pub fn encode_text(&self, text: &str) -> Result<SourceLine> {
+        self.encode(0, text)
+    }
+
     /// Source tokens of `text`, EOS included, after truncation when the pool truncates (what
     /// batching by tokens counts). A text too long for the model is [`Error::TextTooLong`]
     /// (index 0) when the pool does not truncate.
@@ -347,12 +353,16 @@ impl TranslatorPool {
         Ok(self.encode(0, text)?.ids.len())
     }
 
-    /// The source length `text` is encoded with (its tokens rounded up to the runtime's
-    /// `pad_source_to_multiple`): texts with the same value get the same results in any batch.
-    pub fn padded_source_tokens(&self, text: &str) -> Result<usize> {
-        let n = self.source_tokens(text)?;
+    /// The source length `source` is encoded with (its tokens rounded up to the runtime's
+    /// `pad_source_to_multiple`): sources with the same value get the same results in any batch.
+    pub fn padded_len(&self, source: &SourceLine) -> usize {
         let max = self.model().contract().max_source_positions;
-        Ok(self.model().options().padded_source_len(n, max))
+        self.model().options().padded_source_len(source.ids.len(), max)
+    }
+
+    /// The source length `text` is encoded with (see [`TranslatorPool::padded_len`]).
+    pub fn padded_source_tokens(&self, text: &str) -> Result<usize> {
+        Ok(self.padded_len(&self.encode(0, text)?))
     }
 
     fn encode(&self, index: usize, text: &str) -> Result<SourceLine> {
@@ -372,17 +382,29 @@ impl TranslatorPool {
         check_options(options)?;
         let sources =
             texts.iter().enumerate().map(|(i, t)| self.encode(i, t)).collect::<Result<Vec<_>>>()?;
-        if sources.iter().all(SourceLine::is_empty) {
-            return Ok(vec![Translation { hypotheses: Vec::new() }; texts.len()]);
-        }
         let refs: Vec<&SourceLine> = sources.iter().collect();
+        self.translate_encoded(&refs, options)
+    }
+
+    /// Translates sources already encoded with [`TranslatorPool::encode_text`] (the server
+    /// tokenizes each text once, when the request arrives); otherwise as
+    /// [`TranslatorPool::translate`].
+    pub fn translate_encoded(
+        &self,
+        sources: &[&SourceLine],
+        options: &GenerationOptions,
+    ) -> Result<Vec<Translation>> {
+        check_options(options)?;
+        if sources.iter().all(|s| s.is_empty()) {
+            return Ok(vec![Translation { hypotheses: Vec::new() }; sources.len()]);
+        }
         let results = {
             let mut worker = self.borrow();
             let decoder = worker
                 .decoder
                 .as_mut()
                 .ok_or_else(|| Error::DecoderState("a borrowed worker has no decoder".into()))?;
-            translate_sources(decoder, &refs, None, options, self.limits, |_| {})?
+            translate_sources(decoder, sources, None, options, self.limits, |_| {})?
         };
         results
             .into_iter()

@@ -27,20 +27,24 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::pool::{Translation, TranslatorPool};
 use crate::search::GenerationOptions;
+use crate::text::SourceLine;
 
 /// What the batcher runs batches on: the [`TranslatorPool`] in the server, anything with the
 /// same contract elsewhere.
 pub trait Engine: Send + Sync + 'static {
-    /// Translates `texts` with `options` (blocking), one result per text in input order; the
-    /// results must not depend on which other texts are in the batch.
+    /// Encodes `text` once (what the request handler does before queueing it): its source ids,
+    /// or an error when the text cannot be translated (too long, …).
+    fn encode(&self, text: &str) -> crate::Result<SourceLine>;
+    /// The length `source` is encoded with: its tokens (EOS included), rounded up as the engine
+    /// pads sources. Sources with equal lengths get the same results in any batch.
+    fn padded_tokens(&self, source: &SourceLine) -> usize;
+    /// Translates already encoded `sources` with `options` (blocking), one result per source
+    /// in input order; the results must not depend on which other sources are in the batch.
     fn translate(
         &self,
-        texts: &[&str],
+        sources: &[&SourceLine],
         options: &GenerationOptions,
     ) -> crate::Result<Vec<Translation>>;
-    /// The length `text` is encoded with: its source tokens (EOS included), rounded up as the
-    /// engine pads sources. Texts with equal lengths get the same results in any batch.
-    fn source_tokens(&self, text: &str) -> crate::Result<usize>;
     /// The options a request without `options` gets, and the base its options are merged on.
     fn default_options(&self) -> &GenerationOptions;
     /// How many batches may run at once.
@@ -48,16 +52,20 @@ pub trait Engine: Send + Sync + 'static {
 }
 
 impl Engine for TranslatorPool {
-    fn translate(
-        &self,
-        texts: &[&str],
-        options: &GenerationOptions,
-    ) -> crate::Result<Vec<Translation>> {
-        TranslatorPool::translate(self, texts, options)
+    fn encode(&self, text: &str) -> crate::Result<SourceLine> {
+        TranslatorPool::encode_text(self, text)
     }
 
-    fn source_tokens(&self, text: &str) -> crate::Result<usize> {
-        TranslatorPool::padded_source_tokens(self, text)
+    fn padded_tokens(&self, source: &SourceLine) -> usize {
+        TranslatorPool::padded_len(self, source)
+    }
+
+    fn translate(
+        &self,
+        sources: &[&SourceLine],
+        options: &GenerationOptions,
+    ) -> crate::Result<Vec<Translation>> {
+        TranslatorPool::translate_encoded(self, sources, options)
     }
 
     fn default_options(&self) -> &GenerationOptions {
@@ -118,8 +126,8 @@ impl JobResults {
 struct Job {
     key: String,
     options: Arc<GenerationOptions>,
-    /// The texts; `None` once taken into a batch.
-    texts: Vec<Option<String>>,
+    /// The encoded texts; `None` once taken into a batch.
+    texts: Vec<Option<SourceLine>>,
     tokens: Vec<usize>,
     /// Texts not yet taken into a batch.
     waiting: usize,
@@ -137,7 +145,7 @@ impl Job {
 /// A model batch: texts with identical options and where each answer goes.
 struct Batch {
     options: Arc<GenerationOptions>,
-    texts: Vec<String>,
+    texts: Vec<SourceLine>,
     tokens: usize,
     targets: Vec<(Shared, usize)>,
 }
@@ -184,7 +192,7 @@ impl Queue {
     pub fn submit(
         &self,
         options: GenerationOptions,
-        texts: Vec<String>,
+        texts: Vec<SourceLine>,
         tokens: Vec<usize>,
     ) -> Result<oneshot::Receiver<Reply>, ApiError> {
         let (tx, rx) = oneshot::channel();
@@ -319,7 +327,7 @@ impl Queue {
                 let Batch { options, texts, tokens, targets } = batch;
                 let n = texts.len();
                 let result = tokio::task::spawn_blocking(move || {
-                    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                    let refs: Vec<&SourceLine> = texts.iter().collect();
                     engine.translate(&refs, &options)
                 })
                 .await;
@@ -396,14 +404,32 @@ mod tests {
         defaults: GenerationOptions,
     }
 
+    /// The Recorder's "encoding": one id per byte (so tokens are the text's bytes).
+    fn decode(source: &SourceLine) -> String {
+        source.ids.iter().map(|&b| char::from(b as u8)).collect()
+    }
+
     impl Engine for Recorder {
+        fn encode(&self, text: &str) -> crate::Result<SourceLine> {
+            Ok(SourceLine {
+                ids: text.bytes().map(u32::from).collect(),
+                truncated: false,
+                unknown: 0,
+            })
+        }
+
+        fn padded_tokens(&self, source: &SourceLine) -> usize {
+            source.ids.len()
+        }
+
         fn translate(
             &self,
-            texts: &[&str],
+            sources: &[&SourceLine],
             options: &GenerationOptions,
         ) -> crate::Result<Vec<Translation>> {
-            lock(&self.batches).push((options.beam, texts.iter().map(|t| t.to_string()).collect()));
-            if texts.contains(&"fail") {
+            let texts: Vec<String> = sources.iter().map(|s| decode(s)).collect();
+            lock(&self.batches).push((options.beam, texts.clone()));
+            if texts.iter().any(|t| t == "fail") {
                 return Err(crate::Error::DecoderState("scripted failure".into()));
             }
             Ok(texts
@@ -417,10 +443,6 @@ mod tests {
                     }],
                 })
                 .collect())
-        }
-
-        fn source_tokens(&self, text: &str) -> crate::Result<usize> {
-            Ok(text.len())
         }
 
         fn default_options(&self) -> &GenerationOptions {
@@ -445,9 +467,11 @@ mod tests {
 
     fn submit(queue: &Queue, beam: usize, texts: &[&str]) -> oneshot::Receiver<Reply> {
         let options = GenerationOptions { beam, ..Default::default() };
-        let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
-        let tokens = texts.iter().map(String::len).collect();
-        queue.submit(options, texts, tokens).unwrap_or_else(|e| panic!("{e}"))
+        let engine = Recorder::default();
+        let sources: Vec<SourceLine> =
+            texts.iter().map(|t| engine.encode(t).unwrap_or_else(|e| panic!("{e}"))).collect();
+        let tokens = sources.iter().map(|s| engine.padded_tokens(s)).collect();
+        queue.submit(options, sources, tokens).unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn texts(reply: oneshot::Receiver<Reply>) -> Vec<String> {
@@ -516,7 +540,12 @@ mod tests {
         let q = queue(100, 4, false);
         let kept = submit(&q, 5, &["aa", "bb"]);
         let dropped = submit(&q, 5, &["cc"]);
-        let refused = q.submit(GenerationOptions::default(), strings(&["dd", "ee"]), vec![2, 2]);
+        let engine_for_ids = Recorder::default();
+        let sources = ["dd", "ee"]
+            .iter()
+            .map(|t| engine_for_ids.encode(t).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let refused = q.submit(GenerationOptions::default(), sources, vec![2, 2]);
         assert!(
             matches!(refused, Err(ApiError::Overloaded { queued: 3, max: 4, retry_after_s: 2 })),
             "{refused:?}"

@@ -197,15 +197,18 @@ async fn translate(
             .map_err(|e| ApiError::InvalidOptions(e.to_string()))?,
     };
     check_options(&options).map_err(|e| ApiError::InvalidOptions(e.to_string()))?;
+    // Each text is tokenized once, here: the queue and the model take these ids.
+    let mut sources = Vec::with_capacity(request.texts.len());
     let mut tokens = Vec::with_capacity(request.texts.len());
     for (index, text) in request.texts.iter().enumerate() {
-        let n = app
+        let source = app
             .engine
-            .source_tokens(text)
+            .encode(text)
             .map_err(|e| ApiError::InvalidText { index, message: text_error(e) })?;
-        tokens.push(n);
+        tokens.push(app.engine.padded_tokens(&source));
+        sources.push(source);
     }
-    let receiver = app.queue.submit(options.clone(), request.texts, tokens)?;
+    let receiver = app.queue.submit(options.clone(), sources, tokens)?;
     let Ok(reply) = tokio::time::timeout(limits.timeout, receiver).await else {
         // Let the batcher drop the abandoned texts now rather than at its next batch.
         app.queue.wake();
