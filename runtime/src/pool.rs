@@ -25,7 +25,8 @@
 //! overriding a base. Forced target prefixes (`prefix_size`) need references and are refused.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 
 use serde::Serialize;
 
@@ -147,24 +148,157 @@ pub fn translate_sources<D: IncrementalDecoder>(
     limits: (Option<usize>, Option<usize>),
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<Hypothesis>>> {
+    let plan = Plan::new(sources, prefixes, limits);
     let mut results: Vec<Vec<Hypothesis>> = vec![Vec::new(); sources.len()];
-    let todo: Vec<usize> = (0..sources.len()).filter(|&i| !sources[i].is_empty()).collect();
-    let lengths: Vec<usize> = todo.iter().map(|&i| sources[i].ids.len()).collect();
-    for batch in make_batches(&lengths, limits.0, limits.1) {
-        let ids: Vec<Vec<u32>> = batch.iter().map(|&k| sources[todo[k]].ids.clone()).collect();
-        let hyps = match prefixes {
-            Some(p) => {
-                let p: Vec<Vec<u32>> = batch.iter().map(|&k| p[todo[k]].clone()).collect();
-                generate_with_prefixes(decoder, &ids, &p, options)?
-            }
-            None => generate(decoder, &ids, options)?,
-        };
-        for (&k, h) in batch.iter().zip(hyps) {
-            results[todo[k]] = h;
-        }
+    for batch in &plan.batches {
+        let hyps = plan.search(decoder, batch, options)?;
+        plan.place(batch, hyps, &mut results);
         progress(batch.len());
     }
     Ok(results)
+}
+
+/// [`translate_sources`] with the batches spread over up to `workers` decoders, each on a
+/// thread of its own (CTranslate2's `inter_threads`): a worker takes the next batch as soon as
+/// it is free, and results still come back in input order. Every batch is searched exactly as
+/// [`translate_sources`] searches it, so the hypotheses do not depend on the number of workers.
+///
+/// `decoders` keeps the decoders between calls; when fewer than the workers needed are there
+/// (at most one per batch), each missing one is built by `make` on its worker's thread, so the
+/// first batches start while the others are still being built. `progress(n)` is called on the
+/// calling thread after each finished batch of `n` sentences. The first error stops the other
+/// workers after their current batch and is returned.
+pub fn translate_sources_on<D: IncrementalDecoder + Send>(
+    decoders: &mut Vec<D>,
+    workers: usize,
+    make: &(dyn Fn() -> Result<D> + Sync),
+    sources: &[&SourceLine],
+    prefixes: Option<&[Vec<u32>]>,
+    options: &GenerationOptions,
+    limits: (Option<usize>, Option<usize>),
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<Vec<Hypothesis>>> {
+    let plan = Plan::new(sources, prefixes, limits);
+    let needed = workers.clamp(1, plan.batches.len().max(1));
+    if needed == 1 {
+        if decoders.is_empty() {
+            decoders.push(make()?);
+        }
+        let mut results: Vec<Vec<Hypothesis>> = vec![Vec::new(); sources.len()];
+        for decoder in decoders.iter_mut().take(1) {
+            for batch in &plan.batches {
+                let hyps = plan.search(decoder, batch, options)?;
+                plan.place(batch, hyps, &mut results);
+                progress(batch.len());
+            }
+        }
+        return Ok(results);
+    }
+    let mut slots: Vec<Option<D>> = std::mem::take(decoders).into_iter().map(Some).collect();
+    while slots.len() < needed {
+        slots.push(None);
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let mut results: Vec<Vec<Hypothesis>> = vec![Vec::new(); sources.len()];
+    let mut first_error = None;
+    std::thread::scope(|scope| {
+        let (sender, receiver) = mpsc::channel::<(usize, Result<Vec<Vec<Hypothesis>>>)>();
+        for slot in slots.iter_mut().take(needed) {
+            let (sender, plan, next, failed) = (sender.clone(), &plan, &next, &failed);
+            scope.spawn(move || {
+                if slot.is_none() {
+                    match make() {
+                        Ok(decoder) => *slot = Some(decoder),
+                        Err(e) => {
+                            failed.store(true, Ordering::SeqCst);
+                            let _ = sender.send((usize::MAX, Err(e)));
+                            return;
+                        }
+                    }
+                }
+                let Some(decoder) = slot.as_mut() else { return };
+                while !failed.load(Ordering::SeqCst) {
+                    let b = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(batch) = plan.batches.get(b) else { break };
+                    let result = plan.search(decoder, batch, options);
+                    if result.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    if sender.send((b, result)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        for (b, result) in receiver {
+            match (result, plan.batches.get(b)) {
+                (Ok(hyps), Some(batch)) => {
+                    plan.place(batch, hyps, &mut results);
+                    progress(batch.len());
+                }
+                (Ok(_), None) => {}
+                (Err(e), _) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    });
+    *decoders = slots.into_iter().flatten().collect();
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
+}
+
+/// The batches of one translation call: indices into the non-empty sources, grouped by
+/// [`make_batches`].
+struct Plan<'a> {
+    sources: &'a [&'a SourceLine],
+    prefixes: Option<&'a [Vec<u32>]>,
+    /// Indices (into `sources`) of the sources that are not empty.
+    todo: Vec<usize>,
+    /// Batches of indices into `todo`.
+    batches: Vec<Vec<usize>>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        sources: &'a [&'a SourceLine],
+        prefixes: Option<&'a [Vec<u32>]>,
+        limits: (Option<usize>, Option<usize>),
+    ) -> Self {
+        let todo: Vec<usize> = (0..sources.len()).filter(|&i| !sources[i].is_empty()).collect();
+        let lengths: Vec<usize> = todo.iter().map(|&i| sources[i].ids.len()).collect();
+        let batches = make_batches(&lengths, limits.0, limits.1);
+        Self { sources, prefixes, todo, batches }
+    }
+
+    /// The hypotheses of one batch, in batch order.
+    fn search<D: IncrementalDecoder>(
+        &self,
+        decoder: &mut D,
+        batch: &[usize],
+        options: &GenerationOptions,
+    ) -> Result<Vec<Vec<Hypothesis>>> {
+        let ids: Vec<Vec<u32>> =
+            batch.iter().map(|&k| self.sources[self.todo[k]].ids.clone()).collect();
+        Ok(match self.prefixes {
+            Some(p) => {
+                let p: Vec<Vec<u32>> = batch.iter().map(|&k| p[self.todo[k]].clone()).collect();
+                generate_with_prefixes(decoder, &ids, &p, options)?
+            }
+            None => generate(decoder, &ids, options)?,
+        })
+    }
+
+    /// Puts one batch's hypotheses at their sources' places.
+    fn place(&self, batch: &[usize], hyps: Vec<Vec<Hypothesis>>, out: &mut [Vec<Hypothesis>]) {
+        for (&k, h) in batch.iter().zip(hyps) {
+            out[self.todo[k]] = h;
+        }
+    }
 }
 
 /// Reads search options from a JSON object of [`GenerationOptions`] fields, each overriding

@@ -120,6 +120,32 @@ fn generate_prints_fairseq_lines_plain_lines_and_scores() -> Result<()> {
     Ok(())
 }
 
+/// Batches spread over several workers (each with its own sessions and one intra-op thread)
+/// give exactly the lines of one worker, in input order.
+#[test]
+fn workers_decode_batches_side_by_side_with_identical_output() -> Result<()> {
+    let f = fixture()?;
+    let input = f.root.join("in.txt");
+    let lines = ["hola mundo", "el gato negro", "", "la casa", "un perro", "el mar azul", "sol"];
+    std::fs::write(&input, lines.join("\n") + "\n")?;
+    let (model, input_s) = (path(&f.model)?, path(&input)?);
+    let run = |threads: &str, workers: &str, batch: &str| -> Result<String> {
+        let args = ["generate", model, "--input", input_s, "--beam", "3", "--max-len-b", "8"];
+        let mut args = args.to_vec();
+        args.extend(["--threads", threads, "--workers", workers, "--batch-size", batch]);
+        let run = seqforge(&args, None)?;
+        ensure!(run.ok, "generate {threads} threads, {workers} workers failed: {}", run.stderr);
+        Ok(run.stdout)
+    };
+    let one = run("1", "1", "1")?;
+    ensure!(one.lines().filter(|l| l.starts_with("H-")).count() == 6, "{one}");
+    for (threads, workers, batch) in [("3", "3", "1"), ("2", "0", "2"), ("2", "4", "1")] {
+        let many = run(threads, workers, batch)?;
+        ensure!(many == one, "{threads} threads, {workers} workers, batch {batch}:\n{many}\nvs\n{one}");
+    }
+    Ok(())
+}
+
 #[test]
 fn interactive_answers_line_by_line() -> Result<()> {
     let f = fixture()?;

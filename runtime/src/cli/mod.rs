@@ -15,10 +15,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::decoding::IncrementalDecoder;
-use crate::onnx::{Device, OnnxDecoder, RuntimeOptions};
+use std::sync::Arc;
+
+use crate::onnx::{Device, ModelDir, OnnxDecoder, RuntimeOptions};
 pub use crate::pool::make_batches;
-use crate::pool::{open_model, translate_sources};
+use crate::pool::{open_model, translate_sources_on};
 use crate::search::{GenerationOptions, Hypothesis, Strategy};
 use crate::text::{Overlong, SourceLine, TextPipeline};
 use crate::{Error, Result};
@@ -33,7 +34,8 @@ pub struct ModelArgs {
     /// available is an error (no silent CPU fallback).
     #[arg(long, default_value = "cpu")]
     pub device: Device,
-    /// Intra-op threads per session (0: one per physical core).
+    /// CPU threads in all (0: every CPU this process may use), shared equally by the workers
+    /// (each worker's ONNX Runtime sessions get threads / workers intra-op threads, at least 1).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// TensorRT: also build FP16 kernels (faster, slightly different numbers).
@@ -58,8 +60,18 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The runtime options these flags ask for.
-    pub fn runtime_options(&self) -> std::result::Result<RuntimeOptions, String> {
+    /// CPU threads in all: `--threads`, or every CPU this process may use when it is 0.
+    pub fn total_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }
+    }
+
+    /// The runtime options these flags ask for, for `workers` decoders that run at once: each
+    /// worker's sessions get an equal share of [`ModelArgs::total_threads`] (at least 1).
+    pub fn runtime_options(&self, workers: usize) -> std::result::Result<RuntimeOptions, String> {
         let mut device = self.device.clone();
         match &mut device {
             Device::TensorRt { fp16, engine_cache, .. } => {
@@ -73,7 +85,7 @@ impl ModelArgs {
         }
         Ok(RuntimeOptions {
             device,
-            threads: self.threads,
+            threads: (self.total_threads() / workers.max(1)).max(1),
             verify: self.verify,
             optimize: true,
             ort_library: self.ort_library.clone(),
@@ -233,9 +245,24 @@ pub struct BatchArgs {
     /// neither this nor --batch-size is given.
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Batches decoded at once, each by a worker with its own ONNX Runtime sessions and its
+    /// share of --threads (CTranslate2's inter_threads). 0 (default): one worker per thread on
+    /// the CPU, where independent batches scale better than one batch's operators split over
+    /// threads; 1 on a GPU. The hypotheses do not depend on it.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
 }
 
 impl BatchArgs {
+    /// The number of workers for `model`'s device and threads (see `--workers`).
+    pub fn workers(&self, model: &ModelArgs) -> usize {
+        match (self.workers, &model.device) {
+            (0, Device::Cpu) => model.total_threads(),
+            (0, _) => 1,
+            (given, _) => given,
+        }
+    }
+
     /// `(max sentences, max tokens)`.
     pub fn limits(&self) -> std::result::Result<(Option<usize>, Option<usize>), String> {
         if self.batch_size == Some(0) || self.max_tokens == Some(0) {
@@ -259,23 +286,32 @@ pub enum OutputFormat {
 
 /// A model, its text pipeline and the search options: translates encoded lines.
 pub struct Translator {
-    decoder: OnnxDecoder,
+    model: Arc<ModelDir>,
+    /// The workers' decoders (the first is built when opening, the others by their first
+    /// multi-batch call).
+    decoders: Vec<OnnxDecoder>,
+    workers: usize,
     text: TextPipeline,
     options: GenerationOptions,
     limits: (Option<usize>, Option<usize>),
 }
 
 impl Translator {
-    /// Opens `model_dir` and prepares a translator.
+    /// Opens `model_dir` and prepares a translator whose calls spread their batches over up to
+    /// `workers` decoders (each with its share of the threads).
     pub fn open(
         model: &ModelArgs,
         options: GenerationOptions,
         limits: (Option<usize>, Option<usize>),
+        workers: usize,
     ) -> anyhow::Result<Self> {
-        let runtime = model.runtime_options().map_err(anyhow::Error::msg)?;
+        if workers == 0 {
+            anyhow::bail!("--workers must be at least 1 (or 0 for one per thread)");
+        }
+        let runtime = model.runtime_options(workers).map_err(anyhow::Error::msg)?;
         let (dir, text) = open_model(&model.model_dir, &runtime)?;
-        let decoder = OnnxDecoder::new(dir)?;
-        Ok(Self { decoder, text, options, limits })
+        let decoders = vec![OnnxDecoder::new(Arc::clone(&dir))?];
+        Ok(Self { model: dir, decoders, workers, text, options, limits })
     }
 
     /// The text pipeline.
@@ -288,21 +324,25 @@ impl Translator {
         &self.options
     }
 
-    /// The decoder.
-    pub fn decoder(&self) -> &OnnxDecoder {
-        &self.decoder
+    /// The opened model.
+    pub fn model(&self) -> &Arc<ModelDir> {
+        &self.model
     }
 
-    /// Translates `sources` (with optional forced target prefixes), batching by length; empty
-    /// sources get no hypotheses. Calls `progress(n)` after each batch of `n` sentences.
+    /// Translates `sources` (with optional forced target prefixes), batching by length, the
+    /// batches spread over the workers; empty sources get no hypotheses. Calls `progress(n)`
+    /// after each batch of `n` sentences.
     pub fn translate(
         &mut self,
         sources: &[&SourceLine],
         prefixes: Option<&[Vec<u32>]>,
         progress: impl FnMut(usize),
     ) -> Result<Vec<Vec<Hypothesis>>> {
-        translate_sources(
-            &mut self.decoder,
+        let model = Arc::clone(&self.model);
+        translate_sources_on(
+            &mut self.decoders,
+            self.workers,
+            &move || OnnxDecoder::new(Arc::clone(&model)),
             sources,
             prefixes,
             &self.options,
@@ -313,7 +353,7 @@ impl Translator {
 
     /// Target vocabulary size.
     pub fn vocab_size(&self) -> usize {
-        self.decoder.vocab_size()
+        self.model.contract().tgt_vocab_size
     }
 }
 

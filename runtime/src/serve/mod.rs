@@ -149,7 +149,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Error> {
     args.check()?;
     let runtime_options = args
         .model
-        .runtime_options()
+        .runtime_options(args.workers)
         .map_err(|message| Error::InvalidArgument { flag: "device", message })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
