@@ -28,6 +28,10 @@ use crate::{Error, Result};
 /// The ONNX operator set the builder targets.
 pub const OPSET: i64 = 17;
 
+/// ONNX Runtime's contrib operator domain (version 1), imported only by graphs that use one of
+/// its operators (INT8 exports).
+pub const MICROSOFT_DOMAIN: &str = "com.microsoft";
+
 /// Element types used by seqforge graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -41,6 +45,8 @@ pub enum DType {
     I32,
     /// Boolean (masks).
     Bool,
+    /// 8-bit signed integer (quantized weights).
+    I8,
 }
 
 impl DType {
@@ -52,6 +58,7 @@ impl DType {
             Self::I64 => DataType::Int64,
             Self::I32 => DataType::Int32,
             Self::Bool => DataType::Bool,
+            Self::I8 => DataType::Int8,
         };
         code as i32
     }
@@ -105,6 +112,8 @@ pub struct GraphBuilder {
     outputs: Vec<ValueInfoProto>,
     initializers: Vec<TensorProto>,
     nodes: Vec<NodeProto>,
+    /// Whether a node of ONNX Runtime's `com.microsoft` domain was added.
+    uses_microsoft: bool,
 }
 
 impl GraphBuilder {
@@ -117,6 +126,7 @@ impl GraphBuilder {
             outputs: Vec::new(),
             initializers: Vec::new(),
             nodes: Vec::new(),
+            uses_microsoft: false,
         }
     }
 
@@ -150,6 +160,13 @@ impl GraphBuilder {
     pub fn initializer_f16(&mut self, name: &str, dims: &[i64], data: &[f16]) -> Result<Value> {
         self.initializer(name, dims, DType::F16, data.len(), |t| {
             t.raw_data = Some(data.iter().flat_map(|v| v.to_le_bytes()).collect());
+        })
+    }
+
+    /// Adds an i8 constant tensor (quantized weights, stored as raw bytes).
+    pub fn initializer_i8(&mut self, name: &str, dims: &[i64], data: &[i8]) -> Result<Value> {
+        self.initializer(name, dims, DType::I8, data.len(), |t| {
+            t.raw_data = Some(data.iter().map(|&v| v as u8).collect());
         })
     }
 
@@ -205,6 +222,58 @@ impl GraphBuilder {
             ..Default::default()
         });
         Ok(Value { name: out.to_string(), dtype, shape })
+    }
+
+    /// ONNX Runtime's `com.microsoft.DynamicQuantizeMatMul`: `a` (f32 `[..., K]`, quantized to
+    /// u8 per call) times `b` (i8 `[K, N]`, symmetric, one `scale` per column `[N]`), plus an
+    /// optional f32 `bias` `[N]`, in f32: ONNX Runtime's integer GEMM kernels (VNNI where the
+    /// CPU has it).
+    pub fn dynamic_quantize_matmul(
+        &mut self,
+        out: &str,
+        a: &Value,
+        b: &Value,
+        scale: &Value,
+        bias: Option<&Value>,
+    ) -> Result<Value> {
+        let fail = |message: String| Error::Node { node: out.to_string(), message };
+        require_dtype(out, a, &[DType::F32])?;
+        require_dtype(out, b, &[DType::I8])?;
+        require_dtype(out, scale, &[DType::F32])?;
+        if a.shape.is_empty() || b.shape.len() != 2 {
+            return Err(fail(format!(
+                "needs a rank ≥ 1 input and a rank-2 weight, got {} and {}",
+                a.shape.len(),
+                b.shape.len()
+            )));
+        }
+        if !dims_compatible(&a.shape[a.shape.len() - 1], &b.shape[0]) {
+            return Err(fail(format!(
+                "contracted dims differ: {:?} vs {:?}",
+                a.shape[a.shape.len() - 1],
+                b.shape[0]
+            )));
+        }
+        let mut shape = a.shape[..a.shape.len() - 1].to_vec();
+        shape.push(b.shape[1].clone());
+        // Inputs: A, B, b_scale, b_zero_point (absent: symmetric), bias.
+        let mut inputs = vec![a.name.clone(), b.name.clone(), scale.name.clone()];
+        if let Some(bias) = bias {
+            require_dtype(out, bias, &[DType::F32])?;
+            inputs.push(String::new());
+            inputs.push(bias.name.clone());
+        }
+        self.claim(out)?;
+        self.nodes.push(NodeProto {
+            name: Some(out.to_string()),
+            op_type: Some("DynamicQuantizeMatMul".to_string()),
+            domain: Some(MICROSOFT_DOMAIN.to_string()),
+            input: inputs,
+            output: vec![out.to_string()],
+            ..Default::default()
+        });
+        self.uses_microsoft = true;
+        Ok(Value { name: out.to_string(), dtype: DType::F32, shape })
     }
 
     /// `MatMul(a, b)` with numpy semantics; the contracted dimensions must agree.
@@ -695,10 +764,13 @@ impl GraphBuilder {
             ir_version: Some(seqforge_schemas::onnx::SUPPORTED_IR_VERSION),
             producer_name: Some("seqforge".to_string()),
             producer_version: Some(env!("CARGO_PKG_VERSION").to_string()),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(OPSET),
-            }],
+            opset_import: std::iter::once((String::new(), OPSET))
+                .chain(self.uses_microsoft.then(|| (MICROSOFT_DOMAIN.to_string(), 1)))
+                .map(|(domain, version)| OperatorSetIdProto {
+                    domain: Some(domain),
+                    version: Some(version),
+                })
+                .collect(),
             metadata_props: metadata
                 .iter()
                 .map(|(k, v)| StringStringEntryProto {

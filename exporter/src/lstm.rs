@@ -68,8 +68,8 @@ pub fn build_encoder(
     let lengths = n.g.reduce_sum("encoder.lengths_i64", &keep, 1)?;
     let lengths = n.g.cast("encoder.lengths", &lengths, DType::I32)?;
 
-    let table = n.param("encoder.embed_tokens.weight", &[c.src_vocab_size, c.encoder_embed_dim])?;
-    let x = n.g.gather("encoder.embed_tokens", &table, &tokens, 0)?;
+    let table = "encoder.embed_tokens.weight";
+    let x = n.embedding("encoder.embed_tokens", table, c.src_vocab_size, c.encoder_embed_dim, &tokens)?;
     let x = n.up("encoder.embed_fp32", &x)?;
     let mut x = n.g.transpose("encoder.time_major", &x, &[1, 0, 2])?;
     let mut finals = Vec::new();
@@ -182,8 +182,9 @@ pub fn build_decoder(
     }
     let feed = past(&mut n, state_names::INPUT_FEED)?;
 
-    let table = n.param(decoder_embedding_name(c), &[c.tgt_vocab_size, c.decoder_embed_dim])?;
-    let x = n.g.gather("decoder.embed_tokens", &table, &prev, 0)?;
+    let embedding = decoder_embedding_name(c);
+    let x =
+        n.embedding("decoder.embed_tokens", embedding, c.tgt_vocab_size, c.decoder_embed_dim, &prev)?;
     let x = n.g.reshape("decoder.embedded", &x, &[0, i(c.decoder_embed_dim)])?;
     let mut input = n.g.concat("decoder.input_fed", &[&x, &feed], 1)?;
     let mut presents = Vec::new();
@@ -253,14 +254,12 @@ pub fn build_decoder(
             n.linear_weights("decoder.additional_fc", hidden, c.decoder_out_embed_dim, true)?;
         features = n.apply("decoder.additional_fc", &features, &fc)?;
     }
+    let shape = (c.tgt_vocab_size, c.decoder_out_embed_dim);
     let logits = if c.shares_decoder_output() {
-        n.g.gemm_transposed_b("decoder.output_projection", &features, &table)?
+        n.projection("decoder.output_projection", &features, embedding, shape, None)?
     } else {
-        let weight =
-            n.param("decoder.fc_out.weight", &[c.tgt_vocab_size, c.decoder_out_embed_dim])?;
-        let bias = n.param("decoder.fc_out.bias", &[c.tgt_vocab_size])?;
-        let l = n.g.gemm_transposed_b("decoder.fc_out.matmul", &features, &weight)?;
-        n.g.add("decoder.fc_out", &l, &bias)?
+        let bias = Some("decoder.fc_out.bias");
+        n.projection("decoder.fc_out", &features, "decoder.fc_out.weight", shape, bias)?
     };
     let logits = n.up("decoder.logits_fp32", &logits)?;
     let log_probs = n.g.log_softmax(names::LOG_PROBS, &logits, -1)?;

@@ -1,6 +1,16 @@
 //! What the families' graph builders share: [`Net`], a graph under construction with the
 //! checkpoint weights it reads, in the export dtype, with the casts in and out of fp32 islands
 //! and linear layers stored as `MatMul`-ready `[in, out]` weights.
+//!
+//! In INT8 exports ([`Dtype::Int8`]) the activations stay fp32 while linear layers, embedding
+//! tables and output projections hold 8-bit weights: each output row of a weight (a row of
+//! PyTorch's `[out, in]`, a vocabulary row of an embedding) is scaled by its largest magnitude
+//! to `[-127, 127]` and rounded (symmetric, no zero point), with the fp32 scale kept per row.
+//! Linear layers and projections run as ONNX Runtime's `DynamicQuantizeMatMul` (the input is
+//! quantized to u8 per call, integer GEMM, result rescaled to fp32); an embedding lookup
+//! gathers the int8 rows and their scales and multiplies them back to fp32.
+
+use std::collections::HashMap;
 
 use seqforge_schemas::contract::Dtype;
 
@@ -20,31 +30,155 @@ pub(crate) struct Net<'w> {
     pub(crate) g: GraphBuilder,
     /// The checkpoint's tensors.
     pub(crate) w: &'w Weights,
-    /// The model dtype.
+    /// The model dtype (of activations and float weights).
     pub(crate) t: DType,
+    /// Whether weights are quantized to int8 (see the module documentation).
+    quantize: bool,
+    /// Initializers made so far by name, so that a tied weight is stored once per graph.
+    made: HashMap<String, Value>,
+}
+
+/// A linear layer's weight: float `[in, out]`, or int8 `[in, out]` with one scale per output.
+enum LinearWeight {
+    Float(Value),
+    Int8 { q: Value, scale: Value },
 }
 
 /// A linear layer's initializers: the weight transposed to `[in, out]` and the bias.
 pub(crate) struct Linear {
-    weight_t: Value,
+    weight: LinearWeight,
     bias: Option<Value>,
+}
+
+/// Symmetric per-row quantization of a row-major `[rows, cols]` matrix: int8 values and one
+/// scale per row (`max |row| / 127`; an all-zero row gets scale 0 and zeros).
+pub fn quantize_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; rows * cols];
+    let mut scales = vec![0f32; rows];
+    for r in 0..rows {
+        let row = &w[r * cols..(r + 1) * cols];
+        let max = row.iter().fold(0f32, |m, &v| m.max(v.abs()));
+        let scale = max / 127.0;
+        scales[r] = scale;
+        if scale > 0.0 {
+            for (out, &v) in q[r * cols..(r + 1) * cols].iter_mut().zip(row) {
+                *out = (v / scale).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+    }
+    (q, scales)
 }
 
 impl<'w> Net<'w> {
     /// An empty graph `name` in the dtype of `options`.
     pub(crate) fn new(name: &str, w: &'w Weights, options: BuildOptions) -> Self {
         let t = match options.dtype {
-            Dtype::Fp32 => DType::F32,
+            Dtype::Fp32 | Dtype::Int8 => DType::F32,
             Dtype::Fp16 => DType::F16,
         };
-        Self { g: GraphBuilder::new(name), w, t }
+        let quantize = options.dtype == Dtype::Int8;
+        Self { g: GraphBuilder::new(name), w, t, quantize, made: HashMap::new() }
     }
 
-    /// Tensor `name` of `shape` as an initializer of the model dtype under the same name.
+    /// The initializer `name`, made by `make` the first time it is asked for.
+    fn once(
+        &mut self,
+        name: &str,
+        make: impl FnOnce(&mut Self) -> Result<Value>,
+    ) -> Result<Value> {
+        if let Some(v) = self.made.get(name) {
+            return Ok(v.clone());
+        }
+        let v = make(self)?;
+        self.made.insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// Tensor `name` of `shape` as an initializer of the model dtype under the same name
+    /// (made once per graph).
     pub(crate) fn param(&mut self, name: &str, shape: &[usize]) -> Result<Value> {
-        let data = self.w.get(name, shape)?;
-        let dims: Vec<i64> = shape.iter().map(|&d| i(d)).collect();
-        self.g.initializer_float(name, self.t, &dims, data)
+        self.once(name, |n| {
+            let data = n.w.get(name, shape)?;
+            let dims: Vec<i64> = shape.iter().map(|&d| i(d)).collect();
+            n.g.initializer_float(name, n.t, &dims, data)
+        })
+    }
+
+    /// Row-quantized `table` `[rows, cols]`: `(int8 [rows, cols], scales [rows])`, or with
+    /// `transposed` the int8 values as `[cols, rows]` for [`GraphBuilder::dynamic_quantize_matmul`].
+    fn quantized(
+        &mut self,
+        table: &str,
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+    ) -> Result<(Value, Value)> {
+        let (q, scales) = quantize_rows(self.w.get(table, &[rows, cols])?, rows, cols);
+        let scale = self.once(&format!("{table}.scale"), |n| {
+            n.g.initializer_f32(&format!("{table}.scale"), &[i(rows)], &scales)
+        })?;
+        let q = if transposed {
+            self.once(&format!("{table}.int8_t"), |n| {
+                let t = transpose(&q, rows, cols);
+                n.g.initializer_i8(&format!("{table}.int8_t"), &[i(cols), i(rows)], &t)
+            })?
+        } else {
+            self.once(&format!("{table}.int8"), |n| {
+                n.g.initializer_i8(&format!("{table}.int8"), &[i(rows), i(cols)], &q)
+            })?
+        };
+        Ok((q, scale))
+    }
+
+    /// `out` = the rows of embedding table `table` (`[rows, dim]`) that `ids` pick, in the
+    /// model dtype (int8 rows times their scales in INT8 exports).
+    pub(crate) fn embedding(
+        &mut self,
+        out: &str,
+        table: &str,
+        rows: usize,
+        dim: usize,
+        ids: &Value,
+    ) -> Result<Value> {
+        if !self.quantize {
+            let t = self.param(table, &[rows, dim])?;
+            return self.g.gather(out, &t, ids, 0);
+        }
+        let (q, scale) = self.quantized(table, rows, dim, false)?;
+        let picked = self.g.gather(&format!("{out}.int8"), &q, ids, 0)?;
+        let picked = self.g.cast(&format!("{out}.int8_f32"), &picked, DType::F32)?;
+        let scales = self.g.gather(&format!("{out}.scale"), &scale, ids, 0)?;
+        let scales = self.g.unsqueeze(&format!("{out}.scale_column"), &scales, &[-1])?;
+        self.g.mul(out, &picked, &scales)
+    }
+
+    /// `out` = `features` `[R, dim]` times `table` (`[rows, dim]`, PyTorch's `[out, in]`)
+    /// transposed, plus `bias` `[rows]` when given: an output projection (or the tied
+    /// embedding used as one).
+    pub(crate) fn projection(
+        &mut self,
+        out: &str,
+        features: &Value,
+        table: &str,
+        (rows, dim): (usize, usize),
+        bias: Option<&str>,
+    ) -> Result<Value> {
+        let bias = match bias {
+            Some(b) => Some(self.param(b, &[rows])?),
+            None => None,
+        };
+        if self.quantize {
+            let (q, scale) = self.quantized(table, rows, dim, true)?;
+            return self.g.dynamic_quantize_matmul(out, features, &q, &scale, bias.as_ref());
+        }
+        let t = self.param(table, &[rows, dim])?;
+        match bias {
+            Some(b) => {
+                let l = self.g.gemm_transposed_b(&format!("{out}.matmul"), features, &t)?;
+                self.g.add(out, &l, &b)
+            }
+            None => self.g.gemm_transposed_b(out, features, &t),
+        }
     }
 
     /// To fp32 (a no-op name-wise in fp32 graphs).
@@ -66,27 +200,35 @@ impl<'w> Net<'w> {
         out_dim: usize,
         bias: bool,
     ) -> Result<Linear> {
-        let weight = self.w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-        let transposed = transpose(weight, out_dim, in_dim);
-        let weight_t = self.g.initializer_float(
-            &format!("{prefix}.weight_t"),
-            self.t,
-            &[i(in_dim), i(out_dim)],
-            &transposed,
-        )?;
+        let name = format!("{prefix}.weight");
+        let weight = if self.quantize {
+            let (q, scale) = self.quantized(&name, out_dim, in_dim, true)?;
+            LinearWeight::Int8 { q, scale }
+        } else {
+            let transposed = transpose(self.w.get(&name, &[out_dim, in_dim])?, out_dim, in_dim);
+            LinearWeight::Float(self.g.initializer_float(
+                &format!("{prefix}.weight_t"),
+                self.t,
+                &[i(in_dim), i(out_dim)],
+                &transposed,
+            )?)
+        };
         let bias =
             if bias { Some(self.param(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
-        Ok(Linear { weight_t, bias })
+        Ok(Linear { weight, bias })
     }
 
     /// `name` = `x @ W^T (+ b)` of `layer`.
     pub(crate) fn apply(&mut self, name: &str, x: &Value, layer: &Linear) -> Result<Value> {
-        match &layer.bias {
-            Some(b) => {
-                let xw = self.g.matmul(&format!("{name}.matmul"), x, &layer.weight_t)?;
+        match (&layer.weight, &layer.bias) {
+            (LinearWeight::Int8 { q, scale }, bias) => {
+                self.g.dynamic_quantize_matmul(name, x, q, scale, bias.as_ref())
+            }
+            (LinearWeight::Float(w), Some(b)) => {
+                let xw = self.g.matmul(&format!("{name}.matmul"), x, w)?;
                 self.g.add(name, &xw, b)
             }
-            None => self.g.matmul(name, x, &layer.weight_t),
+            (LinearWeight::Float(w), None) => self.g.matmul(name, x, w),
         }
     }
 }

@@ -296,8 +296,8 @@ pub fn build_encoder(
     let mask = n.g.equal(state_names::ENCODER_PADDING_MASK, &tokens, &pad_c)?;
     let keep = n.g.not("encoder.non_padding", &mask)?;
 
-    let table = n.param("encoder.embed_tokens.weight", &[c.src_vocab_size, enc.dim])?;
-    let mut x = n.g.gather("encoder.embed_tokens", &table, &tokens, 0)?;
+    let table = "encoder.embed_tokens.weight";
+    let mut x = n.embedding("encoder.embed_tokens", table, c.src_vocab_size, enc.dim, &tokens)?;
     if let Some(scale) = embed_scale(c, enc.dim) {
         let s = n.g.scalar("encoder.embed_scale", n.t, scale)?;
         x = n.g.mul("encoder.embed_scaled", &x, &s)?;
@@ -405,8 +405,7 @@ pub fn build_decoder(
     let shares_all = c.share_all_embeddings;
     let embed_name =
         if shares_all { "encoder.embed_tokens.weight" } else { "decoder.embed_tokens.weight" };
-    let table = n.param(embed_name, &[c.tgt_vocab_size, dec.dim])?;
-    let mut x = n.g.gather("decoder.embed_tokens", &table, &prev, 0)?;
+    let mut x = n.embedding("decoder.embed_tokens", embed_name, c.tgt_vocab_size, dec.dim, &prev)?;
     if let Some(scale) = embed_scale(c, dec.dim) {
         let s = n.g.scalar("decoder.embed_scale", n.t, scale)?;
         x = n.g.mul("decoder.embed_scaled", &x, &s)?;
@@ -472,12 +471,15 @@ pub fn build_decoder(
         x = n.layer_norm("decoder.layer_norm", &x, dec.dim)?;
     }
     let features = n.g.reshape("decoder.features", &x, &[0, i(dec.dim)])?;
-    let projection = if c.shares_decoder_output() {
-        table
-    } else {
-        n.param("decoder.output_projection.weight", &[c.tgt_vocab_size, dec.dim])?
-    };
-    let logits = n.g.gemm_transposed_b("decoder.output_projection", &features, &projection)?;
+    let projection =
+        if c.shares_decoder_output() { embed_name } else { "decoder.output_projection.weight" };
+    let logits = n.projection(
+        "decoder.output_projection",
+        &features,
+        projection,
+        (c.tgt_vocab_size, dec.dim),
+        None,
+    )?;
     let log_probs = if n.t == DType::F32 {
         n.g.log_softmax(names::LOG_PROBS, &logits, -1)?
     } else {

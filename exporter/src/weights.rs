@@ -146,8 +146,8 @@ impl Weights {
 
 /// A row-major `[rows, cols]` matrix transposed to `[cols, rows]` (PyTorch's `[out, in]`
 /// linear weights become `[in, out]` for `MatMul`).
-pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; m.len()];
+pub fn transpose<T: Copy + Default>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::default(); m.len()];
     for r in 0..rows {
         for c in 0..cols {
             t[c * rows + r] = m[r * cols + c];

@@ -206,14 +206,19 @@ pub enum Dtype {
     Fp32,
     /// 16-bit floats, with layer-norm statistics, softmax and log-softmax in fp32.
     Fp16,
+    /// 8-bit integer weights in the linear layers, the embeddings and the output projection
+    /// (symmetric, one fp32 scale per output row), fp32 activations quantized per call by
+    /// ONNX Runtime's dynamic-quantization matmul; the state tensors are fp32.
+    Int8,
 }
 
 impl Dtype {
-    /// `fp32` or `fp16`.
+    /// `fp32`, `fp16` or `int8`.
     pub fn as_str(self) -> &'static str {
         match self {
             Dtype::Fp32 => "fp32",
             Dtype::Fp16 => "fp16",
+            Dtype::Int8 => "int8",
         }
     }
 }
@@ -230,7 +235,8 @@ impl std::str::FromStr for Dtype {
         match s {
             "fp32" | "float32" | "float" => Ok(Dtype::Fp32),
             "fp16" | "float16" | "half" => Ok(Dtype::Fp16),
-            other => Err(format!("unknown dtype `{other}` (expected fp32 or fp16)")),
+            "int8" => Ok(Dtype::Int8),
+            other => Err(format!("unknown dtype `{other}` (expected fp32, fp16 or int8)")),
         }
     }
 }

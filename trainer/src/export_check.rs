@@ -26,6 +26,7 @@ use ort::value::{DynValue, Tensor as OrtTensor};
 use seqforge_exporter::{BuildOptions, ExportOptions, ExportSummary};
 use seqforge_runtime::decoding::{IncrementalDecoder, LogProbs};
 use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
+use seqforge_runtime::search::{GenerationOptions, Hypothesis, generate};
 use seqforge_schemas::contract::{self, Dtype};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -110,7 +111,7 @@ pub struct ExportArgs {
     /// The model directory to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// Weights and activations dtype: fp32 or fp16.
+    /// Weights and activations dtype: fp32, fp16 or int8.
     #[arg(long, default_value = "fp32")]
     pub dtype: Dtype,
     /// The tokenizer to ship (default: DATA/tokenizer.json when it exists).
@@ -128,7 +129,9 @@ pub struct ExportArgs {
     /// Incremental decoder steps compared.
     #[arg(long, default_value_t = 32)]
     pub check_steps: usize,
-    /// Largest absolute difference allowed (default 1e-4 for fp32, 2e-2 for fp16).
+    /// Largest absolute difference allowed (default 1e-4 for fp32, 2e-2 for fp16, 1.0 for
+    /// int8, whose 8-bit weights move log-probabilities by a few tenths; a broken graph moves
+    /// them by many nats).
     #[arg(long)]
     pub tolerance: Option<f32>,
 }
@@ -148,6 +151,9 @@ pub struct ExportReport {
     pub log_probs_diff: f32,
     /// The tolerance applied.
     pub tolerance: f32,
+    /// Sentences whose beam-5 best hypothesis is the same token sequence through the export
+    /// as through the libtorch (fp32) model, and the sentences searched.
+    pub identical_hypotheses: (usize, usize),
     /// Seconds spent checking.
     pub check_seconds: f64,
 }
@@ -180,11 +186,15 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     let tolerance = args.tolerance.unwrap_or(match args.dtype {
         Dtype::Fp32 => 1e-4,
         Dtype::Fp16 => 2e-2,
+        Dtype::Int8 => 1.0,
     });
     let start = Instant::now();
-    let checked =
-        if args.check_samples == 0 { Ok((0.0, 0, 0)) } else { check(args, &staging, tolerance) };
-    let (log_probs_diff, samples, final_rows) = match checked {
+    let checked = if args.check_samples == 0 {
+        Ok(Checked::default())
+    } else {
+        check(args, &staging, tolerance)
+    };
+    let Checked { log_probs_diff, samples, final_rows, identical_hypotheses } = match checked {
         Ok(d) => d,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -215,8 +225,18 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         final_rows,
         log_probs_diff,
         tolerance,
+        identical_hypotheses,
         check_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// What [`check`] measured.
+#[derive(Debug, Default)]
+struct Checked {
+    log_probs_diff: f32,
+    samples: usize,
+    final_rows: usize,
+    identical_hypotheses: (usize, usize),
 }
 
 /// A libtorch tensor's values as a flat `Vec<f32>` (also used by the export parity tests).
@@ -315,9 +335,11 @@ fn greedy(lp: &LogProbs, eos: u32, pad: u32, unk: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Compares the staged export with the libtorch model through [`IncrementalDecoder`]; returns
-/// (log-probs diff, sentences, rows at the end) or a [`ExportCheckError::Mismatch`].
-fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<(f32, usize, usize)> {
+/// Compares the staged export with the libtorch model through [`IncrementalDecoder`] (teacher
+/// forced on the libtorch model's greedy tokens), then runs fairseq's beam-5 search on both and
+/// counts identical best hypotheses; a log-probability difference above `tolerance` is a
+/// [`ExportCheckError::Mismatch`].
+fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<Checked> {
     let onnx_model = Arc::new(ModelDir::open(model_dir, &RuntimeOptions::default())?);
     let c = onnx_model.contract().clone();
     let manifest = onnx_model.manifest();
@@ -394,7 +416,25 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<(f32, us
         }
         prev = greedy(&expected, special.eos, special.pad, special.unk);
     }
-    Ok((log_probs_diff, b, prev.len()))
+    let options = GenerationOptions { beam: 5, max_len_a: 0.0, max_len_b: steps, ..Default::default() };
+    let expected = generate(&mut torch, &sources, &options).map_err(runtime_error)?;
+    let got = generate(&mut onnx, &sources, &options).map_err(runtime_error)?;
+    let same = |a: &[Hypothesis], b: &[Hypothesis]| match (a.first(), b.first()) {
+        (Some(x), Some(y)) => x.tokens == y.tokens,
+        (None, None) => true,
+        _ => false,
+    };
+    let identical = expected.iter().zip(&got).filter(|(a, b)| same(a, b)).count();
+    Ok(Checked {
+        log_probs_diff,
+        samples: b,
+        final_rows: prev.len(),
+        identical_hypotheses: (identical, b),
+    })
+}
+
+fn runtime_error(e: seqforge_runtime::search::Error) -> ExportCheckError {
+    ExportCheckError::Runtime(seqforge_runtime::Error::from(e))
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ struct Args {
     /// The model directory to write.
     #[arg(long)]
     out: PathBuf,
-    /// Weights and activations dtype: fp32 or fp16 (fp16 keeps layer norms and softmaxes in fp32).
+    /// Weights and activations dtype: fp32, fp16 (layer norms and softmaxes stay fp32) or int8
+    /// (8-bit weights, one scale per output row, fp32 activations; ONNX Runtime integer kernels).
     #[arg(long, default_value = "fp32")]
     dtype: Dtype,
     /// The tokenizer to ship (default: DATA_DIR/tokenizer.json when it exists).

@@ -430,7 +430,7 @@ fn check_outlets(
 fn element_type(model: Dtype, dtype: StateDtype) -> TensorElementType {
     match dtype {
         StateDtype::Model => match model {
-            Dtype::Fp32 => TensorElementType::Float32,
+            Dtype::Fp32 | Dtype::Int8 => TensorElementType::Float32,
             Dtype::Fp16 => TensorElementType::Float16,
         },
         StateDtype::Float32 => TensorElementType::Float32,

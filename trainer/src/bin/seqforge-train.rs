@@ -84,8 +84,16 @@ fn main() -> Result<()> {
             println!("{}", r.summary.render());
             println!(
                 "check: {} sentences × {} steps (reordered, then pruned to {} rows), max |diff| \
-                 log_probs {:.2e} (tolerance {:.0e}) in {:.1}s",
-                r.samples, r.steps, r.final_rows, r.log_probs_diff, r.tolerance, r.check_seconds
+                 log_probs {:.2e} (tolerance {:.0e}); beam 5: {} of {} best hypotheses identical \
+                 to libtorch fp32; in {:.1}s",
+                r.samples,
+                r.steps,
+                r.final_rows,
+                r.log_probs_diff,
+                r.tolerance,
+                r.identical_hypotheses.0,
+                r.identical_hypotheses.1,
+                r.check_seconds
             );
             Ok(())
         }
