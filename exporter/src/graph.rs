@@ -256,24 +256,114 @@ impl GraphBuilder {
         }
         let mut shape = a.shape[..a.shape.len() - 1].to_vec();
         shape.push(b.shape[1].clone());
-        // Inputs: A, B, b_scale, b_zero_point (absent: symmetric), bias.
-        let mut inputs = vec![a.name.clone(), b.name.clone(), scale.name.clone()];
         if let Some(bias) = bias {
             require_dtype(out, bias, &[DType::F32])?;
-            inputs.push(String::new());
-            inputs.push(bias.name.clone());
         }
-        self.claim(out)?;
+        // Inputs: A, B, b_scale, b_zero_point (absent: symmetric), bias.
+        let inputs = [Some(a), Some(b), Some(scale), None, bias];
+        let outputs = [(out, DType::F32, shape)];
+        let mut made = self.microsoft_node("DynamicQuantizeMatMul", &inputs, &outputs, vec![])?;
+        made.pop().ok_or_else(|| fail("no output".into()))
+    }
+
+    /// ONNX Runtime's `com.microsoft.MultiHeadAttention` (f32 on the CPU) for one query
+    /// position: `q` `[R, 1, H·D]` (already scaled: the kernel's scale is 1), then either
+    /// - self-attention: `k`, `v` `[R, 1, H·D]` of this step appended to `past`
+    ///   (`[R, H, P, D]` each), returning `(context [R, 1, H·D], Some(present_k, present_v))`
+    ///   named `present` (`[R, H, P + 1, D]`);
+    /// - cross-attention: `k`, `v` `[R, H, S, D]` (projected once by the encoder) and an
+    ///   additive f32 `bias` `[R, 1, 1, S]`, returning `(context, None)`.
+    ///
+    /// One node instead of the reshapes, transposes, matmuls, softmax and concatenations of
+    /// the plain graph; the same maths up to the order of the additions.
+    #[allow(clippy::too_many_arguments)]
+    pub fn multi_head_attention(
+        &mut self,
+        out: &str,
+        (q, k, v): (&Value, &Value, &Value),
+        bias: Option<&Value>,
+        past: Option<(&Value, &Value)>,
+        present: Option<(&str, &str)>,
+        heads: usize,
+    ) -> Result<(Value, Option<(Value, Value)>)> {
+        let fail = |message: String| Error::Node { node: out.to_string(), message };
+        for x in [q, k, v] {
+            require_dtype(out, x, &[DType::F32])?;
+        }
+        if q.shape.len() != 3 {
+            return Err(fail(format!("query must be [R, 1, H·D], got rank {}", q.shape.len())));
+        }
+        let mut outputs = vec![(out, DType::F32, q.shape.clone())];
+        let grown = |p: &Value| -> Result<Vec<Dim>> {
+            if p.shape.len() != 4 {
+                return Err(fail(format!("past must be [R, H, P, D], got rank {}", p.shape.len())));
+            }
+            let mut shape = p.shape.clone();
+            shape[0] = q.shape[0].clone();
+            shape[2] = match &p.shape[2] {
+                Dim::Fixed(n) => Dim::Fixed(n + 1),
+                Dim::Named(n) => Dim::Named(format!("{n}+1")),
+            };
+            Ok(shape)
+        };
+        match (past, present) {
+            (Some((pk, pv)), Some((name_k, name_v))) => {
+                outputs.push((name_k, DType::F32, grown(pk)?));
+                outputs.push((name_v, DType::F32, grown(pv)?));
+            }
+            (None, None) => {}
+            _ => return Err(fail("past and present go together".into())),
+        }
+        let (pk, pv) = past.unzip();
+        // Inputs: query, key, value, bias (packed projections: none), key_padding_mask (none),
+        // attention_bias, past_key, past_value.
+        let inputs = [Some(q), Some(k), Some(v), None, None, bias, pk, pv];
+        let attributes =
+            vec![int_attribute("num_heads", heads as i64), float_attribute("scale", 1.0)];
+        let mut made = self.microsoft_node("MultiHeadAttention", &inputs, &outputs, attributes)?;
+        let presents = if made.len() == 3 {
+            let v = made.pop().ok_or_else(|| fail("no present value".into()))?;
+            let k = made.pop().ok_or_else(|| fail("no present key".into()))?;
+            Some((k, v))
+        } else {
+            None
+        };
+        let context = made.pop().ok_or_else(|| fail("no output".into()))?;
+        Ok((context, presents))
+    }
+
+    /// A node of ONNX Runtime's `com.microsoft` domain: `inputs` in order (`None`: an omitted
+    /// optional input, written as an empty name; trailing ones are dropped), one value per
+    /// `(name, dtype, shape)` of `outputs`.
+    fn microsoft_node(
+        &mut self,
+        op: &str,
+        inputs: &[Option<&Value>],
+        outputs: &[(&str, DType, Vec<Dim>)],
+        attributes: Vec<AttributeProto>,
+    ) -> Result<Vec<Value>> {
+        for (name, _, _) in outputs {
+            self.claim(name)?;
+        }
+        let used = inputs.iter().rposition(Option::is_some).map_or(0, |p| p + 1);
         self.nodes.push(NodeProto {
-            name: Some(out.to_string()),
-            op_type: Some("DynamicQuantizeMatMul".to_string()),
+            name: Some(outputs.first().map_or(op, |o| o.0).to_string()),
+            op_type: Some(op.to_string()),
             domain: Some(MICROSOFT_DOMAIN.to_string()),
-            input: inputs,
-            output: vec![out.to_string()],
+            input: inputs[..used].iter().map(|v| v.map_or(String::new(), |v| v.name.clone())).collect(),
+            output: outputs.iter().map(|(name, _, _)| (*name).to_string()).collect(),
+            attribute: attributes,
             ..Default::default()
         });
         self.uses_microsoft = true;
-        Ok(Value { name: out.to_string(), dtype: DType::F32, shape })
+        Ok(outputs
+            .iter()
+            .map(|(name, dtype, shape)| Value {
+                name: (*name).to_string(),
+                dtype: *dtype,
+                shape: shape.clone(),
+            })
+            .collect())
     }
 
     /// `MatMul(a, b)` with numpy semantics; the contracted dimensions must agree.

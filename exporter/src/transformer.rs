@@ -17,7 +17,7 @@
 //! scores get a large negative bias (-1e9) in fp32 rather than `-inf`: the same probabilities
 //! as fairseq wherever a row has a real key (sources always end with EOS), and never a NaN.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{DType, Dim, Value};
 use crate::net::Net;
 use crate::net::i;
@@ -138,11 +138,16 @@ impl Net<'_> {
 
     /// Scaled queries `[N, H, L, D]`: `q_proj(x) · head_dim^-0.5` split into heads.
     fn query(&mut self, prefix: &str, x: &Value, side: Side) -> Result<Value> {
+        let q = self.scaled_query(prefix, x, side)?;
+        self.split_heads(&format!("{prefix}.q"), &q, side.heads, side.head_dim())
+    }
+
+    /// `q_proj(x) · head_dim^-0.5`, heads not split: `[N, L, H·D]`.
+    fn scaled_query(&mut self, prefix: &str, x: &Value, side: Side) -> Result<Value> {
         let q = self.linear(&format!("{prefix}.q_proj"), x, side.dim, side.dim)?;
         let scaling = (side.head_dim() as f64).powf(-0.5) as f32;
         let s = self.g.scalar(&format!("{prefix}.scaling"), self.t, scaling)?;
-        let q = self.g.mul(&format!("{prefix}.q_scaled"), &q, &s)?;
-        self.split_heads(&format!("{prefix}.q"), &q, side.heads, side.head_dim())
+        self.g.mul(&format!("{prefix}.q_scaled"), &q, &s)
     }
 
     /// Keys or values `[N, H, L, D]` of `x` (`[N, L, kv_dim]`) through `prefix.{k,v}_proj`.
@@ -379,6 +384,8 @@ pub fn build_decoder(
 ) -> Result<seqforge_schemas::onnx::ModelProto> {
     let mut n = Net::new("seqforge_decoder_step", w, options);
     let (_, dec) = sides(c);
+    // fp32 activations (FP32 and INT8 exports): ONNX Runtime's fused attention kernel.
+    let fused = n.t == DType::F32;
     let pad = c.pad_index;
     let (heads, head_dim) = (i(dec.heads), i(dec.head_dim()));
     let rows = || Dim::named("R");
@@ -437,29 +444,58 @@ pub fn build_decoder(
         let norm = format!("{p}.self_attn_layer_norm");
         let h = if dec.normalize_before { n.layer_norm(&norm, &x, dec.dim)? } else { x.clone() };
         let a = format!("{p}.self_attn");
-        let q = n.query(&a, &h, dec)?;
-        let k = n.key_or_value(&format!("{a}.k_proj"), &format!("{a}.k"), &h, dec.dim, dec)?;
-        let v = n.key_or_value(&format!("{a}.v_proj"), &format!("{a}.v"), &h, dec.dim, dec)?;
         let (past_k, past_v) = &past[l];
         let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, &reorder, 0)?;
         let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, &reorder, 0)?;
-        let present_k = n.g.concat(&names::present(&state_names::self_key(l)), &[&pk, &k], 2)?;
-        let present_v = n.g.concat(&names::present(&state_names::self_value(l)), &[&pv, &v], 2)?;
-        let ctx = n.attend(&a, &q, &present_k, &present_v, None, dec.dim)?;
+        let (present_k, present_v) =
+            (names::present(&state_names::self_key(l)), names::present(&state_names::self_value(l)));
+        let ctx = if fused {
+            let q = n.scaled_query(&a, &h, dec)?;
+            let k = n.linear(&format!("{a}.k_proj"), &h, dec.dim, dec.dim)?;
+            let v = n.linear(&format!("{a}.v_proj"), &h, dec.dim, dec.dim)?;
+            let (ctx, present) = n.g.multi_head_attention(
+                &format!("{a}.context_merged"),
+                (&q, &k, &v),
+                None,
+                Some((&pk, &pv)),
+                Some((&present_k, &present_v)),
+                dec.heads,
+            )?;
+            let (k, v) = present.ok_or_else(|| Error::Node {
+                node: a.clone(),
+                message: "self-attention returned no present key/value".into(),
+            })?;
+            presents.push((k, v));
+            ctx
+        } else {
+            let q = n.query(&a, &h, dec)?;
+            let k = n.key_or_value(&format!("{a}.k_proj"), &format!("{a}.k"), &h, dec.dim, dec)?;
+            let v = n.key_or_value(&format!("{a}.v_proj"), &format!("{a}.v"), &h, dec.dim, dec)?;
+            let k = n.g.concat(&present_k, &[&pk, &k], 2)?;
+            let v = n.g.concat(&present_v, &[&pv, &v], 2)?;
+            let ctx = n.attend(&a, &q, &k, &v, None, dec.dim)?;
+            presents.push((k, v));
+            ctx
+        };
         let out = n.linear(&format!("{a}.out_proj"), &ctx, dec.dim, dec.dim)?;
         x = n.g.add(&format!("{p}.self_attn_residual"), &x, &out)?;
         if !dec.normalize_before {
             x = n.layer_norm(&norm, &x, dec.dim)?;
         }
-        presents.push((present_k, present_v));
 
         // Encoder attention over the precomputed keys and values.
         let norm = format!("{p}.encoder_attn_layer_norm");
         let h = if dec.normalize_before { n.layer_norm(&norm, &x, dec.dim)? } else { x.clone() };
         let a = format!("{p}.encoder_attn");
-        let q = n.query(&a, &h, dec)?;
         let (ck, cv) = &cross[l];
-        let ctx = n.attend(&a, &q, ck, cv, Some(&bias), dec.dim)?;
+        let ctx = if fused {
+            let q = n.scaled_query(&a, &h, dec)?;
+            let name = format!("{a}.context_merged");
+            n.g.multi_head_attention(&name, (&q, ck, cv), Some(&bias), None, None, dec.heads)?.0
+        } else {
+            let q = n.query(&a, &h, dec)?;
+            n.attend(&a, &q, ck, cv, Some(&bias), dec.dim)?
+        };
         let out = n.linear(&format!("{a}.out_proj"), &ctx, dec.dim, dec.dim)?;
         x = n.g.add(&format!("{p}.encoder_attn_residual"), &x, &out)?;
         if !dec.normalize_before {

@@ -137,7 +137,7 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
     let c = model.config();
     let layers = c.decoder_layers;
     let (heads, head_dim) = (c.decoder_attention_heads as i64, c.decoder_head_dim() as i64);
-    let config = SessionConfig { intra_threads: 1, optimize: true };
+    let config = SessionConfig { intra_threads: 1, ..SessionConfig::default() };
     let mut enc = load_session(&model_dir.join(contract::ENCODER_FILE), &config)?;
     let mut dec = load_session(&model_dir.join(contract::DECODER_FILE), &config)?;
     let mut diffs = Diffs { steps, ..Diffs::default() };
@@ -432,7 +432,7 @@ fn run_encoder_with(
     let mut session = seqforge_runtime::onnx::load_session_from_memory(
         &bytes,
         Path::new("encoder-fp16"),
-        &SessionConfig { intra_threads: 1, optimize: true },
+        &SessionConfig { intra_threads: 1, ..SessionConfig::default() },
     )?;
     let (tokens, len) = padded(&sources(), true);
     let outputs = session.run(ort::inputs![

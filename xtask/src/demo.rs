@@ -128,6 +128,18 @@ const OPTIM_FLAGS: &[&str] = &[
     "1",
 ];
 
+/// Runs the demo with its default options (the Transformer, 15 minutes, 2 threads) in `work`.
+pub fn run_default(root: &Path, setup: &SetupArgs, work: &str) -> Result<()> {
+    let args = DemoArgs {
+        setup: setup.clone(),
+        minutes: 15.0,
+        arch: DemoArch::Transformer,
+        work: Some(work.to_string()),
+        threads: 2,
+    };
+    run_demo(root, &args)
+}
+
 /// Runs the demo.
 pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
     let start = Instant::now();

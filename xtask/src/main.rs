@@ -4,6 +4,7 @@
 mod bench;
 mod bench_ddp;
 mod bench_generate;
+mod bench_peers;
 mod demo;
 mod pipeline;
 mod setup;
@@ -41,6 +42,11 @@ enum Command {
     /// exports) on the demo's checkpoint and Bible test set: sentences/s, tokens/s, ratios,
     /// identical-hypotheses count, per-step cost at position 10 vs 200.
     BenchGenerate(bench_generate::BenchGenerateArgs),
+    /// seqforge vs CTranslate2 (from PyPI) on the same weights, token ids, beam, lengths and
+    /// threads: the demo model and a base-size (6+6 × 512) model, batch 1 and --max-tokens
+    /// 4096, 1 and 2 threads, FP32 and INT8; medians over alternating rounds, ratios and the
+    /// share of identical hypotheses.
+    BenchPeers(bench_peers::BenchPeersArgs),
     /// Data-parallel training time per update split into compute and communication: one
     /// process with --update-freq 2 vs 2 Gloo ranks on 127.0.0.1, all-reduce after backward
     /// (legacy_ddp) vs overlapped with it (c10d).
@@ -62,6 +68,7 @@ fn main() -> Result<()> {
         Command::Demo(args) => demo::run_demo(&root, &args),
         Command::BenchTrain(args) => bench::run(&root, &args),
         Command::BenchGenerate(args) => bench_generate::run(&root, &args),
+        Command::BenchPeers(args) => bench_peers::run(&root, &args),
         Command::BenchDdp(args) => bench_ddp::run(&root, &args),
     }
 }

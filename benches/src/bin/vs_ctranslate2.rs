@@ -313,7 +313,9 @@ fn main() -> Result<()> {
     for (int8, dir) in &dirs {
         let start = Instant::now();
         let dtype = if *int8 { Dtype::Int8 } else { Dtype::Fp32 };
-        export(&ExportOptions::new(&cli.checkpoint, &cli.data, dir).with_dtype(dtype))
+        let mut options = ExportOptions::new(&cli.checkpoint, &cli.data, dir).with_dtype(dtype);
+        options.force = true;
+        export(&options)
             .with_context(|| format!("exporting {} as {dtype:?}", cli.checkpoint.display()))?;
         println!("exported {} in {:.1} s", dir.display(), start.elapsed().as_secs_f64());
     }

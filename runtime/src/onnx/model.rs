@@ -53,6 +53,7 @@ use std::sync::{Arc, Mutex};
 
 use half::f16;
 use ort::memory::{AllocationDevice, MemoryInfo};
+use ort::session::builder::PrepackedWeights;
 use ort::session::{IoBinding, Session};
 use ort::value::{DynValue, Outlet, Tensor, TensorElementType, ValueType};
 use seqforge_schemas::contract::{
@@ -131,6 +132,8 @@ pub struct ModelDir {
     encoder_path: PathBuf,
     decoder_path: PathBuf,
     spare: Mutex<Option<Sessions>>,
+    /// The pre-packed GEMM weights shared by every session of this model.
+    prepacked: PrepackedWeights,
 }
 
 impl std::fmt::Debug for ModelDir {
@@ -226,6 +229,7 @@ impl ModelDir {
             tokenizer,
             options: options.clone(),
             spare: Mutex::new(None),
+            prepacked: PrepackedWeights::new(),
         };
         let sessions = model.build_sessions()?;
         *model.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(sessions);
@@ -281,8 +285,11 @@ impl ModelDir {
     }
 
     fn build_sessions(&self) -> Result<Sessions> {
-        let config =
-            SessionConfig { intra_threads: self.options.threads, optimize: self.options.optimize };
+        let config = SessionConfig {
+            intra_threads: self.options.threads,
+            optimize: self.options.optimize,
+            prepacked: Some(self.prepacked.clone()),
+        };
         let encoder = load_session_on(&self.encoder_path, &config, &self.options.device)?;
         self.check_graph(&self.encoder_path, GraphKind::Encoder, &encoder)?;
         let decoder = load_session_on(&self.decoder_path, &config, &self.options.device)?;

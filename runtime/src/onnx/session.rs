@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 
 use crate::{Error, Result};
 
@@ -14,11 +14,15 @@ pub struct SessionConfig {
     pub intra_threads: usize,
     /// Apply all graph optimizations (default) or none (useful when debugging a graph).
     pub optimize: bool,
+    /// A container for the weights ONNX Runtime pre-packs for its GEMM kernels, shared by
+    /// every session built with it (the workers' sessions of one model keep one packed copy
+    /// of each weight instead of one each).
+    pub prepacked: Option<PrepackedWeights>,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { intra_threads: 0, optimize: true }
+        Self { intra_threads: 0, optimize: true, prepacked: None }
     }
 }
 
@@ -66,6 +70,9 @@ fn build_session(
     let level =
         if config.optimize { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
     builder = builder.with_optimization_level(level).map_err(ort::Error::from)?;
+    if let Some(prepacked) = &config.prepacked {
+        builder = builder.with_prepacked_weights(prepacked).map_err(ort::Error::from)?;
+    }
     if let Some(device) = device {
         builder = device.register(builder)?;
     }
