@@ -488,6 +488,48 @@ impl GraphBuilder {
         self.node("Gemm", out, &[a, b], attributes, a.dtype, shape)
     }
 
+    /// `Split(x)` along `axis` into parts of `sizes`, one output per name.
+    pub fn split(
+        &mut self,
+        outs: &[&str],
+        x: &Value,
+        axis: i64,
+        sizes: &[i64],
+    ) -> Result<Vec<Value>> {
+        let node = outs.first().copied().unwrap_or("split");
+        let fail = |message: String| Error::Node { node: node.to_string(), message };
+        if outs.len() != sizes.len() || outs.is_empty() {
+            return Err(fail(format!("{} outputs for {} sizes", outs.len(), sizes.len())));
+        }
+        let axis = normalize_axis(node, axis, x.shape.len())?;
+        if let Dim::Fixed(n) = x.shape[axis]
+            && n != sizes.iter().sum::<i64>()
+        {
+            return Err(fail(format!("sizes {sizes:?} do not add up to dimension {axis} ({n})")));
+        }
+        let split = self.initializer_i64(&format!("{node}.split"), &[sizes.len() as i64], sizes)?;
+        for name in outs {
+            self.claim(name)?;
+        }
+        self.nodes.push(NodeProto {
+            name: Some(node.to_string()),
+            op_type: Some("Split".to_string()),
+            input: vec![x.name.clone(), split.name.clone()],
+            output: outs.iter().map(|o| (*o).to_string()).collect(),
+            attribute: vec![int_attribute("axis", axis as i64)],
+            ..Default::default()
+        });
+        Ok(outs
+            .iter()
+            .zip(sizes)
+            .map(|(name, &size)| {
+                let mut shape = x.shape.clone();
+                shape[axis] = Dim::Fixed(size);
+                Value { name: (*name).to_string(), dtype: x.dtype, shape }
+            })
+            .collect())
+    }
+
     /// `Sub(a, b)` with numpy broadcasting.
     pub fn sub(&mut self, out: &str, a: &Value, b: &Value) -> Result<Value> {
         self.binary("Sub", out, a, b)

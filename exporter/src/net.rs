@@ -218,6 +218,44 @@ impl<'w> Net<'w> {
         Ok(Linear { weight, bias })
     }
 
+    /// The linear layers `prefixes` (each `[out_dim, in_dim]` with a bias) as one layer of
+    /// `prefixes.len() · out_dim` outputs, their outputs side by side (e.g. one GEMM for the
+    /// query, key and value projections instead of three). Each output column is computed as
+    /// in its own layer (per-row quantization too), stored under `name`.
+    pub(crate) fn fused_linear_weights(
+        &mut self,
+        name: &str,
+        prefixes: &[&str],
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Linear> {
+        let rows = prefixes.len() * out_dim;
+        let mut weight = Vec::with_capacity(rows * in_dim);
+        let mut bias = Vec::with_capacity(rows);
+        for prefix in prefixes {
+            weight.extend_from_slice(self.w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?);
+            bias.extend_from_slice(self.w.get(&format!("{prefix}.bias"), &[out_dim])?);
+        }
+        let bias = Some(self.g.initializer_float(&format!("{name}.bias"), self.t, &[i(rows)], &bias)?);
+        let weight = if self.quantize {
+            let (q, scales) = quantize_rows(&weight, rows, in_dim);
+            let q = transpose(&q, rows, in_dim);
+            LinearWeight::Int8 {
+                q: self.g.initializer_i8(&format!("{name}.weight.int8_t"), &[i(in_dim), i(rows)], &q)?,
+                scale: self.g.initializer_f32(&format!("{name}.weight.scale"), &[i(rows)], &scales)?,
+            }
+        } else {
+            let t = transpose(&weight, rows, in_dim);
+            LinearWeight::Float(self.g.initializer_float(
+                &format!("{name}.weight_t"),
+                self.t,
+                &[i(in_dim), i(rows)],
+                &t,
+            )?)
+        };
+        Ok(Linear { weight, bias })
+    }
+
     /// `name` = `x @ W^T (+ b)` of `layer`.
     pub(crate) fn apply(&mut self, name: &str, x: &Value, layer: &Linear) -> Result<Value> {
         match (&layer.weight, &layer.bias) {

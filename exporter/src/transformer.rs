@@ -171,8 +171,23 @@ impl Net<'_> {
         let h = self.linear(&format!("{prefix}.fc1"), &h, side.dim, side.ffn)?;
         let h = self.activation(side.activation, &format!("{prefix}.activation"), &h)?;
         let h = self.linear(&format!("{prefix}.fc2"), &h, side.ffn, side.dim)?;
-        let out = self.g.add(&format!("{prefix}.ffn_residual"), x, &h)?;
-        if side.normalize_before { Ok(out) } else { self.layer_norm(&norm, &out, side.dim) }
+        self.residual(&format!("{prefix}.ffn_residual"), &norm, x, &h, side)
+    }
+
+    /// `x + out`, then the layer norm `norm` in post-norm layers.
+    fn residual(
+        &mut self,
+        name: &str,
+        norm: &str,
+        x: &Value,
+        out: &Value,
+        side: Side,
+    ) -> Result<Value> {
+        if side.normalize_before {
+            return self.g.add(name, x, out);
+        }
+        let sum = self.g.add(name, x, out)?;
+        self.layer_norm(norm, &sum, side.dim)
     }
 
     fn activation(&mut self, activation: Activation, name: &str, x: &Value) -> Result<Value> {
@@ -435,6 +450,11 @@ pub fn build_decoder(
     if c.layernorm_embedding {
         x = n.layer_norm("decoder.layernorm_embedding", &x, dec.dim)?;
     }
+    if fused {
+        // One query position per row: the layers work on `[R, E]`, so that ONNX Runtime fuses
+        // each linear layer's MatMul and bias into one GEMM.
+        x = n.g.reshape("decoder.embedded_2d", &x, &[-1, i(dec.dim)])?;
+    }
     let bias = n.attention_bias("decoder.encoder_attention_bias", &mask)?;
 
     let mut presents = Vec::new();
@@ -450,11 +470,23 @@ pub fn build_decoder(
         let (present_k, present_v) =
             (names::present(&state_names::self_key(l)), names::present(&state_names::self_value(l)));
         let ctx = if fused {
-            let q = n.scaled_query(&a, &h, dec)?;
-            let k = n.linear(&format!("{a}.k_proj"), &h, dec.dim, dec.dim)?;
-            let v = n.linear(&format!("{a}.v_proj"), &h, dec.dim, dec.dim)?;
+            // One GEMM for the query, key and value projections of the 2-D `[R, E]` states.
+            let names3 = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{a}.{p}"));
+            let prefixes = names3.each_ref().map(String::as_str);
+            let qkv = n.fused_linear_weights(&format!("{a}.qkv_proj"), &prefixes, dec.dim, dec.dim)?;
+            let qkv = n.apply(&format!("{a}.qkv_proj"), &h, &qkv)?;
+            let split = names3.each_ref().map(|p| format!("{p}.out"));
+            let split = split.each_ref().map(String::as_str);
+            let d = i(dec.dim);
+            let parts = n.g.split(&split, &qkv, -1, &[d, d, d])?;
+            let scaling = (dec.head_dim() as f64).powf(-0.5) as f32;
+            let s = n.g.scalar(&format!("{a}.scaling"), n.t, scaling)?;
+            let q = n.g.mul(&format!("{a}.q_scaled"), &parts[0], &s)?;
+            let q = n.g.reshape(&format!("{a}.q_3d"), &q, &[0, 1, d])?;
+            let k = n.g.reshape(&format!("{a}.k_3d"), &parts[1], &[0, 1, d])?;
+            let v = n.g.reshape(&format!("{a}.v_3d"), &parts[2], &[0, 1, d])?;
             let (ctx, present) = n.g.multi_head_attention(
-                &format!("{a}.context_merged"),
+                &format!("{a}.context_3d"),
                 (&q, &k, &v),
                 None,
                 Some((&pk, &pv)),
@@ -466,7 +498,7 @@ pub fn build_decoder(
                 message: "self-attention returned no present key/value".into(),
             })?;
             presents.push((k, v));
-            ctx
+            n.g.reshape(&format!("{a}.context_merged"), &ctx, &[0, d])?
         } else {
             let q = n.query(&a, &h, dec)?;
             let k = n.key_or_value(&format!("{a}.k_proj"), &format!("{a}.k"), &h, dec.dim, dec)?;
@@ -478,10 +510,7 @@ pub fn build_decoder(
             ctx
         };
         let out = n.linear(&format!("{a}.out_proj"), &ctx, dec.dim, dec.dim)?;
-        x = n.g.add(&format!("{p}.self_attn_residual"), &x, &out)?;
-        if !dec.normalize_before {
-            x = n.layer_norm(&norm, &x, dec.dim)?;
-        }
+        x = n.residual(&format!("{p}.self_attn_residual"), &norm, &x, &out, dec)?;
 
         // Encoder attention over the precomputed keys and values.
         let norm = format!("{p}.encoder_attn_layer_norm");
@@ -489,18 +518,19 @@ pub fn build_decoder(
         let a = format!("{p}.encoder_attn");
         let (ck, cv) = &cross[l];
         let ctx = if fused {
+            let d = i(dec.dim);
             let q = n.scaled_query(&a, &h, dec)?;
-            let name = format!("{a}.context_merged");
-            n.g.multi_head_attention(&name, (&q, ck, cv), Some(&bias), None, None, dec.heads)?.0
+            let q = n.g.reshape(&format!("{a}.q_3d"), &q, &[0, 1, d])?;
+            let name = format!("{a}.context_3d");
+            let ctx =
+                n.g.multi_head_attention(&name, (&q, ck, cv), Some(&bias), None, None, dec.heads)?.0;
+            n.g.reshape(&format!("{a}.context_merged"), &ctx, &[0, d])?
         } else {
             let q = n.query(&a, &h, dec)?;
             n.attend(&a, &q, ck, cv, Some(&bias), dec.dim)?
         };
         let out = n.linear(&format!("{a}.out_proj"), &ctx, dec.dim, dec.dim)?;
-        x = n.g.add(&format!("{p}.encoder_attn_residual"), &x, &out)?;
-        if !dec.normalize_before {
-            x = n.layer_norm(&norm, &x, dec.dim)?;
-        }
+        x = n.residual(&format!("{p}.encoder_attn_residual"), &norm, &x, &out, dec)?;
         x = n.feed_forward(&p, &x, dec)?;
     }
     if dec.normalize_before && !c.no_decoder_final_norm {
