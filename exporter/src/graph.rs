@@ -1054,6 +1054,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn onnx_runtime_contrib_nodes_import_their_domain_only_when_used() -> Result<()> {
+        let plain = GraphBuilder::new("t").finish(&[]);
+        assert_eq!(plain.opset_import.len(), 1, "{:?}", plain.opset_import);
+
+        let mut g = GraphBuilder::new("t");
+        let rows = || Dim::named("R");
+        let x = g.input("x", DType::F32, vec![rows(), Dim::Fixed(4)])?;
+        let q = g.initializer_i8("w", &[4, 6], &[1; 24])?;
+        let scale = g.initializer_f32("s", &[6], &[0.5; 6])?;
+        let y = g.dynamic_quantize_matmul("y", &x, &q, &scale, None)?;
+        assert_eq!((y.shape(), y.dtype()), (&[rows(), Dim::Fixed(6)][..], DType::F32));
+        let f = g.initializer_f32("f", &[4, 6], &[0.0; 24])?;
+        assert!(g.dynamic_quantize_matmul("bad", &x, &f, &scale, None).is_err(), "f32 weight");
+        let parts = g.split(&["a", "b", "c"], &y, -1, &[2, 2, 2])?;
+        assert_eq!(parts[2].shape(), &[rows(), Dim::Fixed(2)]);
+        assert!(g.split(&["d", "e"], &y, -1, &[2, 3]).is_err(), "sizes must add up");
+        let q3 = g.reshape("q3", &parts[0], &[0, 1, 2])?;
+        let k3 = g.reshape("k3", &parts[1], &[0, 1, 2])?;
+        let v3 = g.reshape("v3", &parts[2], &[0, 1, 2])?;
+        let past = || vec![Dim::named("Rp"), Dim::Fixed(1), Dim::named("P"), Dim::Fixed(2)];
+        let pk = g.input("pk", DType::F32, past())?;
+        let pv = g.input("pv", DType::F32, past())?;
+        let (ctx, present) = g.multi_head_attention(
+            "ctx",
+            (&q3, &k3, &v3),
+            None,
+            Some((&pk, &pv)),
+            Some(("present_k", "present_v")),
+            1,
+        )?;
+        assert_eq!(ctx.shape(), q3.shape());
+        let (k, _) = present.ok_or_else(|| Error::DuplicateName("no present".into()))?;
+        assert_eq!(k.shape(), &[rows(), Dim::Fixed(1), Dim::named("P+1"), Dim::Fixed(2)]);
+        let m = g.finish(&[]);
+        let domains: Vec<_> = m.opset_import.iter().map(|o| o.domain.clone()).collect();
+        assert_eq!(domains, vec![Some(String::new()), Some(MICROSOFT_DOMAIN.to_string())]);
+        let graph = m.graph.unwrap_or_default();
+        let mha = graph.node.iter().find(|n| n.op_type.as_deref() == Some("MultiHeadAttention"));
+        let inputs = mha.map(|n| n.input.clone()).unwrap_or_default();
+        assert_eq!(inputs, ["q3", "k3", "v3", "", "", "", "pk", "pv"], "omitted inputs are empty");
+        Ok(())
+    }
+
+    #[test]
     fn matmul_checks_contracted_dims() -> Result<()> {
         let mut g = GraphBuilder::new("t");
         let x = g.input("x", DType::F32, vec![Dim::named("b"), Dim::Fixed(4)])?;

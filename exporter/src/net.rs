@@ -270,3 +270,23 @@ impl<'w> Net<'w> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::quantize_rows;
+
+    #[test]
+    fn rows_are_quantized_symmetrically_each_with_its_own_scale() {
+        let w = [1.0, -0.5, 0.25, 0.0, 0.0, 0.0, -254.0, 127.0, 1.0];
+        let (q, scales) = quantize_rows(&w, 3, 3);
+        assert_eq!(scales, vec![1.0 / 127.0, 0.0, 2.0]);
+        assert_eq!(q, vec![127, -64, 32, 0, 0, 0, -127, 64, 1]);
+        // Dequantized values are within half a step of the originals.
+        for r in 0..3 {
+            for c in 0..3 {
+                let back = f32::from(q[r * 3 + c]) * scales[r];
+                assert!((back - w[r * 3 + c]).abs() <= scales[r] / 2.0 + 1e-6, "{r},{c}");
+            }
+        }
+    }
+}
