@@ -488,6 +488,42 @@ impl GraphBuilder {
         self.node("Gemm", out, &[a, b], attributes, a.dtype, shape)
     }
 
+    /// `TopK(x, k)` along the last axis, largest first (ties: the smaller index first):
+    /// `(values, indices)` named `values` and `indices` (int64), last dimension `K`.
+    pub fn top_k(
+        &mut self,
+        (values, indices): (&str, &str),
+        x: &Value,
+        k: &Value,
+    ) -> Result<(Value, Value)> {
+        require_dtype(values, k, &[DType::I64])?;
+        if x.shape.is_empty() {
+            return Err(Error::Node { node: values.into(), message: "TopK of a scalar".into() });
+        }
+        self.claim(values)?;
+        self.claim(indices)?;
+        self.nodes.push(NodeProto {
+            name: Some(values.to_string()),
+            op_type: Some("TopK".to_string()),
+            input: vec![x.name.clone(), k.name.clone()],
+            output: vec![values.to_string(), indices.to_string()],
+            attribute: vec![
+                int_attribute("axis", -1),
+                int_attribute("largest", 1),
+                int_attribute("sorted", 1),
+            ],
+            ..Default::default()
+        });
+        let mut shape = x.shape.clone();
+        if let Some(last) = shape.last_mut() {
+            *last = Dim::named("K");
+        }
+        Ok((
+            Value { name: values.to_string(), dtype: x.dtype, shape: shape.clone() },
+            Value { name: indices.to_string(), dtype: DType::I64, shape },
+        ))
+    }
+
     /// `Split(x)` along `axis` into parts of `sizes`, one output per name.
     pub fn split(
         &mut self,

@@ -263,7 +263,7 @@ pub fn build_decoder(
     };
     let logits = n.up("decoder.logits_fp32", &logits)?;
     let log_probs = n.g.log_softmax(names::LOG_PROBS, &logits, -1)?;
-    n.g.output(&log_probs);
+    n.output_log_probs(&log_probs)?;
     for p in &presents {
         n.g.output(p);
     }

@@ -191,6 +191,20 @@ impl<'w> Net<'w> {
         if x.dtype() == self.t { Ok(x.clone()) } else { self.g.cast(out, x, self.t) }
     }
 
+    /// The decoder step's outputs over the vocabulary: `log_probs` (f32 `[R, V]`) as a graph
+    /// output, and its `top_k` best per row (graph input `top_k`, outputs `top_log_probs` and
+    /// `top_ids`; see [`seqforge_schemas::contract::names::TOP_K`]).
+    pub(crate) fn output_log_probs(&mut self, log_probs: &Value) -> Result<()> {
+        use seqforge_schemas::contract::names;
+        self.g.output(log_probs);
+        let k = self.g.input(names::TOP_K, DType::I64, vec![crate::graph::Dim::Fixed(1)])?;
+        let (values, ids) =
+            self.g.top_k((names::TOP_LOG_PROBS, names::TOP_IDS), log_probs, &k)?;
+        self.g.output(&values);
+        self.g.output(&ids);
+        Ok(())
+    }
+
     /// `prefix.weight` `[out, in]` (and `prefix.bias`) as initializers for `x @ W^T + b`,
     /// stored once however often [`Net::apply`] uses them.
     pub(crate) fn linear_weights(

@@ -552,7 +552,7 @@ pub fn build_decoder(
         let l32 = n.g.cast("decoder.logits_fp32", &logits, DType::F32)?;
         n.g.log_softmax(names::LOG_PROBS, &l32, -1)?
     };
-    n.g.output(&log_probs);
+    n.output_log_probs(&log_probs)?;
     for (k, v) in &presents {
         n.g.output(k);
         n.g.output(v);

@@ -47,6 +47,20 @@ impl LogProbs {
     }
 }
 
+/// Each row's `k` best log-probabilities, best first (ties: the smaller id first): what a beam
+/// search needs when nothing else reads the whole distribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogProbs {
+    /// Number of rows (live hypotheses).
+    pub rows: usize,
+    /// Entries per row.
+    pub k: usize,
+    /// `rows × k` log-probabilities.
+    pub values: Vec<f32>,
+    /// `rows × k` token ids of `values`.
+    pub ids: Vec<u32>,
+}
+
 /// A model that decodes one target position at a time with a cache.
 pub trait IncrementalDecoder {
     /// The encoder's output for a batch of source sentences.
@@ -80,6 +94,20 @@ pub trait IncrementalDecoder {
     /// Feeds one token per row (the previous output; EOS at step 0) and returns the
     /// log-probabilities of the next token for every row. Appends to the cache.
     fn step(&mut self, tokens: &[u32], state: &mut Self::State) -> Result<LogProbs, Self::Error>;
+
+    /// Like [`IncrementalDecoder::step`], but returns only each row's `k` best
+    /// log-probabilities (computed by the backend, e.g. inside the graph). A backend that
+    /// cannot returns `Ok(None)` without stepping (the default), and the caller then calls
+    /// [`IncrementalDecoder::step`].
+    fn step_top(
+        &mut self,
+        tokens: &[u32],
+        state: &mut Self::State,
+        k: usize,
+    ) -> Result<Option<TopLogProbs>, Self::Error> {
+        let _ = (tokens, state, k);
+        Ok(None)
+    }
 
     /// Rebuilds the state so that new row `i` is old row `order[i]` (`order` may repeat rows and
     /// be shorter than before: this is both beam reordering and pruning of finished rows).

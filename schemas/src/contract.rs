@@ -92,6 +92,15 @@ pub mod names {
     pub const REORDER: &str = "reorder";
     /// Decoder output: log-probabilities over the target vocabulary.
     pub const LOG_PROBS: &str = "log_probs";
+    /// Optional decoder input (int64 `[1]`), present together with [`TOP_LOG_PROBS`] and
+    /// [`TOP_IDS`]: how many of each row's best log-probabilities to return.
+    pub const TOP_K: &str = "top_k";
+    /// Optional decoder output: each row's `top_k` best log-probabilities `[R, K]` (f32), best
+    /// first (ties: the smaller id first), so that a beam search can skip copying and scanning
+    /// the whole `[R, V]` distribution.
+    pub const TOP_LOG_PROBS: &str = "top_log_probs";
+    /// Optional decoder output: the ids (int64 `[R, K]`) of [`TOP_LOG_PROBS`].
+    pub const TOP_IDS: &str = "top_ids";
 
     /// The step input of state tensor `name`: `past.{name}`.
     pub fn past(name: &str) -> String {

@@ -181,6 +181,10 @@ def main():
             if not follows_row(t):
                 feeds[t["name"]] = enc_out[t["name"]][rows]
         feeds.update(past)
+        # Optional: each row's best log-probabilities (`top_k` → top_log_probs, top_ids).
+        has_top = any(i.name == "top_k" for i in dec.get_inputs())
+        if has_top:
+            feeds["top_k"] = np.array([7], dtype=np.int64)
         check(set(feeds) == {i.name for i in dec.get_inputs()}, f"step {step}: inputs {sorted(feeds)} vs graph {[i.name for i in dec.get_inputs()]}")
         out = dict(zip(dec_names, dec.run(None, feeds)))
         R = len(reorder)
@@ -190,6 +194,11 @@ def main():
         check(np.isfinite(lp).all(), f"step {step}: log_probs has non-finite values")
         lse = np.log(np.exp(lp.astype(np.float64)).sum(axis=1))
         check(np.abs(lse).max() < 1e-4, f"step {step}: log_probs rows not normalized (logsumexp {lse})")
+        if has_top:
+            top, ids = out["top_log_probs"], out["top_ids"]
+            check(top.shape == (R, 7) and ids.shape == (R, 7), f"step {step}: top shapes {top.shape} {ids.shape}")
+            check(np.array_equal(np.take_along_axis(lp, ids, 1), top), f"step {step}: top_ids do not index top_log_probs")
+            check(np.allclose(np.sort(lp, 1)[:, ::-1][:, :7], top), f"step {step}: top_log_probs are not the best 7")
         past = {}
         for t in tensors:
             if follows_row(t):

@@ -54,7 +54,7 @@ use std::sync::{Arc, Mutex};
 use half::f16;
 use ort::memory::{AllocationDevice, MemoryInfo};
 use ort::session::builder::PrepackedWeights;
-use ort::session::{IoBinding, Session};
+use ort::session::{HasSelectedOutputs, IoBinding, OutputSelector, RunOptions, Session};
 use ort::value::{DynValue, Outlet, Tensor, TensorElementType, ValueType};
 use seqforge_schemas::contract::{
     self, DimKind, Dtype, GraphKind, Manifest, ModelContract, StateDtype, StateInit, StatePolicy,
@@ -64,7 +64,7 @@ use sha2::{Digest, Sha256};
 
 use super::device::Device;
 use super::session::{SessionConfig, load_session_on};
-use crate::decoding::{IncrementalDecoder, LogProbs, SpecialTokens};
+use crate::decoding::{IncrementalDecoder, LogProbs, SpecialTokens, TopLogProbs};
 use crate::{Error, Result};
 
 /// How to open and run a model directory.
@@ -344,6 +344,13 @@ impl ModelDir {
                     plain(names::REORDER, TensorElementType::Int64, 1),
                 ];
                 let mut outs = vec![plain(names::LOG_PROBS, TensorElementType::Float32, 2)];
+                // Optional: each row's best log-probabilities (exports of this version on have
+                // them; earlier ones decode through `log_probs` alone).
+                if session.inputs().iter().any(|i| i.name() == names::TOP_K) {
+                    ins.push(plain(names::TOP_K, TensorElementType::Int64, 1));
+                    outs.push(plain(names::TOP_LOG_PROBS, TensorElementType::Float32, 2));
+                    outs.push(plain(names::TOP_IDS, TensorElementType::Int64, 2));
+                }
                 for t in &spec.tensors {
                     if t.policy.follows_row() {
                         ins.push(expect(names::past(&t.name), t));
@@ -589,6 +596,10 @@ pub struct OnnxDecoder {
     gpu: Option<i32>,
     /// Whether steps run through `binding`.
     bind: bool,
+    /// Whether the step graph returns each row's best log-probabilities (`top_k` input).
+    has_top: bool,
+    /// Run options that fetch every output but `log_probs` (steps of [`OnnxDecoder::step_top`]).
+    top_only: RunOptions<HasSelectedOutputs>,
 }
 
 impl std::fmt::Debug for OnnxDecoder {
@@ -611,7 +622,23 @@ impl OnnxDecoder {
         };
         let special = model.special_tokens();
         let bind = gpu.is_some() || model.options.io_binding;
-        Ok(Self { model, encoder, decoder, binding, cache, host, names, special, gpu, bind })
+        let has_top = decoder.inputs().iter().any(|i| i.name() == names::TOP_K);
+        let top_only = RunOptions::new()?
+            .with_outputs(OutputSelector::default().without(names::LOG_PROBS));
+        Ok(Self {
+            model,
+            encoder,
+            decoder,
+            binding,
+            cache,
+            host,
+            names,
+            special,
+            gpu,
+            bind,
+            has_top,
+            top_only,
+        })
     }
 
     /// The model.
@@ -726,6 +753,167 @@ fn value_shape(value: &DynValue) -> Vec<i64> {
     }
 }
 
+/// What one step returned.
+enum StepOut {
+    Full(LogProbs),
+    Top(TopLogProbs),
+}
+
+/// The output `name` of a step, checked to be `[rows, k]`.
+fn top_output<'a, T: ort::value::PrimitiveTensorElementType + 'a>(
+    outputs: &'a ort::session::SessionOutputs<'_>,
+    name: &str,
+    [rows, k]: [usize; 2],
+) -> Result<&'a [T]> {
+    let bad = |message: String| Error::GraphOutput {
+        graph: contract::DECODER_FILE,
+        output: name.to_string(),
+        message,
+    };
+    let value = outputs.get(name).ok_or_else(|| bad("not returned".into()))?;
+    let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| bad(e.to_string()))?;
+    if **shape != [rows as i64, k as i64] {
+        return Err(bad(format!("shape {:?}, expected [{rows}, {k}]", &**shape)));
+    }
+    Ok(data)
+}
+
+impl OnnxDecoder {
+    /// One decoder step: full log-probabilities, or with `top` each row's `top` best.
+    fn run_step(
+        &mut self,
+        tokens: &[u32],
+        state: &mut DecoderState,
+        top: Option<usize>,
+    ) -> Result<StepOut> {
+        let r = state.rows.len();
+        if tokens.len() != r {
+            return Err(Error::DecoderState(format!("step: {} tokens for {r} rows", tokens.len())));
+        }
+        if r == 0 {
+            return Err(Error::DecoderState("step: no rows left".into()));
+        }
+        if state.per_sentence_rows != state.rows {
+            self.regather(state)?;
+        }
+        let order: Vec<i64> = match state.pending.take() {
+            Some(order) => order,
+            None => (0..r as i64).collect(),
+        };
+        if let Some(bad) = order.iter().find(|&&i| i < 0 || i as usize >= state.past_rows) {
+            return Err(Error::DecoderState(format!(
+                "step: reorder index {bad} outside the {} rows of the cache",
+                state.past_rows
+            )));
+        }
+        let prev: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let prev = Tensor::from_array((vec![r, 1], prev))?.into_dyn();
+        let order = Tensor::from_array((vec![r], order))?.into_dyn();
+        let mut inputs: Vec<(&str, &DynValue)> =
+            Vec::with_capacity(2 + self.names.per_sentence.len() + self.names.past.len());
+        inputs.push((names::PREV_TOKENS, &prev));
+        inputs.push((names::REORDER, &order));
+        for ((name, _), value) in self.names.per_sentence.iter().zip(&state.per_sentence) {
+            inputs.push((name.as_str(), value));
+        }
+        for ((_, name, _), value) in self.names.past.iter().zip(&state.past) {
+            inputs.push((name.as_str(), value));
+        }
+        let top_k = Tensor::from_array((vec![1usize], vec![top.unwrap_or(1) as i64]))?.into_dyn();
+        if self.has_top {
+            inputs.push((names::TOP_K, &top_k));
+        }
+        let vocab = self.model.contract().tgt_vocab_size;
+        let (out, present) = {
+            let mut outputs = if !self.bind {
+                // On CPU, ONNX Runtime allocates the outputs in host memory and takes the
+                // previous outputs as inputs without copying them.
+                match top {
+                    None => self.decoder.run(inputs)?,
+                    Some(_) => self.decoder.run_with_options(inputs, &self.top_only)?,
+                }
+            } else {
+                // On a GPU, outputs are bound to a device (not to values) before every run:
+                // ONNX Runtime allocates `present_*` of this step's shape in GPU memory, where
+                // the next step reads them; only `log_probs` come to the host.
+                let binding = &mut self.binding;
+                binding.clear_outputs();
+                for (_, _, name) in &self.names.past {
+                    binding.bind_output_to_device(name.as_str(), &self.cache)?;
+                }
+                binding.bind_output_to_device(names::LOG_PROBS, &self.host)?;
+                for (name, value) in inputs {
+                    binding.bind_input(name, value)?;
+                }
+                self.decoder.run_binding(&self.binding)?
+            };
+            let missing = |name: &str| Error::GraphOutput {
+                graph: contract::DECODER_FILE,
+                output: name.to_string(),
+                message: "not returned".into(),
+            };
+            let out = match top {
+                None => {
+                    let lp = outputs.get(names::LOG_PROBS).ok_or_else(|| missing(names::LOG_PROBS))?;
+                    let (shape, values) =
+                        lp.try_extract_tensor::<f32>().map_err(|e| Error::GraphOutput {
+                            graph: contract::DECODER_FILE,
+                            output: names::LOG_PROBS.into(),
+                            message: e.to_string(),
+                        })?;
+                    if **shape != [r as i64, vocab as i64] {
+                        return Err(Error::GraphOutput {
+                            graph: contract::DECODER_FILE,
+                            output: names::LOG_PROBS.into(),
+                            message: format!("shape {:?}, expected [{r}, {vocab}]", &**shape),
+                        });
+                    }
+                    StepOut::Full(LogProbs { rows: r, vocab, data: values.to_vec() })
+                }
+                Some(k) => {
+                    let values = top_output::<f32>(&outputs, names::TOP_LOG_PROBS, [r, k])?;
+                    let ids = top_output::<i64>(&outputs, names::TOP_IDS, [r, k])?;
+                    let ids = ids.iter().map(|&i| i as u32).collect();
+                    StepOut::Top(TopLogProbs { rows: r, k, values: values.to_vec(), ids })
+                }
+            };
+            let mut present = Vec::with_capacity(self.names.past.len());
+            for (_, _, name) in &self.names.past {
+                present.push(outputs.remove(name.as_str()).ok_or_else(|| missing(name))?);
+            }
+            (out, present)
+        };
+        // Drop the binding's references to the old past; the state owns the new one.
+        if self.bind {
+            self.binding.clear_inputs();
+        }
+        let spec = &self.model.contract().state;
+        for ((t, _, name), value) in self.names.past.iter().zip(&present) {
+            let want: Vec<i64> = spec
+                .shape_of(t, r, state.encoded.src_len, state.position + 1)
+                .into_iter()
+                .map(|d| d as i64)
+                .collect();
+            let found = value_shape(value);
+            if found != want {
+                return Err(Error::GraphOutput {
+                    graph: contract::DECODER_FILE,
+                    output: name.clone(),
+                    message: format!(
+                        "shape {found:?}, but state tensor `{}` declares {want:?} ({:?})",
+                        t.name, t.shape
+                    ),
+                });
+            }
+        }
+        state.past = present;
+        state.past_rows = r;
+        state.position += 1;
+        Ok(out)
+    }
+
+}
+
 impl IncrementalDecoder for OnnxDecoder {
     type Encoded = Encoded;
     type State = DecoderState;
@@ -803,113 +991,26 @@ impl IncrementalDecoder for OnnxDecoder {
     }
 
     fn step(&mut self, tokens: &[u32], state: &mut DecoderState) -> Result<LogProbs> {
-        let r = state.rows.len();
-        if tokens.len() != r {
-            return Err(Error::DecoderState(format!("step: {} tokens for {r} rows", tokens.len())));
+        match self.run_step(tokens, state, None)? {
+            StepOut::Full(lp) => Ok(lp),
+            StepOut::Top(_) => Err(Error::DecoderState("step: got top-k for a full step".into())),
         }
-        if r == 0 {
-            return Err(Error::DecoderState("step: no rows left".into()));
+    }
+
+    fn step_top(
+        &mut self,
+        tokens: &[u32],
+        state: &mut DecoderState,
+        k: usize,
+    ) -> Result<Option<TopLogProbs>> {
+        // The host path only: on a GPU `log_probs` is bound to host memory already.
+        if !self.has_top || self.bind || k == 0 || k > self.contract().tgt_vocab_size {
+            return Ok(None);
         }
-        if state.per_sentence_rows != state.rows {
-            self.regather(state)?;
+        match self.run_step(tokens, state, Some(k))? {
+            StepOut::Top(top) => Ok(Some(top)),
+            StepOut::Full(_) => Err(Error::DecoderState("step_top: got a full step".into())),
         }
-        let order: Vec<i64> = match state.pending.take() {
-            Some(order) => order,
-            None => (0..r as i64).collect(),
-        };
-        if let Some(bad) = order.iter().find(|&&i| i < 0 || i as usize >= state.past_rows) {
-            return Err(Error::DecoderState(format!(
-                "step: reorder index {bad} outside the {} rows of the cache",
-                state.past_rows
-            )));
-        }
-        let prev: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        let prev = Tensor::from_array((vec![r, 1], prev))?.into_dyn();
-        let order = Tensor::from_array((vec![r], order))?.into_dyn();
-        let mut inputs: Vec<(&str, &DynValue)> =
-            Vec::with_capacity(2 + self.names.per_sentence.len() + self.names.past.len());
-        inputs.push((names::PREV_TOKENS, &prev));
-        inputs.push((names::REORDER, &order));
-        for ((name, _), value) in self.names.per_sentence.iter().zip(&state.per_sentence) {
-            inputs.push((name.as_str(), value));
-        }
-        for ((_, name, _), value) in self.names.past.iter().zip(&state.past) {
-            inputs.push((name.as_str(), value));
-        }
-        let vocab = self.model.contract().tgt_vocab_size;
-        let (data, present) = {
-            let mut outputs = if !self.bind {
-                // On CPU, ONNX Runtime allocates the outputs in host memory and takes the
-                // previous outputs as inputs without copying them.
-                self.decoder.run(inputs)?
-            } else {
-                // On a GPU, outputs are bound to a device (not to values) before every run:
-                // ONNX Runtime allocates `present_*` of this step's shape in GPU memory, where
-                // the next step reads them; only `log_probs` come to the host.
-                let binding = &mut self.binding;
-                binding.clear_outputs();
-                for (_, _, name) in &self.names.past {
-                    binding.bind_output_to_device(name.as_str(), &self.cache)?;
-                }
-                binding.bind_output_to_device(names::LOG_PROBS, &self.host)?;
-                for (name, value) in inputs {
-                    binding.bind_input(name, value)?;
-                }
-                self.decoder.run_binding(&self.binding)?
-            };
-            let missing = |name: &str| Error::GraphOutput {
-                graph: contract::DECODER_FILE,
-                output: name.to_string(),
-                message: "not returned".into(),
-            };
-            let lp = outputs.get(names::LOG_PROBS).ok_or_else(|| missing(names::LOG_PROBS))?;
-            let (shape, values) =
-                lp.try_extract_tensor::<f32>().map_err(|e| Error::GraphOutput {
-                    graph: contract::DECODER_FILE,
-                    output: names::LOG_PROBS.into(),
-                    message: e.to_string(),
-                })?;
-            if **shape != [r as i64, vocab as i64] {
-                return Err(Error::GraphOutput {
-                    graph: contract::DECODER_FILE,
-                    output: names::LOG_PROBS.into(),
-                    message: format!("shape {:?}, expected [{r}, {vocab}]", &**shape),
-                });
-            }
-            let data = values.to_vec();
-            let mut present = Vec::with_capacity(self.names.past.len());
-            for (_, _, name) in &self.names.past {
-                present.push(outputs.remove(name.as_str()).ok_or_else(|| missing(name))?);
-            }
-            (data, present)
-        };
-        // Drop the binding's references to the old past; the state owns the new one.
-        if self.bind {
-            self.binding.clear_inputs();
-        }
-        let spec = &self.model.contract().state;
-        for ((t, _, name), value) in self.names.past.iter().zip(&present) {
-            let want: Vec<i64> = spec
-                .shape_of(t, r, state.encoded.src_len, state.position + 1)
-                .into_iter()
-                .map(|d| d as i64)
-                .collect();
-            let found = value_shape(value);
-            if found != want {
-                return Err(Error::GraphOutput {
-                    graph: contract::DECODER_FILE,
-                    output: name.clone(),
-                    message: format!(
-                        "shape {found:?}, but state tensor `{}` declares {want:?} ({:?})",
-                        t.name, t.shape
-                    ),
-                });
-            }
-        }
-        state.past = present;
-        state.past_rows = r;
-        state.position += 1;
-        Ok(LogProbs { rows: r, vocab, data })
     }
 
     fn reorder(&mut self, state: &mut DecoderState, order: &[usize]) -> Result<()> {

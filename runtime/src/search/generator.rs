@@ -208,6 +208,18 @@ impl Adjust {
     }
 }
 
+impl Adjust {
+    /// [`Adjust::row`] for one entry, on steps where no sentence is at its maximum length or
+    /// in its forced prefix, and without temperature.
+    fn token(&self, token: u32, lp: f32, step: usize) -> f32 {
+        let SpecialTokens { bos, pad, eos, unk } = self.special;
+        if lp.is_nan() || token == pad || token == bos || (token == eos && step < self.min_len) {
+            return f32::NEG_INFINITY;
+        }
+        if token == unk && self.unkpen != 0.0 { lp - self.unkpen } else { lp }
+    }
+}
+
 fn keep_only(row: &mut [f32], token: usize) {
     let kept = row[token];
     row.fill(f32::NEG_INFINITY);
@@ -394,68 +406,95 @@ fn run<D: IncrementalDecoder>(
     let mut cands = Candidates::default();
     let mut eos_mask: Vec<bool> = Vec::new();
     let mut keep: Vec<usize> = Vec::with_capacity(n);
+    // Beam search without n-gram blocking reads only each row's best 2 × beam log-probabilities
+    // (after the adjustments, which remove or lower at most `<pad>`, `<s>`, EOS and `<unk>`).
+    let sparse_search = matches!(options.strategy, Strategy::Beam | Strategy::Greedy)
+        && options.no_repeat_ngram_size == 0
+        && adjust.temperature.is_none();
+    let top_k = 2 * beam + 4;
+    let sparse_search = sparse_search && top_k <= vocab;
+    let mut top_search = BeamSearch::new();
 
     for step in 0..=longest {
         if reorder_pending {
             decoder.reorder(&mut state, &order).map_err(|e| Error::decoder("reorder", e))?;
         }
-        let out = decoder.step(&feed, &mut state).map_err(|e| Error::decoder("step", e))?;
-        let decoder_rows = if step == 0 { bsz } else { bsz * beam };
-        if out.rows != decoder_rows || out.vocab != vocab || out.data.len() != decoder_rows * vocab
-        {
-            return Err(Error::DecoderOutput {
-                step,
-                expected_rows: decoder_rows,
-                rows: out.rows,
-                expected_vocab: vocab,
-                vocab: out.vocab,
-                len: out.data.len(),
-            });
-        }
-        if step == 0 {
-            lprobs.clear();
-            for s in 0..bsz {
-                for _ in 0..beam {
-                    lprobs.extend_from_slice(&out.data[s * vocab..(s + 1) * vocab]);
-                }
-            }
+        // Each row's best log-probabilities suffice (and save copying and scanning whole
+        // rows) when only the beam search reads them and no processor needs a whole row.
+        let sparse = sparse_search
+            && live.iter().all(|&o| step < plans[o].max_len && step >= plans[o].prefix.len());
+        let top = if sparse {
+            decoder.step_top(&feed, &mut state, top_k).map_err(|e| Error::decoder("step", e))?
         } else {
-            lprobs = out.data;
-        }
+            None
+        };
         let rows = bsz * beam;
-
-        for (b, &orig) in live.iter().enumerate() {
-            let plan = &plans[orig];
-            for r in b * beam..(b + 1) * beam {
-                adjust.row(&mut lprobs[r * vocab..(r + 1) * vocab], step, plan);
+        if let Some(top) = top {
+            prev_scores.clear();
+            if step > 0 {
+                prev_scores.extend((0..rows).map(|r| beams.scores[r * sw + step - 1]));
             }
-            // A forced EOS: make all of the sentence's hypotheses the first one.
-            let forced_eos =
-                step < plan.prefix.len() && step < plan.max_len && plan.prefix[step] == eos;
-            if forced_eos && beam > 1 {
-                let first = b * beam;
-                for r in first + 1..first + beam {
-                    lprobs.copy_within(first * vocab..(first + 1) * vocab, r * vocab);
+            let shape = StepShape { sentences: bsz, beam, vocab };
+            let adjust = |token: u32, lp: f32| adjust.token(token, lp, step);
+            top_search.step_top(step, shape, &top, adjust, &prev_scores, &mut cands)?;
+        } else {
+            let out = decoder.step(&feed, &mut state).map_err(|e| Error::decoder("step", e))?;
+            let decoder_rows = if step == 0 { bsz } else { bsz * beam };
+            if out.rows != decoder_rows || out.vocab != vocab || out.data.len() != decoder_rows * vocab
+            {
+                return Err(Error::DecoderOutput {
+                    step,
+                    expected_rows: decoder_rows,
+                    rows: out.rows,
+                    expected_vocab: vocab,
+                    vocab: out.vocab,
+                    len: out.data.len(),
+                });
+            }
+            if step == 0 {
+                lprobs.clear();
+                for s in 0..bsz {
+                    for _ in 0..beam {
+                        lprobs.extend_from_slice(&out.data[s * vocab..(s + 1) * vocab]);
+                    }
                 }
-                beams.replicate_first(first, beam);
+            } else {
+                lprobs = out.data;
             }
-        }
-        if options.no_repeat_ngram_size > 0 {
-            for r in 0..rows {
-                block_repeated_ngrams(
-                    options.no_repeat_ngram_size,
-                    beams.tokens(r, step + 1),
-                    &mut lprobs[r * vocab..(r + 1) * vocab],
-                );
-            }
-        }
 
-        prev_scores.clear();
-        if step > 0 {
-            prev_scores.extend((0..rows).map(|r| beams.scores[r * sw + step - 1]));
+            for (b, &orig) in live.iter().enumerate() {
+                let plan = &plans[orig];
+                for r in b * beam..(b + 1) * beam {
+                    adjust.row(&mut lprobs[r * vocab..(r + 1) * vocab], step, plan);
+                }
+                // A forced EOS: make all of the sentence's hypotheses the first one.
+                let forced_eos =
+                    step < plan.prefix.len() && step < plan.max_len && plan.prefix[step] == eos;
+                if forced_eos && beam > 1 {
+                    let first = b * beam;
+                    for r in first + 1..first + beam {
+                        lprobs.copy_within(first * vocab..(first + 1) * vocab, r * vocab);
+                    }
+                    beams.replicate_first(first, beam);
+                }
+            }
+            if options.no_repeat_ngram_size > 0 {
+                for r in 0..rows {
+                    block_repeated_ngrams(
+                        options.no_repeat_ngram_size,
+                        beams.tokens(r, step + 1),
+                        &mut lprobs[r * vocab..(r + 1) * vocab],
+                    );
+                }
+            }
+
+            prev_scores.clear();
+            if step > 0 {
+                prev_scores.extend((0..rows).map(|r| beams.scores[r * sw + step - 1]));
+            }
+            let shape = StepShape { sentences: bsz, beam, vocab };
+            search.step(step, shape, &lprobs, &prev_scores, &mut cands)?;
         }
-        let shape = StepShape { sentences: bsz, beam, vocab };
-        search.step(step, shape, &lprobs, &prev_scores, &mut cands)?;
         let width = cands.width;
         if width < beam || cands.sentences != bsz || cands.tokens.len() != bsz * width {
             return Err(Error::TooFewCandidates { width, beam });

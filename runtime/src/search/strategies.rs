@@ -20,6 +20,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 use super::error::{Error, Result};
 use super::select::{best_first, keep_best, top_k_by};
+use crate::decoding::TopLogProbs;
 
 /// The shape of a search step's input: `sentences × beam` rows of `vocab` log-probabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +121,60 @@ impl BeamSearch {
     /// A beam search.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// [`Search::step`] from each decoder row's best log-probabilities instead of whole rows
+    /// (one row per sentence at step 0, `beam` after). `adjust(token, logprob)` applies the
+    /// generator's per-token adjustments. With at least `2 × beam` entries per row left
+    /// unchanged or lowered by `adjust`, the candidates equal those of [`Search::step`] on the
+    /// full, adjusted rows: any token outside a row's list scores no better than every entry of
+    /// it, so the best `2 × beam` of a sentence are among its rows' lists.
+    pub(crate) fn step_top(
+        &mut self,
+        step: usize,
+        shape: StepShape,
+        top: &TopLogProbs,
+        adjust: impl Fn(u32, f32) -> f32,
+        prev_scores: &[f32],
+        out: &mut Candidates,
+    ) -> Result<()> {
+        let StepShape { sentences, beam, vocab } = shape;
+        let rows_used = if step == 0 { 1 } else { beam };
+        let rows = if step == 0 { sentences } else { sentences * beam };
+        if top.rows != rows || top.values.len() != rows * top.k || top.ids.len() != rows * top.k {
+            return Err(Error::ShapeMismatch {
+                what: "top log-probabilities",
+                expected: rows * top.k,
+                actual: top.values.len(),
+            });
+        }
+        if step > 0 && prev_scores.len() != rows {
+            return Err(Error::ShapeMismatch {
+                what: "prev_scores",
+                expected: rows,
+                actual: prev_scores.len(),
+            });
+        }
+        let k = (2 * beam).min((rows_used * vocab).saturating_sub(1));
+        out.reset(sentences, k);
+        for s in 0..sentences {
+            self.pool.clear();
+            for i in 0..rows_used {
+                let r = if step == 0 { s } else { s * beam + i };
+                let entries = r * top.k..(r + 1) * top.k;
+                for (&v, &token) in top.values[entries.clone()].iter().zip(&top.ids[entries]) {
+                    let v = adjust(token, v);
+                    let score = if step == 0 { v } else { v + prev_scores[s * beam + i] };
+                    self.pool.push((score, (i * vocab) as u32 + token));
+                }
+            }
+            keep_best(&mut self.pool, k);
+            for &(score, flat) in &self.pool {
+                let flat = flat as usize;
+                out.push(score, (flat % vocab) as u32, flat / vocab);
+            }
+        }
+        Ok(())
     }
 }
 

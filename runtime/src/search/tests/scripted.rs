@@ -3,7 +3,7 @@
 //! out by hand — the counterpart of fairseq's `tests/utils.py::TestIncrementalDecoder`, keyed by
 //! prefix rather than by beam row so that it also holds when rows are reordered or pruned.
 
-use crate::decoding::{IncrementalDecoder, LogProbs, SpecialTokens};
+use crate::decoding::{IncrementalDecoder, LogProbs, SpecialTokens, TopLogProbs};
 
 pub const BOS: u32 = 0;
 pub const PAD: u32 = 1;
@@ -28,6 +28,8 @@ pub struct Log {
     pub rows: Vec<usize>,
     /// Every reorder index.
     pub reorders: Vec<Vec<usize>>,
+    /// Steps answered with each row's best entries.
+    pub top_steps: usize,
 }
 
 /// A fault to inject.
@@ -49,6 +51,9 @@ pub struct ScriptedDecoder {
     pub script: Script,
     pub log: Log,
     pub fault: Option<Fault>,
+    /// Answer [`IncrementalDecoder::step_top`] (each row's best entries of the same
+    /// distribution, ties to the smaller id), as exported graphs do.
+    pub top: bool,
 }
 
 impl ScriptedDecoder {
@@ -59,6 +64,7 @@ impl ScriptedDecoder {
             script: Box::new(script),
             log: Log::default(),
             fault: None,
+            top: false,
         }
     }
 }
@@ -117,6 +123,30 @@ impl IncrementalDecoder for ScriptedDecoder {
             })
             .collect();
         Ok(State { sources: encoded.clone(), rows, step: 0 })
+    }
+
+    fn step_top(
+        &mut self,
+        tokens: &[u32],
+        state: &mut Self::State,
+        k: usize,
+    ) -> Result<Option<TopLogProbs>, Self::Error> {
+        if !self.top {
+            return Ok(None);
+        }
+        let lp = self.step(tokens, state)?;
+        self.log.top_steps += 1;
+        let (mut values, mut ids) = (Vec::new(), Vec::new());
+        for r in 0..lp.rows {
+            let row = lp.row(r);
+            let mut order: Vec<usize> = (0..lp.vocab).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            for &t in order.iter().take(k) {
+                values.push(row[t]);
+                ids.push(t as u32);
+            }
+        }
+        Ok(Some(TopLogProbs { rows: lp.rows, k, values, ids }))
     }
 
     fn step(&mut self, tokens: &[u32], state: &mut Self::State) -> Result<LogProbs, Self::Error> {
