@@ -350,7 +350,10 @@ impl GraphBuilder {
             name: Some(outputs.first().map_or(op, |o| o.0).to_string()),
             op_type: Some(op.to_string()),
             domain: Some(MICROSOFT_DOMAIN.to_string()),
-            input: inputs[..used].iter().map(|v| v.map_or(String::new(), |v| v.name.clone())).collect(),
+            input: inputs[..used]
+                .iter()
+                .map(|v| v.map_or(String::new(), |v| v.name.clone()))
+                .collect(),
             output: outputs.iter().map(|(name, _, _)| (*name).to_string()).collect(),
             attribute: attributes,
             ..Default::default()

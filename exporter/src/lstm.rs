@@ -69,7 +69,8 @@ pub fn build_encoder(
     let lengths = n.g.cast("encoder.lengths", &lengths, DType::I32)?;
 
     let table = "encoder.embed_tokens.weight";
-    let x = n.embedding("encoder.embed_tokens", table, c.src_vocab_size, c.encoder_embed_dim, &tokens)?;
+    let x =
+        n.embedding("encoder.embed_tokens", table, c.src_vocab_size, c.encoder_embed_dim, &tokens)?;
     let x = n.up("encoder.embed_fp32", &x)?;
     let mut x = n.g.transpose("encoder.time_major", &x, &[1, 0, 2])?;
     let mut finals = Vec::new();
@@ -183,8 +184,13 @@ pub fn build_decoder(
     let feed = past(&mut n, state_names::INPUT_FEED)?;
 
     let embedding = decoder_embedding_name(c);
-    let x =
-        n.embedding("decoder.embed_tokens", embedding, c.tgt_vocab_size, c.decoder_embed_dim, &prev)?;
+    let x = n.embedding(
+        "decoder.embed_tokens",
+        embedding,
+        c.tgt_vocab_size,
+        c.decoder_embed_dim,
+        &prev,
+    )?;
     let x = n.g.reshape("decoder.embedded", &x, &[0, i(c.decoder_embed_dim)])?;
     let mut input = n.g.concat("decoder.input_fed", &[&x, &feed], 1)?;
     let mut presents = Vec::new();

@@ -81,11 +81,7 @@ impl<'w> Net<'w> {
     }
 
     /// The initializer `name`, made by `make` the first time it is asked for.
-    fn once(
-        &mut self,
-        name: &str,
-        make: impl FnOnce(&mut Self) -> Result<Value>,
-    ) -> Result<Value> {
+    fn once(&mut self, name: &str, make: impl FnOnce(&mut Self) -> Result<Value>) -> Result<Value> {
         if let Some(v) = self.made.get(name) {
             return Ok(v.clone());
         }
@@ -198,8 +194,7 @@ impl<'w> Net<'w> {
         use seqforge_schemas::contract::names;
         self.g.output(log_probs);
         let k = self.g.input(names::TOP_K, DType::I64, vec![crate::graph::Dim::Fixed(1)])?;
-        let (values, ids) =
-            self.g.top_k((names::TOP_LOG_PROBS, names::TOP_IDS), log_probs, &k)?;
+        let (values, ids) = self.g.top_k((names::TOP_LOG_PROBS, names::TOP_IDS), log_probs, &k)?;
         self.g.output(&values);
         self.g.output(&ids);
         Ok(())
@@ -250,13 +245,22 @@ impl<'w> Net<'w> {
             weight.extend_from_slice(self.w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?);
             bias.extend_from_slice(self.w.get(&format!("{prefix}.bias"), &[out_dim])?);
         }
-        let bias = Some(self.g.initializer_float(&format!("{name}.bias"), self.t, &[i(rows)], &bias)?);
+        let bias =
+            Some(self.g.initializer_float(&format!("{name}.bias"), self.t, &[i(rows)], &bias)?);
         let weight = if self.quantize {
             let (q, scales) = quantize_rows(&weight, rows, in_dim);
             let q = transpose(&q, rows, in_dim);
             LinearWeight::Int8 {
-                q: self.g.initializer_i8(&format!("{name}.weight.int8_t"), &[i(in_dim), i(rows)], &q)?,
-                scale: self.g.initializer_f32(&format!("{name}.weight.scale"), &[i(rows)], &scales)?,
+                q: self.g.initializer_i8(
+                    &format!("{name}.weight.int8_t"),
+                    &[i(in_dim), i(rows)],
+                    &q,
+                )?,
+                scale: self.g.initializer_f32(
+                    &format!("{name}.weight.scale"),
+                    &[i(rows)],
+                    &scales,
+                )?,
             }
         } else {
             let t = transpose(&weight, rows, in_dim);

@@ -427,7 +427,8 @@ pub fn build_decoder(
     let shares_all = c.share_all_embeddings;
     let embed_name =
         if shares_all { "encoder.embed_tokens.weight" } else { "decoder.embed_tokens.weight" };
-    let mut x = n.embedding("decoder.embed_tokens", embed_name, c.tgt_vocab_size, dec.dim, &prev)?;
+    let mut x =
+        n.embedding("decoder.embed_tokens", embed_name, c.tgt_vocab_size, dec.dim, &prev)?;
     if let Some(scale) = embed_scale(c, dec.dim) {
         let s = n.g.scalar("decoder.embed_scale", n.t, scale)?;
         x = n.g.mul("decoder.embed_scaled", &x, &s)?;
@@ -467,13 +468,16 @@ pub fn build_decoder(
         let (past_k, past_v) = &past[l];
         let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, &reorder, 0)?;
         let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, &reorder, 0)?;
-        let (present_k, present_v) =
-            (names::present(&state_names::self_key(l)), names::present(&state_names::self_value(l)));
+        let (present_k, present_v) = (
+            names::present(&state_names::self_key(l)),
+            names::present(&state_names::self_value(l)),
+        );
         let ctx = if fused {
             // One GEMM for the query, key and value projections of the 2-D `[R, E]` states.
             let names3 = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{a}.{p}"));
             let prefixes = names3.each_ref().map(String::as_str);
-            let qkv = n.fused_linear_weights(&format!("{a}.qkv_proj"), &prefixes, dec.dim, dec.dim)?;
+            let qkv =
+                n.fused_linear_weights(&format!("{a}.qkv_proj"), &prefixes, dec.dim, dec.dim)?;
             let qkv = n.apply(&format!("{a}.qkv_proj"), &h, &qkv)?;
             let split = names3.each_ref().map(|p| format!("{p}.out"));
             let split = split.each_ref().map(String::as_str);
@@ -523,7 +527,8 @@ pub fn build_decoder(
             let q = n.g.reshape(&format!("{a}.q_3d"), &q, &[0, 1, d])?;
             let name = format!("{a}.context_3d");
             let ctx =
-                n.g.multi_head_attention(&name, (&q, ck, cv), Some(&bias), None, None, dec.heads)?.0;
+                n.g.multi_head_attention(&name, (&q, ck, cv), Some(&bias), None, None, dec.heads)?
+                    .0;
             n.g.reshape(&format!("{a}.context_merged"), &ctx, &[0, d])?
         } else {
             let q = n.query(&a, &h, dec)?;

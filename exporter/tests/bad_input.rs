@@ -276,8 +276,11 @@ fn graphs_follow_the_contract() -> Result<()> {
                     .map(String::from)
                     .chain(per_layer(sn::cross_key, sn::cross_value))
                     .chain(self_kv(names::past))
+                    .chain(std::iter::once(names::TOP_K.to_string()))
                     .collect(),
-                std::iter::once(names::LOG_PROBS.to_string())
+                [names::LOG_PROBS, names::TOP_LOG_PROBS, names::TOP_IDS]
+                    .into_iter()
+                    .map(String::from)
                     .chain(self_kv(names::present))
                     .collect(),
             ),

@@ -142,7 +142,10 @@ fn workers_decode_batches_side_by_side_with_identical_output() -> Result<()> {
     ensure!(one.lines().filter(|l| l.starts_with("H-")).count() == lines.len(), "{one}");
     for (threads, workers, batch) in [("3", "3", "1"), ("2", "0", "2"), ("2", "4", "1")] {
         let many = run(threads, workers, batch)?;
-        ensure!(many == one, "{threads} threads, {workers} workers, batch {batch}:\n{many}\nvs\n{one}");
+        ensure!(
+            many == one,
+            "{threads} threads, {workers} workers, batch {batch}:\n{many}\nvs\n{one}"
+        );
     }
     Ok(())
 }

@@ -254,12 +254,29 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
             inputs.push((names::past(&sn::self_key(l)), float_input(fp16, ks, kd)?));
             inputs.push((names::past(&sn::self_value(l)), float_input(fp16, vs, vd)?));
         }
+        const TOP: usize = 4;
+        inputs.push((
+            names::TOP_K.into(),
+            OrtTensor::from_array(([1usize], vec![TOP as i64]))?.into_dyn(),
+        ));
         let outputs = dec.run(inputs)?;
         let (lp_shape, lp) = {
             let (s, d) = outputs[names::LOG_PROBS].try_extract_tensor::<f32>()?;
             (s.to_vec(), d.to_vec())
         };
         ensure!(lp_shape == [rows as i64, vocab as i64], "step {step}: log_probs {lp_shape:?}");
+        // top_log_probs/top_ids: each row's best TOP entries of log_probs, best first.
+        let (_, top) = outputs[names::TOP_LOG_PROBS].try_extract_tensor::<f32>()?;
+        let (_, ids) = outputs[names::TOP_IDS].try_extract_tensor::<i64>()?;
+        for r in 0..rows {
+            let row = &lp[r * vocab..(r + 1) * vocab];
+            let mut best: Vec<f32> = row.to_vec();
+            best.sort_by(|a, b| b.total_cmp(a));
+            for j in 0..TOP {
+                let (v, id) = (top[r * TOP + j], ids[r * TOP + j] as usize);
+                ensure!(v == row[id] && v == best[j], "step {step} row {r}: top entry {j}");
+            }
+        }
         let d = max_diff(&lp, &expected).with_context(|| format!("step {step}"))?;
         diffs.log_probs = diffs.log_probs.max(d);
         for r in 0..rows {

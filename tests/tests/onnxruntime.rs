@@ -111,7 +111,8 @@ fn a_model_file_loads_from_disk() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("model.onnx");
     std::fs::write(&path, build_model(DType::F32)?)?;
-    let session = load_session(&path, &SessionConfig { intra_threads: 1, ..SessionConfig::default() })?;
+    let session =
+        load_session(&path, &SessionConfig { intra_threads: 1, ..SessionConfig::default() })?;
     ensure!(session.inputs().len() == 1 && session.outputs().len() == 1, "unexpected signature");
     Ok(())
 }

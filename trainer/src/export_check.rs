@@ -416,7 +416,8 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<Checked>
         }
         prev = greedy(&expected, special.eos, special.pad, special.unk);
     }
-    let options = GenerationOptions { beam: 5, max_len_a: 0.0, max_len_b: steps, ..Default::default() };
+    let options =
+        GenerationOptions { beam: 5, max_len_a: 0.0, max_len_b: steps, ..Default::default() };
     let expected = generate(&mut torch, &sources, &options).map_err(runtime_error)?;
     let got = generate(&mut onnx, &sources, &options).map_err(runtime_error)?;
     let same = |a: &[Hypothesis], b: &[Hypothesis]| match (a.first(), b.first()) {

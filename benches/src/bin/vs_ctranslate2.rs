@@ -154,7 +154,9 @@ enum Engine {
 impl Engine {
     fn label(&self) -> String {
         match self {
-            Engine::Seqforge { int8 } => format!("seqforge {}", if *int8 { "int8" } else { "fp32" }),
+            Engine::Seqforge { int8 } => {
+                format!("seqforge {}", if *int8 { "int8" } else { "fp32" })
+            }
             Engine::Ct2 { int8, intra, inter } => format!(
                 "ct2 {} (intra {intra}, inter {inter})",
                 if *int8 { "int8" } else { "fp32" }
@@ -281,7 +283,8 @@ fn sources(cli: &Cli, model: &ModelDir) -> Result<Vec<SourceLine>> {
     let lang = |l: &Option<String>, side: &str| {
         l.clone().with_context(|| format!("the model's manifest has no {side} language"))
     };
-    let (src, tgt) = (lang(&manifest.source_lang, "source")?, lang(&manifest.target_lang, "target")?);
+    let (src, tgt) =
+        (lang(&manifest.source_lang, "source")?, lang(&manifest.target_lang, "target")?);
     let prefix = split_prefix(&cli.data, "test", &src, &tgt, &src);
     let data = IndexedDataset::open(&prefix)?;
     let max = model.contract().max_source_positions;
@@ -359,8 +362,11 @@ fn main() -> Result<()> {
         loadavg()
     );
 
-    let mut batchings: Vec<(String, (Option<usize>, Option<usize>), usize)> =
-        vec![(format!("max-tokens {}", cli.max_tokens), (None, Some(cli.max_tokens)), cli.sentences)];
+    let mut batchings: Vec<(String, (Option<usize>, Option<usize>), usize)> = vec![(
+        format!("max-tokens {}", cli.max_tokens),
+        (None, Some(cli.max_tokens)),
+        cli.sentences,
+    )];
     if cli.batch1_sentences > 0 {
         batchings.push(("batch 1".into(), (Some(1), None), cli.batch1_sentences));
     }
@@ -410,7 +416,10 @@ fn main() -> Result<()> {
             let rate = |k: usize| sources.len() as f64 / median(secs[k].clone());
             let spread = |k: usize| {
                 let r: Vec<f64> = secs[k].iter().map(|s| sources.len() as f64 / s).collect();
-                (r.iter().copied().fold(f64::INFINITY, f64::min), r.iter().copied().fold(0.0, f64::max))
+                (
+                    r.iter().copied().fold(f64::INFINITY, f64::min),
+                    r.iter().copied().fold(0.0, f64::max),
+                )
             };
             let pick = |int8: bool, ct2: bool| -> Option<usize> {
                 let candidates = engines.iter().enumerate().filter(|(_, e)| match e {

@@ -191,7 +191,8 @@ pub fn run(args: &GenerateArgs, out: &mut impl Write) -> anyhow::Result<Generate
     match (&args.input, &args.data) {
         (Some(input), None) => {
             let text = read_text(input, args.reference.as_deref(), prefix_size)?;
-            let mut translator = Translator::open(&args.model, options, limits, args.batch.workers(&args.model))?;
+            let mut translator =
+                Translator::open(&args.model, options, limits, args.batch.workers(&args.model))?;
             let loaded = encode_text(args, &translator, input, text)?;
             generate(args, &mut translator, loaded, out)
         }
@@ -208,7 +209,8 @@ pub fn run(args: &GenerateArgs, out: &mut impl Write) -> anyhow::Result<Generate
                     split.target_idx.display()
                 );
             }
-            let mut translator = Translator::open(&args.model, options, limits, args.batch.workers(&args.model))?;
+            let mut translator =
+                Translator::open(&args.model, options, limits, args.batch.workers(&args.model))?;
             let loaded = encode_split(args, &translator, split)?;
             generate(args, &mut translator, loaded, out)
         }

@@ -65,7 +65,8 @@ pub fn run(
         anyhow::bail!("--prefix-size needs references: use `seqforge generate --ref`");
     }
     let limits = args.batch.limits().map_err(anyhow::Error::msg)?;
-    let mut translator = Translator::open(&args.model, options, limits, args.batch.workers(&args.model))?;
+    let mut translator =
+        Translator::open(&args.model, options, limits, args.batch.workers(&args.model))?;
     let overlong = args.input_args.overlong();
     let name = "<stdin>";
     let mut summary = GenerateSummary { sentences: 0, tokens: 0, seconds: 0.0, skipped: 0 };

@@ -623,8 +623,8 @@ impl OnnxDecoder {
         let special = model.special_tokens();
         let bind = gpu.is_some() || model.options.io_binding;
         let has_top = decoder.inputs().iter().any(|i| i.name() == names::TOP_K);
-        let top_only = RunOptions::new()?
-            .with_outputs(OutputSelector::default().without(names::LOG_PROBS));
+        let top_only =
+            RunOptions::new()?.with_outputs(OutputSelector::default().without(names::LOG_PROBS));
         Ok(Self {
             model,
             encoder,
@@ -854,7 +854,8 @@ impl OnnxDecoder {
             };
             let out = match top {
                 None => {
-                    let lp = outputs.get(names::LOG_PROBS).ok_or_else(|| missing(names::LOG_PROBS))?;
+                    let lp =
+                        outputs.get(names::LOG_PROBS).ok_or_else(|| missing(names::LOG_PROBS))?;
                     let (shape, values) =
                         lp.try_extract_tensor::<f32>().map_err(|e| Error::GraphOutput {
                             graph: contract::DECODER_FILE,
@@ -911,7 +912,6 @@ impl OnnxDecoder {
         state.position += 1;
         Ok(out)
     }
-
 }
 
 impl IncrementalDecoder for OnnxDecoder {

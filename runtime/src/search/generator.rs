@@ -440,7 +440,9 @@ fn run<D: IncrementalDecoder>(
         } else {
             let out = decoder.step(&feed, &mut state).map_err(|e| Error::decoder("step", e))?;
             let decoder_rows = if step == 0 { bsz } else { bsz * beam };
-            if out.rows != decoder_rows || out.vocab != vocab || out.data.len() != decoder_rows * vocab
+            if out.rows != decoder_rows
+                || out.vocab != vocab
+                || out.data.len() != decoder_rows * vocab
             {
                 return Err(Error::DecoderOutput {
                     step,
