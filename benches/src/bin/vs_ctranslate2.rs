@@ -15,7 +15,8 @@
 //!    seqforge FP32, CTranslate2 float32, seqforge INT8, CTranslate2 int8. seqforge runs as
 //!    `seqforge generate` does (`translate_sources_on`, one worker per thread, each with one
 //!    intra-op thread). CTranslate2 runs every configuration of the same thread count
-//!    (`intra_threads` × `inter_threads` = threads) and is credited with its best. Both engines
+//!    (`intra_threads` × `inter_threads` = threads; at batch 1 only `inter_threads`, since
+//!    `intra_threads` 2 was 20× slower there) and is credited with its best. Both engines
 //!    get the same batches; model loading and a warm-up of a few sentences are not timed;
 //! 4. prints one table row per (threads, batching) with median sentences/s (and the spread
 //!    over the rounds), the ratios seqforge / CTranslate2, and the share of sentences whose
@@ -165,9 +166,14 @@ impl Engine {
     }
 }
 
+/// The median (the mean of the middle two for an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn loadavg() -> String {
@@ -385,7 +391,12 @@ fn main() -> Result<()> {
                 if ours.contains_key(&int8) {
                     engines.push(Engine::Seqforge { int8 });
                 }
+                // Every intra × inter layout of the threads; at batch 1 only inter_threads, as
+                // intra_threads 2 ran 20× slower than 1 there (115 s vs 5.3 s for 300 sentences).
                 for intra in (1..=threads).filter(|i| threads % i == 0).rev() {
+                    if limits.0 == Some(1) && intra > 1 {
+                        continue;
+                    }
                     engines.push(Engine::Ct2 { int8, intra, inter: threads / intra });
                 }
             }

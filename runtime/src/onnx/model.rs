@@ -35,6 +35,9 @@
 //!   memory; on CUDA/TensorRT an [`IoBinding`] whose state outputs are bound to the GPU, so the
 //!   state stays there and only `log_probs` come to the host); and the row-ordered
 //!   per-sentence inputs, also ONNX Runtime values (uploaded once per rebuild on GPU).
+//! - [`OnnxDecoder::step_top`] (on the CPU, when the graph has the optional `top_k` input)
+//!   runs the step fetching every output but `log_probs`: each row's best log-probabilities
+//!   and ids from the graph's `TopK`, so a beam search does not copy the `[R, V]` matrix.
 //! - Every step's `present.{name}` is checked against its declared shape (an `Append` axis one
 //!   longer than before), so a graph that disagrees with its declaration fails naming the
 //!   tensor instead of decoding garbage.
