@@ -39,7 +39,7 @@ pub fn load_session_from_memory(
     name: &Path,
     config: &SessionConfig,
 ) -> Result<Session> {
-    build_session(bytes, name, config, None)
+    build_session(Source::Memory(bytes), name, config, None)
 }
 
 /// Loads a model file into a session on `device`'s execution providers (an explicitly
@@ -49,15 +49,22 @@ pub fn load_session_on(
     config: &SessionConfig,
     device: &super::device::Device,
 ) -> Result<Session> {
-    let bytes =
-        std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    build_session(&bytes, path, config, Some(device))
+    // ONNX Runtime reads the file itself (no second copy of the graph in memory while the
+    // session is built); a missing file is still named as an I/O error.
+    std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    build_session(Source::File(path), path, config, Some(device))
+}
+
+/// Where a session's graph comes from.
+enum Source<'a> {
+    Memory(&'a [u8]),
+    File(&'a Path),
 }
 
 /// The one session builder: threads and optimization level from `config`, then `device`'s
 /// execution providers when given (ONNX Runtime's default CPU provider otherwise).
 fn build_session(
-    bytes: &[u8],
+    source: Source<'_>,
     name: &Path,
     config: &SessionConfig,
     device: Option<&super::device::Device>,
@@ -76,7 +83,9 @@ fn build_session(
     if let Some(device) = device {
         builder = device.register(builder)?;
     }
-    builder
-        .commit_from_memory(bytes)
-        .map_err(|e| Error::InvalidModel { path: name.to_path_buf(), message: e.to_string() })
+    match source {
+        Source::Memory(bytes) => builder.commit_from_memory(bytes),
+        Source::File(path) => builder.commit_from_file(path),
+    }
+    .map_err(|e| Error::InvalidModel { path: name.to_path_buf(), message: e.to_string() })
 }
