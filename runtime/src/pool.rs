@@ -168,6 +168,7 @@ pub fn translate_sources<D: IncrementalDecoder>(
 /// first batches start while the others are still being built. `progress(n)` is called on the
 /// calling thread after each finished batch of `n` sentences. The first error stops the other
 /// workers after their current batch and is returned.
+#[allow(clippy::too_many_arguments, reason = "translate_sources' arguments plus the workers")]
 pub fn translate_sources_on<D: IncrementalDecoder + Send>(
     decoders: &mut Vec<D>,
     workers: usize,

@@ -139,6 +139,9 @@ impl Drop for Peer {
     }
 }
 
+/// A batching: its name, its (max sentences, max tokens) limits and the sentences it decodes.
+type Batching = (String, (Option<usize>, Option<usize>), usize);
+
 /// One timed run: seconds and, per sentence, the best hypothesis' tokens (EOS excluded).
 struct Timed {
     secs: f64,
@@ -228,7 +231,7 @@ impl Ours {
 
 fn best_tokens(hyps: &[Hypothesis]) -> Vec<u32> {
     let mut t = hyps.first().map(|h| h.tokens.clone()).unwrap_or_default();
-    if t.len() > 0 {
+    if !t.is_empty() {
         t.pop(); // EOS
     }
     t
@@ -368,7 +371,7 @@ fn main() -> Result<()> {
         loadavg()
     );
 
-    let mut batchings: Vec<(String, (Option<usize>, Option<usize>), usize)> = vec![(
+    let mut batchings: Vec<Batching> = vec![(
         format!("max-tokens {}", cli.max_tokens),
         (None, Some(cli.max_tokens)),
         cli.sentences,
