@@ -353,9 +353,7 @@ fn main() -> Result<()> {
     drop(probe);
     let mut options = GenerationOptions { beam: cli.beam, ..GenerationOptions::default() };
     if let Some(len) = cli.force_len {
-        options.min_len = len;
-        options.max_len_a = 0.0;
-        options.max_len_b = len;
+        options = options.with_forced_length(len);
     }
     options.validate()?;
     println!(

@@ -119,6 +119,15 @@ impl Default for GenerationOptions {
 pub type SearchConfig = GenerationOptions;
 
 impl GenerationOptions {
+    /// These options with every output forced to `len` tokens plus EOS (`min_len = max_len_b =
+    /// len`, `max_len_a = 0`), so that the work does not depend on the weights (benchmarks).
+    pub fn with_forced_length(mut self, len: usize) -> Self {
+        self.min_len = len;
+        self.max_len_a = 0.0;
+        self.max_len_b = len;
+        self
+    }
+
     /// Checks that the options make sense together; [`generate`](super::generate) calls it.
     pub fn validate(&self) -> Result<()> {
         let finite = |option: &'static str, value: f64| {
