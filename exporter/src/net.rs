@@ -209,19 +209,8 @@ impl<'w> Net<'w> {
         out_dim: usize,
         bias: bool,
     ) -> Result<Linear> {
-        let name = format!("{prefix}.weight");
-        let weight = if self.quantize {
-            let (q, scale) = self.quantized(&name, out_dim, in_dim, true)?;
-            LinearWeight::Int8 { q, scale }
-        } else {
-            let transposed = transpose(self.w.get(&name, &[out_dim, in_dim])?, out_dim, in_dim);
-            LinearWeight::Float(self.g.initializer_float(
-                &format!("{prefix}.weight_t"),
-                self.t,
-                &[i(in_dim), i(out_dim)],
-                &transposed,
-            )?)
-        };
+        let data = self.w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let weight = self.linear_weight(prefix, data, out_dim, in_dim)?;
         let bias =
             if bias { Some(self.param(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
         Ok(Linear { weight, bias })
@@ -247,31 +236,38 @@ impl<'w> Net<'w> {
         }
         let bias =
             Some(self.g.initializer_float(&format!("{name}.bias"), self.t, &[i(rows)], &bias)?);
-        let weight = if self.quantize {
-            let (q, scales) = quantize_rows(&weight, rows, in_dim);
-            let q = transpose(&q, rows, in_dim);
-            LinearWeight::Int8 {
-                q: self.g.initializer_i8(
-                    &format!("{name}.weight.int8_t"),
-                    &[i(in_dim), i(rows)],
-                    &q,
-                )?,
-                scale: self.g.initializer_f32(
-                    &format!("{name}.weight.scale"),
-                    &[i(rows)],
-                    &scales,
-                )?,
-            }
-        } else {
-            let t = transpose(&weight, rows, in_dim);
-            LinearWeight::Float(self.g.initializer_float(
-                &format!("{name}.weight_t"),
-                self.t,
-                &[i(in_dim), i(rows)],
-                &t,
-            )?)
-        };
+        let weight = self.linear_weight(name, &weight, rows, in_dim)?;
         Ok(Linear { weight, bias })
+    }
+
+    /// The initializers of a linear layer's `[out_dim, in_dim]` weight `data`: transposed to
+    /// `[in, out]` as `{prefix}.weight_t`, or in INT8 exports quantized per output row as
+    /// `{prefix}.weight.int8_t` and `{prefix}.weight.scale`.
+    fn linear_weight(
+        &mut self,
+        prefix: &str,
+        data: &[f32],
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Result<LinearWeight> {
+        if self.quantize {
+            let (q, scales) = quantize_rows(data, out_dim, in_dim);
+            let q = transpose(&q, out_dim, in_dim);
+            let (q_name, s_name) =
+                (format!("{prefix}.weight.int8_t"), format!("{prefix}.weight.scale"));
+            return Ok(LinearWeight::Int8 {
+                q: self.g.initializer_i8(&q_name, &[i(in_dim), i(out_dim)], &q)?,
+                scale: self.g.initializer_f32(&s_name, &[i(out_dim)], &scales)?,
+            });
+        }
+        let t = transpose(data, out_dim, in_dim);
+        let name = format!("{prefix}.weight_t");
+        Ok(LinearWeight::Float(self.g.initializer_float(
+            &name,
+            self.t,
+            &[i(in_dim), i(out_dim)],
+            &t,
+        )?))
     }
 
     /// `name` = `x @ W^T (+ b)` of `layer`.

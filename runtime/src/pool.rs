@@ -148,14 +148,7 @@ pub fn translate_sources<D: IncrementalDecoder>(
     limits: (Option<usize>, Option<usize>),
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<Hypothesis>>> {
-    let plan = Plan::new(sources, prefixes, limits);
-    let mut results: Vec<Vec<Hypothesis>> = vec![Vec::new(); sources.len()];
-    for batch in &plan.batches {
-        let hyps = plan.search(decoder, batch, options)?;
-        plan.place(batch, hyps, &mut results);
-        progress(batch.len());
-    }
-    Ok(results)
+    Plan::new(sources, prefixes, limits).search_all(decoder, options, &mut progress)
 }
 
 /// [`translate_sources`] with the batches spread over up to `workers` decoders, each on a
@@ -185,15 +178,9 @@ pub fn translate_sources_on<D: IncrementalDecoder + Send>(
         if decoders.is_empty() {
             decoders.push(make()?);
         }
-        let mut results: Vec<Vec<Hypothesis>> = vec![Vec::new(); sources.len()];
-        for decoder in decoders.iter_mut().take(1) {
-            for batch in &plan.batches {
-                let hyps = plan.search(decoder, batch, options)?;
-                plan.place(batch, hyps, &mut results);
-                progress(batch.len());
-            }
+        if let Some(decoder) = decoders.first_mut() {
+            return plan.search_all(decoder, options, &mut progress);
         }
-        return Ok(results);
     }
     let mut slots: Vec<Option<D>> = std::mem::take(decoders).into_iter().map(Some).collect();
     while slots.len() < needed {
@@ -292,6 +279,22 @@ impl<'a> Plan<'a> {
             }
             None => generate(decoder, &ids, options)?,
         })
+    }
+
+    /// Every batch in turn on `decoder`, results in input order.
+    fn search_all<D: IncrementalDecoder>(
+        &self,
+        decoder: &mut D,
+        options: &GenerationOptions,
+        progress: &mut impl FnMut(usize),
+    ) -> Result<Vec<Vec<Hypothesis>>> {
+        let mut results: Vec<Vec<Hypothesis>> = vec![Vec::new(); self.sources.len()];
+        for batch in &self.batches {
+            let hyps = self.search(decoder, batch, options)?;
+            self.place(batch, hyps, &mut results);
+            progress(batch.len());
+        }
+        Ok(results)
     }
 
     /// Puts one batch's hypotheses at their sources' places.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::pipeline;
 use crate::setup::{self, SetupArgs};
@@ -34,43 +34,19 @@ pub struct BenchTrainArgs {
 /// The PyPI torch the Python side imports (the libtorch `tch` 0.24 binds).
 const TORCH: &str = "torch==2.11.0";
 
-/// Installs torch for the Python side into `.deps/bench-python` (once; ~4.7 GB with its CUDA
-/// wheels, which the CPU run loads but does not use).
-fn ensure_torch(root: &Path, python: &str) -> Result<std::path::PathBuf> {
-    let target = root.join(".deps/bench-python");
-    let stamp = root.join(".deps/stamps/bench-python");
-    if stamp.exists() && target.join("torch").is_dir() {
-        return Ok(target);
-    }
-    println!("bench-train: installing {TORCH} for the PyTorch side into {}…", target.display());
-    pipeline::run(
-        Command::new(python)
-            .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
-            .arg(&target)
-            .args([TORCH, "numpy"]),
-        "pip install torch",
-    )?;
-    std::fs::write(&stamp, TORCH).with_context(|| format!("writing {}", stamp.display()))?;
-    Ok(target)
-}
-
 /// Prepares data and torch, builds the bench binary and runs it for each architecture.
 pub fn run(root: &Path, args: &BenchTrainArgs) -> Result<()> {
     setup::run(root, &args.setup)?;
     let bins = pipeline::build_bins(root)?;
     let work = root.join(&args.work);
     let (_, data) = pipeline::prepare_bible(root, &work, &bins)?;
-    let pythonpath = ensure_torch(root, &args.setup.python)?;
-    pipeline::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(root)
-            .args(["build", "--release", "--quiet", "-p", "seqforge-benches"])
-            .args(["--bin", "train_vs_pytorch"]),
-        "cargo build train_vs_pytorch",
-    )?;
+    // About 4.7 GB with its CUDA wheels, which the CPU run loads but does not use.
+    let pythonpath =
+        pipeline::pip_install_once(root, &args.setup.python, "bench-python", &[TORCH, "numpy"])?;
+    let bench = pipeline::build_bench(root, "train_vs_pytorch")?;
     for arch in &args.arch {
         pipeline::run(
-            Command::new(root.join("target/release/train_vs_pytorch"))
+            Command::new(&bench)
                 .arg("--data")
                 .arg(&data)
                 .args(["--arch", arch, "--updates", &args.updates.to_string()])

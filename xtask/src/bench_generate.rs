@@ -32,14 +32,7 @@ pub fn run(root: &Path, args: &BenchGenerateArgs) -> Result<()> {
             bail!("{} does not exist: run cargo xtask demo first", needed.display());
         }
     }
-    pipeline::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(root)
-            .args(["build", "--release", "--quiet", "-p", "seqforge-benches"])
-            .args(["--bin", "generate_vs_libtorch"]),
-        "cargo build generate_vs_libtorch",
-    )?;
-    let mut cmd = Command::new(root.join("target/release/generate_vs_libtorch"));
+    let mut cmd = Command::new(pipeline::build_bench(root, "generate_vs_libtorch")?);
     cmd.arg("--checkpoint").arg(&checkpoint).arg("--data").arg(&data).args(&args.args);
     pipeline::run(&mut cmd, "generate_vs_libtorch")
 }

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::pipeline::{self, step};
 use crate::setup::{self, SetupArgs};
@@ -36,27 +36,6 @@ pub struct BenchPeersArgs {
 
 /// The CTranslate2 release the bench installs.
 const CTRANSLATE2: &str = "ctranslate2==4.8.5";
-
-/// Installs CTranslate2 and numpy into `.deps/bench-ct2` (once).
-fn ensure_ctranslate2(root: &Path, python: &str) -> Result<std::path::PathBuf> {
-    let target = root.join(".deps/bench-ct2");
-    let stamp = root.join(".deps/stamps/bench-ct2");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == CTRANSLATE2)
-        && target.join("ctranslate2").is_dir()
-    {
-        return Ok(target);
-    }
-    println!("bench-peers: installing {CTRANSLATE2} and numpy into {}…", target.display());
-    pipeline::run(
-        Command::new(python)
-            .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
-            .arg(&target)
-            .args([CTRANSLATE2, "numpy"]),
-        "pip install ctranslate2",
-    )?;
-    std::fs::write(&stamp, CTRANSLATE2).with_context(|| format!("writing {}", stamp.display()))?;
-    Ok(target)
-}
 
 /// Builds what is needed and runs `vs_ctranslate2` for each model.
 pub fn run(root: &Path, args: &BenchPeersArgs) -> Result<()> {
@@ -87,14 +66,9 @@ pub fn run(root: &Path, args: &BenchPeersArgs) -> Result<()> {
             )
         })?;
     }
-    let pythonpath = ensure_ctranslate2(root, &args.setup.python)?;
-    pipeline::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(root)
-            .args(["build", "--release", "--quiet", "-p", "seqforge-benches"])
-            .args(["--bin", "vs_ctranslate2"]),
-        "cargo build vs_ctranslate2",
-    )?;
+    let pythonpath =
+        pipeline::pip_install_once(root, &args.setup.python, "bench-ct2", &[CTRANSLATE2, "numpy"])?;
+    let bench = pipeline::build_bench(root, "vs_ctranslate2")?;
     for model in &args.models {
         let (ckpt, sizes): (&Path, &[&str]) = match model.as_str() {
             "demo" => (&demo_ckpt, &["--sentences", "1000", "--batch1-sentences", "300"]),
@@ -105,7 +79,7 @@ pub fn run(root: &Path, args: &BenchPeersArgs) -> Result<()> {
             other => anyhow::bail!("unknown model `{other}` (expected demo or base)"),
         };
         pipeline::run(
-            Command::new(root.join("target/release/vs_ctranslate2"))
+            Command::new(&bench)
                 .arg("--checkpoint")
                 .arg(ckpt)
                 .arg("--data")

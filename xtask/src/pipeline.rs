@@ -128,3 +128,46 @@ pub fn prepare_bible(root: &Path, work: &Path, bins: &Bins) -> Result<(PathBuf, 
     })?;
     Ok((text, bin))
 }
+
+/// Installs `packages` with pip into `.deps/{folder}` for a bench's Python side (once: a stamp
+/// in `.deps/stamps/{folder}` records the package list; a different list reinstalls).
+pub fn pip_install_once(
+    root: &Path,
+    python: &str,
+    folder: &str,
+    packages: &[&str],
+) -> Result<PathBuf> {
+    let target = root.join(".deps").join(folder);
+    let stamp = root.join(".deps/stamps").join(folder);
+    let wanted = packages.join(" ");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == wanted) && target.is_dir() {
+        return Ok(target);
+    }
+    println!("installing {wanted} for Python into {}…", target.display());
+    run(
+        Command::new(python)
+            .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
+            .arg(&target)
+            .args(packages),
+        &format!("pip install {wanted}"),
+    )?;
+    std::fs::write(&stamp, &wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(target)
+}
+
+/// Builds the release bench binary `name` of `seqforge-benches` and returns its path.
+pub fn build_bench(root: &Path, name: &str) -> Result<PathBuf> {
+    run(
+        Command::new(cargo()).current_dir(root).args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "seqforge-benches",
+            "--bin",
+            name,
+        ]),
+        &format!("cargo build {name}"),
+    )?;
+    Ok(root.join("target/release").join(name))
+}
