@@ -1,36 +1,43 @@
-//! Per-step decoding cost through the ONNX `OnnxDecoder` at output position 200 vs 10, for beam
-//! 5 over one sentence (5 rows) with a beam reorder before every step. With the cache a step
-//! recomputes nothing of the prefix; what still grows with the past is attention over it and the
-//! graph's in-graph reorder (`Gather`) and append (`Concat`) of the cache, so the ratio stays
-//! small for a realistic model (goal: ≤ 1.5×); prints both medians and the ratio.
+//! Per-step decoding cost through the ONNX `OnnxDecoder` at output position 200 vs 10, with the
+//! self-attention cache appended (`--kv-cache append`: the graph gathers and concatenates the
+//! past every step) and updated in place (`--kv-cache in-place`: `GroupQueryAttention` writes
+//! into a buffer the runtime reorders on the host), side by side on the same weights.
 //!
-//! Run: `cargo bench -p seqforge-benches --bench decode_step` (a synthetic post-norm Transformer
-//! of base size: 512 dims, 6+6 layers, 8 heads, FFN 2048, vocabulary 8,000, exported to a
-//! temporary folder), or point `SEQFORGE_BENCH_MODEL` at an exported model directory (a folder
-//! without `manifest.json` receives the synthetic model, kept for later runs).
-//! `SEQFORGE_BENCH_THREADS` sets the intra-op threads (default 1: with 2 threads on a busy
-//! 2-core machine, ONNX Runtime's intra-op barriers wait for descheduled threads, and as more
-//! operators are split across threads when the past grows, that noise can dominate the ratio).
+//! Beam 5 over one sentence (5 rows), a beam reorder (a rotation, so every row moves) before
+//! every step, each step fetching the best 14 candidates per row as the beam search does
+//! (`step_top`, 2·beam + 4). The variants alternate within each round; the medians over all
+//! rounds of positions 10..20 and 200..210 are printed with their ratio (goal: ≤ 1.3×) and the
+//! in-place/append speed-up at both positions.
+//!
+//! Run: `cargo bench -p seqforge-benches --bench decode_step`. Synthetic post-norm Transformers
+//! exported to a temporary folder (`SEQFORGE_BENCH_SIZES`, default `demo,base`): `demo` is the
+//! demo's shape (128 wide, 3+3 layers, 4 heads, FFN 512), `base` the base shape (512 wide, 6+6
+//! layers, 8 heads, FFN 2048); both with a vocabulary of 8,000. `SEQFORGE_BENCH_THREADS` sets
+//! the intra-op threads (default 1), `SEQFORGE_BENCH_ROUNDS` the rounds (default 5).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
+use seqforge_exporter::BuildOptions;
 use seqforge_exporter::testing::{SyntheticCheckpoint, numbered_dictionary};
 use seqforge_runtime::decoding::IncrementalDecoder;
 use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
+use seqforge_schemas::arch::transformer::KvCache;
 
-const DIM: usize = 512;
-const FFN: usize = 2048;
-const LAYERS: usize = 6;
 const VOCAB: usize = 8000;
 const BEAM: usize = 5;
+const STEPS: usize = 211;
 
-/// Writes a synthetic checkpoint and exports it; returns the model directory.
-fn synthetic_model(root: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(root)?;
+/// A synthetic model shape: name, width, FFN width, layers, heads.
+type Size = (&'static str, usize, usize, usize, usize);
+const SIZES: [Size; 2] = [("demo", 128, 512, 3, 4), ("base", 512, 2048, 6, 8)];
+
+/// Writes a synthetic checkpoint of `size` under `root` and exports it with each cache layout.
+fn synthetic_models(root: &Path, size: Size) -> Result<Vec<(KvCache, PathBuf)>> {
+    let (name, dim, ffn, layers, heads) = size;
+    let root = root.join(name);
     let ckpt = root.join("checkpoint_last");
     let data = root.join("data");
     std::fs::create_dir_all(&ckpt)?;
@@ -40,18 +47,24 @@ fn synthetic_model(root: &Path) -> Result<PathBuf> {
     std::fs::write(data.join("dict.en.txt"), &dict)?;
     SyntheticCheckpoint {
         arch: "transformer".into(),
-        embed_dim: DIM,
-        ffn_dim: FFN,
-        layers: LAYERS,
-        heads: 8,
+        embed_dim: dim,
+        ffn_dim: ffn,
+        layers,
+        heads,
         max_positions: 1024,
         weight_divisor: 200.0,
         ..SyntheticCheckpoint::tiny(VOCAB, VOCAB)
     }
     .write(&ckpt, &data)?;
-    let model = root.join("model");
-    seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(&ckpt, &data, &model))?;
-    Ok(model)
+    let mut out = Vec::new();
+    for cache in [KvCache::Append, KvCache::InPlace] {
+        let model = root.join(format!("model-{cache}"));
+        let mut options = seqforge_exporter::ExportOptions::new(&ckpt, &data, &model);
+        options.build = BuildOptions { kv_cache: Some(cache), ..BuildOptions::default() };
+        seqforge_exporter::export(&options)?;
+        out.push((cache, model));
+    }
+    Ok(out)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -59,66 +72,98 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() -> Result<()> {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful either way.
-    let tmp = tempfile::tempdir()?;
-    let model_dir = match std::env::var_os("SEQFORGE_BENCH_MODEL").map(PathBuf::from) {
-        Some(dir) if dir.join("manifest.json").is_file() => dir,
-        // A folder kept from an earlier run, or one that receives the synthetic model now.
-        Some(dir) if dir.join("model/manifest.json").is_file() => dir.join("model"),
-        Some(dir) => synthetic_model(&dir)?,
-        None => synthetic_model(tmp.path())?,
-    };
-    let threads: usize = std::env::var("SEQFORGE_BENCH_THREADS")
-        .ok()
-        .map(|t| t.parse())
-        .transpose()
-        .context("SEQFORGE_BENCH_THREADS")?
-        .unwrap_or(1);
-    let options = RuntimeOptions { threads, ..RuntimeOptions::default() };
-    let model = Arc::new(ModelDir::open(&model_dir, &options)?);
-    let c = model.contract().clone();
-    ensure!(
-        c.max_target_positions > 215,
-        "the model decodes only {} positions",
-        c.max_target_positions
-    );
-    let mut decoder = OnnxDecoder::new(model)?;
-
+/// One decode of [`STEPS`] steps; the time of each step (seconds).
+fn decode(decoder: &mut OnnxDecoder) -> Result<Vec<f64>> {
+    let c = decoder.model().contract().clone();
     let vocab = c.tgt_vocab_size as u32;
     let source: Vec<u32> =
         (0..24).map(|i| 4 + (i * 37) % (vocab - 4)).chain([c.special.eos]).collect();
     let encoded = decoder.encode(&[source])?;
     let mut state = decoder.init_state(&encoded, 1)?;
     let mut tokens = vec![c.special.eos];
-    let mut times: BTreeMap<usize, f64> = BTreeMap::new();
-    for position in 0..=210 {
+    let mut times = Vec::with_capacity(STEPS);
+    let k = 2 * BEAM + 4;
+    for position in 0..STEPS {
         let start = Instant::now();
-        let out = decoder.step(&tokens, &mut state)?;
-        times.insert(position, start.elapsed().as_secs_f64());
-        ensure!(out.rows == tokens.len(), "rows");
+        let rows = match decoder.step_top(&tokens, &mut state, k)? {
+            Some(top) => top.rows,
+            None => decoder.step(&tokens, &mut state)?.rows,
+        };
+        times.push(start.elapsed().as_secs_f64());
+        ensure!(rows == tokens.len(), "step {position}: {rows} rows for {} tokens", tokens.len());
         // A beam reorder inside the sentence (rotate), as search does every step.
         let order: Vec<usize> =
             if position == 0 { vec![0; BEAM] } else { (0..BEAM).map(|k| (k + 1) % BEAM).collect() };
         decoder.reorder(&mut state, &order)?;
         tokens = (0..BEAM).map(|k| 4 + ((position * 13 + k * 7) as u32) % (vocab - 4)).collect();
     }
-    let early = median((10..20).map(|p| times[&p]).collect());
-    let late = median((200..210).map(|p| times[&p]).collect());
-    let ratio = late / early;
+    Ok(times)
+}
+
+fn env_usize(name: &str, default: usize) -> Result<usize> {
+    std::env::var(name)
+        .ok()
+        .map(|t| t.parse())
+        .transpose()
+        .context(name.to_string())
+        .map(|v| v.unwrap_or(default))
+}
+
+fn main() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let threads = env_usize("SEQFORGE_BENCH_THREADS", 1)?;
+    let rounds = env_usize("SEQFORGE_BENCH_ROUNDS", 5)?.max(1);
+    let wanted = std::env::var("SEQFORGE_BENCH_SIZES").unwrap_or_else(|_| "demo,base".into());
+    let options = RuntimeOptions { threads, ..RuntimeOptions::default() };
     println!(
-        "decode_step: {} ({}, {} state tensors, vocab {}), beam {BEAM}, {threads} threads",
-        model_dir.display(),
-        c.arch,
-        c.state.tensors.len(),
-        c.tgt_vocab_size
+        "decode_step: beam {BEAM}, top {} per row, {threads} threads, {rounds} rounds",
+        2 * BEAM + 4
     );
-    println!(
-        "decode_step: median step at position 10: {:.3} ms, at position 200: {:.3} ms, ratio {ratio:.2} ({})",
-        early * 1e3,
-        late * 1e3,
-        if ratio <= 1.5 { "cache works: ≤ 1.5×" } else { "ABOVE 1.5×" }
-    );
-    println!("decode_step: per-sentence inputs built {} times in 211 steps", state.regathers());
+    for name in wanted.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let Some(&size) = SIZES.iter().find(|s| s.0 == name) else {
+            bail!("SEQFORGE_BENCH_SIZES: unknown size `{name}` (known: demo, base)");
+        };
+        let models = synthetic_models(tmp.path(), size)?;
+        let mut decoders = Vec::new();
+        for (cache, dir) in &models {
+            let model = Arc::new(ModelDir::open(dir, &options)?);
+            ensure!(model.contract().max_target_positions > STEPS, "too few target positions");
+            decoders.push((*cache, OnnxDecoder::new(model)?, Vec::<Vec<f64>>::new()));
+        }
+        // Warm-up, then alternate the variants within each round.
+        for (_, decoder, _) in &mut decoders {
+            decode(decoder)?;
+        }
+        for _ in 0..rounds {
+            for (_, decoder, runs) in &mut decoders {
+                runs.push(decode(decoder)?);
+            }
+        }
+        let at = |runs: &[Vec<f64>], from: usize| {
+            median(runs.iter().flat_map(|t| t[from..from + 10].iter().copied()).collect())
+        };
+        let mut medians = Vec::new();
+        for (cache, _, runs) in &decoders {
+            let (early, late) = (at(runs, 10), at(runs, 200));
+            println!(
+                "decode_step: {name} ({} wide, {}+{} layers), cache {cache:<8}: position 10 {:.3} ms, \
+                 position 200 {:.3} ms, ratio {:.2}",
+                size.1,
+                size.3,
+                size.3,
+                early * 1e3,
+                late * 1e3,
+                late / early
+            );
+            medians.push((early, late));
+        }
+        if let [(a10, a200), (i10, i200)] = medians[..] {
+            println!(
+                "decode_step: {name}: in-place is {:.2}× as fast as append at position 10, {:.2}× at 200",
+                a10 / i10,
+                a200 / i200
+            );
+        }
+    }
     Ok(())
 }

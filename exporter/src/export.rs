@@ -278,7 +278,7 @@ pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> R
         }
         None => SpecialIds { pad: c.pad_index as u32, ..SpecialIds::default() },
     };
-    let state = (family.state)(&config.model)?;
+    let state = (family.state)(&config.model, build)?;
     state.validate(&checkpoint.join(CHECKPOINT_CONFIG_FILE).display().to_string())?;
     let contract = ModelContract {
         format_version: FORMAT_VERSION,

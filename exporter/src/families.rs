@@ -30,8 +30,8 @@ pub struct Graphs {
 pub struct FamilyExporter {
     /// The family name ([`seqforge_schemas::arch::Family::name`]).
     pub family: &'static str,
-    /// The decoder state the graphs carry, for a (validated) config.
-    pub state: fn(&Value) -> Result<StateSpec>,
+    /// The decoder state the graphs carry, for a (validated) config and the build options.
+    pub state: fn(&Value, BuildOptions) -> Result<StateSpec>,
     /// Builds both graphs; each carries `contract.to_metadata(kind)`.
     pub build: fn(&Weights, &Value, BuildOptions, &ModelContract) -> Result<Graphs>,
     /// Checkpoint tensors the graphs legitimately do not read (buffers, tied aliases).
@@ -53,7 +53,10 @@ pub fn exporters() -> &'static [FamilyExporter] {
     const EXPORTERS: &[FamilyExporter] = &[
         FamilyExporter {
             family: "transformer",
-            state: |v| Ok(parse_model::<TransformerConfig>(v)?.decoder_state()),
+            state: |v, options| {
+                let c: TransformerConfig = parse_model(v)?;
+                Ok(c.decoder_state(transformer::kv_cache(&c, options)?))
+            },
             build: |w, v, options, contract| {
                 let c: TransformerConfig = parse_model(v)?;
                 Ok(Graphs {
@@ -78,7 +81,7 @@ pub fn exporters() -> &'static [FamilyExporter] {
         },
         FamilyExporter {
             family: "lstm",
-            state: |v| Ok(parse_model::<LstmConfig>(v)?.decoder_state()),
+            state: |v, _| Ok(parse_model::<LstmConfig>(v)?.decoder_state()),
             build: |w, v, options, contract| {
                 let c: LstmConfig = parse_model(v)?;
                 Ok(Graphs {

@@ -332,6 +332,72 @@ impl GraphBuilder {
         Ok((context, presents))
     }
 
+    /// ONNX Runtime's `com.microsoft.GroupQueryAttention` over one query position per row with
+    /// a key/value cache of some capacity updated in place: `qkv` packs the query, key and
+    /// value projections `[R, 1, 3·H·D]` (query heads, then key heads, then value heads),
+    /// `past` are `[R, H, C, D]` buffers holding positions `0..seqlens_k[r]`, `seqlens_k` int32
+    /// `[R]` is each row's position and `total` int32 `[1]` the position plus one. The step's
+    /// key and value land at that position of `present` (`[R, H, C, D]`, the same memory as
+    /// `past` when the caller binds them so); the context `[R, 1, H·D]` is softmax(q·kᵀ/√D)·v
+    /// over positions `0..=position`. The CPU kernel needs `D` to be a multiple of 8.
+    pub fn group_query_attention(
+        &mut self,
+        out: &str,
+        qkv: &Value,
+        (past_k, past_v): (&Value, &Value),
+        (seqlens_k, total): (&Value, &Value),
+        (present_k, present_v): (&str, &str),
+        heads: usize,
+    ) -> Result<(Value, (Value, Value))> {
+        let fail = |message: String| Error::Node { node: out.to_string(), message };
+        require_dtype(out, qkv, &[DType::F32])?;
+        for p in [past_k, past_v] {
+            require_dtype(out, p, &[DType::F32])?;
+            if p.shape.len() != 4 {
+                return Err(fail(format!("past must be [R, H, C, D], got rank {}", p.shape.len())));
+            }
+        }
+        for x in [seqlens_k, total] {
+            require_dtype(out, x, &[DType::I32])?;
+        }
+        let (rows, width) = match qkv.shape.as_slice() {
+            [r, Dim::Fixed(1), Dim::Fixed(w)] => (r.clone(), *w),
+            _ => return Err(fail(format!("qkv must be [R, 1, 3·H·D], got {:?}", qkv.shape))),
+        };
+        let h = heads as i64;
+        if h == 0 || width % (3 * h) != 0 || (width / (3 * h)) % 8 != 0 {
+            return Err(fail(format!(
+                "qkv width {width} is not 3 × {heads} heads × a head size that is a multiple of 8"
+            )));
+        }
+        let context = vec![rows, Dim::Fixed(1), Dim::Fixed(width / 3)];
+        let outputs = [
+            (out, DType::F32, context),
+            (present_k, DType::F32, past_k.shape.clone()),
+            (present_v, DType::F32, past_v.shape.clone()),
+        ];
+        // Inputs: query (packed), key, value (none: packed), past_key, past_value, seqlens_k,
+        // total_sequence_length.
+        let inputs =
+            [Some(qkv), None, None, Some(past_k), Some(past_v), Some(seqlens_k), Some(total)];
+        let attributes = vec![
+            int_attribute("num_heads", heads as i64),
+            int_attribute("kv_num_heads", heads as i64),
+        ];
+        let mut made = self.microsoft_node("GroupQueryAttention", &inputs, &outputs, attributes)?;
+        let v = made.pop().ok_or_else(|| fail("no present value".into()))?;
+        let k = made.pop().ok_or_else(|| fail("no present key".into()))?;
+        let context = made.pop().ok_or_else(|| fail("no output".into()))?;
+        Ok((context, (k, v)))
+    }
+
+    /// `Expand(x, shape)`: `x` broadcast to the 1-D i64 `shape` (numpy rules); `dims` is the
+    /// resulting shape as far as it is known.
+    pub fn expand(&mut self, out: &str, x: &Value, shape: &Value, dims: Vec<Dim>) -> Result<Value> {
+        require_dtype(out, shape, &[DType::I64])?;
+        self.node("Expand", out, &[x, shape], Vec::new(), x.dtype, dims)
+    }
+
     /// A node of ONNX Runtime's `com.microsoft` domain: `inputs` in order (`None`: an omitted
     /// optional input, written as an empty name; trailing ones are dropped), one value per
     /// `(name, dtype, shape)` of `outputs`.

@@ -22,7 +22,7 @@ use crate::graph::{DType, Dim, Value};
 use crate::net::Net;
 use crate::net::i;
 use crate::weights::Weights;
-use seqforge_schemas::arch::transformer::{Activation, TransformerConfig, state_names};
+use seqforge_schemas::arch::transformer::{Activation, KvCache, TransformerConfig, state_names};
 use seqforge_schemas::contract::{Dtype, names};
 
 /// fairseq's `LayerNorm` epsilon.
@@ -33,11 +33,45 @@ const MASKED_SCORE: f32 = -1e9;
 /// does not read; kept for inspection and tests.
 pub const ENCODER_OUT: &str = "encoder_out";
 
-/// How the graphs are numerically built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the graphs are numerically built (also the export commands' `--dtype` and
+/// `--kv-cache` options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::Args)]
 pub struct BuildOptions {
-    /// Weights and activations dtype.
+    /// Weights and activations dtype: fp32, fp16 (layer norms and softmaxes stay fp32) or int8
+    /// (8-bit weights, one scale per output row, fp32 activations; ONNX Runtime integer
+    /// kernels).
+    #[arg(long, default_value = "fp32")]
     pub dtype: Dtype,
+    /// How the decoder step keeps self-attention keys and values: `in-place` (a buffer the
+    /// step writes into; the default for fp32/int8 when the head size is a multiple of 8) or
+    /// `append` (a new, longer tensor each step; the default for fp16).
+    #[arg(long)]
+    pub kv_cache: Option<KvCache>,
+}
+
+/// The self-attention cache of an export: in place (ONNX Runtime's `GroupQueryAttention` over
+/// a shared past/present buffer) for FP32 and INT8 exports whose decoder head size is a
+/// multiple of 8, which the CPU kernel needs; appended (`MultiHeadAttention` with past and
+/// present, or plain ops in FP16) otherwise. Asking for `in-place` where it cannot run is an
+/// error.
+pub fn kv_cache(c: &TransformerConfig, options: BuildOptions) -> Result<KvCache> {
+    let head_dim = c.decoder_head_dim();
+    let why_not = if options.dtype == Dtype::Fp16 {
+        Some("an FP16 export keeps an appended cache (the in-place kernel runs FP32 activations)")
+    } else if head_dim % 8 != 0 {
+        Some("the decoder head size must be a multiple of 8")
+    } else {
+        None
+    };
+    match (options.kv_cache, why_not) {
+        (Some(KvCache::InPlace), Some(why)) => Err(Error::Usage(format!(
+            "--kv-cache in-place: {why} (dtype {}, decoder head size {head_dim})",
+            options.dtype
+        ))),
+        (Some(cache), _) => Ok(cache),
+        (None, Some(_)) => Ok(KvCache::Append),
+        (None, None) => Ok(KvCache::InPlace),
+    }
 }
 
 /// The sinusoidal position table of fairseq's `SinusoidalPositionalEmbedding.get_embedding`,
@@ -397,9 +431,10 @@ pub fn build_decoder(
     options: BuildOptions,
     metadata: &[(String, String)],
 ) -> Result<seqforge_schemas::onnx::ModelProto> {
+    let in_place = kv_cache(c, options)? == KvCache::InPlace;
     let mut n = Net::new("seqforge_decoder_step", w, options);
     let (_, dec) = sides(c);
-    // fp32 activations (FP32 and INT8 exports): ONNX Runtime's fused attention kernel.
+    // fp32 activations (FP32 and INT8 exports): ONNX Runtime's fused attention kernels.
     let fused = n.t == DType::F32;
     let pad = c.pad_index;
     let (heads, head_dim) = (i(dec.heads), i(dec.head_dim()));
@@ -418,11 +453,33 @@ pub fn build_decoder(
     }
     let mut past = Vec::new();
     for l in 0..c.decoder_layers {
-        let past_shape = || kv_shape("P", Dim::named("R_past"));
+        // An in-place buffer comes in this step's row order, with some capacity `C`.
+        let past_shape =
+            || if in_place { kv_shape("C", rows()) } else { kv_shape("P", Dim::named("R_past")) };
         let k = n.g.input(&names::past(&state_names::self_key(l)), n.t, past_shape())?;
         let v = n.g.input(&names::past(&state_names::self_value(l)), n.t, past_shape())?;
         past.push((k, v));
     }
+    // The step index: the `position` input with an in-place cache, else the past's length.
+    let step = if in_place {
+        Some(n.g.input(names::POSITION, DType::I64, vec![Dim::Fixed(1)])?)
+    } else if !c.no_token_positional_embeddings {
+        Some(n.g.shape("decoder.step", &past[0].0, 2, 3)?)
+    } else {
+        None
+    };
+    // GroupQueryAttention's lengths: every row's position (int32 `[R]`) and position + 1.
+    let lengths = if let (true, Some(step)) = (in_place, &step) {
+        let rows_shape = n.g.shape("decoder.rows", &reorder, 0, 1)?;
+        let one = n.g.initializer_i64("decoder.one", &[1], &[1])?;
+        let total = n.g.add("decoder.total_length_i64", step, &one)?;
+        let total = n.g.cast("decoder.total_length", &total, DType::I32)?;
+        let step32 = n.g.cast("decoder.position_i32", step, DType::I32)?;
+        let seqlens = n.g.expand("decoder.seqlens_k", &step32, &rows_shape, vec![rows()])?;
+        Some((seqlens, total))
+    } else {
+        None
+    };
 
     let shares_all = c.share_all_embeddings;
     let embed_name =
@@ -433,9 +490,8 @@ pub fn build_decoder(
         let s = n.g.scalar("decoder.embed_scale", n.t, scale)?;
         x = n.g.mul("decoder.embed_scaled", &x, &s)?;
     }
-    if !c.no_token_positional_embeddings {
-        // The step is P, the past's length: position pad + 1 + P for every row.
-        let step = n.g.shape("decoder.step", &past[0].0, 2, 3)?;
+    if let (false, Some(step)) = (c.no_token_positional_embeddings, &step) {
+        // Step P: position pad + 1 + P for every row.
         let offset = n.g.initializer_i64("decoder.first_position", &[1], &[i(pad) + 1])?;
         let position = n.g.add("decoder.embed_positions.position", &step, &offset)?;
         let ptable = n.position_table(
@@ -466,13 +522,32 @@ pub fn build_decoder(
         let h = if dec.normalize_before { n.layer_norm(&norm, &x, dec.dim)? } else { x.clone() };
         let a = format!("{p}.self_attn");
         let (past_k, past_v) = &past[l];
-        let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, &reorder, 0)?;
-        let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, &reorder, 0)?;
         let (present_k, present_v) = (
             names::present(&state_names::self_key(l)),
             names::present(&state_names::self_value(l)),
         );
-        let ctx = if fused {
+        let ctx = if let Some((seqlens, total)) = &lengths {
+            // One GEMM for the query, key and value projections, attention over the buffer.
+            let names3 = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{a}.{p}"));
+            let prefixes = names3.each_ref().map(String::as_str);
+            let qkv =
+                n.fused_linear_weights(&format!("{a}.qkv_proj"), &prefixes, dec.dim, dec.dim)?;
+            let qkv = n.apply(&format!("{a}.qkv_proj"), &h, &qkv)?;
+            let d = i(dec.dim);
+            let qkv = n.g.reshape(&format!("{a}.qkv_3d"), &qkv, &[0, 1, 3 * d])?;
+            let (ctx, present) = n.g.group_query_attention(
+                &format!("{a}.context_3d"),
+                &qkv,
+                (past_k, past_v),
+                (seqlens, total),
+                (&present_k, &present_v),
+                dec.heads,
+            )?;
+            presents.push(present);
+            n.g.reshape(&format!("{a}.context_merged"), &ctx, &[0, d])?
+        } else if fused {
+            let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, &reorder, 0)?;
+            let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, &reorder, 0)?;
             // One GEMM for the query, key and value projections of the 2-D `[R, E]` states.
             let names3 = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{a}.{p}"));
             let prefixes = names3.each_ref().map(String::as_str);
@@ -504,6 +579,8 @@ pub fn build_decoder(
             presents.push((k, v));
             n.g.reshape(&format!("{a}.context_merged"), &ctx, &[0, d])?
         } else {
+            let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, &reorder, 0)?;
+            let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, &reorder, 0)?;
             let q = n.query(&a, &h, dec)?;
             let k = n.key_or_value(&format!("{a}.k_proj"), &format!("{a}.k"), &h, dec.dim, dec)?;
             let v = n.key_or_value(&format!("{a}.v_proj"), &format!("{a}.v"), &h, dec.dim, dec)?;

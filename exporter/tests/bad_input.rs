@@ -276,7 +276,7 @@ fn graphs_follow_the_contract() -> Result<()> {
                     .map(String::from)
                     .chain(per_layer(sn::cross_key, sn::cross_value))
                     .chain(self_kv(names::past))
-                    .chain(std::iter::once(names::TOP_K.to_string()))
+                    .chain([names::POSITION, names::TOP_K].map(String::from))
                     .collect(),
                 [names::LOG_PROBS, names::TOP_LOG_PROBS, names::TOP_IDS]
                     .into_iter()

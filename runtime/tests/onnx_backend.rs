@@ -247,20 +247,18 @@ fn bad_inputs_fail_with_messages_that_name_them() -> Result<()> {
     // A newer format version.
     let newer = copy_model(&f, "newer")?;
     let manifest = std::fs::read_to_string(newer.join(MANIFEST_FILE))?;
-    ensure!(manifest.contains("\"format_version\": 2"), "{manifest}");
+    let current = format!("\"format_version\": {}", seqforge_schemas::contract::FORMAT_VERSION);
+    ensure!(manifest.contains(&current), "{manifest}");
     std::fs::write(
         newer.join(MANIFEST_FILE),
-        manifest.replace("\"format_version\": 2", "\"format_version\": 99"),
+        manifest.replace(&current, "\"format_version\": 99"),
     )?;
     fails(
         &["generate", path(&newer)?, "--input", ok_s],
         &["manifest.json", "version 99", "re-export"],
     )?;
     // A version-1 directory (before the state was declared) asks to be re-exported.
-    std::fs::write(
-        newer.join(MANIFEST_FILE),
-        manifest.replace("\"format_version\": 2", "\"format_version\": 1"),
-    )?;
+    std::fs::write(newer.join(MANIFEST_FILE), manifest.replace(&current, "\"format_version\": 1"))?;
     fails(
         &["generate", path(&newer)?, "--input", ok_s],
         &["manifest.json", "version 1,", "re-export"],

@@ -30,10 +30,20 @@
 //!   ([`StateInit`]). Example: an LSTM's `h`/`c`, a convolution's window of past inputs.
 //! - [`StatePolicy::Append`]: like `Recurrent`, but grows by one position per step along a named
 //!   axis and starts empty (length 0). Example: a self-attention key/value cache.
+//! - [`StatePolicy::InPlace`]: a buffer of fixed capacity along a named axis that the step
+//!   updates in place: it writes position `position` (the steps taken so far) and reads
+//!   positions `0..=position`; what lies beyond is ignored. The step takes `past.{name}` *already
+//!   in this step's row order* (the graph does not apply `reorder` to it) and returns
+//!   `present.{name}` of the same shape, which a runtime binds to the same memory so nothing is
+//!   copied (it may also be a fresh tensor holding the same values). The runtime reorders rows
+//!   and grows the capacity on the host, copying positions `0..position` only. Example: a
+//!   self-attention key/value cache run by ONNX Runtime's `GroupQueryAttention`, whose CPU kernel
+//!   writes into a shared past/present buffer.
 //!
 //! Dimension names: [`dims::ROWS`] (axis 0 of every state tensor: decoder rows, or sentences in
 //! an encoder output), [`dims::SOURCE`] (the padded source length of the batch), the axis of an
-//! `Append` tensor (its length is the number of steps taken), and constants listed in
+//! `Append` tensor (its length is the number of steps taken), the axis of an `InPlace` tensor
+//! (its capacity: at least the steps taken plus one), and constants listed in
 //! [`StateSpec::dims`] (e.g. `heads = 4`). Anything else is an error naming the tensor.
 //!
 //! ## Graph inputs and outputs
@@ -54,14 +64,19 @@
 //!   `0..R` when nothing moved);
 //! - in every `PerSentence` tensor by its name, `[R, …]`, already in row order;
 //! - in `past.{name}` for every `Recurrent`/`Append` tensor, `[R', …]` (`R'` = rows of the
-//!   previous step; an `Append` axis has the length of the steps taken so far, 0 at first);
+//!   previous step; an `Append` axis has the length of the steps taken so far, 0 at first;
+//!   an `InPlace` tensor has this step's rows `[R, …]` and any capacity above the steps taken);
+//! - in `position` int64 `[1]`, when the graph declares it: the steps taken so far (the
+//!   position this step writes; 0 at first);
 //! - out `log_probs` float32 `[R, V]` (log-softmax in the graph, in fp32 for every dtype) and
 //!   `present.{name}` `[R, …]` for every `Recurrent`/`Append` tensor (an `Append` axis one longer).
 //!
-//! A graph that needs the step index reads it from an `Append` tensor's length or keeps it as
-//! a `Recurrent` int64 tensor: the position can never disagree with the state.
+//! A graph that needs the step index declares the `position` input, reads it from an `Append`
+//! tensor's length or keeps it as a `Recurrent` int64 tensor.
 //!
-//! Format version 1 (before the state was declared) is refused with a message to re-export.
+//! Format version 3 added `InPlace` and `position`; version 2 directories (which use neither)
+//! are read as they are. Version 1 (before the state was declared) is refused with a message
+//! to re-export.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -69,8 +84,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The model-directory format version this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The model-directory format version this crate writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest model-directory format version this crate reads.
+pub const OLDEST_READABLE_VERSION: u32 = 2;
+
+/// Whether this crate reads model directories of format `version`.
+pub fn reads_version(version: u32) -> bool {
+    (OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version)
+}
 /// The encoder graph's file name.
 pub const ENCODER_FILE: &str = "encoder.onnx";
 /// The decoder-step graph's file name.
@@ -101,6 +123,10 @@ pub mod names {
     pub const TOP_LOG_PROBS: &str = "top_log_probs";
     /// Optional decoder output: the ids (int64 `[R, K]`) of [`TOP_LOG_PROBS`].
     pub const TOP_IDS: &str = "top_ids";
+    /// Optional decoder input (int64 `[1]`): the steps taken so far, i.e. the position this
+    /// step writes (required by graphs with [`super::StatePolicy::InPlace`] tensors, whose
+    /// capacity does not tell it).
+    pub const POSITION: &str = "position";
 
     /// The step input of state tensor `name`: `past.{name}`.
     pub fn past(name: &str) -> String {
@@ -148,8 +174,8 @@ pub enum Error {
     },
     /// A format version this build does not read.
     #[error(
-        "{what}: model format version {found}, this seqforge reads version {supported}; \
-         re-export the model with this seqforge version"
+        "{what}: model format version {found}, this seqforge reads versions \
+         {OLDEST_READABLE_VERSION} to {supported}; re-export the model with this seqforge version"
     )]
     UnsupportedVersion {
         /// The file or graph.
@@ -330,12 +356,31 @@ pub enum StatePolicy {
         /// The dimension name that grows (must occur once in the shape).
         axis: String,
     },
+    /// Follows its row in a buffer of some capacity along `axis`, updated in place: the step
+    /// writes position `position` and reads `0..=position`; fed already in row order.
+    InPlace {
+        /// The capacity dimension (must occur once in the shape).
+        axis: String,
+    },
 }
 
 impl StatePolicy {
     /// Whether the step graph takes `past.{name}` and returns `present.{name}`.
     pub fn follows_row(&self) -> bool {
         !matches!(self, StatePolicy::PerSentence)
+    }
+
+    /// The growing (`Append`) or capacity (`InPlace`) axis, if any.
+    pub fn position_axis(&self) -> Option<&str> {
+        match self {
+            StatePolicy::Append { axis } | StatePolicy::InPlace { axis } => Some(axis),
+            StatePolicy::PerSentence | StatePolicy::Recurrent { .. } => None,
+        }
+    }
+
+    /// Whether the graph updates it in place (see [`StatePolicy::InPlace`]).
+    pub fn in_place(&self) -> bool {
+        matches!(self, StatePolicy::InPlace { .. })
     }
 }
 
@@ -371,7 +416,7 @@ pub enum DimKind {
     Rows,
     /// The padded source length.
     Source,
-    /// The growing axis of an `Append` tensor.
+    /// The growing axis of an `Append` tensor, or the capacity axis of an `InPlace` one.
     Grows,
     /// A constant.
     Fixed(usize),
@@ -379,7 +424,7 @@ pub enum DimKind {
 
 impl StateSpec {
     /// Checks the declaration: unique non-empty names, `rows` first, every dimension known,
-    /// `Append` axes present once and not constants, per-sentence tensors without a growing
+    /// `Append`/`InPlace` axes present once and not constants, per-sentence tensors without a growing
     /// axis, encoder-initialised tensors naming a per-sentence-shaped source. `what` names the
     /// file in errors.
     pub fn validate(&self, what: &str) -> Result<()> {
@@ -392,7 +437,13 @@ impl StateSpec {
             return Err(bad("-", "the decoder state declares no tensor".into()));
         }
         let mut seen = BTreeSet::new();
-        let reserved = [names::SRC_TOKENS, names::PREV_TOKENS, names::REORDER, names::LOG_PROBS];
+        let reserved = [
+            names::SRC_TOKENS,
+            names::PREV_TOKENS,
+            names::REORDER,
+            names::LOG_PROBS,
+            names::POSITION,
+        ];
         for (d, &v) in &self.dims {
             if d == dims::ROWS || d == dims::SOURCE {
                 return Err(bad(
@@ -415,7 +466,7 @@ impl StateSpec {
                 return Err(bad(&t.name, format!("the shape must start with `{}`", dims::ROWS)));
             }
             match &t.policy {
-                StatePolicy::Append { axis } => {
+                StatePolicy::Append { axis } | StatePolicy::InPlace { axis } => {
                     if t.shape.iter().filter(|d| *d == axis).count() != 1 {
                         return Err(bad(
                             &t.name,
@@ -445,10 +496,7 @@ impl StateSpec {
 
     /// The kind of each dimension of `t`, or a message naming the unknown one.
     pub fn dim_kinds(&self, t: &StateTensor) -> std::result::Result<Vec<DimKind>, String> {
-        let grows = match &t.policy {
-            StatePolicy::Append { axis } => Some(axis.as_str()),
-            _ => None,
-        };
+        let grows = t.policy.position_axis();
         t.shape
             .iter()
             .enumerate()
@@ -477,7 +525,7 @@ impl StateSpec {
     }
 
     /// The concrete shape of `t` for `rows` rows, a source of `source` tokens and `grown`
-    /// positions on its growing axis. The spec must have passed [`StateSpec::validate`].
+    /// positions on its growing (or capacity) axis. The spec must have passed [`StateSpec::validate`].
     pub fn shape_of(
         &self,
         t: &StateTensor,
@@ -609,7 +657,7 @@ impl ModelContract {
             })
         }
         let format_version: u32 = parse(what, "format_version", get("format_version")?)?;
-        if format_version != FORMAT_VERSION {
+        if !reads_version(format_version) {
             return Err(Error::UnsupportedVersion {
                 what: what.to_string(),
                 found: format_version,
@@ -766,7 +814,7 @@ impl Manifest {
                 path: path.clone(),
                 message: "missing contract.format_version".into(),
             })?;
-        if version != u64::from(FORMAT_VERSION) {
+        if !u32::try_from(version).is_ok_and(reads_version) {
             return Err(Error::UnsupportedVersion {
                 what: path.display().to_string(),
                 found: u32::try_from(version).unwrap_or(u32::MAX),
@@ -972,6 +1020,16 @@ mod tests {
         assert!(json.contains(r#""policy":{"kind":"append","axis":"past"}"#), "{json}");
         assert!(json.contains(r#""init":{"encoder":"final_hidden.0"}"#), "{json}");
         assert!(json.contains(r#""init":"zeros""#), "{json}");
+
+        // An in-place cache: the capacity axis resolves like a growing one.
+        let mut s = state();
+        s.tensors[2].policy = StatePolicy::InPlace { axis: "past".into() };
+        s.validate("m")?;
+        assert!(s.tensors[2].policy.in_place() && s.tensors[2].policy.follows_row());
+        assert_eq!(s.tensors[2].policy.position_axis(), Some("past"));
+        assert_eq!(s.shape_of(&s.tensors[2], 10, 7, 32), [10, 4, 32, 16]);
+        let json = serde_json::to_string(&s).unwrap_or_default();
+        assert!(json.contains(r#""policy":{"kind":"in_place","axis":"past"}"#), "{json}");
         Ok(())
     }
 
@@ -996,6 +1054,17 @@ mod tests {
         );
         check(&|s| s.tensors[4].name = "mask".into(), &["`mask`", "declared twice"]);
         check(&|s| s.tensors[4].name = "log_probs".into(), &["log_probs", "reserved"]);
+        check(&|s| s.tensors[4].name = "position".into(), &["position", "reserved"]);
+        check(
+            &|s| s.tensors[2].policy = StatePolicy::InPlace { axis: "capacity".into() },
+            &["self_key.0", "`capacity` must occur exactly once"],
+        );
+        check(
+            &|s| {
+                s.dims.insert("past".into(), 3);
+            },
+            &["self_key.0", "also declared a constant"],
+        );
         check(
             &|s| {
                 s.dims.insert("source".into(), 3);
@@ -1041,9 +1110,17 @@ mod tests {
         assert!(e.to_string().contains("seqforge.graph"), "{e}");
 
         let mut p = props(GraphKind::Encoder, &c);
-        p.insert("seqforge.format_version".into(), "3".into());
+        p.insert("seqforge.format_version".into(), (FORMAT_VERSION + 1).to_string());
         let e = err(ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p));
-        assert!(matches!(e, Error::UnsupportedVersion { found: 3, .. }), "{e}");
+        assert!(
+            matches!(e, Error::UnsupportedVersion { found, .. } if found == FORMAT_VERSION + 1),
+            "{e}"
+        );
+
+        // Version 2 (no in-place tensors, no `position`) is still read.
+        let mut p = props(GraphKind::Encoder, &c);
+        p.insert("seqforge.format_version".into(), "2".into());
+        assert!(ModelContract::from_metadata("x.onnx", GraphKind::Encoder, &p).is_ok());
 
         let mut p = props(GraphKind::Encoder, &c);
         p.remove("seqforge.max_target_positions");
@@ -1099,12 +1176,17 @@ mod tests {
             .map_err(|source| Error::Io { path: path.clone(), source })?;
         assert_eq!(Manifest::load(&dir)?, m);
 
-        let newer = m.to_json().replace("\"format_version\": 2", "\"format_version\": 9");
+        let current = format!("\"format_version\": {FORMAT_VERSION}");
+        let newer = m.to_json().replace(&current, "\"format_version\": 9");
         std::fs::write(&path, newer).map_err(|source| Error::Io { path: path.clone(), source })?;
         let e = err(Manifest::load(&dir));
         assert!(matches!(e, Error::UnsupportedVersion { found: 9, .. }), "{e}");
 
-        let v1 = m.to_json().replace("\"format_version\": 2", "\"format_version\": 1");
+        let v2 = m.to_json().replace(&current, "\"format_version\": 2");
+        std::fs::write(&path, v2).map_err(|source| Error::Io { path: path.clone(), source })?;
+        assert_eq!(Manifest::load(&dir)?.contract.format_version, 2);
+
+        let v1 = m.to_json().replace(&current, "\"format_version\": 1");
         std::fs::write(&path, v1).map_err(|source| Error::Io { path: path.clone(), source })?;
         let e = err(Manifest::load(&dir));
         assert!(e.to_string().contains("re-export"), "{e}");

@@ -13,6 +13,8 @@
 4. Python onnxruntime runs the encoder on a left-padded batch of 3 sources, then decoder step 0
    with an empty past (P = 0) and step 1 with the presents as past, each step's reorder duplicating
    a row (also on the empty past); shapes are asserted and every log_probs row must be normalized (logsumexp = 0).
+   In-place tensors (policy `in_place`) get buffers of capacity 4, are reordered here on the host
+   as the contract says, and must come back with positions before `position` unchanged.
 
 Exits non-zero with a message naming the file and the check on any failure.
 """
@@ -133,6 +135,11 @@ def main():
     def follows_row(t):
         return t["policy"]["kind"] != "per_sentence"
 
+    def in_place(t):
+        return t["policy"]["kind"] == "in_place"
+
+    capacity = 4
+
     first_word = 4
     srcs = [[first_word + 1, first_word + 5, first_word + 3, eos], [first_word + 2, eos],
             [first_word, first_word + 4, first_word + 4, first_word + 1, first_word + 6, eos]]
@@ -170,7 +177,8 @@ def main():
         if isinstance(init, dict):
             past[f"past.{t['name']}"] = enc_out[init["encoder"]][rows]
         else:
-            past[f"past.{t['name']}"] = np.zeros(shape_of(t, B, S, 0), dtype=np_types[t["dtype"]])
+            grown = capacity if in_place(t) else 0
+            past[f"past.{t['name']}"] = np.zeros(shape_of(t, B, S, grown), dtype=np_types[t["dtype"]])
     prev = np.full((B, 1), eos, dtype=np.int64)
     # Step 0 expands 3 rows to 4 (a beam's first step), step 1 to 5.
     for step, reorder in enumerate([[0, 0, 1, 2], [0, 1, 1, 2, 3]]):
@@ -180,7 +188,15 @@ def main():
         for t in tensors:
             if not follows_row(t):
                 feeds[t["name"]] = enc_out[t["name"]][rows]
+        # In-place tensors come in this step's row order: the host applies the reorder.
+        for t in tensors:
+            if in_place(t):
+                past[f"past.{t['name']}"] = past[f"past.{t['name']}"][reorder]
         feeds.update(past)
+        if any(i.name == "position" for i in dec.get_inputs()):
+            feeds["position"] = np.array([step], dtype=np.int64)
+        check(any(i.name == "position" for i in dec.get_inputs()) or not any(in_place(t) for t in tensors),
+              "the state has in-place tensors but the step graph takes no `position`")
         # Optional: each row's best log-probabilities (`top_k` → top_log_probs, top_ids).
         has_top = any(i.name == "top_k" for i in dec.get_inputs())
         if has_top:
@@ -199,11 +215,18 @@ def main():
             check(top.shape == (R, 7) and ids.shape == (R, 7), f"step {step}: top shapes {top.shape} {ids.shape}")
             check(np.array_equal(np.take_along_axis(lp, ids, 1), top), f"step {step}: top_ids do not index top_log_probs")
             check(np.allclose(np.sort(lp, 1)[:, ::-1][:, :7], top), f"step {step}: top_log_probs are not the best 7")
-        past = {}
+        old_past, past = past, {}
         for t in tensors:
             if follows_row(t):
                 v = out[f"present.{t['name']}"]
-                want = shape_of(t, R, S, step + 1)
+                want = shape_of(t, R, S, capacity if in_place(t) else step + 1)
+                if in_place(t):
+                    axis = t["shape"].index(t["policy"]["axis"])
+                    before = old_past[f"past.{t['name']}"]
+                    kept = [slice(None)] * len(t["shape"])
+                    kept[axis] = slice(0, step)
+                    check(np.array_equal(v[tuple(kept)], before[tuple(kept)]),
+                          f"step {step}: present.{t['name']} changed positions before {step}")
                 check(v.shape == want, f"step {step}: present.{t['name']} shape {v.shape}, declared {want}")
                 check(v.dtype == np_types[t["dtype"]], f"step {step}: present.{t['name']} dtype {v.dtype}")
                 past[f"past.{t['name']}"] = v

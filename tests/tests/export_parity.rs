@@ -3,7 +3,8 @@
 //! the trainer's libtorch Transformer: the encoder output (left- and right-padded batches), the
 //! cross-attention keys/values, and the log-probabilities of 32 incremental decoder steps on a
 //! padded batch of 3 sentences, with beam-like reorders (rows duplicated on the empty past of
-//! step 0, permuted and duplicated, then pruned). FP32 must agree to 1e-4, FP16 to 2e-2, INT8 to 0.2 of the
+//! step 0, permuted and duplicated, then pruned; an in-place cache is reordered on the host as
+//! the contract says, an appended one by the graph). FP32 (both cache layouts) must agree to 1e-4, FP16 to 2e-2, INT8 to 0.2 of the
 //! FP32 reference. Covers post-/pre-norm, shared/unshared embeddings, sinusoidal/learned
 //! positions, relu/gelu/gelu_accurate, layernorm_embedding, different encoder/decoder widths,
 //! random and briefly trained weights. Also: the FP16 export stays finite and accurate on
@@ -17,6 +18,7 @@ use ort::value::{DynValue, Tensor as OrtTensor};
 use seqforge_exporter::transformer::ENCODER_OUT;
 use seqforge_exporter::{ExportOptions, export};
 use seqforge_runtime::onnx::{SessionConfig, load_session};
+use seqforge_schemas::arch::transformer::KvCache;
 use seqforge_schemas::contract::{self, Dtype, Manifest, names};
 use seqforge_trainer::export_check::{float_input, float_output, gather_rows, to_vec};
 use seqforge_trainer::models::transformer::{
@@ -134,6 +136,10 @@ struct Diffs {
 fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs> {
     let manifest = Manifest::load(model_dir)?;
     let fp16 = manifest.contract.dtype == Dtype::Fp16;
+    // An in-place cache: buffers of a fixed capacity (with room to spare), reordered here on
+    // the host as the contract says, and the `position` input.
+    let in_place = manifest.contract.state.tensors.iter().any(|t| t.policy.in_place());
+    let capacity = if in_place { steps + 3 } else { 0 };
     let c = model.config();
     let layers = c.decoder_layers;
     let (heads, head_dim) = (c.decoder_attention_heads as i64, c.decoder_head_dim() as i64);
@@ -189,8 +195,9 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
     let mut sentence: Vec<usize> = (0..b).collect();
     let mut past: Vec<(Owned, Owned)> = (0..layers)
         .map(|_| {
-            let s = vec![b as i64, heads, 0, head_dim];
-            ((s.clone(), vec![]), (s, vec![]))
+            let s = vec![b as i64, heads, capacity as i64, head_dim];
+            let zeros = vec![0f32; b * capacity * (heads * head_dim) as usize];
+            ((s.clone(), zeros.clone()), (s, zeros))
         })
         .collect();
     let mut prev: Vec<i64> = vec![EOS; b];
@@ -214,6 +221,12 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
             cache.reorder(&index)?;
             sentence = order.iter().map(|&r| sentence[r]).collect();
             prev = order.iter().map(|&r| prev[r]).collect();
+            if in_place {
+                for (k, v) in &mut past {
+                    *k = gather_rows(&k.0, &k.1, &order);
+                    *v = gather_rows(&v.0, &v.1, &order);
+                }
+            }
             reorder = order;
         }
         let rows = sentence.len();
@@ -254,6 +267,10 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
             inputs.push((names::past(&sn::self_key(l)), float_input(fp16, ks, kd)?));
             inputs.push((names::past(&sn::self_value(l)), float_input(fp16, vs, vd)?));
         }
+        if in_place {
+            let position = OrtTensor::from_array(([1usize], vec![step as i64]))?.into_dyn();
+            inputs.push((names::POSITION.into(), position));
+        }
         const TOP: usize = 4;
         inputs.push((
             names::TOP_K.into(),
@@ -291,8 +308,9 @@ fn compare(model: &Transformer, model_dir: &Path, steps: usize) -> Result<Diffs>
         for l in 0..layers {
             let k = float_output(&outputs, &names::present(&sn::self_key(l)), fp16)?;
             let v = float_output(&outputs, &names::present(&sn::self_value(l)), fp16)?;
+            let len = if in_place { capacity } else { step + 1 };
             ensure!(
-                k.0 == [rows as i64, heads, step as i64 + 1, head_dim],
+                k.0 == [rows as i64, heads, len as i64, head_dim],
                 "step {step}: present_key.{l} {:?}",
                 k.0
             );
@@ -395,12 +413,36 @@ fn fp32_fp16_and_int8_exports_match_libtorch() -> Result<()> {
             train_briefly(&vs, &model, case.train_updates)?;
         }
         let saved = save(&model, case.arch, case.joined)?;
-        for dtype in [Dtype::Fp32, Dtype::Fp16, Dtype::Int8] {
-            let out = saved.root.join(format!("model-{dtype}"));
-            let summary = export(
-                &ExportOptions::new(&saved.checkpoint, &saved.data, &out).with_dtype(dtype),
-            )?;
+        // FP32 with both cache layouts; FP16 (appended) and INT8 (in place) as exported by
+        // default.
+        let variants = [
+            (Dtype::Fp32, Some(KvCache::Append)),
+            (Dtype::Fp32, Some(KvCache::InPlace)),
+            (Dtype::Fp16, None),
+            (Dtype::Int8, None),
+        ];
+        for (dtype, cache) in variants {
+            let out = saved.root.join(format!("model-{dtype}-{cache:?}"));
+            let mut options =
+                ExportOptions::new(&saved.checkpoint, &saved.data, &out).with_dtype(dtype);
+            options.build.kv_cache = cache;
+            let summary = export(&options)?;
             seqforge_exporter::export::verify_model_dir(&out)?;
+            let manifest = Manifest::load(&out)?;
+            let layout = if manifest.contract.state.tensors.iter().any(|t| t.policy.in_place()) {
+                KvCache::InPlace
+            } else {
+                KvCache::Append
+            };
+            ensure!(
+                layout
+                    == cache.unwrap_or(if dtype == Dtype::Fp16 {
+                        KvCache::Append
+                    } else {
+                        KvCache::InPlace
+                    }),
+                "{dtype} {cache:?}: exported a {layout} cache"
+            );
             let d =
                 compare(&model, &out, STEPS).with_context(|| format!("{} {dtype}", case.name))?;
             // int8: 8-bit weights move values by a few hundredths (≤ 5e-2 measured); a wrong graph
@@ -411,7 +453,7 @@ fn fp32_fp16_and_int8_exports_match_libtorch() -> Result<()> {
                 Dtype::Int8 => 0.2,
             };
             let line = format!(
-                "{dtype} {}: max |diff| encoder_out {:.2e}, cross K/V {:.2e}, log_probs {:.2e} \
+                "{dtype} {layout} {}: max |diff| encoder_out {:.2e}, cross K/V {:.2e}, log_probs {:.2e} \
                  over {} steps ({} on disk)",
                 case.name,
                 d.encoder_out,
@@ -428,7 +470,7 @@ fn fp32_fp16_and_int8_exports_match_libtorch() -> Result<()> {
             report.push(line);
         }
     }
-    ensure!(report.len() == 12, "{} comparisons", report.len());
+    ensure!(report.len() == 16, "{} comparisons", report.len());
     Ok(())
 }
 
@@ -531,7 +573,7 @@ fn fp16_survives_activations_that_overflow_a_naive_fp16_layer_norm() -> Result<(
     let compiled = seqforge_exporter::compile(
         &saved.checkpoint,
         None,
-        seqforge_exporter::BuildOptions { dtype: Dtype::Fp16 },
+        seqforge_exporter::BuildOptions { dtype: Dtype::Fp16, kv_cache: None },
     )?;
     // The input of the encoder's final layer norm: the fp16 residual stream.
     let last = format!("encoder.layers.{}.ffn_residual", config.encoder_layers - 1);

@@ -223,7 +223,30 @@ fn decoder_state_follows_reorders_like_libtorch() -> Result<()> {
         "cross-attention inputs rebuilt at the wrong times: {regathers:?} then {after}"
     );
     ensure!(so.position() == 5, "position {}", so.position());
-    println!("step-by-step log-probs within {worst:.2e}; cross inputs built {after} times");
+    // Thirty more steps, each after an in-sentence rotation: the export's in-place cache grows
+    // past its first capacity (reordered on the host every step) and keeps agreeing.
+    ensure!(so.capacity() > 0, "the default fp32 export has no in-place cache");
+    let first_capacity = so.capacity();
+    for step in 10..40 {
+        let order: Vec<usize> = (0..6).map(|r| r / 3 * 3 + (r + 1) % 3).collect();
+        ort.reorder(&mut so, &order)?;
+        torch.reorder(&mut st, &order)?;
+        tokens = (0..6).map(|r| 4 + ((r * 5 + step * 11) % (VOCAB - 4)) as u32).collect();
+        worst =
+            worst.max(compare(&ort.step(&tokens, &mut so)?, &torch.step(&tokens, &mut st)?, step)?);
+    }
+    ensure!(
+        so.capacity() > first_capacity && so.capacity() >= so.position(),
+        "capacity {} (first {first_capacity}) at position {}",
+        so.capacity(),
+        so.position()
+    );
+    println!(
+        "step-by-step log-probs within {worst:.2e} over {} steps; cross inputs built {after} \
+         times; in-place capacity {first_capacity} → {}",
+        so.position(),
+        so.capacity()
+    );
     Ok(())
 }
 

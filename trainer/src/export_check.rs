@@ -111,9 +111,9 @@ pub struct ExportArgs {
     /// The model directory to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// Weights and activations dtype: fp32, fp16 or int8.
-    #[arg(long, default_value = "fp32")]
-    pub dtype: Dtype,
+    #[command(flatten)]
+    /// Graph build options (`--dtype`, `--kv-cache`).
+    pub build: BuildOptions,
     /// The tokenizer to ship (default: DATA/tokenizer.json when it exists).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -178,12 +178,12 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         checkpoint: args.checkpoint.clone(),
         data: args.data.clone(),
         out: staging.clone(),
-        build: BuildOptions { dtype: args.dtype },
+        build: args.build,
         tokenizer: args.tokenizer.clone(),
         force: true,
     };
     let mut summary = seqforge_exporter::export(&options)?;
-    let tolerance = args.tolerance.unwrap_or(match args.dtype {
+    let tolerance = args.tolerance.unwrap_or(match args.build.dtype {
         Dtype::Fp32 => 1e-4,
         Dtype::Fp16 => 2e-2,
         Dtype::Int8 => 1.0,
@@ -529,7 +529,7 @@ mod tests {
             checkpoint: ckpt.to_path_buf(),
             data: data.to_path_buf(),
             out: out.to_path_buf(),
-            dtype,
+            build: BuildOptions { dtype, kv_cache: None },
             tokenizer: None,
             force: false,
             check_samples: 8,

@@ -1,5 +1,5 @@
-//! `seqforge-export CHECKPOINT_DIR --data DATA_DIR --out MODEL_DIR [--dtype fp32|fp16]
-//! [--tokenizer FILE] [--force]`: compiles a trainer checkpoint into a model directory (ONNX
+//! `seqforge-export CHECKPOINT_DIR --data DATA_DIR --out MODEL_DIR [--dtype fp32|fp16|int8]
+//! [--kv-cache in-place|append] [--tokenizer FILE] [--force]`: compiles a trainer checkpoint into a model directory (ONNX
 //! encoder, ONNX decoder step, dictionaries, tokenizer, manifest).
 
 use std::path::PathBuf;
@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use seqforge_exporter::{BuildOptions, ExportOptions, export};
-use seqforge_schemas::contract::Dtype;
 
 /// Compile a seqforge checkpoint into an ONNX model directory.
 #[derive(Parser, Debug)]
@@ -21,10 +20,8 @@ struct Args {
     /// The model directory to write.
     #[arg(long)]
     out: PathBuf,
-    /// Weights and activations dtype: fp32, fp16 (layer norms and softmaxes stay fp32) or int8
-    /// (8-bit weights, one scale per output row, fp32 activations; ONNX Runtime integer kernels).
-    #[arg(long, default_value = "fp32")]
-    dtype: Dtype,
+    #[command(flatten)]
+    build: BuildOptions,
     /// The tokenizer to ship (default: DATA_DIR/tokenizer.json when it exists).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -46,7 +43,7 @@ fn main() -> ExitCode {
         checkpoint: args.checkpoint,
         data: args.data,
         out: args.out,
-        build: BuildOptions { dtype: args.dtype },
+        build: args.build,
         tokenizer: args.tokenizer,
         force: args.force,
     };

@@ -44,6 +44,13 @@
 //! - [`OnnxDecoder::reorder`] only records the gather index: the next step feeds it as the
 //!   graph's `reorder` input, so the state is gathered inside the graph and never copied
 //!   through the host or `ndarray`. Several reorders between two steps compose.
+//! - `InPlace` tensors are host buffers of some capacity along their declared axis, bound
+//!   (with an [`IoBinding`]) as both `past.{name}` and `present.{name}`, so the step writes its
+//!   position into them and copies nothing. Before a step whose rows moved (a beam reorder,
+//!   pruning) or whose position reached the capacity, the runtime gathers the rows' first
+//!   `position` positions into a second buffer (grown by half when full; the two buffers
+//!   alternate), so a reorder costs one copy of the valid positions instead of the graph's
+//!   gather plus its concatenation. The `position` input carries the step index.
 //! - The row-ordered per-sentence inputs depend only on which sentence each row belongs to.
 //!   Beam reordering keeps every row inside its sentence's block, so they are rebuilt (a host
 //!   gather from the per-sentence copies, then one upload on GPU) only when that mapping
@@ -55,10 +62,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use half::f16;
+use ort::memory::Allocator;
 use ort::memory::{AllocationDevice, MemoryInfo};
 use ort::session::builder::PrepackedWeights;
 use ort::session::{HasSelectedOutputs, IoBinding, OutputSelector, RunOptions, Session};
-use ort::value::{DynValue, Outlet, Tensor, TensorElementType, ValueType};
+use ort::value::{DynTensor, DynValue, Outlet, Tensor, TensorElementType, ValueType};
 use seqforge_schemas::contract::{
     self, DimKind, Dtype, GraphKind, Manifest, ModelContract, StateDtype, StateInit, StatePolicy,
     StateSpec, StateTensor, TOKENIZER_FILE, Vocabulary, names,
@@ -347,6 +355,12 @@ impl ModelDir {
                     plain(names::REORDER, TensorElementType::Int64, 1),
                 ];
                 let mut outs = vec![plain(names::LOG_PROBS, TensorElementType::Float32, 2)];
+                // The step index: required with in-place tensors, optional otherwise.
+                if spec.tensors.iter().any(|t| t.policy.in_place())
+                    || session.inputs().iter().any(|i| i.name() == names::POSITION)
+                {
+                    ins.push(plain(names::POSITION, TensorElementType::Int64, 1));
+                }
                 // Optional: each row's best log-probabilities (exports of this version on have
                 // them; earlier ones decode through `log_probs` alone).
                 if session.inputs().iter().any(|i| i.name() == names::TOP_K) {
@@ -533,6 +547,11 @@ pub struct DecoderState {
     position: usize,
     /// Times the per-sentence inputs were rebuilt.
     regathers: usize,
+    /// The capacity of the `InPlace` buffers in `past` (0 without any).
+    capacity: usize,
+    /// Per row-following tensor, the other buffer of an `InPlace` tensor (reused by the next
+    /// gather when its shape fits).
+    spare: Vec<Option<DynValue>>,
 }
 
 impl DecoderState {
@@ -546,14 +565,40 @@ impl DecoderState {
     pub fn regathers(&self) -> usize {
         self.regathers
     }
+
+    /// The capacity of the in-place state buffers (0 when the model declares none).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// The capacity of new in-place buffers.
+const INITIAL_CAPACITY: usize = 16;
+
+/// The capacity to grow full in-place buffers to, for `need` positions: half as much again,
+/// rounded up to a multiple of 16.
+fn grown_capacity(need: usize) -> usize {
+    (need + need / 2).next_multiple_of(16)
+}
+
+/// One row-following tensor of the declared state, resolved.
+struct PastTensor {
+    /// The declaration.
+    decl: StateTensor,
+    /// `past.{name}`.
+    past: String,
+    /// `present.{name}`.
+    present: String,
+    /// For an `InPlace` tensor, the index of its capacity axis.
+    in_place: Option<usize>,
 }
 
 /// The declared state, resolved once per decoder: graph names and where each comes from.
 struct Names {
     /// Per-sentence inputs: (name, index into [`EncodedBatch::outputs`]).
     per_sentence: Vec<(String, usize)>,
-    /// Row-following tensors: the declaration, `past.{name}`, `present.{name}`.
-    past: Vec<(StateTensor, String, String)>,
+    /// Row-following tensors.
+    past: Vec<PastTensor>,
     /// Encoder outputs to keep: (name, declaring tensor).
     encoder: Vec<(String, StateTensor)>,
 }
@@ -573,7 +618,15 @@ impl Names {
             .tensors
             .iter()
             .filter(|t| t.policy.follows_row())
-            .map(|t| (t.clone(), names::past(&t.name), names::present(&t.name)))
+            .map(|t| PastTensor {
+                decl: t.clone(),
+                past: names::past(&t.name),
+                present: names::present(&t.name),
+                in_place: match &t.policy {
+                    StatePolicy::InPlace { axis } => t.shape.iter().position(|d| d == axis),
+                    _ => None,
+                },
+            })
             .collect();
         Self { per_sentence, past, encoder }
     }
@@ -601,6 +654,10 @@ pub struct OnnxDecoder {
     bind: bool,
     /// Whether the step graph returns each row's best log-probabilities (`top_k` input).
     has_top: bool,
+    /// Whether the step graph takes the `position` input.
+    has_position: bool,
+    /// Whether the state has `InPlace` tensors (steps then run through `binding`).
+    in_place: bool,
     /// Run options that fetch every output but `log_probs` (steps of [`OnnxDecoder::step_top`]).
     top_only: RunOptions<HasSelectedOutputs>,
 }
@@ -624,8 +681,10 @@ impl OnnxDecoder {
             Device::Cuda { device_id } | Device::TensorRt { device_id, .. } => Some(device_id),
         };
         let special = model.special_tokens();
-        let bind = gpu.is_some() || model.options.io_binding;
+        let in_place = names.past.iter().any(|p| p.in_place.is_some());
+        let bind = gpu.is_some() || model.options.io_binding || in_place;
         let has_top = decoder.inputs().iter().any(|i| i.name() == names::TOP_K);
+        let has_position = decoder.inputs().iter().any(|i| i.name() == names::POSITION);
         let top_only =
             RunOptions::new()?.with_outputs(OutputSelector::default().without(names::LOG_PROBS));
         Ok(Self {
@@ -640,6 +699,8 @@ impl OnnxDecoder {
             gpu,
             bind,
             has_top,
+            has_position,
+            in_place,
             top_only,
         })
     }
@@ -683,7 +744,13 @@ impl OnnxDecoder {
         let spec = &self.contract().state;
         let dtype = self.contract().dtype;
         let mut past = Vec::with_capacity(self.names.past.len());
-        for (t, _, _) in &self.names.past {
+        for p in &self.names.past {
+            let t = &p.decl;
+            if p.in_place.is_some() {
+                let shape = spec.shape_of(t, rows.len(), encoded.src_len, INITIAL_CAPACITY);
+                past.push(in_place_buffer(element_type(dtype, t.dtype), &shape, true)?);
+                continue;
+            }
             let shape = spec.shape_of(t, rows.len(), encoded.src_len, 0);
             let value = match &t.policy {
                 StatePolicy::Recurrent { init: StateInit::Encoder(source) } => {
@@ -714,6 +781,95 @@ fn gather_rows<T: Copy>(data: &[T], block: usize, rows: &[usize]) -> Vec<T> {
         out.extend_from_slice(&data[r * block..(r + 1) * block]);
     }
     out
+}
+
+/// A host buffer for an `InPlace` tensor (allocated by ONNX Runtime, so that it can be bound
+/// as an output), zero-filled when `zeroed`.
+fn in_place_buffer(ty: TensorElementType, shape: &[usize], zeroed: bool) -> Result<DynValue> {
+    let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    let mut value = DynTensor::new(&Allocator::default(), ty, dims)?.into_dyn();
+    if zeroed {
+        match ty {
+            TensorElementType::Float16 => value.try_extract_tensor_mut::<f16>()?.1.fill(f16::ZERO),
+            TensorElementType::Float32 => value.try_extract_tensor_mut::<f32>()?.1.fill(0.0),
+            TensorElementType::Int64 => value.try_extract_tensor_mut::<i64>()?.1.fill(0),
+            TensorElementType::Bool => value.try_extract_tensor_mut::<bool>()?.1.fill(false),
+            other => {
+                return Err(Error::DecoderState(format!(
+                    "in-place state of element type {other:?} is not supported"
+                )));
+            }
+        }
+    }
+    Ok(value)
+}
+
+/// The layout of an in-place buffer around its capacity axis: rows, the product of the
+/// dimensions between rows and the axis, the capacity, the product of those after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BufferLayout {
+    rows: usize,
+    outer: usize,
+    capacity: usize,
+    inner: usize,
+}
+
+impl BufferLayout {
+    fn of(shape: &[usize], axis: usize) -> Self {
+        Self {
+            rows: shape[0],
+            outer: shape[1..axis].iter().product(),
+            capacity: shape[axis],
+            inner: shape[axis + 1..].iter().product(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rows * self.outer * self.capacity * self.inner
+    }
+}
+
+/// Row `r` of `to` ← row `order[r]` of `from`, positions `0..valid` along the capacity axis.
+fn gather_positions<T: Copy>(
+    from: &[T],
+    src: BufferLayout,
+    to: &mut [T],
+    dst: BufferLayout,
+    order: &[usize],
+    valid: usize,
+) {
+    let span = valid * src.inner;
+    for (r, &o) in order.iter().enumerate() {
+        for j in 0..src.outer {
+            let a = ((o * src.outer + j) * src.capacity) * src.inner;
+            let b = ((r * dst.outer + j) * dst.capacity) * dst.inner;
+            to[b..b + span].copy_from_slice(&from[a..a + span]);
+        }
+    }
+}
+
+/// [`gather_positions`] between two ONNX Runtime host tensors of element type `T`.
+fn gather_values<T: ort::value::PrimitiveTensorElementType + Copy>(
+    from: &DynValue,
+    src: BufferLayout,
+    to: &mut DynValue,
+    dst: BufferLayout,
+    order: &[usize],
+    valid: usize,
+) -> Result<()> {
+    let (_, a) = from.try_extract_tensor::<T>()?;
+    let (_, b) = to.try_extract_tensor_mut::<T>()?;
+    if a.len() != src.len() || b.len() != dst.len() {
+        return Err(Error::DecoderState(format!(
+            "in-place state buffers of {} and {} elements, expected {} and {}",
+            a.len(),
+            b.len(),
+            src.len(),
+            dst.len()
+        )));
+    }
+    gather_positions(a, src, b, dst, order, valid);
+    Ok(())
 }
 
 /// Copies an encoder output to the host, checking its element type and shape.
@@ -756,6 +912,15 @@ fn value_shape(value: &DynValue) -> Vec<i64> {
     }
 }
 
+/// Whether two tensors share their data.
+fn same_data(a: &DynValue, b: &DynValue) -> bool {
+    use ort::value::DynTensorValueType as T;
+    match (a.view().downcast::<T>(), b.view().downcast::<T>()) {
+        (Ok(a), Ok(b)) => a.data_ptr() == b.data_ptr(),
+        _ => false,
+    }
+}
+
 /// What one step returned.
 enum StepOut {
     Full(LogProbs),
@@ -782,6 +947,54 @@ fn top_output<'a, T: ort::value::PrimitiveTensorElementType + 'a>(
 }
 
 impl OnnxDecoder {
+    /// Makes the `InPlace` buffers ready for a step with gather index `order`: rows in this
+    /// step's order and room for one more position (see the module documentation).
+    fn prepare_in_place(&self, state: &mut DecoderState, order: &[i64]) -> Result<()> {
+        let need = state.position + 1;
+        let identity =
+            order.len() == state.past_rows && order.iter().enumerate().all(|(i, &o)| o == i as i64);
+        if identity && state.capacity >= need {
+            return Ok(());
+        }
+        let capacity = if state.capacity >= need { state.capacity } else { grown_capacity(need) };
+        let order: Vec<usize> = order.iter().map(|&o| o as usize).collect();
+        let c = self.contract();
+        let src_len = state.encoded.src_len;
+        if state.spare.len() != state.past.len() {
+            state.spare = (0..state.past.len()).map(|_| None).collect();
+        }
+        for (i, p) in self.names.past.iter().enumerate() {
+            let Some(axis) = p.in_place else { continue };
+            let ty = element_type(c.dtype, p.decl.dtype);
+            let from_shape = c.state.shape_of(&p.decl, state.past_rows, src_len, state.capacity);
+            let to_shape = c.state.shape_of(&p.decl, order.len(), src_len, capacity);
+            let want: Vec<i64> = to_shape.iter().map(|&d| d as i64).collect();
+            let mut to = match state.spare[i].take() {
+                Some(v) if value_shape(&v) == want => v,
+                _ => in_place_buffer(ty, &to_shape, true)?,
+            };
+            let (src, dst) =
+                (BufferLayout::of(&from_shape, axis), BufferLayout::of(&to_shape, axis));
+            let from = &state.past[i];
+            let valid = state.position;
+            match ty {
+                TensorElementType::Float16 => {
+                    gather_values::<f16>(from, src, &mut to, dst, &order, valid)?
+                }
+                TensorElementType::Int64 => {
+                    gather_values::<i64>(from, src, &mut to, dst, &order, valid)?
+                }
+                TensorElementType::Bool => {
+                    gather_values::<bool>(from, src, &mut to, dst, &order, valid)?
+                }
+                _ => gather_values::<f32>(from, src, &mut to, dst, &order, valid)?,
+            }
+            state.spare[i] = Some(std::mem::replace(&mut state.past[i], to));
+        }
+        state.capacity = capacity;
+        Ok(())
+    }
+
     /// One decoder step: full log-probabilities, or with `top` each row's `top` best.
     fn run_step(
         &mut self,
@@ -809,18 +1022,47 @@ impl OnnxDecoder {
                 state.past_rows
             )));
         }
+        if self.in_place {
+            self.prepare_in_place(state, &order)?;
+        }
+        // On a binding, outputs are bound before the inputs borrow the state: an in-place
+        // tensor's buffer is both `past.{name}` and `present.{name}`.
+        if self.bind {
+            let binding = &mut self.binding;
+            binding.clear_outputs();
+            for (p, value) in self.names.past.iter().zip(state.past.iter_mut()) {
+                if p.in_place.is_some() {
+                    binding.bind_output(p.present.as_str(), value)?;
+                } else {
+                    // On a GPU, ONNX Runtime allocates `present_*` of this step's shape in GPU
+                    // memory, where the next step reads them.
+                    binding.bind_output_to_device(p.present.as_str(), &self.cache)?;
+                }
+            }
+            match top {
+                None => binding.bind_output_to_device(names::LOG_PROBS, &self.host)?,
+                Some(_) => {
+                    binding.bind_output_to_device(names::TOP_LOG_PROBS, &self.host)?;
+                    binding.bind_output_to_device(names::TOP_IDS, &self.host)?;
+                }
+            }
+        }
         let prev: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let prev = Tensor::from_array((vec![r, 1], prev))?.into_dyn();
         let order = Tensor::from_array((vec![r], order))?.into_dyn();
+        let position = Tensor::from_array((vec![1usize], vec![state.position as i64]))?.into_dyn();
         let mut inputs: Vec<(&str, &DynValue)> =
-            Vec::with_capacity(2 + self.names.per_sentence.len() + self.names.past.len());
+            Vec::with_capacity(4 + self.names.per_sentence.len() + self.names.past.len());
         inputs.push((names::PREV_TOKENS, &prev));
         inputs.push((names::REORDER, &order));
+        if self.has_position {
+            inputs.push((names::POSITION, &position));
+        }
         for ((name, _), value) in self.names.per_sentence.iter().zip(&state.per_sentence) {
             inputs.push((name.as_str(), value));
         }
-        for ((_, name, _), value) in self.names.past.iter().zip(&state.past) {
-            inputs.push((name.as_str(), value));
+        for (p, value) in self.names.past.iter().zip(&state.past) {
+            inputs.push((p.past.as_str(), value));
         }
         let top_k = Tensor::from_array((vec![1usize], vec![top.unwrap_or(1) as i64]))?.into_dyn();
         if self.has_top {
@@ -836,17 +1078,8 @@ impl OnnxDecoder {
                     Some(_) => self.decoder.run_with_options(inputs, &self.top_only)?,
                 }
             } else {
-                // On a GPU, outputs are bound to a device (not to values) before every run:
-                // ONNX Runtime allocates `present_*` of this step's shape in GPU memory, where
-                // the next step reads them; only `log_probs` come to the host.
-                let binding = &mut self.binding;
-                binding.clear_outputs();
-                for (_, _, name) in &self.names.past {
-                    binding.bind_output_to_device(name.as_str(), &self.cache)?;
-                }
-                binding.bind_output_to_device(names::LOG_PROBS, &self.host)?;
                 for (name, value) in inputs {
-                    binding.bind_input(name, value)?;
+                    self.binding.bind_input(name, value)?;
                 }
                 self.decoder.run_binding(&self.binding)?
             };
@@ -882,8 +1115,9 @@ impl OnnxDecoder {
                 }
             };
             let mut present = Vec::with_capacity(self.names.past.len());
-            for (_, _, name) in &self.names.past {
-                present.push(outputs.remove(name.as_str()).ok_or_else(|| missing(name))?);
+            for p in &self.names.past {
+                present
+                    .push(outputs.remove(p.present.as_str()).ok_or_else(|| missing(&p.present))?);
             }
             (out, present)
         };
@@ -892,9 +1126,10 @@ impl OnnxDecoder {
             self.binding.clear_inputs();
         }
         let spec = &self.model.contract().state;
-        for ((t, _, name), value) in self.names.past.iter().zip(&present) {
+        for (p, value) in self.names.past.iter().zip(&present) {
+            let grown = if p.in_place.is_some() { state.capacity } else { state.position + 1 };
             let want: Vec<i64> = spec
-                .shape_of(t, r, state.encoded.src_len, state.position + 1)
+                .shape_of(&p.decl, r, state.encoded.src_len, grown)
                 .into_iter()
                 .map(|d| d as i64)
                 .collect();
@@ -902,15 +1137,21 @@ impl OnnxDecoder {
             if found != want {
                 return Err(Error::GraphOutput {
                     graph: contract::DECODER_FILE,
-                    output: name.clone(),
+                    output: p.present.clone(),
                     message: format!(
                         "shape {found:?}, but state tensor `{}` declares {want:?} ({:?})",
-                        t.name, t.shape
+                        p.decl.name, p.decl.shape
                     ),
                 });
             }
         }
-        state.past = present;
+        for ((p, slot), value) in self.names.past.iter().zip(state.past.iter_mut()).zip(present) {
+            // An in-place present is the buffer itself; should ONNX Runtime ever have written
+            // elsewhere, the returned tensor holds the values and becomes the buffer.
+            if p.in_place.is_none() || !same_data(slot, &value) {
+                *slot = value;
+            }
+        }
         state.past_rows = r;
         state.position += 1;
         Ok(out)
@@ -988,6 +1229,8 @@ impl IncrementalDecoder for OnnxDecoder {
             per_sentence: Vec::new(),
             position: 0,
             regathers: 0,
+            capacity: if self.in_place { INITIAL_CAPACITY } else { 0 },
+            spare: Vec::new(),
         };
         self.regather(&mut state)?;
         Ok(state)
@@ -1006,8 +1249,7 @@ impl IncrementalDecoder for OnnxDecoder {
         state: &mut DecoderState,
         k: usize,
     ) -> Result<Option<TopLogProbs>> {
-        // The host path only: on a GPU `log_probs` is bound to host memory already.
-        if !self.has_top || self.bind || k == 0 || k > self.contract().tgt_vocab_size {
+        if !self.has_top || k == 0 || k > self.contract().tgt_vocab_size {
             return Ok(None);
         }
         match self.run_step(tokens, state, Some(k))? {
@@ -1031,5 +1273,45 @@ impl IncrementalDecoder for OnnxDecoder {
 
     fn rows(&self, state: &DecoderState) -> usize {
         state.rows.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_place_gather_moves_rows_and_valid_positions_only() {
+        // [rows 3, heads 2, capacity 4, dim 2]; element = row·100 + head·10 + position.
+        let src = BufferLayout::of(&[3, 2, 4, 2], 2);
+        let from: Vec<f32> = (0..src.len())
+            .map(|i| {
+                let (r, h, p) = (i / 16, i / 8 % 2, i / 2 % 4);
+                (r * 100 + h * 10 + p) as f32
+            })
+            .collect();
+        // Two rows (rows 2 and 0, as a prune keeps them), the capacity grown to 6.
+        let dst = BufferLayout::of(&[2, 2, 6, 2], 2);
+        let mut to = vec![-1f32; dst.len()];
+        gather_positions(&from, src, &mut to, dst, &[2, 0], 3);
+        for r in 0..2 {
+            for h in 0..2 {
+                for p in 0..6 {
+                    for d in 0..2 {
+                        let got = to[((r * 2 + h) * 6 + p) * 2 + d];
+                        let want = if p < 3 { ([2, 0][r] * 100 + h * 10 + p) as f32 } else { -1.0 };
+                        assert_eq!(got, want, "row {r} head {h} position {p}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn capacity_grows_by_half_in_multiples_of_16() {
+        assert_eq!(grown_capacity(17), 32);
+        assert_eq!(grown_capacity(32), 48);
+        assert_eq!(grown_capacity(100), 160);
+        assert!((1..500).all(|n| grown_capacity(n) >= n && grown_capacity(n) % 16 == 0));
     }
 }

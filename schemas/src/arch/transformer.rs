@@ -316,6 +316,45 @@ pub mod state_names {
     pub const PAST: &str = "past";
 }
 
+/// How an exported decoder step keeps the self-attention keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KvCache {
+    /// A new, one position longer tensor every step ([`crate::contract::StatePolicy::Append`]).
+    #[default]
+    Append,
+    /// A buffer the step writes into ([`crate::contract::StatePolicy::InPlace`]).
+    InPlace,
+}
+
+impl KvCache {
+    /// `append` or `in-place`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvCache::Append => "append",
+            KvCache::InPlace => "in-place",
+        }
+    }
+}
+
+impl std::fmt::Display for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for KvCache {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "append" => Ok(KvCache::Append),
+            "in-place" => Ok(KvCache::InPlace),
+            _ => Err(format!("unknown cache layout `{s}` (expected append or in-place)")),
+        }
+    }
+}
+
 impl TransformerConfig {
     /// Decoder head dimension.
     pub fn decoder_head_dim(&self) -> usize {
@@ -324,8 +363,8 @@ impl TransformerConfig {
 
     /// The decoder state as the contract declares it: the padding mask and every layer's
     /// encoder-attention keys/values per sentence, every layer's self-attention keys/values
-    /// growing along `past`.
-    pub fn decoder_state(&self) -> crate::contract::StateSpec {
+    /// along `past`, appended to or updated in place as `cache` says.
+    pub fn decoder_state(&self, cache: KvCache) -> crate::contract::StateSpec {
         use crate::contract::{StateDtype, StatePolicy, StateSpec, StateTensor, dims};
         let t = |name: String, dtype, shape: [&str; 4], policy: StatePolicy| StateTensor {
             name,
@@ -335,7 +374,10 @@ impl TransformerConfig {
         };
         let cross = [dims::ROWS, "heads", dims::SOURCE, "head_dim"];
         let past = [dims::ROWS, "heads", state_names::PAST, "head_dim"];
-        let grows = || StatePolicy::Append { axis: state_names::PAST.into() };
+        let grows = || match cache {
+            KvCache::Append => StatePolicy::Append { axis: state_names::PAST.into() },
+            KvCache::InPlace => StatePolicy::InPlace { axis: state_names::PAST.into() },
+        };
         let mut tensors = vec![StateTensor {
             name: state_names::ENCODER_PADDING_MASK.into(),
             dtype: StateDtype::Bool,
