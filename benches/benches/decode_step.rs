@@ -7,7 +7,8 @@
 //! every step, each step fetching the best 14 candidates per row as the beam search does
 //! (`step_top`, 2·beam + 4). The variants alternate within each round; the medians over all
 //! rounds of positions 10..20 and 200..210 are printed with their ratio (goal: ≤ 1.3×) and the
-//! in-place/append speed-up at both positions.
+//! in-place/append speed-up at both positions. `SEQFORGE_BENCH_REORDER=none` keeps the rows in
+//! place instead (isolating attention over the past from the cost of moving it).
 //!
 //! Run: `cargo bench -p seqforge-benches --bench decode_step`. Synthetic post-norm Transformers
 //! exported to a temporary folder (`SEQFORGE_BENCH_SIZES`, default `demo,base`): `demo` is the
@@ -72,8 +73,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One decode of [`STEPS`] steps; the time of each step (seconds).
-fn decode(decoder: &mut OnnxDecoder) -> Result<Vec<f64>> {
+/// One decode of [`STEPS`] steps; the time of each step (seconds). With `rotate`, every row
+/// moves before every step (the worst case of a beam reorder); without, rows stay in place
+/// (what remains is attention over the past).
+fn decode(decoder: &mut OnnxDecoder, rotate: bool) -> Result<Vec<f64>> {
     let c = decoder.model().contract().clone();
     let vocab = c.tgt_vocab_size as u32;
     let source: Vec<u32> =
@@ -92,8 +95,11 @@ fn decode(decoder: &mut OnnxDecoder) -> Result<Vec<f64>> {
         times.push(start.elapsed().as_secs_f64());
         ensure!(rows == tokens.len(), "step {position}: {rows} rows for {} tokens", tokens.len());
         // A beam reorder inside the sentence (rotate), as search does every step.
-        let order: Vec<usize> =
-            if position == 0 { vec![0; BEAM] } else { (0..BEAM).map(|k| (k + 1) % BEAM).collect() };
+        let order: Vec<usize> = if position == 0 {
+            vec![0; BEAM]
+        } else {
+            (0..BEAM).map(|k| if rotate { (k + 1) % BEAM } else { k }).collect()
+        };
         decoder.reorder(&mut state, &order)?;
         tokens = (0..BEAM).map(|k| 4 + ((position * 13 + k * 7) as u32) % (vocab - 4)).collect();
     }
@@ -114,6 +120,11 @@ fn main() -> Result<()> {
     let threads = env_usize("SEQFORGE_BENCH_THREADS", 1)?;
     let rounds = env_usize("SEQFORGE_BENCH_ROUNDS", 5)?.max(1);
     let wanted = std::env::var("SEQFORGE_BENCH_SIZES").unwrap_or_else(|_| "demo,base".into());
+    let rotate = match std::env::var("SEQFORGE_BENCH_REORDER").as_deref() {
+        Ok("rotate") | Err(_) => true,
+        Ok("none") => false,
+        Ok(other) => bail!("SEQFORGE_BENCH_REORDER: `{other}` (expected rotate or none)"),
+    };
     let options = RuntimeOptions { threads, ..RuntimeOptions::default() };
     println!(
         "decode_step: beam {BEAM}, top {} per row, {threads} threads, {rounds} rounds",
@@ -132,11 +143,11 @@ fn main() -> Result<()> {
         }
         // Warm-up, then alternate the variants within each round.
         for (_, decoder, _) in &mut decoders {
-            decode(decoder)?;
+            decode(decoder, rotate)?;
         }
         for _ in 0..rounds {
             for (_, decoder, runs) in &mut decoders {
-                runs.push(decode(decoder)?);
+                runs.push(decode(decoder, rotate)?);
             }
         }
         let at = |runs: &[Vec<f64>], from: usize| {
