@@ -127,8 +127,9 @@ fn main() -> Result<()> {
     };
     let options = RuntimeOptions { threads, ..RuntimeOptions::default() };
     println!(
-        "decode_step: beam {BEAM}, top {} per row, {threads} threads, {rounds} rounds",
-        2 * BEAM + 4
+        "decode_step: beam {BEAM}, top {} per row, {threads} threads, {rounds} rounds, rows {}",
+        2 * BEAM + 4,
+        if rotate { "rotated before every step" } else { "never moved" }
     );
     for name in wanted.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let Some(&size) = SIZES.iter().find(|s| s.0 == name) else {

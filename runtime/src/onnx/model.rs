@@ -848,6 +848,66 @@ fn gather_positions<T: Copy>(
     }
 }
 
+/// The rows an in-place permutation must copy for `order` (same row count): the rows that
+/// change, and the changed rows that are also read by another (they must be staged first).
+fn permutation_plan(order: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let changed: Vec<usize> = (0..order.len()).filter(|&r| order[r] != r).collect();
+    let mut staged: Vec<usize> = Vec::new();
+    for &r in &changed {
+        let s = order[r];
+        if order[s] != s && !staged.contains(&s) {
+            staged.push(s);
+        }
+    }
+    (changed, staged)
+}
+
+/// Row `r` of `data` ← row `order[r]`, positions `0..valid`, in place: the rows that do not
+/// move are not touched; sources that are overwritten are staged in a scratch buffer first.
+fn permute_positions<T: Copy>(data: &mut [T], l: BufferLayout, order: &[usize], valid: usize) {
+    let (changed, staged) = permutation_plan(order);
+    let span = valid * l.inner;
+    let block = |r: usize, j: usize| ((r * l.outer + j) * l.capacity) * l.inner;
+    let mut scratch = Vec::with_capacity(staged.len() * l.outer * span);
+    for &s in &staged {
+        for j in 0..l.outer {
+            scratch.extend_from_slice(&data[block(s, j)..block(s, j) + span]);
+        }
+    }
+    for &r in &changed {
+        let s = order[r];
+        for j in 0..l.outer {
+            let to = block(r, j);
+            match staged.iter().position(|&x| x == s) {
+                Some(k) => {
+                    let from = (k * l.outer + j) * span;
+                    data[to..to + span].copy_from_slice(&scratch[from..from + span]);
+                }
+                None => data.copy_within(block(s, j)..block(s, j) + span, to),
+            }
+        }
+    }
+}
+
+/// [`permute_positions`] on an ONNX Runtime host tensor of element type `T`.
+fn permute_value<T: ort::value::PrimitiveTensorElementType + Copy>(
+    value: &mut DynValue,
+    l: BufferLayout,
+    order: &[usize],
+    valid: usize,
+) -> Result<()> {
+    let (_, data) = value.try_extract_tensor_mut::<T>()?;
+    if data.len() != l.len() {
+        return Err(Error::DecoderState(format!(
+            "in-place state buffer of {} elements, expected {}",
+            data.len(),
+            l.len()
+        )));
+    }
+    permute_positions(data, l, order, valid);
+    Ok(())
+}
+
 /// [`gather_positions`] between two ONNX Runtime host tensors of element type `T`.
 fn gather_values<T: ort::value::PrimitiveTensorElementType + Copy>(
     from: &DynValue,
@@ -960,6 +1020,29 @@ impl OnnxDecoder {
         let order: Vec<usize> = order.iter().map(|&o| o as usize).collect();
         let c = self.contract();
         let src_len = state.encoded.src_len;
+        // Same rows and room left: permute in place when that copies fewer rows than a gather
+        // into the other buffer (rows that keep their place are not copied).
+        if order.len() == state.past_rows && capacity == state.capacity {
+            let (changed, staged) = permutation_plan(&order);
+            if changed.len() + staged.len() < order.len() {
+                for (i, p) in self.names.past.iter().enumerate() {
+                    let Some(axis) = p.in_place else { continue };
+                    let shape = c.state.shape_of(&p.decl, order.len(), src_len, capacity);
+                    let l = BufferLayout::of(&shape, axis);
+                    let value = &mut state.past[i];
+                    let valid = state.position;
+                    match element_type(c.dtype, p.decl.dtype) {
+                        TensorElementType::Float16 => {
+                            permute_value::<f16>(value, l, &order, valid)?
+                        }
+                        TensorElementType::Int64 => permute_value::<i64>(value, l, &order, valid)?,
+                        TensorElementType::Bool => permute_value::<bool>(value, l, &order, valid)?,
+                        _ => permute_value::<f32>(value, l, &order, valid)?,
+                    }
+                }
+                return Ok(());
+            }
+        }
         if state.spare.len() != state.past.len() {
             state.spare = (0..state.past.len()).map(|_| None).collect();
         }
@@ -1305,6 +1388,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn in_place_permutation_copies_only_moved_rows_and_stages_overwritten_sources() {
+        // Every order on 4 rows with a permutation plan: the result equals a gather.
+        let l = BufferLayout::of(&[4, 3, 5, 2], 2);
+        let base: Vec<u32> = (0..l.len() as u32).collect();
+        let mut checked = 0;
+        for code in 0..256usize {
+            let order: Vec<usize> = (0..4).map(|r| code >> (2 * r) & 3).collect();
+            let mut want = base.clone();
+            gather_positions(&base, l, &mut want, l, &order, 4);
+            let mut got = base.clone();
+            permute_positions(&mut got, l, &order, 4);
+            assert_eq!(got, want, "order {order:?}");
+            checked += 1;
+        }
+        assert_eq!(checked, 256);
+        // [0, 0, 1, 3]: rows 1 and 2 change; row 1 is read by row 2 after being overwritten.
+        assert_eq!(permutation_plan(&[0, 0, 1, 3]), (vec![1, 2], vec![1]));
+        assert_eq!(permutation_plan(&[0, 1, 2, 3]), (vec![], vec![]));
     }
 
     #[test]
