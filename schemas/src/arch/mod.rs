@@ -9,6 +9,7 @@
 
 use serde_json::Value;
 
+pub mod fconv;
 pub mod lstm;
 pub mod transformer;
 
@@ -71,6 +72,12 @@ pub fn families() -> &'static [Family] {
             architectures: lstm::PRESETS,
             preset: |a| to_json(lstm::preset(a)),
             validate: |v| parse_then::<lstm::LstmConfig>("lstm", v, |c| c.validate()),
+        },
+        Family {
+            name: "fconv",
+            architectures: fconv::PRESETS,
+            preset: |a| to_json(fconv::preset(a)),
+            validate: |v| parse_then::<fconv::FConvConfig>("fconv", v, |c| c.validate()),
         },
     ];
     FAMILIES
