@@ -4,6 +4,7 @@
 //! module and one entry in [`exporters`]; the export, the manifest and the runtime stay as they
 //! are.
 
+use seqforge_schemas::arch::fconv::FConvConfig;
 use seqforge_schemas::arch::lstm::LstmConfig;
 use seqforge_schemas::arch::transformer::TransformerConfig;
 use seqforge_schemas::contract::{GraphKind, ModelContract, StateSpec};
@@ -12,9 +13,9 @@ use serde_json::Value;
 
 use crate::config::parse_model;
 use crate::error::Result;
-use crate::lstm;
 use crate::transformer::{self, BuildOptions};
 use crate::weights::Weights;
+use crate::{fconv, lstm};
 
 /// The encoder and decoder-step graphs of one export.
 #[derive(Debug, Clone)]
@@ -101,6 +102,30 @@ pub fn exporters() -> &'static [FamilyExporter] {
             },
             ignorable: |v, name| {
                 parse_model::<LstmConfig>(v).is_ok_and(|c| lstm::ignorable_tensor(&c, name))
+            },
+        },
+        FamilyExporter {
+            family: "fconv",
+            state: |v, _| fconv::decoder_state(&parse_model::<FConvConfig>(v)?),
+            build: |w, v, options, contract| {
+                let c: FConvConfig = parse_model(v)?;
+                Ok(Graphs {
+                    encoder: fconv::build_encoder(
+                        w,
+                        &c,
+                        options,
+                        &metadata(contract, GraphKind::Encoder),
+                    )?,
+                    decoder: fconv::build_decoder(
+                        w,
+                        &c,
+                        options,
+                        &metadata(contract, GraphKind::Decoder),
+                    )?,
+                })
+            },
+            ignorable: |v, name| {
+                parse_model::<FConvConfig>(v).is_ok_and(|c| fconv::ignorable_tensor(&c, name))
             },
         },
     ];

@@ -981,6 +981,78 @@ impl GraphBuilder {
         self.unary_float("Erf", out, x)
     }
 
+    /// `Sqrt(x)`.
+    pub fn sqrt(&mut self, out: &str, x: &Value) -> Result<Value> {
+        self.unary_float("Sqrt", out, x)
+    }
+
+    /// `Reciprocal(x)` (`1 / x`).
+    pub fn reciprocal(&mut self, out: &str, x: &Value) -> Result<Value> {
+        self.unary_float("Reciprocal", out, x)
+    }
+
+    /// `Slice(x)` of `[start, end)` along `axis` (`end` may be `i64::MAX`: to the end); the
+    /// axis keeps a fixed size only when it had one and the range is within it.
+    pub fn slice_axis(
+        &mut self,
+        out: &str,
+        x: &Value,
+        axis: i64,
+        start: i64,
+        end: i64,
+    ) -> Result<Value> {
+        let axis = normalize_axis(out, axis, x.shape.len())?;
+        if start < 0 || end <= start {
+            return Err(Error::Node {
+                node: out.to_string(),
+                message: format!("Slice {start}..{end} is empty or negative"),
+            });
+        }
+        let starts = self.initializer_i64(&format!("{out}.starts"), &[1], &[start])?;
+        let ends = self.initializer_i64(&format!("{out}.ends"), &[1], &[end])?;
+        let axes = self.initializer_i64(&format!("{out}.axes"), &[1], &[axis as i64])?;
+        let mut shape = x.shape.clone();
+        shape[axis] = match x.shape[axis] {
+            Dim::Fixed(n) => Dim::Fixed(end.min(n) - start.min(n)),
+            Dim::Named(_) => Dim::named(&format!("{out}_len")),
+        };
+        self.node("Slice", out, &[x, &starts, &ends, &axes], vec![], x.dtype, shape)
+    }
+
+    /// `Conv(x, w, b)` over one spatial axis: `x` `[N, C_in, L]`, `w` `[C_out, C_in, k]`, `b`
+    /// `[C_out]`, zero padding `(left, right)`, stride and dilation 1 → `[N, C_out, L']`.
+    pub fn conv1d(
+        &mut self,
+        out: &str,
+        x: &Value,
+        w: &Value,
+        b: &Value,
+        (left, right): (i64, i64),
+    ) -> Result<Value> {
+        require_float(out, x)?;
+        same_dtype(out, x, w)?;
+        let fail = |message: String| Error::Node { node: out.to_string(), message };
+        let (Some(c_out), Some(Dim::Fixed(k))) = (w.shape.first(), w.shape.get(2)) else {
+            return Err(fail(format!("weight shape {:?} is not [C_out, C_in, k]", w.shape)));
+        };
+        if x.shape.len() != 3 {
+            return Err(fail(format!("input shape {:?} is not [N, C, L]", x.shape)));
+        }
+        let length = match x.shape[2] {
+            Dim::Fixed(l) => Dim::Fixed(l + left + right - k + 1),
+            Dim::Named(ref n) if left + right == k - 1 => Dim::Named(n.clone()),
+            Dim::Named(_) => Dim::named(&format!("{out}_len")),
+        };
+        let attributes = vec![
+            ints_attribute("kernel_shape", &[*k]),
+            ints_attribute("pads", &[left, right]),
+            ints_attribute("strides", &[1]),
+            ints_attribute("dilations", &[1]),
+        ];
+        let shape = vec![x.shape[0].clone(), c_out.clone(), length];
+        self.node("Conv", out, &[x, w, b], attributes, x.dtype, shape)
+    }
+
     fn unary_float(&mut self, op: &str, out: &str, x: &Value) -> Result<Value> {
         require_float(out, x)?;
         self.node(op, out, &[x], vec![], x.dtype, x.shape.clone())

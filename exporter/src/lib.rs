@@ -9,6 +9,8 @@
 //! - [`transformer`]: fairseq's Transformer as the contract's encoder and decoder-step graphs
 //!   (fp32, or fp16 with fp32 layer norms and softmaxes).
 //! - [`lstm`]: fairseq's LSTM encoder-decoder as the same two graphs (attention, input feeding).
+//! - [`fconv`]: fairseq's convolutional model (ConvS2S) as the same two graphs (weight
+//!   normalisation folded, `LinearizedConvolution` windows as declared state).
 //! - [`mod@export`]: the model directory (graphs, dictionaries, tokenizer, manifest), written
 //!   atomically. The `seqforge-export` binary is a thin command line over [`export::export`].
 //! - [`testing`]: helpers to write small random checkpoints for tests and benches; not part of
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod export;
 pub mod families;
+pub mod fconv;
 pub mod graph;
 pub mod lstm;
 pub mod testing;

@@ -216,6 +216,23 @@ impl<'w> Net<'w> {
         Ok(Linear { weight, bias })
     }
 
+    /// A linear layer from a computed `[out_dim, in_dim]` weight `data` (e.g. a
+    /// weight-normalised one, stored under `prefix`) and the checkpoint's bias `bias`.
+    pub(crate) fn linear_from_data(
+        &mut self,
+        prefix: &str,
+        data: &[f32],
+        (out_dim, in_dim): (usize, usize),
+        bias: Option<&str>,
+    ) -> Result<Linear> {
+        let weight = self.linear_weight(prefix, data, out_dim, in_dim)?;
+        let bias = match bias {
+            Some(b) => Some(self.param(b, &[out_dim])?),
+            None => None,
+        };
+        Ok(Linear { weight, bias })
+    }
+
     /// The linear layers `prefixes` (each `[out_dim, in_dim]` with a bias) as one layer of
     /// `prefixes.len() · out_dim` outputs, their outputs side by side (e.g. one GEMM for the
     /// query, key and value projections instead of three). Each output column is computed as

@@ -6,10 +6,14 @@
 //! - [`lstm`]: the LSTM encoder-decoder with attention and input feeding (Luong et al., 2015)
 //!   as fairseq 0.12.2 builds it (`fairseq/models/lstm.py`), with its three named
 //!   architectures and an incremental decoder for search.
+//! - [`fconv`]: the convolutional sequence-to-sequence model (Gehring et al., 2017) as
+//!   fairseq 0.12.2 builds it (`fairseq/models/fconv.py`), with its five named architectures
+//!   and an incremental decoder (`LinearizedConvolution` windows) for search.
 //! - [`decoding`]: what every family implements to be decoded incrementally ([`StepModel`]),
 //!   its state as named tensors ([`TorchState`]) and the search adapter ([`TorchDecoder`]).
 
 pub mod decoding;
+pub mod fconv;
 pub mod lstm;
 pub(crate) mod nn;
 #[cfg(test)]

@@ -90,6 +90,14 @@ pub(crate) fn dropout(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
     if train && p > 0.0 { Ok(x.f_dropout(p, true)?) } else { Ok(x) }
 }
 
+/// fairseq's `utils.make_positions`: non-padding tokens are numbered `padding_idx + 1, …` along
+/// dim 1, padding tokens get `padding_idx`. `tokens` is `[batch, len]`; the result is `Int64`.
+pub fn make_positions(tokens: &Tensor, padding_idx: i64) -> Result<Tensor> {
+    let mask = tokens.f_ne(padding_idx)?.f_to_kind(Kind::Int)?;
+    let numbered = mask.f_cumsum(1, Kind::Int)?.f_mul(&mask)?;
+    Ok(numbered.f_to_kind(Kind::Int64)? + padding_idx)
+}
+
 /// `value` as `i64`, or a configuration error naming `what`.
 pub(crate) fn to_i64(value: usize, what: &str) -> Result<i64> {
     i64::try_from(value).map_err(|_| Error::Config(format!("{what} ({value}) is too large")))

@@ -95,11 +95,12 @@ pub struct Architecture {
     pub config: Value,
 }
 
-/// The models built into seqforge: `transformer` and `lstm`.
+/// The models built into seqforge: `transformer`, `lstm` and `fconv`.
 pub fn builtin_models() -> Vec<(&'static str, ModelFactory)> {
     vec![
         ("transformer", crate::models::transformer::factory()),
         ("lstm", crate::models::lstm::factory()),
+        ("fconv", crate::models::fconv::factory()),
     ]
 }
 

@@ -7,13 +7,7 @@ use tch::{Device, Kind, Tensor};
 use super::nn::{Scope, embedding_weight};
 use crate::models::{Error, Result};
 
-/// fairseq's `utils.make_positions`: non-padding tokens are numbered `padding_idx + 1, …` along
-/// dim 1, padding tokens get `padding_idx`. `tokens` is `[batch, len]`; the result is `Int64`.
-pub fn make_positions(tokens: &Tensor, padding_idx: i64) -> Result<Tensor> {
-    let mask = tokens.f_ne(padding_idx)?.f_to_kind(Kind::Int)?;
-    let numbered = mask.f_cumsum(1, Kind::Int)?.f_mul(&mask)?;
-    Ok(numbered.f_to_kind(Kind::Int64)? + padding_idx)
-}
+pub use crate::models::nn::make_positions;
 
 /// fairseq's `SinusoidalPositionalEmbedding.get_embedding`: a `[num_embeddings, embedding_dim]`
 /// fp32 table, sines in the first half of each row and cosines in the second (tensor2tensor's
