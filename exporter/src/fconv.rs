@@ -103,12 +103,15 @@ impl Net<'_> {
         self.g.mul(out, &sum, &half)
     }
 
-    /// GLU along `axis`: the first half times the sigmoid of the second.
+    /// GLU along `axis` in fp32: the first half times the sigmoid of the second (the caller
+    /// casts back to the model dtype).
     fn glu(&mut self, out: &str, x: &Value, axis: i64, half: usize) -> Result<Value> {
         let h = i(half);
         let parts = self.g.split(&[&format!("{out}.a"), &format!("{out}.b")], x, axis, &[h, h])?;
-        let gate = self.g.sigmoid(&format!("{out}.gate"), &parts[1])?;
-        self.g.mul(out, &parts[0], &gate)
+        let a = self.up(&format!("{out}.a_fp32"), &parts[0])?;
+        let b = self.up(&format!("{out}.b_fp32"), &parts[1])?;
+        let gate = self.g.sigmoid(&format!("{out}.gate"), &b)?;
+        self.g.mul(out, &a, &gate)
     }
 }
 
@@ -318,7 +321,8 @@ pub fn build_decoder(
         let conv =
             n.linear_from_data(&p, &linear, (2 * out, k * c_in), Some(&format!("{p}.bias")))?;
         let y = n.apply(&format!("{p}.linearized"), &flat, &conv)?;
-        x = n.glu(&format!("{p}.glu"), &y, 1, out)?;
+        let y = n.glu(&format!("{p}.glu_fp32"), &y, 1, out)?;
+        x = n.down(&format!("{p}.glu"), &y)?;
         if layout.attention[l] {
             let a = format!("decoder.attention.{l}");
             let inp = n.wn_linear(&format!("{a}.in_projection"), out, embed)?;

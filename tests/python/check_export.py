@@ -71,7 +71,7 @@ def fragile_ops_read_fp32(model_path):
     types.update({t.name: t.data_type for t in g.initializer})
     checked = 0
     for node in g.node:
-        if node.op_type in ("LayerNormalization", "Softmax", "LogSoftmax", "Erf", "LSTM", "Sigmoid"):
+        if node.op_type in ("LayerNormalization", "Softmax", "LogSoftmax", "Erf", "LSTM", "Sigmoid", "Conv"):
             elem = types.get(node.input[0])
             check(elem == onnx.TensorProto.FLOAT, f"{model_path}: {node.op_type} node {node.name} reads {onnx.TensorProto.DataType.Name(elem) if elem else 'an untyped value'}, not float32")
             checked += 1

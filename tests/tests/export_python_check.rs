@@ -1,5 +1,5 @@
 //! The exported model directory checked by the reference Python tools: a tiny random trainer
-//! model of each family (Transformer, LSTM) is saved as a checkpoint, exported in fp32 and
+//! model of each family (Transformer, LSTM, ConvS2S) is saved as a checkpoint, exported in fp32 and
 //! fp16, and `tests/python/check_export.py` runs `onnx.checker.check_model(full_check=True)` on
 //! both graphs and runs them in Python onnxruntime, driving the declared state with its own
 //! reading of the contract (encoder on a padded batch, two decoder steps with beam-like
@@ -46,24 +46,46 @@ fn checkpoint(root: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((dir, data))
 }
 
-/// An LSTM checkpoint (bidirectional encoder, attention, projections) in `root/lstm`.
-fn lstm_checkpoint(root: &Path) -> Result<(PathBuf, PathBuf)> {
+/// A checkpoint of the registry's `arch` with `overrides` (random weights, vocabularies of 40)
+/// in `root/{name}`.
+fn registry_checkpoint(
+    root: &Path,
+    name: &str,
+    arch: &str,
+    overrides: serde_json::Value,
+) -> Result<(PathBuf, PathBuf)> {
     tch::manual_seed(12);
-    let overrides = serde_json::json!({
-        "encoder_embed_dim": 16, "encoder_hidden_size": 16, "encoder_layers": 2,
-        "encoder_bidirectional": true, "decoder_embed_dim": 16, "decoder_hidden_size": 24,
-        "decoder_layers": 2, "decoder_out_embed_dim": 20
-    });
-    let (_vs, model, config) = common::registry_model("lstm_wiseman_iwslt_de_en", overrides, 40)?;
-    let root = root.join("lstm");
+    let (_vs, model, config) = common::registry_model(arch, overrides, 40)?;
+    let root = root.join(name);
     let data = root.join("data");
     std::fs::create_dir_all(&data)?;
     for lang in ["de", "en"] {
         common::write_dict(&data.join(format!("dict.{lang}.txt")), 40, lang, |_| 1)?;
     }
     let dir = root.join("checkpoint_last");
-    common::save_model(&dir, model.as_ref(), config, "lstm_wiseman_iwslt_de_en", &data, 12, 0)?;
+    common::save_model(&dir, model.as_ref(), config, arch, &data, 12, 0)?;
     Ok((dir, data))
+}
+
+/// An LSTM checkpoint (bidirectional encoder, attention, projections) in `root/lstm`.
+fn lstm_checkpoint(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let overrides = serde_json::json!({
+        "encoder_embed_dim": 16, "encoder_hidden_size": 16, "encoder_layers": 2,
+        "encoder_bidirectional": true, "decoder_embed_dim": 16, "decoder_hidden_size": 24,
+        "decoder_layers": 2, "decoder_out_embed_dim": 20
+    });
+    registry_checkpoint(root, "lstm", "lstm_wiseman_iwslt_de_en", overrides)
+}
+
+/// A ConvS2S checkpoint (even encoder kernel, residual projections, a 1×1 decoder layer,
+/// attention in some layers) in `root/fconv`.
+fn fconv_checkpoint(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let overrides = serde_json::json!({
+        "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 12,
+        "encoder_layers": "[(24, 3)] + [(32, 2)]", "decoder_layers": "[(24, 3), (32, 1)]",
+        "decoder_attention": "[True, True]"
+    });
+    registry_checkpoint(root, "fconv", "fconv_iwslt_de_en", overrides)
 }
 
 #[test]
@@ -81,7 +103,12 @@ fn onnx_checker_and_python_onnxruntime_accept_the_export() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (ckpt, data) = checkpoint(tmp.path())?;
     let (lstm_ckpt, lstm_data) = lstm_checkpoint(tmp.path())?;
-    for (family, ckpt, data) in [("transformer", &ckpt, &data), ("lstm", &lstm_ckpt, &lstm_data)] {
+    let (fconv_ckpt, fconv_data) = fconv_checkpoint(tmp.path())?;
+    for (family, ckpt, data) in [
+        ("transformer", &ckpt, &data),
+        ("lstm", &lstm_ckpt, &lstm_data),
+        ("fconv", &fconv_ckpt, &fconv_data),
+    ] {
         for dtype in [Dtype::Fp32, Dtype::Fp16] {
             let out = tmp.path().join(format!("model-{family}-{dtype}"));
             export(&ExportOptions::new(ckpt, data, &out).with_dtype(dtype))?;

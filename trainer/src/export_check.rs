@@ -612,4 +612,41 @@ mod tests {
             }
         }
     }
+    #[test]
+    fn fconv_exports_pass_the_check_over_a_reorder_and_a_prune() {
+        let tmp = tempfile::tempdir().unwrap();
+        let variants = [
+            // An even encoder kernel, residual projections, a layer without residual, one
+            // looking two layers back, a 1×1 decoder layer, attention in some layers only.
+            serde_json::json!({
+                "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 12,
+                "encoder_layers": "[(24, 3)] * 2 + [(32, 2)] + [(32, 1, 0)]",
+                "decoder_layers": "[(24, 3), (24, 2)] + [(32, 3, 2)] + [(32, 1)]",
+                "decoder_attention": "[True, False, True, True]"
+            }),
+            // Shared output embedding (fc3 keeps its bias), wide kernels.
+            serde_json::json!({
+                "encoder_embed_dim": 16, "decoder_embed_dim": 16, "decoder_out_embed_dim": 16,
+                "encoder_layers": "[(20, 5)]", "decoder_layers": "[(16, 4)] * 2",
+                "share_input_output_embed": true
+            }),
+        ];
+        for (k, overrides) in variants.into_iter().enumerate() {
+            let root = tmp.path().join(format!("v{k}"));
+            std::fs::create_dir_all(&root).unwrap();
+            let (ckpt, data) = fixture_for(&root, "fconv_iwslt_de_en", overrides, 1.0);
+            for dtype in [Dtype::Fp32, Dtype::Fp16] {
+                let out = root.join(format!("model-{dtype}"));
+                let mut a = args(&ckpt, &data, &out, dtype);
+                a.check_steps = 32;
+                let r = run(&a).unwrap_or_else(|e| panic!("variant {k} {dtype}: {e}"));
+                assert_eq!((r.samples, r.steps, r.final_rows), (3, 32, 2), "{r:?}");
+                let limit = if dtype == Dtype::Fp32 { 1e-4 } else { 2e-2 };
+                assert!(r.log_probs_diff <= limit, "variant {k} {dtype}: {r:?}");
+                eprintln!("fconv variant {k} {dtype}: max |diff| {:.2e}", r.log_probs_diff);
+                let manifest = contract::Manifest::load(&out).unwrap();
+                assert_eq!(manifest.contract.family, "fconv");
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: the whole chain on real data, from a fresh clone.
 //!
 //! setup → Bible corpus (Reina-Valera 1909 → KJV) → joint BPE + binarization → train a small
-//! model of the chosen family (`--arch transformer` by default, or `lstm`) on CPU for a bounded
+//! model of the chosen family (`--arch transformer` by default, `lstm` or `fconv`) on CPU for a bounded
 //! time → export FP32 and FP16 ONNX models → translate the
 //! test set with beam 5 through `seqforge generate` → BLEU and chrF, throughput and sample
 //! translations. Every step leaves a stamp in the work folder, so an interrupted demo resumes
@@ -24,8 +24,9 @@ pub struct DemoArgs {
     /// Training time budget in minutes (cumulative over resumes).
     #[arg(long, default_value_t = 15.0)]
     minutes: f64,
-    /// The model family: `transformer` (3+3 layers × 128) or `lstm` (fairseq's
-    /// `lstm_wiseman_iwslt_de_en` with a bidirectional encoder).
+    /// The model family: `transformer` (3+3 layers × 128), `lstm` (fairseq's
+    /// `lstm_wiseman_iwslt_de_en` with a bidirectional encoder) or `fconv` (fairseq's
+    /// `fconv_iwslt_de_en` ConvS2S with its NAG recipe).
     #[arg(long, default_value = "transformer")]
     arch: DemoArch,
     /// Work folder (git-ignored; delete it to start over). Default: `demo` for the Transformer,
@@ -44,6 +45,8 @@ pub enum DemoArch {
     Transformer,
     /// [`LSTM_FLAGS`].
     Lstm,
+    /// [`FCONV_FLAGS`] with [`FCONV_OPTIM_FLAGS`].
+    Fconv,
 }
 
 impl DemoArch {
@@ -51,14 +54,16 @@ impl DemoArch {
         match self {
             DemoArch::Transformer => "transformer",
             DemoArch::Lstm => "lstm",
+            DemoArch::Fconv => "fconv",
         }
     }
 
-    /// The model's flags and its learning rate.
-    fn flags(self) -> (&'static [&'static str], &'static str) {
+    /// The model's flags, its optimisation flags and its learning rate.
+    fn flags(self) -> (&'static [&'static str], &'static [&'static str], &'static str) {
         match self {
-            DemoArch::Transformer => (TRANSFORMER_FLAGS, "0.0015"),
-            DemoArch::Lstm => (LSTM_FLAGS, "0.001"),
+            DemoArch::Transformer => (TRANSFORMER_FLAGS, OPTIM_FLAGS, "0.0015"),
+            DemoArch::Lstm => (LSTM_FLAGS, OPTIM_FLAGS, "0.001"),
+            DemoArch::Fconv => (FCONV_FLAGS, FCONV_OPTIM_FLAGS, "0.25"),
         }
     }
 }
@@ -68,6 +73,25 @@ impl DemoArch {
 /// and output (joined BPE dictionary).
 const LSTM_FLAGS: &[&str] =
     &["--arch", "lstm_wiseman_iwslt_de_en", "--encoder-bidirectional", "--share-all-embeddings"];
+
+/// fairseq's IWSLT ConvS2S (`fconv_iwslt_de_en`: 256-wide embeddings, 4 encoder and 3 decoder
+/// convolutions of width 3, attention in every decoder layer) with the recipe's dropout.
+const FCONV_FLAGS: &[&str] = &["--arch", "fconv_iwslt_de_en", "--dropout", "0.2"];
+
+/// fairseq's ConvS2S recipe (`examples/translation`: NAG at lr 0.25, gradient norm clipped to
+/// 0.1, a fixed rate) and the label smoothing of [`OPTIM_FLAGS`].
+const FCONV_OPTIM_FLAGS: &[&str] = &[
+    "--optimizer",
+    "nag",
+    "--lr-scheduler",
+    "fixed",
+    "--criterion",
+    "label_smoothed_cross_entropy",
+    "--label-smoothing",
+    "0.1",
+    "--clip-norm",
+    "0.1",
+];
 
 /// The demo's Transformer: a small post-norm Transformer sharing one embedding matrix (joined
 /// BPE dictionary), sized so that a CPU run of a quarter of an hour gets somewhere.
@@ -113,6 +137,10 @@ const OPTIM_FLAGS: &[&str] = &[
     "0.1",
     "--clip-norm",
     "1.0",
+];
+
+/// Batching, checkpointing and logging, the same for every family.
+const RUN_FLAGS: &[&str] = &[
     "--max-tokens",
     "4096",
     "--max-update",
@@ -153,7 +181,7 @@ pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
         None if args.arch == DemoArch::Transformer => "demo".to_string(),
         None => format!("demo-{}", args.arch.name()),
     });
-    let (model_flags, lr) = args.arch.flags();
+    let (model_flags, optim_flags, lr) = args.arch.flags();
     let (text, data) = pipeline::prepare_bible(root, &work, &bins)?;
     let threads = args.threads.to_string();
 
@@ -173,7 +201,8 @@ pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
                 .arg("train")
                 .arg(&data)
                 .args(model_flags)
-                .args(OPTIM_FLAGS)
+                .args(optim_flags)
+                .args(RUN_FLAGS)
                 .args(["--lr", lr])
                 .args(["--stop-time-hours", &format!("{}", args.minutes / 60.0)])
                 .args(["--threads", &threads, "--cpu", "--save-dir"])
