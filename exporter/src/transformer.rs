@@ -58,7 +58,7 @@ pub fn kv_cache(c: &TransformerConfig, options: BuildOptions) -> Result<KvCache>
     let head_dim = c.decoder_head_dim();
     let why_not = if options.dtype == Dtype::Fp16 {
         Some("an FP16 export keeps an appended cache (the in-place kernel runs FP32 activations)")
-    } else if head_dim % 8 != 0 {
+    } else if !head_dim.is_multiple_of(8) {
         Some("the decoder head size must be a multiple of 8")
     } else {
         None
@@ -493,7 +493,7 @@ pub fn build_decoder(
     if let (false, Some(step)) = (c.no_token_positional_embeddings, &step) {
         // Step P: position pad + 1 + P for every row.
         let offset = n.g.initializer_i64("decoder.first_position", &[1], &[i(pad) + 1])?;
-        let position = n.g.add("decoder.embed_positions.position", &step, &offset)?;
+        let position = n.g.add("decoder.embed_positions.position", step, &offset)?;
         let ptable = n.position_table(
             "decoder",
             c.decoder_learned_pos,

@@ -1416,6 +1416,6 @@ mod tests {
         assert_eq!(grown_capacity(17), 32);
         assert_eq!(grown_capacity(32), 48);
         assert_eq!(grown_capacity(100), 160);
-        assert!((1..500).all(|n| grown_capacity(n) >= n && grown_capacity(n) % 16 == 0));
+        assert!((1..500).all(|n| grown_capacity(n) >= n && grown_capacity(n).is_multiple_of(16)));
     }
 }

@@ -156,7 +156,7 @@ fn parameters_have_fairseq_names_and_init() -> TestResult {
     // embeddings σ 0.1 with a zero padding row.
     let std = |t: &Tensor| -> Res<f64> { Ok(t.f_std(false)?.f_double_value(&[])?) };
     let v = &sd["encoder.convolutions.3.weight_v"];
-    let want = (4.0 * 0.8 / (3.0 * 256.0) as f64).sqrt();
+    let want = (4.0f64 * 0.8 / (3.0 * 256.0)).sqrt();
     assert!((std(v)? / want - 1.0).abs() < 0.05, "conv σ {} vs {want}", std(v)?);
     let norm = Tensor::f_norm_except_dim(v, 2, 2)?;
     assert!(max_abs_diff(&norm, &sd["encoder.convolutions.3.weight_g"])? < 1e-5);
