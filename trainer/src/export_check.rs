@@ -577,9 +577,32 @@ mod tests {
         assert!(!tmp.path().join("m2").exists());
     }
 
+    /// Exports each of `variants` (overrides of `arch`, parameters scaled by `scale`) in fp32
+    /// and fp16 and runs the check over 32 steps with a reorder and a prune: log-probs within
+    /// 1e-4 (fp32) and 2e-2 (fp16) of libtorch, the manifest naming `family`.
+    fn check_family_exports(family: &str, arch: &str, variants: &[serde_json::Value], scale: f64) {
+        let tmp = tempfile::tempdir().unwrap();
+        for (k, overrides) in variants.iter().enumerate() {
+            let root = tmp.path().join(format!("v{k}"));
+            std::fs::create_dir_all(&root).unwrap();
+            let (ckpt, data) = fixture_for(&root, arch, overrides.clone(), scale);
+            for dtype in [Dtype::Fp32, Dtype::Fp16] {
+                let out = root.join(format!("model-{dtype}"));
+                let mut a = args(&ckpt, &data, &out, dtype);
+                a.check_steps = 32;
+                let r = run(&a).unwrap_or_else(|e| panic!("{family} variant {k} {dtype}: {e}"));
+                assert_eq!((r.samples, r.steps, r.final_rows), (3, 32, 2), "{r:?}");
+                let limit = if dtype == Dtype::Fp32 { 1e-4 } else { 2e-2 };
+                assert!(r.log_probs_diff <= limit, "{family} variant {k} {dtype}: {r:?}");
+                eprintln!("{family} variant {k} {dtype}: max |diff| {:.2e}", r.log_probs_diff);
+                let manifest = contract::Manifest::load(&out).unwrap();
+                assert_eq!(manifest.contract.family, family);
+            }
+        }
+    }
+
     #[test]
     fn lstm_exports_pass_the_check_over_a_reorder_and_a_prune() {
-        let tmp = tempfile::tempdir().unwrap();
         let variants = [
             // Bidirectional 2-layer encoder (64 units ≠ decoder hidden 24: both projections),
             // attention, out_embed_dim ≠ hidden (additional_fc).
@@ -594,27 +617,11 @@ mod tests {
                 "decoder_attention": false, "share_all_embeddings": true
             }),
         ];
-        for (k, overrides) in variants.into_iter().enumerate() {
-            let root = tmp.path().join(format!("v{k}"));
-            std::fs::create_dir_all(&root).unwrap();
-            let (ckpt, data) = fixture_for(&root, "lstm_wiseman_iwslt_de_en", overrides, 5.0);
-            for dtype in [Dtype::Fp32, Dtype::Fp16] {
-                let out = root.join(format!("model-{dtype}"));
-                let mut a = args(&ckpt, &data, &out, dtype);
-                a.check_steps = 32;
-                let r = run(&a).unwrap_or_else(|e| panic!("variant {k} {dtype}: {e}"));
-                assert_eq!((r.samples, r.steps, r.final_rows), (3, 32, 2), "{r:?}");
-                let limit = if dtype == Dtype::Fp32 { 1e-4 } else { 2e-2 };
-                assert!(r.log_probs_diff <= limit, "variant {k} {dtype}: {r:?}");
-                eprintln!("lstm variant {k} {dtype}: max |diff| {:.2e}", r.log_probs_diff);
-                let manifest = contract::Manifest::load(&out).unwrap();
-                assert_eq!(manifest.contract.family, "lstm");
-            }
-        }
+        check_family_exports("lstm", "lstm_wiseman_iwslt_de_en", &variants, 5.0);
     }
+
     #[test]
     fn fconv_exports_pass_the_check_over_a_reorder_and_a_prune() {
-        let tmp = tempfile::tempdir().unwrap();
         let variants = [
             // An even encoder kernel, residual projections, a layer without residual, one
             // looking two layers back, a 1×1 decoder layer, attention in some layers only.
@@ -631,22 +638,6 @@ mod tests {
                 "share_input_output_embed": true
             }),
         ];
-        for (k, overrides) in variants.into_iter().enumerate() {
-            let root = tmp.path().join(format!("v{k}"));
-            std::fs::create_dir_all(&root).unwrap();
-            let (ckpt, data) = fixture_for(&root, "fconv_iwslt_de_en", overrides, 1.0);
-            for dtype in [Dtype::Fp32, Dtype::Fp16] {
-                let out = root.join(format!("model-{dtype}"));
-                let mut a = args(&ckpt, &data, &out, dtype);
-                a.check_steps = 32;
-                let r = run(&a).unwrap_or_else(|e| panic!("variant {k} {dtype}: {e}"));
-                assert_eq!((r.samples, r.steps, r.final_rows), (3, 32, 2), "{r:?}");
-                let limit = if dtype == Dtype::Fp32 { 1e-4 } else { 2e-2 };
-                assert!(r.log_probs_diff <= limit, "variant {k} {dtype}: {r:?}");
-                eprintln!("fconv variant {k} {dtype}: max |diff| {:.2e}", r.log_probs_diff);
-                let manifest = contract::Manifest::load(&out).unwrap();
-                assert_eq!(manifest.contract.family, "fconv");
-            }
-        }
+        check_family_exports("fconv", "fconv_iwslt_de_en", &variants, 1.0);
     }
 }

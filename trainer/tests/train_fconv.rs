@@ -15,7 +15,7 @@ use std::path::Path;
 
 use seqforge_schemas::arch::fconv::FConvConfig;
 use seqforge_trainer::registry::Registry;
-use seqforge_trainer::train::{self, TrainConfig, Trainer};
+use seqforge_trainer::train::TrainConfig;
 
 /// `fconv_iwslt_de_en` shrunk for the toy task, with fairseq's ConvS2S optimisation recipe.
 fn config(bin: &Path, save: &Path, extra: &[&str]) -> TrainConfig {
@@ -81,42 +81,11 @@ fn fconv_trains_with_fairseqs_recipe_evaluates_bleu_and_resumes() {
     let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let bin = common::toy_data(dir.path(), &common::REVERSAL);
-    let save = dir.path().join("run");
-    let flags = [
-        "--force-anneal",
-        "100",
-        "--eval-bleu",
-        "--eval-bleu-args",
-        r#"{"beam": 2}"#,
-        "--max-update",
-        "150",
-        "--validate-interval",
-        "1000",
-        "--validate-interval-updates",
-        "50",
-        "--no-epoch-checkpoints",
-    ];
-    let cfg = config(&bin, &save, &flags);
-    let registry = Registry::with_builtins().unwrap();
-    let trainer = Trainer::new(&cfg, &registry).unwrap();
-    let (initial, _, _) = trainer.validate().unwrap().unwrap();
-    let summary = trainer.train().unwrap();
-    assert_eq!(summary.num_updates, 150);
-    let losses: Vec<f64> = summary.validations.iter().map(|v| v.metrics.loss).collect();
-    let bleus: Vec<Option<f64>> = summary.validations.iter().map(|v| v.bleu).collect();
-    println!("fconv toy run: valid loss {} → {losses:?}, BLEU {bleus:?}", initial.loss);
-    let last = *losses.last().unwrap();
-    assert!(last < initial.loss - 1.0, "valid loss {} → {last}", initial.loss);
-    assert!(bleus.iter().all(Option::is_some), "{bleus:?}");
-
-    let resumed = Trainer::new(&cfg, &registry).unwrap();
-    assert_eq!(resumed.num_updates(), 150);
-    let names: Vec<String> = resumed.model().state_dict().into_iter().map(|(n, _)| n).collect();
-    for name in ["encoder.convolutions.1.weight_g", "decoder.attention.1.in_projection.weight_v"] {
-        assert!(names.contains(&name.to_string()), "{name} not in {names:?}");
-    }
-    let (again, _, _) = resumed.validate().unwrap().unwrap();
-    assert_eq!(again.loss, last);
+    let mut flags = vec!["--force-anneal", "100"];
+    flags.extend(common::EVAL_BLEU_RUN);
+    let cfg = config(&bin, &dir.path().join("run"), &flags);
+    let names = ["encoder.convolutions.1.weight_g", "decoder.attention.1.in_projection.weight_v"];
+    common::check_trains_evaluates_bleu_and_resumes("fconv", &cfg, &names);
 }
 
 #[test]
@@ -124,19 +93,6 @@ fn fconv_trains_in_fp16() {
     let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let bin = common::toy_data(dir.path(), &common::REVERSAL);
-    let run = |name: &str, flag: Option<&str>| {
-        let mut flags = vec!["--max-update", "30", "--no-save", "--validate-interval", "1000"];
-        flags.extend(flag);
-        let summary = train::run(
-            &config(&bin, &dir.path().join(name), &flags),
-            &Registry::with_builtins().unwrap(),
-        )
-        .unwrap();
-        assert_eq!(summary.num_updates, 30, "{name}");
-        summary.epochs.last().unwrap().train.loss
-    };
-    let fp32 = run("fp32", None);
-    let fp16 = run("fp16", Some("--fp16"));
-    println!("fconv train loss after 30 updates: fp32 {fp32}, fp16 {fp16}");
-    assert!(fp16.is_finite() && (fp16 - fp32).abs() < 0.5, "fp16: {fp16} vs fp32 {fp32}");
+    let config = |save: &Path, flags: &[&str]| config(&bin, save, flags);
+    common::check_half_precision_near_fp32("fconv", dir.path(), &config, &[("fp16", "--fp16")]);
 }

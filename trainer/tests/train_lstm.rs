@@ -13,7 +13,7 @@ use std::path::Path;
 
 use seqforge_schemas::arch::lstm::LstmConfig;
 use seqforge_trainer::registry::Registry;
-use seqforge_trainer::train::{self, TrainConfig, Trainer};
+use seqforge_trainer::train::TrainConfig;
 use serde_json::Value;
 
 /// The Wiseman preset shrunk for the toy task with fairseq's flags.
@@ -85,44 +85,11 @@ fn lstm_trains_evaluates_bleu_and_resumes() {
     let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let bin = common::toy_data(dir.path(), &common::REVERSAL);
-    let save = dir.path().join("run");
-    let flags = [
-        "--decoder-attention",
-        "1",
-        "--eval-bleu",
-        "--eval-bleu-args",
-        r#"{"beam": 2}"#,
-        "--max-update",
-        "150",
-        "--validate-interval",
-        "1000",
-        "--validate-interval-updates",
-        "50",
-        "--no-epoch-checkpoints",
-    ];
-    let cfg = config(&bin, &save, &flags);
-    let registry = Registry::with_builtins().unwrap();
-    let trainer = Trainer::new(&cfg, &registry).unwrap();
-    let (initial, _, _) = trainer.validate().unwrap().unwrap();
-    let untrained = trainer.eval_bleu().unwrap().unwrap();
-    assert_eq!(untrained.hypotheses.len(), 40);
-    let summary = trainer.train().unwrap();
-    assert_eq!(summary.num_updates, 150);
-    let losses: Vec<f64> = summary.validations.iter().map(|v| v.metrics.loss).collect();
-    let bleus: Vec<Option<f64>> = summary.validations.iter().map(|v| v.bleu).collect();
-    println!("lstm toy run: valid loss {} → {losses:?}, BLEU {bleus:?}", initial.loss);
-    let last = *losses.last().unwrap();
-    assert!(last < initial.loss - 1.0, "valid loss {} → {last}", initial.loss);
-    assert!(bleus.iter().all(Option::is_some), "{bleus:?}");
-
-    // checkpoint_last holds fairseq's names and resumes at the same update.
-    let resumed = Trainer::new(&cfg, &registry).unwrap();
-    assert_eq!(resumed.num_updates(), 150);
-    let names: Vec<String> = resumed.model().state_dict().into_iter().map(|(n, _)| n).collect();
-    assert!(names.contains(&"encoder.lstm.weight_ih_l0_reverse".to_string()), "{names:?}");
-    assert!(names.contains(&"decoder.encoder_hidden_proj.weight".to_string()), "{names:?}");
-    let (again, _, _) = resumed.validate().unwrap().unwrap();
-    assert_eq!(again.loss, last);
+    let mut flags = vec!["--decoder-attention", "1"];
+    flags.extend(common::EVAL_BLEU_RUN);
+    let cfg = config(&bin, &dir.path().join("run"), &flags);
+    let names = ["encoder.lstm.weight_ih_l0_reverse", "decoder.encoder_hidden_proj.weight"];
+    common::check_trains_evaluates_bleu_and_resumes("lstm", &cfg, &names);
 }
 
 #[test]
@@ -130,21 +97,7 @@ fn lstm_trains_in_fp16_and_bf16() {
     let _torch = torch_lock();
     let dir = tempfile::tempdir().unwrap();
     let bin = common::toy_data(dir.path(), &common::REVERSAL);
-    let run = |name: &str, flag: Option<&str>| {
-        let mut flags = vec!["--max-update", "30", "--no-save", "--validate-interval", "1000"];
-        flags.extend(flag);
-        let summary = train::run(
-            &config(&bin, &dir.path().join(name), &flags),
-            &Registry::with_builtins().unwrap(),
-        )
-        .unwrap();
-        assert_eq!(summary.num_updates, 30, "{name}");
-        summary.epochs.last().unwrap().train.loss
-    };
-    let fp32 = run("fp32", None);
-    for (name, flag) in [("fp16", "--fp16"), ("bf16", "--bf16")] {
-        let loss = run(name, Some(flag));
-        println!("lstm train loss after 30 updates: fp32 {fp32}, {name} {loss}");
-        assert!(loss.is_finite() && (loss - fp32).abs() < 0.5, "{name}: {loss} vs fp32 {fp32}");
-    }
+    let config = |save: &Path, flags: &[&str]| config(&bin, save, flags);
+    let precisions = [("fp16", "--fp16"), ("bf16", "--bf16")];
+    common::check_half_precision_near_fp32("lstm", dir.path(), &config, &precisions);
 }

@@ -51,6 +51,57 @@ pub trait Model: Send {
     }
 }
 
+/// Implements [`Model`] for a model family's type from its inherent methods of the same names
+/// (`forward`, `get_normalized_probs`, `parameters`, `tied_parameters`; `fairseq_state_dict` for
+/// [`Model::state_dict`]) and its [`StepModel`] implementation, whose
+/// [`DecodingInfo`](crate::models::DecodingInfo) gives [`Model::max_positions`]: the one place
+/// for the delegation every family shares.
+macro_rules! impl_family_model {
+    ($family:ty) => {
+        impl $crate::train::model::Model for $family {
+            fn forward(
+                &self,
+                src_tokens: &tch::Tensor,
+                src_lengths: &tch::Tensor,
+                prev_output_tokens: &tch::Tensor,
+                train: bool,
+            ) -> Result<tch::Tensor, $crate::models::Error> {
+                <$family>::forward(self, src_tokens, src_lengths, prev_output_tokens, train)
+            }
+
+            fn get_normalized_probs(
+                &self,
+                logits: &tch::Tensor,
+                log_probs: bool,
+            ) -> Result<tch::Tensor, $crate::models::Error> {
+                <$family>::get_normalized_probs(self, logits, log_probs)
+            }
+
+            fn parameters(&self) -> Vec<(String, tch::Tensor)> {
+                <$family>::parameters(self)
+            }
+
+            fn max_positions(&self) -> (usize, usize) {
+                let info = $crate::models::StepModel::decoding_info(self);
+                (info.max_source_positions, info.max_target_positions)
+            }
+
+            fn state_dict(&self) -> Vec<(String, tch::Tensor)> {
+                self.fairseq_state_dict()
+            }
+
+            fn tied_parameters(&self) -> Vec<(String, String)> {
+                <$family>::tied_parameters(self)
+            }
+
+            fn step_model(&self) -> Option<&dyn $crate::models::StepModel> {
+                Some(self)
+            }
+        }
+    };
+}
+pub(crate) use impl_family_model;
+
 /// What a model needs besides its own config: the dictionaries' sizes and padding index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelContext {

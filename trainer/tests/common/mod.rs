@@ -71,3 +71,80 @@ pub fn toy_data(dir: &Path, task: &ToyTask) -> PathBuf {
     .unwrap();
     bin
 }
+
+/// The flags of a 150-update run validating every 50 updates with `--eval-bleu` (beam 2).
+pub const EVAL_BLEU_RUN: &[&str] = &[
+    "--eval-bleu",
+    "--eval-bleu-args",
+    r#"{"beam": 2}"#,
+    "--max-update",
+    "150",
+    "--validate-interval",
+    "1000",
+    "--validate-interval-updates",
+    "50",
+    "--no-epoch-checkpoints",
+];
+
+/// Trains `cfg` (an [`EVAL_BLEU_RUN`]): the validation loss falls by more than 1, every
+/// validation has a BLEU, and `checkpoint_last` resumes at update 150 with each of `names` in
+/// the state dict and the same validation loss.
+pub fn check_trains_evaluates_bleu_and_resumes(
+    family: &str,
+    cfg: &seqforge_trainer::train::TrainConfig,
+    names: &[&str],
+) {
+    use seqforge_trainer::registry::Registry;
+    use seqforge_trainer::train::Trainer;
+    let registry = Registry::with_builtins().unwrap();
+    let trainer = Trainer::new(cfg, &registry).unwrap();
+    let (initial, _, _) = trainer.validate().unwrap().unwrap();
+    let untrained = trainer.eval_bleu().unwrap().unwrap();
+    assert_eq!(untrained.hypotheses.len(), 40);
+    let summary = trainer.train().unwrap();
+    assert_eq!(summary.num_updates, 150);
+    let losses: Vec<f64> = summary.validations.iter().map(|v| v.metrics.loss).collect();
+    let bleus: Vec<Option<f64>> = summary.validations.iter().map(|v| v.bleu).collect();
+    println!("{family} toy run: valid loss {} → {losses:?}, BLEU {bleus:?}", initial.loss);
+    let last = *losses.last().unwrap();
+    assert!(last < initial.loss - 1.0, "valid loss {} → {last}", initial.loss);
+    assert!(bleus.iter().all(Option::is_some), "{bleus:?}");
+
+    // checkpoint_last holds fairseq's names and resumes at the same update.
+    let resumed = Trainer::new(cfg, &registry).unwrap();
+    assert_eq!(resumed.num_updates(), 150);
+    let have: Vec<String> = resumed.model().state_dict().into_iter().map(|(n, _)| n).collect();
+    for name in names {
+        assert!(have.iter().any(|n| n == name), "{name} not in {have:?}");
+    }
+    let (again, _, _) = resumed.validate().unwrap().unwrap();
+    assert_eq!(again.loss, last);
+}
+
+/// 30 updates of `config(save_dir, extra flags)` in fp32 and with each of `precisions`
+/// (`(name, flag)`): the final training losses within 0.5 of fp32's.
+pub fn check_half_precision_near_fp32(
+    family: &str,
+    dir: &Path,
+    config: &dyn Fn(&Path, &[&str]) -> seqforge_trainer::train::TrainConfig,
+    precisions: &[(&str, &str)],
+) {
+    use seqforge_trainer::registry::Registry;
+    let run = |name: &str, flag: Option<&str>| {
+        let mut flags = vec!["--max-update", "30", "--no-save", "--validate-interval", "1000"];
+        flags.extend(flag);
+        let summary = seqforge_trainer::train::run(
+            &config(&dir.join(name), &flags),
+            &Registry::with_builtins().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(summary.num_updates, 30, "{name}");
+        summary.epochs.last().unwrap().train.loss
+    };
+    let fp32 = run("fp32", None);
+    for (name, flag) in precisions {
+        let loss = run(name, Some(flag));
+        println!("{family} train loss after 30 updates: fp32 {fp32}, {name} {loss}");
+        assert!(loss.is_finite() && (loss - fp32).abs() < 0.5, "{name}: {loss} vs fp32 {fp32}");
+    }
+}

@@ -5,22 +5,17 @@
 
 use std::collections::BTreeMap;
 
-use seqforge_runtime::decoding::{IncrementalDecoder, LogProbs};
-use seqforge_runtime::search::{GenerationOptions, generate};
-use tch::nn::{OptimizerConfig, VarStore};
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use super::*;
-use crate::models::TorchDecoder;
-use crate::models::testing::Tokens;
+use crate::models::testing::{
+    self, FairseqFixture, PAD, Res, TOL, check_batching_and_padding, check_beam_search,
+    check_cached_equals_full, max_abs_diff, perturb,
+};
+use crate::train::model::Model;
 
-type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
-type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-const EOS: u32 = 2;
-const PAD: i64 = 1;
-/// Outputs compared with fairseq, or cached with uncached, must agree to this.
-const TOL: f64 = 1e-5;
+type TestResult = Res<()>;
 
 /// A small config: bidirectional 2-layer encoder, 2-layer decoder with attention, both
 /// projections (encoder width 2 × 10 != 16, out_embed_dim 8 != 16).
@@ -75,41 +70,8 @@ fn variants() -> Vec<(&'static str, LstmConfig)> {
 fn build(config: &LstmConfig) -> Res<(VarStore, Lstm)> {
     let vs = VarStore::new(Device::Cpu);
     let model = Lstm::new(&vs.root(), config)?;
-    let _guard = tch::no_grad_guard();
-    for (_, mut t) in vs.variables() {
-        let noise = t.f_randn_like()?.f_mul_scalar(0.2)?;
-        let _ = t.f_add_(&noise)?;
-    }
+    perturb(&vs)?;
     Ok((vs, model))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Res<f64> {
-    Ok(a.f_sub(b)?.f_abs()?.f_max()?.f_double_value(&[])?)
-}
-
-fn max_abs_diff_slices(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).fold(0.0, f64::max)
-}
-
-/// Pads sentences into a `[batch, len]` tensor, on the left (sources) or right (targets).
-fn padded(rows: &[Vec<u32>], left: bool) -> Res<Tensor> {
-    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut data = Vec::new();
-    for r in rows {
-        let pads = std::iter::repeat_n(PAD, len - r.len());
-        let ids = r.iter().map(|&t| i64::from(t));
-        if left {
-            data.extend(pads.chain(ids));
-        } else {
-            data.extend(ids.chain(pads));
-        }
-    }
-    Ok(Tensor::f_from_slice(&data)?.f_reshape([rows.len() as i64, len as i64])?)
-}
-
-fn lengths(rows: &[Vec<u32>]) -> Res<Tensor> {
-    Ok(Tensor::f_from_slice(&rows.iter().map(|s| s.len() as i64).collect::<Vec<_>>())?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -243,62 +205,19 @@ struct Parity {
 /// Loads a fixture: fairseq's weights into a fresh model, then compares our encoder output,
 /// eval-mode forward and incremental decoding (with fairseq's mid-way reorder) with fairseq's.
 fn fairseq_parity(name: &str) -> Res<Parity> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/models/lstm/testdata")
-        .join(format!("fairseq_parity_{name}.safetensors"));
-    let bytes = std::fs::read(&path)?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)?;
-    let meta = metadata.metadata().as_ref().ok_or("no metadata")?;
-    let config: LstmConfig = serde_json::from_str(meta.get("config").ok_or("no config")?)?;
-    let keys: Vec<String> = serde_json::from_str(meta.get("state_dict_keys").ok_or("no keys")?)?;
-    let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)?.into_iter().collect();
-    let get = |n: &str| tensors.get(n).ok_or_else(|| format!("{name}: no {n}"));
-
+    let fixture = FairseqFixture::load("lstm", name)?;
+    let config: LstmConfig = serde_json::from_value(fixture.config.clone())?;
     let mut vs = VarStore::new(Device::Cpu);
     let model = Lstm::new(&vs.root(), &config)?;
-    // Our state dict lists fairseq's keys in fairseq's order; the var store holds the
-    // fixture's tensors (tied ones once).
-    let ours: Vec<String> = model.fairseq_state_dict().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(ours, keys, "{name}");
-    let stored: Vec<&String> = tensors.keys().filter(|n| !n.starts_with("__")).collect();
-    assert_eq!(stored.len(), vs.variables().len(), "{name}");
-    vs.load(&path)?;
-
+    fixture.load_into(&mut vs, &model, &[])?;
+    let get = |n: &str| fixture.get(n);
     let src = get("__src_tokens")?;
-    let prev = get("__prev_output_tokens")?;
     let encoded = tch::no_grad(|| model.encode(src, false))?;
     let encoder = max_abs_diff(&encoded.out, get("__encoder_out")?)?;
-    let lengths = get("__src_lengths")?;
+    let (lengths, prev) = (get("__src_lengths")?, get("__prev_output_tokens")?);
     let logits = tch::no_grad(|| model.forward(src, lengths, prev, false))?;
     let forward = max_abs_diff(&logits, get("__logits")?)?;
-
-    let want = get("__step_lprobs")?;
-    let order: Vec<usize> =
-        Vec::<i64>::try_from(get("__reorder")?)?.into_iter().map(|i| i as usize).collect();
-    let reorder_step = get("__reorder_step")?.f_int64_value(&[0])?;
-    let mut decoder = TorchDecoder::new(&model);
-    let sources: Vec<Vec<u32>> = (0..src.size()[0])
-        .map(|i| {
-            let row: Vec<i64> = Vec::try_from(src.f_select(0, i)?)?;
-            Ok(row.into_iter().filter(|&t| t != PAD).map(|t| t as u32).collect())
-        })
-        .collect::<Res<_>>()?;
-    let encoded = decoder.encode(&sources)?;
-    let mut state = decoder.init_state(&encoded, 1)?;
-    let mut incremental = 0f64;
-    for t in 0..prev.size()[1] {
-        if t == reorder_step {
-            decoder.reorder(&mut state, &order)?;
-        }
-        // Past a row's end fairseq feeds (and we compare) padding, as its forward pass does.
-        let tokens: Vec<u32> =
-            Vec::<i64>::try_from(prev.f_select(1, t)?)?.into_iter().map(|x| x as u32).collect();
-        let lp = decoder.step(&tokens, &mut state)?;
-        for row in 0..sources.len() {
-            let w: Vec<f32> = Vec::try_from(want.f_select(0, row as i64)?.f_select(0, t)?)?;
-            incremental = incremental.max(max_abs_diff_slices(lp.row(row), &w));
-        }
-    }
+    let incremental = fixture.incremental_diff(&model)?;
     Ok(Parity { encoder, forward, incremental })
 }
 
@@ -316,133 +235,34 @@ fn outputs_match_fairseq() -> TestResult {
 }
 
 // ---------------------------------------------------------------------------------------
-// Cached decoding, batching and padding.
-
-/// Log-probabilities `[rows, steps, vocab]` of the full model on `fed` (right-padded).
-fn full_lprobs(model: &Lstm, sources: &[Vec<u32>], fed: &[Vec<u32>]) -> Res<Tensor> {
-    let (src, lengths, prev) = (padded(sources, true)?, lengths(sources)?, padded(fed, false)?);
-    let logits = tch::no_grad(|| model.forward(&src, &lengths, &prev, false))?;
-    Ok(model.get_normalized_probs(&logits, true)?)
-}
+// Cached decoding, batching, padding and search (the checks every family passes).
 
 #[test]
 fn cached_decoding_equals_full_forward() -> TestResult {
     for (i, (name, config)) in variants().into_iter().enumerate() {
         let (_vs, model) = build(&config)?;
-        let mut rng = Tokens(7 + i as u64);
-        let (sv, tv) = (config.src_vocab_size, config.tgt_vocab_size);
-        let sources = vec![rng.sentence(5, sv), rng.sentence(9, sv), rng.sentence(2, sv)];
-        let mut decoder = TorchDecoder::new(&model);
-        let encoded = decoder.encode(&sources)?;
-        let mut state = decoder.init_state(&encoded, 1)?;
-        let mut fed: Vec<Vec<u32>> = vec![Vec::new(); 3];
-        let mut cached: Vec<LogProbs> = Vec::new();
-        for _ in 0..12 {
-            let tokens: Vec<u32> = if fed[0].is_empty() {
-                vec![EOS; 3]
-            } else {
-                (0..3).map(|_| rng.next(tv)).collect()
-            };
-            for (f, &t) in fed.iter_mut().zip(&tokens) {
-                f.push(t);
-            }
-            cached.push(decoder.step(&tokens, &mut state)?);
-        }
-        let names: Vec<&String> = state.tensors().keys().collect();
-        assert_eq!(
-            names.into_iter().cloned().collect::<std::collections::BTreeSet<_>>(),
-            config.decoder_state().tensors.iter().map(|t| t.name.clone()).collect(),
-            "{name}"
-        );
-        let full = full_lprobs(&model, &sources, &fed)?;
-        let mut worst = 0f64;
-        for (t, step) in cached.iter().enumerate() {
-            let want: Vec<f32> = Vec::try_from(full.f_select(1, t as i64)?.f_reshape([-1])?)?;
-            worst = worst.max(max_abs_diff_slices(&step.data, &want));
-        }
-        eprintln!("cached vs full, {name}: max |diff| = {worst:e}");
-        assert!(worst <= TOL, "{name}: {worst}");
+        let declared = config.decoder_state().tensors.iter().map(|t| t.name.clone()).collect();
+        let vocab = (config.src_vocab_size, config.tgt_vocab_size);
+        check_cached_equals_full(name, &model, vocab, declared, 7 + i as u64)?;
     }
     Ok(())
 }
 
 #[test]
 fn batching_and_padding_do_not_change_results() -> TestResult {
+    // Unsorted lengths in a batch: the encoder sorts for packing and restores the order.
     for (i, (name, config)) in variants().into_iter().enumerate() {
         let (_vs, model) = build(&config)?;
-        let mut rng = Tokens(99 + i as u64);
-        let (sv, tv) = (config.src_vocab_size, config.tgt_vocab_size);
-        let sentence = rng.sentence(6, sv);
-        // Unsorted lengths: the encoder sorts for packing and restores the order.
-        let batch = vec![rng.sentence(3, sv), sentence.clone(), rng.sentence(13, sv)];
-        let mut decoder = TorchDecoder::new(&model);
-        let alone = decoder.encode(std::slice::from_ref(&sentence))?;
-        let together = decoder.encode(&batch)?;
-        let mut state_alone = decoder.init_state(&alone, 1)?;
-        let mut state_batch = decoder.init_state(&together, 1)?;
-        let (mut worst, mut token, mut history) = (0f64, EOS, Vec::new());
-        for _ in 0..15 {
-            let a = decoder.step(&[token], &mut state_alone)?;
-            let b = decoder.step(&[rng.next(tv), token, rng.next(tv)], &mut state_batch)?;
-            worst = worst.max(max_abs_diff_slices(a.row(0), b.row(1)));
-            history.push(token);
-            token = rng.next(tv);
-        }
-        eprintln!("alone vs batched (incremental), {name}: {worst:e}");
-        assert!(worst <= TOL, "{name}: {worst}");
-
-        // Teacher forcing, right-padded targets of different lengths.
-        let short = history[..7].to_vec();
-        let targets = [history[..3].to_vec(), short.clone(), history.clone()];
-        let batched = full_lprobs(&model, &batch, &targets)?;
-        let single = full_lprobs(&model, std::slice::from_ref(&sentence), &[short])?;
-        let diff =
-            max_abs_diff(&batched.f_select(0, 1)?.f_narrow(0, 0, 7)?, &single.f_select(0, 0)?)?;
-        eprintln!("alone vs batched (teacher forcing), {name}: {diff:e}");
-        assert!(diff <= TOL, "{name}: {diff}");
-        // Right-padded sources are taken as they are (fairseq converts left to right).
-        let (src, lengths, prev) =
-            (padded(&batch, false)?, lengths(&batch)?, padded(&targets, false)?);
-        let right = tch::no_grad(|| model.forward(&src, &lengths, &prev, false))?;
-        let diff = max_abs_diff(&model.get_normalized_probs(&right, true)?, &batched)?;
-        assert!(diff <= TOL, "{name}: left vs right source padding: {diff}");
+        let vocab = (config.src_vocab_size, config.tgt_vocab_size);
+        check_batching_and_padding(name, &model, vocab, 99 + i as u64)?;
     }
     Ok(())
 }
 
 #[test]
 fn beam_search_scores_like_the_full_model() -> TestResult {
-    let config = tiny();
-    let (_vs, model) = build(&config)?;
-    let sources = vec![vec![5, 9, 7, 11, EOS], vec![13, 6, EOS], vec![8, 8, 19, 4, 17, 10, EOS]];
-    let options = GenerationOptions { beam: 4, nbest: 4, max_len_b: 10, ..Default::default() };
-    let results = generate(&mut TorchDecoder::new(&model), &sources, &options)?;
-    assert_eq!(results.len(), 3);
-    let mut worst = 0f64;
-    for (source, hypotheses) in sources.iter().zip(&results) {
-        assert_eq!(hypotheses.len(), 4);
-        for h in hypotheses {
-            assert_eq!(h.tokens.last(), Some(&EOS));
-            let mut fed = vec![EOS];
-            fed.extend_from_slice(&h.tokens[..h.tokens.len() - 1]);
-            let full = full_lprobs(&model, std::slice::from_ref(source), &[fed])?;
-            for (t, (&token, &score)) in h.tokens.iter().zip(&h.positional_scores).enumerate() {
-                let want = full.f_double_value(&[0, t as i64, i64::from(token)])?;
-                worst = worst.max((f64::from(score) - want).abs());
-            }
-        }
-    }
-    eprintln!("beam positional scores vs full model: {worst:e}");
-    assert!(worst <= 1e-4, "{worst}");
-    // Bad inputs are errors, not panics; empty batches are fine.
-    let mut decoder = TorchDecoder::new(&model);
-    assert!(decoder.encode(&[vec![]]).is_err());
-    assert!(decoder.encode(&[vec![1000, EOS]]).is_err());
-    assert!(decoder.encode(&[vec![5; 65]]).is_err());
-    let none = decoder.encode(&[])?;
-    let mut empty = decoder.init_state(&none, 4)?;
-    assert_eq!(decoder.step(&[], &mut empty)?.rows, 0);
-    Ok(())
+    let (_vs, model) = build(&tiny())?;
+    check_beam_search(&model, 65)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -450,46 +270,8 @@ fn beam_search_scores_like_the_full_model() -> TestResult {
 
 #[test]
 fn dropout_only_in_train_mode() -> TestResult {
-    let config = LstmConfig { dropout: 0.3, ..tiny() };
-    let (_vs, model) = build(&config)?;
-    let sources = [vec![5, 6, 7, EOS], vec![8, EOS]];
-    let targets = [vec![EOS, 9, 10], vec![EOS, 11]];
-    let run = |train| {
-        tch::no_grad(|| -> Res<Tensor> {
-            Ok(model.forward(
-                &padded(&sources, true)?,
-                &lengths(&sources)?,
-                &padded(&targets, false)?,
-                train,
-            )?)
-        })
-    };
-    assert_eq!(max_abs_diff(&run(false)?, &run(false)?)?, 0.0);
-    assert!(max_abs_diff(&run(true)?, &run(true)?)? > 1e-4);
-    assert!(max_abs_diff(&run(true)?, &run(false)?)? > 1e-4);
-    Ok(())
-}
-
-/// Cross-entropy of `targets` (right-padded, padding ignored) given the sources.
-fn loss(model: &Lstm, sources: &[Vec<u32>], targets: &[Vec<u32>], train: bool) -> Res<Tensor> {
-    let prev: Vec<Vec<u32>> = targets
-        .iter()
-        .map(|t| std::iter::once(EOS).chain(t[..t.len() - 1].iter().copied()).collect())
-        .collect();
-    let logits = model.forward(
-        &padded(sources, true)?,
-        &lengths(sources)?,
-        &padded(&prev, false)?,
-        train,
-    )?;
-    let lprobs = model.get_normalized_probs(&logits, true)?;
-    let vocab = lprobs.size()[2];
-    Ok(lprobs.f_reshape([-1, vocab])?.f_nll_loss(
-        &padded(targets, false)?.f_reshape([-1])?,
-        None::<Tensor>,
-        tch::Reduction::Mean,
-        PAD,
-    )?)
+    let (_vs, model) = build(&LstmConfig { dropout: 0.3, ..tiny() })?;
+    testing::check_dropout_only_in_train_mode(&model)
 }
 
 #[test]
@@ -498,53 +280,15 @@ fn training_steps_lower_the_loss() -> TestResult {
     let config = LstmConfig { dropout: 0.1, ..tiny() };
     let vs = VarStore::new(Device::Cpu);
     let model = Lstm::new(&vs.root(), &config)?;
-    let mut rng = Tokens(11);
-    let sources: Vec<Vec<u32>> = [6, 4, 8, 3].iter().map(|&n| rng.sentence(n, 30)).collect();
-    // Targets: each source reversed (EOS last), a learnable mapping.
-    let targets: Vec<Vec<u32>> = sources
-        .iter()
-        .map(|s| s[..s.len() - 1].iter().rev().copied().chain([EOS]).collect())
-        .collect();
-    let before = tch::no_grad(|| loss(&model, &sources, &targets, false))?.f_double_value(&[])?;
-    let mut opt = tch::nn::Adam::default().build(&vs, 1e-2)?;
-    for _ in 0..30 {
-        let l = loss(&model, &sources, &targets, true)?;
-        opt.backward_step(&l);
-    }
-    let after = tch::no_grad(|| loss(&model, &sources, &targets, false))?.f_double_value(&[])?;
-    eprintln!("training loss {before} → {after}");
-    assert!(after < before * 0.7, "{before} → {after}");
-    Ok(())
+    testing::check_training_lowers_the_loss(&vs, &model)
 }
 
 #[test]
 fn runs_in_16_bit_kinds() -> TestResult {
     let config = tiny();
     let (vs32, model32) = build(&config)?;
-    let sources = [vec![5, 6, 7, EOS], vec![8, EOS]];
-    let targets = [vec![9, 10, EOS], vec![11, EOS]];
-    let want = tch::no_grad(|| loss(&model32, &sources, &targets, false))?.f_double_value(&[])?;
-    for kind in [Kind::BFloat16, Kind::Half] {
-        let mut vs = VarStore::new(Device::Cpu);
-        vs.set_kind(kind);
-        let model = Lstm::new(&vs.root(), &config)?;
-        vs.copy(&vs32)?;
-        let l = loss(&model, &sources, &targets, true)?;
-        l.backward();
-        let weight = vs.variables().remove("decoder.layers.0.weight_ih").ok_or("no weight")?;
-        let grad = weight.grad();
-        assert_eq!(grad.kind(), kind);
-        assert!(grad.f_abs()?.f_sum(Kind::Float)?.f_double_value(&[])? > 0.0);
-        let got = tch::no_grad(|| loss(&model, &sources, &targets, false))?.f_double_value(&[])?;
-        assert!((got - want).abs() < 0.05, "{kind:?}: {got} vs {want}");
-        // Incremental decoding keeps the model's kind in its state and returns fp32.
-        let mut decoder = TorchDecoder::new(&model);
-        let encoded = decoder.encode(&sources)?;
-        let mut state = decoder.init_state(&encoded, 2)?;
-        let lp = decoder.step(&[EOS; 4], &mut state)?;
-        assert!(lp.data.iter().all(|x| x.is_finite()));
-        assert_eq!(state.get(state_names::INPUT_FEED)?.kind(), kind);
-        assert_eq!(state.get(state_names::ENCODER_PADDING_MASK)?.kind(), Kind::Bool);
-    }
-    Ok(())
+    let build =
+        |vs: &VarStore| -> Res<Box<dyn Model>> { Ok(Box::new(Lstm::new(&vs.root(), &config)?)) };
+    let state = (state_names::INPUT_FEED, state_names::ENCODER_PADDING_MASK);
+    testing::check_16_bit_kinds(&vs32, &model32, &build, "decoder.layers.0.weight_ih", state)
 }

@@ -2,10 +2,10 @@
 //! override a preset, and the [`Model`] the trainer trains.
 
 use serde_json::Value;
-use tch::{Tensor, nn};
+use tch::nn;
 
 use super::{Activation, Transformer, TransformerConfig};
-use crate::models::{Error, StepModel};
+use crate::models::Error;
 use crate::train::model::{Model, ModelContext, ModelFactory, apply_flags, parse_config, set};
 
 /// The registry entry of the `transformer` model.
@@ -144,38 +144,4 @@ fn build_transformer(
     Ok(Box::new(Transformer::new(vs, &config)?))
 }
 
-impl Model for Transformer {
-    fn forward(
-        &self,
-        src_tokens: &Tensor,
-        src_lengths: &Tensor,
-        prev_output_tokens: &Tensor,
-        train: bool,
-    ) -> Result<Tensor, Error> {
-        Transformer::forward(self, src_tokens, src_lengths, prev_output_tokens, train)
-    }
-
-    fn get_normalized_probs(&self, logits: &Tensor, log_probs: bool) -> Result<Tensor, Error> {
-        Transformer::get_normalized_probs(self, logits, log_probs)
-    }
-
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        Transformer::parameters(self)
-    }
-
-    fn max_positions(&self) -> (usize, usize) {
-        (self.config().max_source_positions, self.config().max_target_positions)
-    }
-
-    fn state_dict(&self) -> Vec<(String, Tensor)> {
-        self.fairseq_state_dict()
-    }
-
-    fn tied_parameters(&self) -> Vec<(String, String)> {
-        Transformer::tied_parameters(self)
-    }
-
-    fn step_model(&self) -> Option<&dyn StepModel> {
-        Some(self)
-    }
-}
+crate::train::model::impl_family_model!(Transformer);

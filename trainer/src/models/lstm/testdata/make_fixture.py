@@ -12,44 +12,16 @@ encoder output are reordered with `__reorder`, as beam search does, so from then
 continues the history of row `__reorder[i]`). The header metadata holds the `LstmConfig` JSON the Rust model is built from.
 """
 import argparse
+import os
+import sys
 import json
-import struct
 
 import torch
-from fairseq.data import Dictionary
 from fairseq.models import lstm
 
-
-class Task:
-    def __init__(self, src, tgt):
-        self.source_dictionary = src
-        self.target_dictionary = tgt
-
-
-def dictionary(n):
-    d = Dictionary()
-    for i in range(n - 4):
-        d.add_symbol(f"w{i}")
-    assert len(d) == n
-    return d
-
-
-def write_safetensors(path, tensors, metadata):
-    header, blobs, offset = {"__metadata__": metadata}, [], 0
-    for name, t in tensors.items():
-        t = t.detach().contiguous().cpu()
-        dtype = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
-        data = t.numpy().tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from fairseq_fixture import (  # noqa: E402
+    Task, dictionary, incremental_lprobs, unique_state_dict, write_safetensors)
 
 
 def make(name, overrides, src_vocab, tgt_vocab, seed, src_lens, tgt_lens, reorder, reorder_step):
@@ -84,22 +56,8 @@ def make(name, overrides, src_vocab, tgt_vocab, seed, src_lens, tgt_lens, reorde
         encoder_out = enc[0].transpose(0, 1)
         # fairseq's incremental decoding, with one beam-search reordering in the middle.
         order = torch.tensor(reorder, dtype=torch.long)
-        state = {}
-        steps = []
-        for t in range(t_len):
-            if t == reorder_step:
-                enc = model.encoder.reorder_encoder_out(enc, order)
-                model.decoder.reorder_incremental_state_scripting(state, order)
-            # Incremental decoding reads only the last column of the prefix.
-            out, _ = model.decoder(prev[:, : t + 1], encoder_out=enc, incremental_state=state)
-            steps.append(model.get_normalized_probs((out, None), log_probs=True)[:, -1])
-        step_lprobs = torch.stack(steps, dim=1)
-    tensors, seen = {}, {}
-    for k, v in model.state_dict().items():
-        if v.data_ptr() in seen:
-            continue
-        seen[v.data_ptr()] = k
-        tensors[k] = v
+        step_lprobs = incremental_lprobs(model, enc, prev, order, reorder_step)
+    tensors = unique_state_dict(model)
     tensors["__src_tokens"] = src_tokens
     tensors["__src_lengths"] = src_lengths
     tensors["__prev_output_tokens"] = prev

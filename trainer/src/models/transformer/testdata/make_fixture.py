@@ -9,45 +9,16 @@ incremental decoding of the same prefixes, [batch, len, vocab]), and in the head
 the `TransformerConfig` JSON the Rust model is built from.
 """
 import argparse
+import os
+import sys
 import json
-import struct
 
 import torch
-from fairseq.data import Dictionary
 from fairseq.models.transformer import TransformerModel
 from fairseq.models.transformer import transformer_legacy as tl
 
-
-class Task:
-    def __init__(self, src, tgt):
-        self.source_dictionary = src
-        self.target_dictionary = tgt
-
-
-def dictionary(n):
-    d = Dictionary()
-    for i in range(n - 4):
-        d.add_symbol(f"w{i}")
-    assert len(d) == n
-    return d
-
-
-def write_safetensors(path, tensors, metadata):
-    header, blobs, offset = {"__metadata__": metadata}, [], 0
-    for name, t in tensors.items():
-        t = t.detach().contiguous().cpu()
-        dtype = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
-        data = t.numpy().tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from fairseq_fixture import Task, dictionary, write_safetensors  # noqa: E402
 
 
 def make(name, overrides, src_vocab, tgt_vocab, seed):
