@@ -5,10 +5,13 @@
 //! In INT8 exports ([`Dtype::Int8`]) the activations stay fp32 while linear layers, embedding
 //! tables and output projections hold 8-bit weights: each output row of a weight (a row of
 //! PyTorch's `[out, in]`, a vocabulary row of an embedding) is scaled by its largest magnitude
-//! to `[-127, 127]` and rounded (symmetric, no zero point), with the fp32 scale kept per row.
-//! Linear layers and projections run as ONNX Runtime's `DynamicQuantizeMatMul` (the input is
-//! quantized to u8 per call, integer GEMM, result rescaled to fp32); an embedding lookup
-//! gathers the int8 rows and their scales and multiplies them back to fp32.
+//! and rounded (symmetric, no zero point), with the fp32 scale kept per row. Linear layers and
+//! projections run as ONNX Runtime's `DynamicQuantizeMatMul` (the input is quantized to u8 per
+//! call, integer GEMM, result rescaled to fp32); their weights use 7 bits (`[-63, 63]`,
+//! [`GEMM_LEVELS`]: ONNX Runtime's `reduce_range`), because the u8 × s8 kernels of CPUs without
+//! VNNI (AVX2's `vpmaddubsw`) add two products in 16 bits and saturate beyond that — measured:
+//! max |diff| of log-probs 1.27 vs 0.07 on an AVX2 machine. An embedding lookup gathers int8 rows
+//! in the full `[-127, 127]` ([`LOOKUP_LEVELS`]) and multiplies them back by their scales.
 
 use std::collections::HashMap;
 
@@ -50,19 +53,27 @@ pub(crate) struct Linear {
     bias: Option<Value>,
 }
 
-/// Symmetric per-row quantization of a row-major `[rows, cols]` matrix: int8 values and one
-/// scale per row (`max |row| / 127`; an all-zero row gets scale 0 and zeros).
-pub fn quantize_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+/// Quantization levels of weights that an integer GEMM multiplies (7 bits: see the module
+/// documentation).
+pub const GEMM_LEVELS: f32 = 63.0;
+
+/// Quantization levels of embedding rows that are only looked up.
+pub const LOOKUP_LEVELS: f32 = 127.0;
+
+/// Symmetric per-row quantization of a row-major `[rows, cols]` matrix to `[-levels, levels]`:
+/// int8 values and one scale per row (`max |row| / levels`; an all-zero row gets scale 0 and
+/// zeros).
+pub fn quantize_rows(w: &[f32], rows: usize, cols: usize, levels: f32) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; rows * cols];
     let mut scales = vec![0f32; rows];
     for r in 0..rows {
         let row = &w[r * cols..(r + 1) * cols];
         let max = row.iter().fold(0f32, |m, &v| m.max(v.abs()));
-        let scale = max / 127.0;
+        let scale = max / levels;
         scales[r] = scale;
         if scale > 0.0 {
             for (out, &v) in q[r * cols..(r + 1) * cols].iter_mut().zip(row) {
-                *out = (v / scale).round().clamp(-127.0, 127.0) as i8;
+                *out = (v / scale).round().clamp(-levels, levels) as i8;
             }
         }
     }
@@ -109,10 +120,11 @@ impl<'w> Net<'w> {
         cols: usize,
         transposed: bool,
     ) -> Result<(Value, Value)> {
-        let (q, scales) = quantize_rows(self.w.get(table, &[rows, cols])?, rows, cols);
-        let scale = self.once(&format!("{table}.scale"), |n| {
-            n.g.initializer_f32(&format!("{table}.scale"), &[i(rows)], &scales)
-        })?;
+        let levels = if transposed { GEMM_LEVELS } else { LOOKUP_LEVELS };
+        let (q, scales) = quantize_rows(self.w.get(table, &[rows, cols])?, rows, cols, levels);
+        let scale_name = format!("{table}.{}", if transposed { "gemm_scale" } else { "scale" });
+        let scale =
+            self.once(&scale_name, |n| n.g.initializer_f32(&scale_name, &[i(rows)], &scales))?;
         let q = if transposed {
             self.once(&format!("{table}.int8_t"), |n| {
                 let t = transpose(&q, rows, cols);
@@ -268,7 +280,7 @@ impl<'w> Net<'w> {
         in_dim: usize,
     ) -> Result<LinearWeight> {
         if self.quantize {
-            let (q, scales) = quantize_rows(data, out_dim, in_dim);
+            let (q, scales) = quantize_rows(data, out_dim, in_dim, GEMM_LEVELS);
             let q = transpose(&q, out_dim, in_dim);
             let (q_name, s_name) =
                 (format!("{prefix}.weight.int8_t"), format!("{prefix}.weight.scale"));
@@ -304,14 +316,18 @@ impl<'w> Net<'w> {
 
 #[cfg(test)]
 mod tests {
-    use super::quantize_rows;
+    use super::{GEMM_LEVELS, LOOKUP_LEVELS, quantize_rows};
 
     #[test]
     fn rows_are_quantized_symmetrically_each_with_its_own_scale() {
         let w = [1.0, -0.5, 0.25, 0.0, 0.0, 0.0, -254.0, 127.0, 1.0];
-        let (q, scales) = quantize_rows(&w, 3, 3);
+        let (q, scales) = quantize_rows(&w, 3, 3, LOOKUP_LEVELS);
         assert_eq!(scales, vec![1.0 / 127.0, 0.0, 2.0]);
         assert_eq!(q, vec![127, -64, 32, 0, 0, 0, -127, 64, 1]);
+        // GEMM weights: 7 bits, so that u8 × s8 pairs cannot saturate 16-bit sums.
+        let (q, scales) = quantize_rows(&w, 3, 3, GEMM_LEVELS);
+        assert_eq!(scales, vec![1.0 / 63.0, 0.0, 254.0 / 63.0]);
+        assert!(q.iter().all(|&v| (-63..=63).contains(&v)) && q[0] == 63 && q[6] == -63);
         // Dequantized values are within half a step of the originals.
         for r in 0..3 {
             for c in 0..3 {
