@@ -6,10 +6,8 @@
 
 use tch::{Kind, Tensor};
 
-use super::encoder::{EncoderOut, conv_stack, residual_of};
-use super::nn::{
-    ConvTbc, Linear, SQRT_HALF, Scope, dropout, embed, embedding_weight, make_positions, to_i64,
-};
+use super::encoder::{EncoderOut, conv_stack, input_layers, residual_of};
+use super::nn::{ConvTbc, Linear, SQRT_HALF, Scope, dropout, embed, make_positions, to_i64};
 use crate::models::{Error, Result};
 use seqforge_schemas::arch::fconv::ConvBlock;
 
@@ -134,16 +132,14 @@ impl Decoder {
     /// Creates `decoder.*` under `scope`, in fairseq's order (the `version` buffer first).
     pub(super) fn new(scope: &Scope<'_, '_>, spec: &DecoderSpec<'_>) -> Result<Self> {
         scope.buffer("version", Tensor::f_from_slice(&[2f32])?.f_to_device(scope.device())?);
-        let embed_tokens =
-            embedding_weight(&scope.sub("embed_tokens"), spec.vocab, spec.embed_dim, spec.pad)?;
-        let embed_positions = embedding_weight(
-            &scope.sub("embed_positions"),
-            spec.max_positions,
-            spec.embed_dim,
+        let (embed_tokens, embed_positions, fc1) = input_layers(
+            scope,
+            (spec.vocab, spec.max_positions, spec.embed_dim),
+            spec.blocks,
+            spec.dropout,
             spec.pad,
         )?;
         let first = spec.blocks.first().map_or(0, |b| b.in_channels as i64);
-        let fc1 = Linear::new(&scope.sub("fc1"), spec.embed_dim, first, spec.dropout)?;
         let stack = conv_stack(scope, spec.blocks, spec.dropout)?;
         let attention = scope.sub("attention");
         let mut layers = Vec::with_capacity(stack.len());

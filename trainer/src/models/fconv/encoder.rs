@@ -93,6 +93,23 @@ pub(super) fn conv_stack(
     Ok(projections.into_iter().zip(convs).collect())
 }
 
+/// The input side both encoder and decoder start with, in fairseq's order: `embed_tokens`
+/// (`vocab` rows), `embed_positions` (`positions` rows), both `dim` wide, and `fc1` from `dim`
+/// to the first layer's width.
+pub(super) fn input_layers(
+    scope: &Scope<'_, '_>,
+    (vocab, positions, dim): (i64, i64, i64),
+    blocks: &[ConvBlock],
+    dropout: f64,
+    pad: i64,
+) -> Result<(Tensor, Tensor, Linear)> {
+    let embed_tokens = embedding_weight(&scope.sub("embed_tokens"), vocab, dim, pad)?;
+    let embed_positions = embedding_weight(&scope.sub("embed_positions"), positions, dim, pad)?;
+    let first = blocks.first().map_or(0, |b| b.in_channels as i64);
+    let fc1 = Linear::new(&scope.sub("fc1"), dim, first, dropout)?;
+    Ok((embed_tokens, embed_positions, fc1))
+}
+
 /// The residual layer `residual` looks back to (1 = the layer's input), through `projection`.
 pub(super) fn residual_of(
     residuals: &[Tensor],
@@ -112,16 +129,14 @@ pub(super) fn residual_of(
 impl Encoder {
     /// Creates `encoder.*` under `scope`, in fairseq's order.
     pub(super) fn new(scope: &Scope<'_, '_>, spec: &EncoderSpec<'_>) -> Result<Self> {
-        let embed_tokens =
-            embedding_weight(&scope.sub("embed_tokens"), spec.vocab, spec.embed_dim, spec.pad)?;
-        let embed_positions = embedding_weight(
-            &scope.sub("embed_positions"),
-            spec.max_positions,
-            spec.embed_dim,
+        let (embed_tokens, embed_positions, fc1) = input_layers(
+            scope,
+            (spec.vocab, spec.max_positions, spec.embed_dim),
+            spec.blocks,
+            spec.dropout,
             spec.pad,
         )?;
         let first = spec.blocks.first().map_or(0, |b| b.in_channels as i64);
-        let fc1 = Linear::new(&scope.sub("fc1"), spec.embed_dim, first, spec.dropout)?;
         let layers = conv_stack(scope, spec.blocks, spec.dropout)?
             .into_iter()
             .zip(spec.blocks)
