@@ -6,6 +6,8 @@
 //!   [`decoding::IncrementalDecoder`], with fairseq 0.12.2's semantics; needs no ONNX Runtime.
 //! - [`score`]: BLEU, chrF and chrF++ exactly as sacreBLEU 2.6.0 computes and prints them
 //!   (the trainer's `--eval-bleu`, `seqforge score`); needs no ONNX Runtime.
+//! - [`lm`]: language-model evaluation (fairseq-eval-lm's blocks, context window and
+//!   token- or word-level perplexity) over any scorer; needs no ONNX Runtime.
 //! - [`onnx`] (feature `onnx`, on by default): the ONNX Runtime backend — locating and loading
 //!   the ONNX Runtime shared library, and building sessions from exported graphs.
 //! - [`text`]: raw text lines → source ids and hypothesis ids → text, exactly as the trainer's
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod decoding;
 mod error;
 pub mod indexed;
+pub mod lm;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 #[cfg(feature = "onnx")]

@@ -14,6 +14,8 @@
 //! - [`optim`]: optimizers (adam, nag, sgd, adafactor) and learning-rate schedulers.
 //! - [`distributed`]: data-parallel training on c10d (TCPStore, ProcessGroupGloo) through a
 //!   C++ shim, DDP-style bucketed gradient all-reduce overlapped with backward, the launcher.
+//! - [`tasks`]: what a run trains on and how it is validated (`translation`,
+//!   `language_modeling`), chosen with `--task`.
 //! - [`train`]: the training loop (`seqforge-train train`, fairseq-train's flags), logging.
 
 pub mod batching;
@@ -29,6 +31,7 @@ pub mod fp16;
 pub mod models;
 pub mod optim;
 pub mod registry;
+pub mod tasks;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -18,6 +18,7 @@ use crate::criterions::{CriterionFactory, builtin_criterions};
 use crate::optim::{
     LrSchedulerFactory, OptimizerFactory, builtin_lr_schedulers, builtin_optimizers,
 };
+pub use crate::tasks::{TaskFactory, builtin_tasks};
 pub use crate::train::model::{Architecture, ModelFactory, builtin_architectures, builtin_models};
 
 /// Registry errors.
@@ -94,6 +95,8 @@ impl<F> Catalog<F> {
 /// All named components a training run can be built from: one [`Catalog`] per kind.
 #[derive(Debug, Clone)]
 pub struct Registry {
+    /// Tasks by `--task` name (`translation`, `language_modeling`).
+    pub tasks: Catalog<TaskFactory>,
     /// Models by name (`transformer`): flags and builder.
     pub models: Catalog<ModelFactory>,
     /// Architectures by `--arch` name (`transformer_tiny`): a model name and a preset config.
@@ -116,6 +119,7 @@ impl Registry {
     /// A registry with empty catalogs.
     pub fn new() -> Self {
         Self {
+            tasks: Catalog::new("task"),
             models: Catalog::new("model"),
             architectures: Catalog::new("architecture"),
             criterions: Catalog::new("criterion"),
@@ -131,9 +135,12 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Registers seqforge's built-in models, architectures, criteria, optimizers and
+    /// Registers seqforge's built-in tasks, models, architectures, criteria, optimizers and
     /// schedulers; an error if one of their names is already taken.
     pub fn register_builtins(&mut self) -> Result<(), Error> {
+        for (name, factory) in builtin_tasks() {
+            self.tasks.register(name, factory)?;
+        }
         for (name, factory) in builtin_models() {
             self.models.register(name, factory)?;
         }
@@ -161,6 +168,7 @@ mod tests {
     fn builtins_are_registered_once() {
         let mut registry = Registry::with_builtins().unwrap_or_default();
         assert!(registry.criterions.get("cross_entropy").is_ok());
+        assert!(registry.tasks.get("language_modeling").is_ok());
         assert!(registry.optimizers.get("adam").is_ok());
         assert!(registry.lr_schedulers.get("inverse_sqrt").is_ok());
         assert!(registry.models.get("transformer").is_ok());

@@ -194,8 +194,8 @@ fn fp16_and_bf16_train_as_well_as_fp32() {
 }
 
 /// A batch of the first `n` training sentences.
-fn batch(trainer: &Trainer, bin: &Path, n: usize) -> Batch {
-    let data = train::load_split(bin, "train", trainer.language_pair()).unwrap();
+fn batch(trainer: &Trainer, n: usize) -> Batch {
+    let data = trainer.task().load_dataset("train").unwrap();
     data.batch(&(0..n).collect::<Vec<_>>()).unwrap()
 }
 
@@ -212,7 +212,7 @@ fn an_overflowing_update_is_skipped_and_halves_the_scale() {
             &[flag, "--criterion", "inf_at", "--inf-from-call", "2", "--inf-to-call", "2"],
         );
         let mut t = Trainer::new(&cfg, &registry()).unwrap();
-        let b = [batch(&t, &bin, 8)];
+        let b = [batch(&t, 8)];
         assert_eq!(t.loss_scale(), Some(128.0));
         let first = t.train_step(&b).unwrap();
         assert!(!first.overflow && first.gnorm.is_finite());

@@ -54,8 +54,8 @@ fn valid_loss_falls_well_below_its_initial_value() {
     assert_eq!(cfg.args.source_lang, None, "the pair is inferred from the file names");
     let registry = Registry::with_builtins().unwrap();
     let trainer = Trainer::new(&cfg, &registry).unwrap();
-    assert_eq!(trainer.language_pair().src, "de");
-    assert_eq!(trainer.language_pair().tgt, "en");
+    assert_eq!(trainer.task().name(), "translation");
+    assert_eq!(trainer.task().describe(), "de-en");
     let (initial, _, _) = trainer.validate().unwrap().unwrap();
     let summary = trainer.train().unwrap();
     assert_eq!(summary.num_updates, 300);

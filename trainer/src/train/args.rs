@@ -38,6 +38,10 @@ pub struct TrainArgs {
     /// Target language (inferred from the file names in DATA when there is one pair).
     #[arg(short = 't', long, value_name = "TARGET")]
     pub target_lang: Option<String>,
+    /// The task: `translation` (parallel data) or `language_modeling` (monolingual data).
+    #[arg(long, default_value = DEFAULT_TASK)]
+    #[serde(default = "default_task")]
+    pub task: String,
     /// Model architecture (a registered name, e.g. transformer_tiny).
     #[arg(short = 'a', long, default_value = "transformer")]
     pub arch: String,
@@ -218,6 +222,13 @@ pub struct TrainArgs {
     pub distributed: crate::distributed::DistributedArgs,
 }
 
+/// `--task`'s default.
+pub const DEFAULT_TASK: &str = "translation";
+
+fn default_task() -> String {
+    DEFAULT_TASK.to_string()
+}
+
 /// `--best-checkpoint-metric`'s default.
 pub const DEFAULT_BEST_CHECKPOINT_METRIC: &str = "loss";
 
@@ -254,6 +265,9 @@ pub struct TrainConfig {
     pub model: String,
     /// The model's config: the architecture's preset with the model flags applied.
     pub model_config: Value,
+    /// The task's config (its flags).
+    #[serde(default)]
+    pub task_config: Value,
     /// The criterion's config.
     pub criterion_config: Value,
     /// The optimizer's config.
@@ -286,6 +300,7 @@ impl TrainConfig {
     /// fairseq does: several components share flag names such as `--warmup-updates`).
     pub fn command(
         registry: &Registry,
+        task: &str,
         arch: &str,
         criterion: &str,
         optimizer: &str,
@@ -294,6 +309,7 @@ impl TrainConfig {
         let architecture = registry.architectures.get(arch)?;
         let model = registry.models.get(&architecture.model)?;
         let mut cmd = TrainArgs::augment_args(clap::Command::new("train"));
+        cmd = (registry.tasks.get(task)?.augment_args)(cmd);
         cmd = (model.augment_args)(cmd);
         cmd = (registry.criterions.get(criterion)?.augment_args)(cmd);
         cmd = (registry.optimizers.get(optimizer)?.augment_args)(cmd);
@@ -305,7 +321,7 @@ impl TrainConfig {
             .long_about(None::<&str>))
     }
 
-    /// Parses `train` flags (without the program or subcommand name): reads `--arch`,
+    /// Parses `train` flags (without the program or subcommand name): reads `--task`, `--arch`,
     /// `--criterion`, `--optimizer` and `--lr-scheduler` first, then parses everything with
     /// the flags of those components. Unknown names are errors listing the known ones;
     /// `--help` is an [`Error::Args`] whose message is the help of the chosen components.
@@ -318,11 +334,12 @@ impl TrainConfig {
         let pick = |long: &str, short: Option<&str>, default: &str| {
             scan_flag(&args, long, short).unwrap_or_else(|| default.to_string())
         };
+        let task = pick("--task", None, DEFAULT_TASK);
         let arch = pick("--arch", Some("-a"), "transformer");
         let criterion = pick("--criterion", None, "cross_entropy");
         let optimizer = pick("--optimizer", None, "adam");
         let lr_scheduler = pick("--lr-scheduler", None, "fixed");
-        let cmd = Self::command(registry, &arch, &criterion, &optimizer, &lr_scheduler)?;
+        let cmd = Self::command(registry, &task, &arch, &criterion, &optimizer, &lr_scheduler)?;
         let matches = cmd.try_get_matches_from(
             std::iter::once(OsString::from("train")).chain(args.iter().cloned()),
         )?;
@@ -330,6 +347,7 @@ impl TrainConfig {
         let architecture = registry.architectures.get(&args.arch)?;
         let model = registry.models.get(&architecture.model)?;
         let model_config = (model.apply_args)(&matches, architecture.config.clone())?;
+        let task_config = (registry.tasks.get(&args.task)?.config_from_matches)(&matches)?;
         let criterion_config =
             (registry.criterions.get(&args.criterion)?.config_from_matches)(&matches)?;
         let optimizer_config =
@@ -340,6 +358,7 @@ impl TrainConfig {
             model: architecture.model.clone(),
             args,
             model_config,
+            task_config,
             criterion_config,
             optimizer_config,
             lr_scheduler_config,

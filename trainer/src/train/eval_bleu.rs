@@ -30,9 +30,9 @@ use seqforge_runtime::text::TextPipeline;
 use seqforge_schemas::contract::{SpecialIds, Vocabulary};
 use serde::{Deserialize, Serialize};
 
-use super::dataset::PairDataset;
 use super::{Error, Result};
 use crate::models::{StepModel, TorchDecoder};
+use crate::tasks::translation::PairDataset;
 
 /// How hypotheses and references are turned into text before scoring (`--eval-bleu-detok`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]

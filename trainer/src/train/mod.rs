@@ -108,7 +108,6 @@
 //! `--optimizer-overrides`.
 
 mod args;
-mod dataset;
 pub mod eval_bleu;
 pub mod model;
 mod progress;
@@ -116,9 +115,9 @@ mod trainer;
 
 use std::path::PathBuf;
 
+pub use crate::tasks::translation::{LanguagePair, PairDataset, infer_language_pair, load_split};
 pub use args::DEFAULT_RESTORE_FILE;
 pub use args::{LogFormat, TrainArgs, TrainCommand, TrainConfig, TrainOutcome};
-pub use dataset::{LanguagePair, PairDataset, infer_language_pair, load_split};
 pub use model::{Architecture, Model, ModelContext, ModelFactory};
 pub use trainer::{
     EpochSummary, Resets, StopReason, TrainSummary, Trainer, UpdateOutput, ValidSummary, run,
@@ -215,6 +214,12 @@ component_errors!(
     crate::fp16::Error,
     tch::TchError,
 );
+
+impl From<seqforge_runtime::lm::Error> for Error {
+    fn from(e: seqforge_runtime::lm::Error) -> Self {
+        Error::Config(e.to_string())
+    }
+}
 
 impl From<crate::Error> for Error {
     fn from(e: crate::Error) -> Self {

@@ -129,6 +129,9 @@ pub struct ModelFactory {
     pub apply_args: fn(&clap::ArgMatches, Value) -> Result<Value, Error>,
     /// Builds the model.
     pub build: BuildModel,
+    /// A decoder-only (language) model, trained by the `language_modeling` task; otherwise an
+    /// encoder-decoder trained by `translation`.
+    pub decoder_only: bool,
 }
 
 impl fmt::Debug for ModelFactory {

@@ -9,9 +9,8 @@ use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn};
 
 use super::args::{DEFAULT_RESTORE_FILE, TrainConfig};
-use super::dataset::{LanguagePair, PairDataset, infer_language_pair, load_dictionary, load_split};
-use super::eval_bleu::{BleuEval, BleuEvaluator};
-use super::model::{Model, ModelContext};
+use super::eval_bleu::BleuEval;
+use super::model::Model;
 use super::progress::{Logger, Meter, MeterState, Stats};
 use super::{Error, Result};
 use crate::batching::{Batch, BatchConfig, EpochBatchIterator, IteratorConfig, Tokens2d};
@@ -24,6 +23,7 @@ use crate::distributed::{CommStats, DdpBackend, GradReducer, Launch, ProcessGrou
 use crate::fp16::{self, DynamicLossScaler, GradCheck, MasterWeights, Precision};
 use crate::optim::{LrScheduler, Optimizer, ScheduleContext};
 use crate::registry::Registry;
+use crate::tasks::{Task, TaskContext, TaskDataset, ValidationDecoder};
 
 /// Why training stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -178,12 +178,12 @@ pub struct Trainer {
     criterion: Box<dyn Criterion>,
     optimizer: Box<dyn Optimizer>,
     scheduler: Box<dyn LrScheduler>,
-    pair: LanguagePair,
-    train_data: PairDataset,
+    task: Box<dyn Task>,
+    train_data: Box<dyn TaskDataset>,
     epoch_itr: EpochBatchIterator,
-    valid: Option<(PairDataset, Vec<Vec<usize>>)>,
-    // `--eval-bleu`.
-    bleu: Option<BleuEvaluator>,
+    valid: Option<ValidSplit>,
+    // What the task decodes at validation (`--eval-bleu`).
+    bleu: Option<Box<dyn ValidationDecoder>>,
     pad: i64,
     dictionaries: Vec<DictionaryIdentity>,
     num_updates: u64,
@@ -202,6 +202,9 @@ pub struct Trainer {
     // Data-parallel state (`None` when training alone).
     dist: Option<Dist>,
 }
+
+/// The validation split and its batches (this rank's shard of them).
+type ValidSplit = (Box<dyn TaskDataset>, Vec<Vec<usize>>);
 
 /// One rank's data-parallel state. `reducer` is declared before `pg`: it is dropped first.
 struct Dist {
@@ -269,7 +272,7 @@ impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trainer")
             .field("arch", &self.config.args.arch)
-            .field("pair", &self.pair)
+            .field("task", &self.task.describe())
             .field("device", &self.device)
             .field("precision", &self.precision)
             .field("num_updates", &self.num_updates)
@@ -447,20 +450,28 @@ impl Trainer {
         tch::manual_seed(i64::try_from(a.seed).unwrap_or(i64::MAX));
         let device = if a.cpu { Device::Cpu } else { Device::cuda_if_available() };
 
-        let pair =
-            infer_language_pair(&a.data, a.source_lang.as_deref(), a.target_lang.as_deref())?;
-        let src_dict = load_dictionary(&a.data, &pair.src)?;
-        let tgt_dict = load_dictionary(&a.data, &pair.tgt)?;
-        if src_dict.pad() != tgt_dict.pad() {
-            return Err(Error::Config("source and target dictionaries differ in <pad>".into()));
-        }
-        let ctx = ModelContext {
-            src_vocab_size: src_dict.len(),
-            tgt_vocab_size: tgt_dict.len(),
-            pad_index: src_dict.pad() as usize,
+        let task_factory = registry.tasks.get(&a.task)?;
+        let task_config = match &config.task_config {
+            Value::Null => (task_factory.default_config)()?,
+            v => v.clone(),
         };
+        let task = (task_factory.build)(&task_config, &TaskContext { args: a })?;
+        let ctx = task.model_context();
 
         let model_factory = registry.models.get(&config.model)?;
+        if task.decoder_only() != model_factory.decoder_only {
+            return Err(Error::Config(format!(
+                "--task {} trains {} models, but --arch {} is {} model",
+                a.task,
+                if task.decoder_only() { "decoder-only (language)" } else { "encoder-decoder" },
+                a.arch,
+                if model_factory.decoder_only {
+                    "a decoder-only (language)"
+                } else {
+                    "an encoder-decoder"
+                }
+            )));
+        }
         let vs = nn::VarStore::new(device);
         let model = (model_factory.build)(&vs.root(), &config.model_config, &ctx)?;
         // fairseq initialises in fp32 and then calls `model.half()`: the 16-bit model is built
@@ -510,8 +521,8 @@ impl Trainer {
         )?;
         scheduler.step_update(0);
 
-        let max_positions = model.max_positions();
-        let train_data = load_split(&a.data, &a.train_subset, &pair)?;
+        let max_positions = task.max_positions(model.max_positions());
+        let train_data = task.load_dataset(&a.train_subset)?;
         let plan = train_data.plan_batches(&batch_config(
             a.max_tokens,
             a.batch_size,
@@ -548,7 +559,7 @@ impl Trainer {
         let valid = if a.disable_validation {
             None
         } else {
-            let data = load_split(&a.data, &a.valid_subset, &pair)?;
+            let data = task.load_dataset(&a.valid_subset)?;
             let plan = data.plan_batches(&batch_config(
                 a.max_tokens_valid.or(a.max_tokens),
                 a.batch_size_valid.or(a.batch_size),
@@ -559,20 +570,17 @@ impl Trainer {
             Some((data, plan.batches))
         };
         check_best_metric(a)?;
-        let bleu = match &valid {
-            Some((_, batches)) if a.eval_bleu.eval_bleu => {
-                if model.step_model().is_none() {
-                    return Err(Error::Config(format!(
-                        "--eval-bleu decodes incrementally; model {} has no incremental \
-                         decoder",
-                        config.model
-                    )));
-                }
-                let indices = batches.iter().flatten().copied().collect();
-                Some(BleuEvaluator::new(&a.eval_bleu, &a.data, &pair.tgt, indices, a.seed)?)
-            }
-            _ => None,
-        };
+        // The task checks its `--eval-*` flags even when validation is disabled.
+        let indices = valid.as_ref().map(|(_, b)| b.iter().flatten().copied().collect());
+        let bleu = task
+            .validation_decoder(a, &a.valid_subset, indices.clone().unwrap_or_default())?
+            .filter(|_| indices.is_some());
+        if bleu.is_some() && model.step_model().is_none() {
+            return Err(Error::Config(format!(
+                "--eval-bleu decodes incrementally; model {} has no incremental decoder",
+                config.model
+            )));
+        }
         // Each rank validates its shard of the batches; the statistics are summed (rank 0
         // alone decodes for --eval-bleu, over all of them).
         let valid = match valid {
@@ -612,12 +620,11 @@ impl Trainer {
 
         tracing::info!(
             target: "seqforge::train",
-            "{} ({}): {}-{}, {} train / {} valid sentences, {} params, {} batches per epoch, \
+            "{} ({}): {}, {} train / {} valid samples, {} params, {} batches per epoch, \
              device {:?}, {:?}{}",
             a.arch,
             config.model,
-            pair.src,
-            pair.tgt,
+            task.describe(),
             train_data.len(),
             valid.as_ref().map_or(0, |v| v.0.len()),
             params.iter().map(|(_, t)| t.numel()).sum::<usize>(),
@@ -627,10 +634,8 @@ impl Trainer {
             if a.memory_efficient() { " (memory-efficient)" } else { "" }
         );
 
-        let dictionaries = vec![
-            DictionaryIdentity::of(format!("dict.{}.txt", pair.src), &src_dict),
-            DictionaryIdentity::of(format!("dict.{}.txt", pair.tgt), &tgt_dict),
-        ];
+        let dictionaries = task.dictionaries();
+        let pad = i64::from(task.pad());
         let mut trainer = Self {
             config: config.clone(),
             device,
@@ -643,12 +648,12 @@ impl Trainer {
             criterion,
             optimizer,
             scheduler,
-            pair,
+            task,
             train_data,
             epoch_itr,
             valid,
             bleu,
-            pad: i64::from(src_dict.pad()),
+            pad,
             dictionaries,
             num_updates: 0,
             best: None,
@@ -879,9 +884,9 @@ impl Trainer {
         self.scheduler.lr()
     }
 
-    /// The language pair being trained.
-    pub fn language_pair(&self) -> &LanguagePair {
-        &self.pair
+    /// The task being trained.
+    pub fn task(&self) -> &dyn Task {
+        self.task.as_ref()
     }
 
     /// Loss of one batch with gradients (when `train`) or without.
@@ -1072,7 +1077,7 @@ impl Trainer {
     /// [`super::eval_bleu`]). Training is not affected: the model keeps no train/eval mode
     /// (dropout is chosen per forward call) and decoding draws nothing from libtorch's generator.
     pub fn eval_bleu(&self) -> Result<Option<BleuEval>> {
-        let (Some(evaluator), Some((data, _))) = (&self.bleu, &self.valid) else {
+        let Some(evaluator) = &self.bleu else {
             return Ok(None);
         };
         if !self.is_master() {
@@ -1081,7 +1086,7 @@ impl Trainer {
         let model = self.model.step_model().ok_or_else(|| {
             Error::Config("--eval-bleu needs a model that decodes incrementally".to_string())
         })?;
-        evaluator.evaluate(model, data).map(Some)
+        evaluator.evaluate(model).map(Some)
     }
 
     /// Validates (loss, and BLEU with `--eval-bleu`), logs, and updates the best value of
@@ -1559,10 +1564,7 @@ impl Trainer {
                 format_version: checkpoint::FORMAT_VERSION,
                 arch: a.arch.clone(),
                 model: self.config.model_config.clone(),
-                task: ComponentConfig::new(
-                    "translation",
-                    json!({ "source_lang": self.pair.src, "target_lang": self.pair.tgt }),
-                ),
+                task: ComponentConfig::new(self.task.name(), self.task.checkpoint_config()),
                 criterion: ComponentConfig::new(&a.criterion, self.config.criterion_config.clone()),
                 optimizer: ComponentConfig::new(&a.optimizer, self.config.optimizer_config.clone()),
                 lr_scheduler: ComponentConfig::new(

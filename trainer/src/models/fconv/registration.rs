@@ -14,6 +14,7 @@ pub fn factory() -> ModelFactory {
         augment_args: <FConvArgs as clap::Args>::augment_args,
         apply_args: fconv_apply_args,
         build: build_fconv,
+        decoder_only: false,
     }
 }
 

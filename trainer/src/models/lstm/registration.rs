@@ -14,6 +14,7 @@ pub fn factory() -> ModelFactory {
         augment_args: <LstmArgs as clap::Args>::augment_args,
         apply_args: lstm_apply_args,
         build: build_lstm,
+        decoder_only: false,
     }
 }
 

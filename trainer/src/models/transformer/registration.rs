@@ -14,6 +14,7 @@ pub fn factory() -> ModelFactory {
         augment_args: <TransformerArgs as clap::Args>::augment_args,
         apply_args: transformer_apply_args,
         build: build_transformer,
+        decoder_only: false,
     }
 }
 
