@@ -34,7 +34,7 @@ use crate::checkpoint;
 use crate::data::indexed::IndexedDataset;
 use crate::models::TorchDecoder;
 use crate::registry::Registry;
-use crate::train::model::{Model, ModelContext};
+use crate::train::model::{Model, ModelContext, load_checkpoint_model};
 
 /// Errors of `seqforge-train export`, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -307,17 +307,15 @@ fn torch_model(
         path: ckpt_dir.join(checkpoint::CONFIG_FILE),
         message: e.to_string(),
     })?;
-    let bad = |message: String| ExportCheckError::Data {
-        path: ckpt_dir.join(checkpoint::CONFIG_FILE),
-        message,
-    };
-    let arch = registry.architectures.get(&ckpt.config.arch).map_err(|e| bad(e.to_string()))?;
-    let factory = registry.models.get(&arch.model).map_err(|e| bad(e.to_string()))?;
     let ctx = ModelContext { src_vocab_size: vocab.0, tgt_vocab_size: vocab.1, pad_index: pad };
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = (factory.build)(&vs.root(), &ckpt.config.model, &ctx)?;
-    ckpt.load_model_into(&model.state_dict())?;
-    Ok((vs, model))
+    load_checkpoint_model(&ckpt, &registry, &ctx, Device::Cpu).map_err(|e| match e {
+        crate::Error::Checkpoint(e) => ExportCheckError::Checkpoint(e),
+        crate::Error::Model(e) => ExportCheckError::Model(e),
+        e => ExportCheckError::Data {
+            path: ckpt_dir.join(checkpoint::CONFIG_FILE),
+            message: e.to_string(),
+        },
+    })
 }
 
 /// The greedy continuation of every row by the reference (EOS and padding suppressed so every

@@ -16,6 +16,7 @@
 //!   C++ shim, DDP-style bucketed gradient all-reduce overlapped with backward, the launcher.
 //! - [`tasks`]: what a run trains on and how it is validated (`translation`,
 //!   `language_modeling`), chosen with `--task`.
+//! - [`eval_lm`]: `seqforge-train eval-lm`, fairseq-eval-lm's perplexity of a language model.
 //! - [`train`]: the training loop (`seqforge-train train`, fairseq-train's flags), logging.
 
 pub mod batching;
@@ -26,6 +27,7 @@ pub mod criterions;
 pub mod data;
 pub mod distributed;
 mod error;
+pub mod eval_lm;
 pub mod export_check;
 pub mod fp16;
 pub mod models;

@@ -25,6 +25,9 @@ enum Command {
     /// Train a model on a preprocessed data folder (fairseq-train's flags; `train --help`
     /// lists those of the chosen --arch, --criterion, --optimizer and --lr-scheduler).
     Train(seqforge_trainer::train::TrainCommand),
+    /// Perplexity of a language model on a split of its data folder (fairseq-eval-lm):
+    /// context window, word-level perplexity with --remove-bpe, word probabilities/statistics.
+    EvalLm(seqforge_trainer::eval_lm::EvalLmArgs),
     /// Export a checkpoint to ONNX (seqforge-export), then check the graphs against the
     /// libtorch model on validation sentences; a mismatch fails the export.
     Export(seqforge_trainer::export_check::ExportArgs),
@@ -78,6 +81,36 @@ fn main() -> Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::EvalLm(args) => {
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "eval-lm {bar:30} {pos}/{len} samples {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let s = seqforge_trainer::eval_lm::run(&args, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            for (id, words) in &s.report.word_probs {
+                let line: Vec<String> =
+                    words.iter().map(|(w, p)| format!("{w} [{p:.6}]")).collect();
+                println!("{id} {}", line.join("\t"));
+            }
+            for w in &s.report.word_stats {
+                println!("{w}");
+            }
+            println!(
+                "Evaluated {} tokens in {:.1}s ({:.2} tokens/s)",
+                s.report.tokens, s.seconds, s.tokens_per_second
+            );
+            println!("{}", s.report.summary());
+            Ok(())
         }
         Command::Export(args) => {
             let r = seqforge_trainer::export_check::run(&args)?;

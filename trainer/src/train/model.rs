@@ -201,3 +201,21 @@ pub fn set<T: Copy>(dst: &mut T, v: Option<T>) {
         *dst = v;
     }
 }
+
+/// The libtorch model of a loaded checkpoint: built by `registry` for the checkpoint's
+/// architecture with `ctx`'s dictionary sizes on `device`, its weights loaded (a missing,
+/// unexpected or differently shaped tensor is an error naming it). The var store owns the
+/// weights: keep it alive with the model.
+pub fn load_checkpoint_model(
+    ckpt: &crate::checkpoint::Checkpoint,
+    registry: &crate::registry::Registry,
+    ctx: &ModelContext,
+    device: tch::Device,
+) -> crate::Result<(nn::VarStore, Box<dyn Model>)> {
+    let arch = registry.architectures.get(&ckpt.config.arch)?;
+    let factory = registry.models.get(&arch.model)?;
+    let vs = nn::VarStore::new(device);
+    let model = (factory.build)(&vs.root(), &ckpt.config.model, ctx)?;
+    ckpt.load_model_into(&model.state_dict())?;
+    Ok((vs, model))
+}
