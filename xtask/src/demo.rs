@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: the whole chain on real data, from a fresh clone.
+//! `cargo xtask demo`: the whole chain on real data, from a fresh clone. `--task lm` runs the
+//! language-model demo instead ([`crate::demo_lm`]).
 //!
 //! setup → Bible corpus (Reina-Valera 1909 → KJV) → joint BPE + binarization → train a small
 //! model of the chosen family (`--arch transformer` by default, `lstm` or `fconv`) on CPU for a bounded
@@ -13,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::demo_lm::LmVariant;
 use crate::pipeline::{self, clean, run, step};
 use crate::setup::{self, SetupArgs};
 
@@ -20,22 +22,38 @@ use crate::setup::{self, SetupArgs};
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     #[command(flatten)]
-    setup: SetupArgs,
+    pub(crate) setup: SetupArgs,
+    /// `translation` (Spanish → English Bible) or `lm` (an English language model).
+    #[arg(long, default_value = "translation")]
+    task: DemoTask,
+    /// With `--task lm`: `adaptive` (adaptive input and softmax) or `plain` (full softmax).
+    #[arg(long, default_value = "adaptive")]
+    lm_variant: LmVariant,
     /// Training time budget in minutes (cumulative over resumes).
     #[arg(long, default_value_t = 15.0)]
-    minutes: f64,
+    pub(crate) minutes: f64,
     /// The model family: `transformer` (3+3 layers × 128), `lstm` (fairseq's
     /// `lstm_wiseman_iwslt_de_en` with a bidirectional encoder) or `fconv` (fairseq's
     /// `fconv_iwslt_de_en` ConvS2S with its NAG recipe).
     #[arg(long, default_value = "transformer")]
     arch: DemoArch,
     /// Work folder (git-ignored; delete it to start over). Default: `demo` for the Transformer,
-    /// `demo-{arch}` for another family, so their results sit side by side.
+    /// `demo-{arch}` for another family, `demo-lm-{variant}` for a language model, so their
+    /// results sit side by side.
     #[arg(long)]
-    work: Option<String>,
+    pub(crate) work: Option<String>,
     /// Threads for training and translation.
     #[arg(long, default_value_t = 2)]
-    threads: usize,
+    pub(crate) threads: usize,
+}
+
+/// What the demo trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoTask {
+    /// A Spanish → English translation model (`--arch`).
+    Translation,
+    /// An English language model (`--lm-variant`), see [`crate::demo_lm`].
+    Lm,
 }
 
 /// The model families the demo trains.
@@ -160,6 +178,8 @@ const RUN_FLAGS: &[&str] = &[
 pub fn run_default(root: &Path, setup: &SetupArgs, work: &str) -> Result<()> {
     let args = DemoArgs {
         setup: setup.clone(),
+        task: DemoTask::Translation,
+        lm_variant: LmVariant::Adaptive,
         minutes: 15.0,
         arch: DemoArch::Transformer,
         work: Some(work.to_string()),
@@ -173,6 +193,9 @@ pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
     let start = Instant::now();
     if args.minutes.is_nan() || args.minutes <= 0.0 {
         bail!("--minutes must be positive (got {})", args.minutes);
+    }
+    if args.task == DemoTask::Lm {
+        return crate::demo_lm::run_demo(root, args, args.lm_variant);
     }
     setup::run(root, &args.setup)?;
     let bins = pipeline::build_bins(root)?;
@@ -299,14 +322,24 @@ pub fn run_demo(root: &Path, args: &DemoArgs) -> Result<()> {
 /// A larger `--minutes` than the finished training had: drop the stamps of training and of
 /// everything after it, so training resumes from `checkpoint_last` (its time budget counts the
 /// earlier runs) and the models are exported and evaluated again.
-fn extend_training(work: &Path, minutes: f64) -> Result<()> {
+pub(crate) fn extend_training(work: &Path, minutes: f64) -> Result<()> {
     let stamps = work.join("stamps");
     let budget = stamps.join("train.minutes");
     let done: Option<f64> =
         std::fs::read_to_string(&budget).ok().and_then(|s| s.trim().parse().ok());
     if let Some(done) = done.filter(|&d| minutes > d) {
         println!("train: extending the earlier {done} minutes of training to {minutes}");
-        for name in ["train", "export-fp32", "export-fp16", "generate-fp32", "generate-fp16"] {
+        for name in [
+            "train",
+            "export-fp32",
+            "export-fp16",
+            "generate-fp32",
+            "generate-fp16",
+            "eval-lm-valid",
+            "eval-lm-test",
+            "eval-lm-onnx",
+            "generate",
+        ] {
             let stamp = stamps.join(format!("{name}.done"));
             if stamp.exists() {
                 std::fs::remove_file(&stamp)
@@ -321,7 +354,7 @@ fn extend_training(work: &Path, minutes: f64) -> Result<()> {
 }
 
 /// The last validation line of the training log, compact.
-fn last_valid(log: &Path) -> Option<String> {
+pub(crate) fn last_valid(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
     let line = text.lines().rev().find(|l| l.contains("\"tag\":\"valid\""))?;
     let v: serde_json::Value = serde_json::from_str(line).ok()?;

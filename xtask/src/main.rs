@@ -6,6 +6,7 @@ mod bench_ddp;
 mod bench_generate;
 mod bench_peers;
 mod demo;
+mod demo_lm;
 mod pipeline;
 mod setup;
 mod test;
@@ -33,7 +34,8 @@ enum Command {
     Test(test::TestArgs),
     /// The main job: Bible corpus → BPE → train a small Transformer on CPU for a bounded time →
     /// export FP32 and FP16 ONNX → translate the test set (beam 5) → BLEU/chrF, throughput and
-    /// sample translations. Resumes where it stopped.
+    /// sample translations; `--task lm`: English corpus → BPE → train a transformer_lm → eval-lm
+    /// perplexity (libtorch and ONNX Runtime) → sampled continuations. Resumes where it stopped.
     Demo(demo::DemoArgs),
     /// Training words/s of seqforge next to an equivalent PyTorch eager loop (same batches,
     /// same threads) on the Bible data, with peak memory and the ratio.
