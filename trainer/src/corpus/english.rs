@@ -1,0 +1,521 @@
+//! A monolingual English corpus for language modeling, from public-domain SWORD modules in
+//! Debian packages: two Bibles and three commentaries on them.
+//!
+//! | package               | module         | `ModDrv` | versification | what                      |
+//! |-----------------------|----------------|----------|---------------|---------------------------|
+//! | `sword-text-kjv`      | `engKJV2006eb` | zText    | KJV           | King James Version        |
+//! | `sword-text-web`      | `engWEB2015eb` | zText    | NRSVA         | World English Bible (+DC) |
+//! | `sword-comm-mhcc`     | `MHCC`         | zCom4¹   | KJV           | Matthew Henry Concise     |
+//! | `sword-comm-scofield` | `Scofield`     | zCom     | KJV           | Scofield Reference Notes  |
+//! | `sword-comm-tdavid`   | `TDavid`       | zCom4    | KJV           | Spurgeon, Treasury of David (Psalms only) |
+//!
+//! ¹ declared; its verse index really has zCom's 10-byte records (see [`super::sword`]).
+//! All five declare `SourceType=OSIS` (checked: the recipe refuses any other markup rather
+//! than guess), so [`super::osis`] in paragraph mode cleans them all.
+//!
+//! # Recipe
+//!
+//! 1. **Read** each module entry by entry in its versification ([`Versification::by_name`]
+//!    of its `Versification=`). Entries linked to the previous one (a commentary's note on a
+//!    verse range, stored once) are read once. Module and testament heading entries are
+//!    skipped; a book heading entry (book introductions, Spurgeon's preface) belongs to the
+//!    book's first chapter, a chapter heading entry to its chapter.
+//! 2. **Clean** each entry's OSIS with [`CleanOptions::paragraphs`]: notes and titles dropped,
+//!    paragraphs (`<div type="x-p">`, `<lb type="x-p"/>`, `<lg>`, list items, table rows,
+//!    the KJV's `¶`, …) kept as line breaks. The entries of a chapter are joined and split
+//!    into paragraph lines; whitespace is collapsed; lines that are only a verse label
+//!    (`Verses 1-2`, MHCC's section heads) are dropped.
+//! 3. **Documents**: one document per chapter and source (its paragraph lines, in order).
+//! 4. **Split by book** (deterministic, leak-free by construction): every document of a book
+//!    in [`VALID_BOOKS`] goes to valid, of a book in [`TEST_BOOKS`] to test, everything else
+//!    to train — in every source, so neither the Bible text of a held-out book nor any
+//!    commentary on it is in train. (Commentaries on train books do quote verses of other
+//!    books now and then; the report counts held-out lines that occur verbatim in train.)
+//!    The Psalms — and so all of the Treasury of David, the biggest source — are in train.
+//! 5. **Write** `train.txt`, `valid.txt`, `test.txt`: one paragraph per line, an empty line
+//!    between documents (fairseq's `--sample-break-mode complete_doc` / `eos` read this
+//!    layout), sources in the table's order and chapters in Bible order; each file goes to a
+//!    temporary name first and all three are renamed into place at the end.
+//!
+//! Binarize for fairseq's `language_modeling` task (with `--only-source` and no
+//! `--source-lang`, the prefixes are file names and the outputs are `dict.txt` and
+//! `{train,valid,test}.{bin,idx}`):
+//!
+//! ```sh
+//! seqforge-train corpus english --out data/english --cache-dir .deps/sword
+//! seqforge-train preprocess --only-source --workers 2 \
+//!     --trainpref data/english/train.txt --validpref data/english/valid.txt \
+//!     --testpref data/english/test.txt --destdir data/english-bin
+//! ```
+//!
+//! # Numbers
+//!
+//! With the Debian bookworm packages (sword-text-kjv 14.3-1, sword-text-web 426.0-1,
+//! sword-comm-mhcc 2.0-1, sword-comm-scofield 2.1-1, sword-comm-tdavid 2.1-1), words counted
+//! as whitespace-separated tokens:
+//!
+//! NUMBERS
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::fetch::{Fetcher, SwordPackage, default_cache_dir};
+use super::osis::{self, CleanOptions};
+use super::sword::{ZVerseModule, find_conf};
+use super::versification::{EntryKind, Versification};
+use super::{Error, Result};
+
+/// The sources, in output order.
+pub const SOURCES: [SwordPackage; 5] = [
+    SwordPackage { package: "sword-text-kjv", module: "engKJV2006eb" },
+    SwordPackage { package: "sword-text-web", module: "engWEB2015eb" },
+    SwordPackage { package: "sword-comm-mhcc", module: "MHCC" },
+    SwordPackage { package: "sword-comm-scofield", module: "Scofield" },
+    SwordPackage { package: "sword-comm-tdavid", module: "TDavid" },
+];
+
+/// Books (OSIS ids) whose documents, in every source, form the validation set.
+pub const VALID_BOOKS: &[&str] = &["Josh", "Hos", "Gal", "Jas"];
+/// Books (OSIS ids) whose documents, in every source, form the test set.
+pub const TEST_BOOKS: &[&str] = &["Judg", "Amos", "Eph", "1Pet"];
+
+/// Output file names.
+pub const FILES: [(Part, &str); 3] =
+    [(Part::Train, "train.txt"), (Part::Valid, "valid.txt"), (Part::Test, "test.txt")];
+
+/// One of the three splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Part {
+    /// Training data.
+    Train,
+    /// Validation data.
+    Valid,
+    /// Test data.
+    Test,
+}
+
+impl Part {
+    /// The split of a book (see the module docs, step 4).
+    pub fn of_book(osis: &str) -> Part {
+        if VALID_BOOKS.contains(&osis) {
+            Part::Valid
+        } else if TEST_BOOKS.contains(&osis) {
+            Part::Test
+        } else {
+            Part::Train
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Part::Train => 0,
+            Part::Valid => 1,
+            Part::Test => 2,
+        }
+    }
+}
+
+/// Arguments of `seqforge-train corpus english`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnglishArgs {
+    /// Output folder; receives train.txt, valid.txt and test.txt (one paragraph per line, an
+    /// empty line between documents).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Use SWORD modules already on disk: a folder holding mods.d/*.conf and modules/ with
+    /// all five modules (no download).
+    #[arg(long)]
+    pub sword_dir: Option<PathBuf>,
+    /// Where to download and unpack the Debian packages (`apt-get download` + `dpkg-deb -x`,
+    /// no system install); `.deps/sword` after `cargo xtask setup` has them all. Default:
+    /// $XDG_CACHE_HOME/seqforge/sword, else ~/.cache/seqforge/sword.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl EnglishArgs {
+    /// Arguments with the defaults and this output folder.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self { out: out.into(), sword_dir: None, cache_dir: None }
+    }
+}
+
+/// One chapter of one source: its paragraph lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// Index into [`SOURCES`].
+    pub source: usize,
+    /// OSIS book id, e.g. `Gen`.
+    pub book: &'static str,
+    /// Chapter number.
+    pub chapter: u16,
+    /// Paragraphs, one line each (non-empty, single-spaced).
+    pub lines: Vec<String>,
+}
+
+impl Document {
+    /// Number of whitespace-separated words.
+    pub fn words(&self) -> usize {
+        self.lines.iter().map(|l| l.split_whitespace().count()).sum()
+    }
+}
+
+/// Counts of one source in one split.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Documents (chapters).
+    pub documents: usize,
+    /// Paragraph lines.
+    pub lines: usize,
+    /// Words.
+    pub words: usize,
+}
+
+impl Counts {
+    fn add(&mut self, doc: &Document) {
+        self.documents += 1;
+        self.lines += doc.lines.len();
+        self.words += doc.words();
+    }
+
+    fn sum<'a>(it: impl Iterator<Item = &'a Counts>) -> Counts {
+        it.fold(Counts::default(), |a, c| Counts {
+            documents: a.documents + c.documents,
+            lines: a.lines + c.lines,
+            words: a.words + c.words,
+        })
+    }
+}
+
+/// What one module gave.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceReport {
+    /// Module name.
+    pub module: String,
+    /// Where it was read from (library root).
+    pub root: PathBuf,
+    /// Versification used.
+    pub versification: String,
+    /// Non-empty entries read.
+    pub entries: usize,
+    /// Entries skipped as links to the previous entry.
+    pub linked: usize,
+    /// Lines dropped as bare verse labels.
+    pub labels_dropped: usize,
+    /// `(declared, used)` verse-record sizes when the files contradict `ModDrv=`.
+    pub record_size_mismatch: Option<(usize, usize)>,
+    /// Counts per split: train, valid, test.
+    pub splits: [Counts; 3],
+}
+
+/// What [`run`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EnglishReport {
+    /// Output folder.
+    pub out: PathBuf,
+    /// Whether a package was downloaded in this run.
+    pub downloaded: bool,
+    /// Per source.
+    pub sources: Vec<SourceReport>,
+    /// Held-out lines of 40+ characters that also occur verbatim in train.
+    pub heldout_lines_in_train: usize,
+    /// Wall time in seconds.
+    pub elapsed_secs: f64,
+}
+
+impl EnglishReport {
+    /// Totals per split: train, valid, test.
+    pub fn totals(&self) -> [Counts; 3] {
+        [0, 1, 2].map(|i| Counts::sum(self.sources.iter().map(|s| &s.splits[i])))
+    }
+}
+
+impl fmt::Display for EnglishReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "English LM corpus written to {}", self.out.display())?;
+        writeln!(
+            f,
+            "  split by book: valid {} / test {} (every source), the rest train",
+            VALID_BOOKS.join(" "),
+            TEST_BOOKS.join(" ")
+        )?;
+        let totals = self.totals();
+        let all_words: usize = totals.iter().map(|c| c.words).sum::<usize>().max(1);
+        writeln!(
+            f,
+            "  {:<14} {:>22} {:>22} {:>22}",
+            "source", "train docs/lines/words", "valid docs/lines/words", "test docs/lines/words"
+        )?;
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, c: &[Counts; 3]| {
+            write!(f, "  {name:<14}")?;
+            for x in c {
+                write!(f, " {:>22}", format!("{}/{}/{}", x.documents, x.lines, x.words))?;
+            }
+            writeln!(f)
+        };
+        for s in &self.sources {
+            row(f, &s.module, &s.splits)?;
+        }
+        row(f, "total", &totals)?;
+        writeln!(
+            f,
+            "  word shares:   train {:.1}%, valid {:.1}%, test {:.1}%",
+            100.0 * totals[0].words as f64 / all_words as f64,
+            100.0 * totals[1].words as f64 / all_words as f64,
+            100.0 * totals[2].words as f64 / all_words as f64
+        )?;
+        for s in &self.sources {
+            write!(
+                f,
+                "  {:<14} {} ({}), {} entries, {} linked, {} verse labels dropped",
+                s.module,
+                s.root.display(),
+                s.versification,
+                s.entries,
+                s.linked,
+                s.labels_dropped
+            )?;
+            if let Some((declared, used)) = s.record_size_mismatch {
+                write!(f, ", ModDrv says {declared}-byte verse records, files have {used}")?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(f, "  held-out lines (40+ chars) also in train: {}", self.heldout_lines_in_train)?;
+        write!(f, "  elapsed: {:.2} s", self.elapsed_secs)
+    }
+}
+
+/// Builds the corpus (see the module docs).
+pub fn run(args: &EnglishArgs) -> Result<EnglishReport> {
+    let start = Instant::now();
+    let mut report = EnglishReport { out: args.out.clone(), ..Default::default() };
+
+    // Locate the modules.
+    let mut confs = Vec::with_capacity(SOURCES.len());
+    match &args.sword_dir {
+        Some(dir) => {
+            for s in SOURCES {
+                confs.push((dir.clone(), find_conf(dir, s.module)?));
+            }
+        }
+        None => {
+            let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+            let mut fetcher = Fetcher::new(cache);
+            for s in SOURCES {
+                let (root, downloaded) = fetcher.ensure(s)?;
+                report.downloaded |= downloaded;
+                confs.push((root.clone(), find_conf(&root, s.module)?));
+            }
+        }
+    }
+    let mut modules = Vec::with_capacity(confs.len());
+    for (root, conf) in &confs {
+        let module = ZVerseModule::open(conf)?;
+        let vers = versification_of(&module)?;
+        module.check_layout(&vers)?;
+        modules.push((root.clone(), module, vers));
+    }
+
+    // Read, clean, split.
+    let total: usize = modules.iter().map(|(_, m, _)| m.len()).sum();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} entries")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut parts: [Vec<Document>; 3] = Default::default();
+    for (source, (root, module, vers)) in modules.iter_mut().enumerate() {
+        bar.set_message(module.name().to_string());
+        let (docs, mut sr) = read_documents(source, module, vers, &bar)?;
+        sr.root = root.clone();
+        for doc in docs {
+            let part = Part::of_book(doc.book).index();
+            sr.splits[part].add(&doc);
+            parts[part].push(doc);
+        }
+        tracing::info!(module = %sr.module, entries = sr.entries, "read module");
+        report.sources.push(sr);
+    }
+    bar.finish_and_clear();
+    report.heldout_lines_in_train = heldout_lines_in_train(&parts);
+    write_parts(&args.out, &parts)?;
+    report.elapsed_secs = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The versification a module declares, if this reader has it.
+pub fn versification_of(module: &ZVerseModule) -> Result<Versification> {
+    let name = module.conf().versification();
+    Versification::by_name(name).ok_or_else(|| Error::Layout {
+        module: module.name().to_string(),
+        message: format!("Versification={name} is not supported (KJV and NRSVA are)"),
+    })
+}
+
+/// Reads a module into one document per chapter (steps 1–3 of the module docs).
+pub fn read_documents(
+    source: usize,
+    module: &mut ZVerseModule,
+    vers: &Versification,
+    bar: &ProgressBar,
+) -> Result<(Vec<Document>, SourceReport)> {
+    let source_type = module.conf().source_type().to_string();
+    if !source_type.eq_ignore_ascii_case("OSIS") {
+        return Err(Error::Layout {
+            module: module.name().to_string(),
+            message: format!("SourceType={source_type}; this recipe cleans OSIS only"),
+        });
+    }
+    let mut report = SourceReport {
+        module: module.name().to_string(),
+        versification: vers.name().to_string(),
+        record_size_mismatch: module.record_size_mismatch(),
+        ..Default::default()
+    };
+    let options = CleanOptions::paragraphs();
+    let mut docs = Vec::new();
+    let mut text = String::new();
+    let mut current: Option<(u8, u16)> = None;
+    let flush = |text: &mut String, at: Option<(u8, u16)>, docs: &mut Vec<Document>| -> usize {
+        let (lines, dropped) = paragraph_lines(text);
+        text.clear();
+        if let Some((book, chapter)) = at
+            && !lines.is_empty()
+        {
+            docs.push(Document { source, book: vers.book_osis(book), chapter, lines });
+        }
+        dropped
+    };
+    for (i, kind) in vers.entries().iter().enumerate() {
+        if i % 1024 == 0 {
+            bar.inc(1024.min(vers.len() - i) as u64);
+        }
+        let at = match *kind {
+            EntryKind::ModuleHeading(_) | EntryKind::TestamentHeading(_) => None,
+            // A book heading belongs to the book's first chapter.
+            EntryKind::BookHeading(b) => Some((b, 1)),
+            EntryKind::ChapterHeading(b, c) => Some((b, c)),
+            EntryKind::Verse(r) => Some((r.book, r.chapter)),
+        };
+        if at != current {
+            report.labels_dropped += flush(&mut text, current, &mut docs);
+            current = at;
+        }
+        if module.entry(i)?.size == 0 {
+            continue;
+        }
+        if module.is_linked(i) {
+            report.linked += 1;
+            continue;
+        }
+        report.entries += 1;
+        if at.is_none() {
+            continue;
+        }
+        text.push_str(&osis::clean_with(&module.verse(i)?, options));
+        text.push(' ');
+    }
+    report.labels_dropped += flush(&mut text, current, &mut docs);
+    Ok((docs, report))
+}
+
+/// Splits cleaned paragraph-mode text into single-spaced non-empty lines, dropping bare
+/// verse labels; returns the lines and how many labels were dropped.
+pub fn paragraph_lines(text: &str) -> (Vec<String>, usize) {
+    let mut dropped = 0;
+    let lines = text
+        .split('\n')
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .filter(|l| {
+            let label = is_verse_label(l);
+            dropped += usize::from(label);
+            !label
+        })
+        .collect();
+    (lines, dropped)
+}
+
+/// Whether a line is only a verse label: `Verse 1.`, `Verses 3-5`, `VERSES 1, 2.`.
+pub fn is_verse_label(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    let Some(rest) = lower.strip_prefix("verses").or_else(|| lower.strip_prefix("verse")) else {
+        return false;
+    };
+    let rest = rest.trim();
+    rest.chars().next().is_some_and(|c| c.is_ascii_digit())
+        && rest.chars().all(|c| c.is_ascii_digit() || " ,.-–—:;".contains(c))
+}
+
+/// Held-out lines of 40 or more characters that also occur in train.
+pub fn heldout_lines_in_train(parts: &[Vec<Document>; 3]) -> usize {
+    let train: HashSet<&str> =
+        parts[0].iter().flat_map(|d| &d.lines).map(String::as_str).collect();
+    parts[1..]
+        .iter()
+        .flatten()
+        .flat_map(|d| &d.lines)
+        .filter(|l| l.len() >= 40 && train.contains(l.as_str()))
+        .count()
+}
+
+/// Removes temporary files unless committed.
+struct TempFiles {
+    files: Vec<(PathBuf, PathBuf)>,
+    committed: bool,
+}
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        if !self.committed {
+            for (tmp, _) in &self.files {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+    }
+}
+
+/// Writes one split: documents' lines, an empty line between documents.
+fn write_documents(path: &Path, docs: &[Document]) -> Result<()> {
+    let io = |e| Error::io(path, e);
+    let mut w = BufWriter::new(File::create(path).map_err(io)?);
+    for (k, doc) in docs.iter().enumerate() {
+        if k > 0 {
+            w.write_all(b"\n").map_err(io)?;
+        }
+        for line in &doc.lines {
+            w.write_all(line.as_bytes()).map_err(io)?;
+            w.write_all(b"\n").map_err(io)?;
+        }
+    }
+    let file = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+    file.sync_all().map_err(io)
+}
+
+/// Writes `train.txt`, `valid.txt`, `test.txt` into `out` (temporary files, then renamed).
+pub fn write_parts(out: &Path, parts: &[Vec<Document>; 3]) -> Result<()> {
+    fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let pid = std::process::id();
+    let mut temps = TempFiles { files: Vec::new(), committed: false };
+    for (part, name) in FILES {
+        let tmp = out.join(format!(".{name}.tmp-{pid}"));
+        temps.files.push((tmp.clone(), out.join(name)));
+        write_documents(&tmp, &parts[part.index()])?;
+    }
+    for (tmp, dst) in &temps.files {
+        fs::rename(tmp, dst).map_err(|e| Error::io(dst, e))?;
+    }
+    temps.committed = true;
+    if let Ok(dir) = File::open(out) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
