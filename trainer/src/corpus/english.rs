@@ -84,7 +84,7 @@ pub const SOURCES: [SwordPackage; 5] = [
 /// Books (OSIS ids) whose documents, in every source, form the validation set.
 pub const VALID_BOOKS: &[&str] = &["Josh", "Hos", "Gal", "Jas"];
 /// Books (OSIS ids) whose documents, in every source, form the test set.
-pub const TEST_BOOKS: &[&str] = &["Judg", "Amos", "Eph", "1Pet"];
+pub const TEST_BOOKS: &[&str] = &["Judg", "Ruth", "Amos", "Mic", "Eph", "1Pet"];
 
 /// Output file names.
 pub const FILES: [(Part, &str); 3] =
@@ -209,6 +209,9 @@ pub struct SourceReport {
     pub linked: usize,
     /// Lines dropped as bare verse labels.
     pub labels_dropped: usize,
+    /// Heading entries dropped because they hold another book's text (see
+    /// [`foreign_osis_id`]).
+    pub foreign_headings: Vec<String>,
     /// `(declared, used)` verse-record sizes when the files contradict `ModDrv=`.
     pub record_size_mismatch: Option<(usize, usize)>,
     /// Counts per split: train, valid, test.
@@ -282,6 +285,9 @@ impl fmt::Display for EnglishReport {
                 s.linked,
                 s.labels_dropped
             )?;
+            if !s.foreign_headings.is_empty() {
+                write!(f, ", dropped [{}]", s.foreign_headings.join("; "))?;
+            }
             if let Some((declared, used)) = s.record_size_mismatch {
                 write!(f, ", ModDrv says {declared}-byte verse records, files have {used}")?;
             }
@@ -417,14 +423,38 @@ pub fn read_documents(
             continue;
         }
         report.entries += 1;
-        if at.is_none() {
+        let Some((book, _)) = at else { continue };
+        let raw = module.verse(i)?;
+        if kind.is_heading()
+            && let Some(id) = foreign_osis_id(&raw, vers.book_osis(book))
+        {
+            tracing::warn!(
+                module = %report.module,
+                entry = i,
+                id,
+                "heading entry holds another book's text: dropped"
+            );
+            report.foreign_headings.push(format!("{} heading: {id}", vers.book_osis(book)));
             continue;
         }
-        text.push_str(&osis::clean_with(&module.verse(i)?, options));
+        text.push_str(&osis::clean_with(&raw, options));
         text.push(' ');
     }
     report.labels_dropped += flush(&mut text, current, &mut docs);
     Ok((docs, report))
+}
+
+/// The first `osisID="…"` in an entry that names another book than `book`, if any.
+///
+/// `osis2mod` puts text it cannot place in the versification into the next entry: in
+/// `engWEB2015eb` the Greek Daniel (`DanGr.1`–`DanGr.6`, not an NRSVA book) sits in Hosea's
+/// book heading entry. Such an entry is dropped rather than filed under the wrong book.
+pub fn foreign_osis_id(raw: &str, book: &str) -> Option<String> {
+    raw.split("osisID=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .find(|id| id.split_whitespace().any(|one| one.split('.').next() != Some(book)))
+        .map(str::to_string)
 }
 
 /// Splits cleaned paragraph-mode text into single-spaced non-empty lines, dropping bare
@@ -457,8 +487,7 @@ pub fn is_verse_label(line: &str) -> bool {
 
 /// Held-out lines of 40 or more characters that also occur in train.
 pub fn heldout_lines_in_train(parts: &[Vec<Document>; 3]) -> usize {
-    let train: HashSet<&str> =
-        parts[0].iter().flat_map(|d| &d.lines).map(String::as_str).collect();
+    let train: HashSet<&str> = parts[0].iter().flat_map(|d| &d.lines).map(String::as_str).collect();
     parts[1..]
         .iter()
         .flatten()
@@ -518,4 +547,173 @@ pub fn write_parts(out: &Path, parts: &[Vec<Document>; 3]) -> Result<()> {
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn verse_labels() {
+        for l in ["Verses 1-2", "Verse 1.", "VERSES 3, 4.", "Verses 20–25", "Verse 9:"] {
+            assert!(is_verse_label(l), "{l}");
+        }
+        for l in ["Verse 1. \"BLESSED\" —see how", "Verses", "Versed 1", "Ver 1", "1-2"] {
+            assert!(!is_verse_label(l), "{l}");
+        }
+        let (lines, dropped) =
+            paragraph_lines("\nVerses 1-2\n  The  first verse \n\n of the Bible ");
+        assert_eq!(lines, vec!["The first verse", "of the Bible"]);
+        assert_eq!(dropped, 1);
+    }
+
+    #[test]
+    fn foreign_text_in_a_heading() {
+        // engWEB2015eb, Hosea's book heading entry (shortened): the Greek Daniel.
+        let raw = "<div osisID=\"DanGr\" type=\"book\"/> <chapter osisID=\"DanGr.1\" sID=\"x\"/> \
+                   In the third year <chapter osisID=\"DanGr.2\"/>";
+        assert_eq!(foreign_osis_id(raw, "Hos").as_deref(), Some("DanGr"));
+        // Spurgeon's preface in the Psalms book heading is the book's own.
+        let raw = "<div canonical=\"true\" osisID=\"Ps\" sID=\"gen2\" type=\"book\"/> Preface";
+        assert_eq!(foreign_osis_id(raw, "Ps"), None);
+        assert_eq!(foreign_osis_id("<chapter osisID=\"Hos.1\"/>", "Hos"), None);
+        assert_eq!(
+            foreign_osis_id("<x osisID=\"Hos.1 Joel.1\"/>", "Hos").as_deref(),
+            Some("Hos.1 Joel.1")
+        );
+    }
+
+    #[test]
+    fn held_out_books_are_fixed_and_disjoint() {
+        let kjv = Versification::kjv();
+        let known: HashSet<&str> = kjv.books().iter().map(|b| b.osis).collect();
+        for b in VALID_BOOKS.iter().chain(TEST_BOOKS) {
+            assert!(known.contains(b), "{b} is not a KJV book id");
+        }
+        assert!(VALID_BOOKS.iter().all(|b| !TEST_BOOKS.contains(b)));
+        assert!(!VALID_BOOKS.contains(&"Ps") && !TEST_BOOKS.contains(&"Ps"));
+        assert_eq!(Part::of_book("Josh"), Part::Valid);
+        assert_eq!(Part::of_book("Eph"), Part::Test);
+        assert_eq!(Part::of_book("Gen"), Part::Train);
+        assert_eq!(Part::of_book("Tob"), Part::Train);
+    }
+
+    fn doc(source: usize, book: &'static str, lines: &[&str]) -> Document {
+        Document { source, book, chapter: 1, lines: lines.iter().map(|l| l.to_string()).collect() }
+    }
+
+    #[test]
+    fn writes_documents_atomically() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let parts = [
+            vec![doc(0, "Gen", &["a b", "c"]), doc(2, "Gen", &["d"])],
+            vec![doc(0, "Josh", &["e"])],
+            vec![],
+        ];
+        write_parts(tmp.path(), &parts)?;
+        assert_eq!(fs::read_to_string(tmp.path().join("train.txt"))?, "a b\nc\n\nd\n");
+        assert_eq!(fs::read_to_string(tmp.path().join("valid.txt"))?, "e\n");
+        assert_eq!(fs::read_to_string(tmp.path().join("test.txt"))?, "");
+        assert_eq!(fs::read_dir(tmp.path())?.count(), 3, "temporary files left");
+        assert_eq!(parts[0][0].words(), 3);
+        let mut c = Counts::default();
+        c.add(&parts[0][0]);
+        assert_eq!(c, Counts { documents: 1, lines: 2, words: 3 });
+        Ok(())
+    }
+
+    /// The SWORD folder `cargo xtask setup` fills (`.deps/sword`), when it has all five.
+    fn sword_cache() -> Option<PathBuf> {
+        let dir = Path::new(option_env!("SEQFORGE_DEPS")?).join("sword");
+        SOURCES
+            .iter()
+            .all(|s| {
+                find_conf(&super::super::fetch::cached_root(&dir, s.package), s.module).is_ok()
+            })
+            .then_some(dir)
+    }
+
+    #[test]
+    fn real_modules() -> TestResult {
+        let Some(cache) = sword_cache() else {
+            println!(
+                "SKIPPED corpus::english::tests::real_modules: the five SWORD modules are not all \
+                 in .deps/sword (run `cargo xtask setup` without --no-corpus)"
+            );
+            return Ok(());
+        };
+        let root = |i: usize| super::super::fetch::cached_root(&cache, SOURCES[i].package);
+        let open = |i: usize| ZVerseModule::open(&find_conf(&root(i), SOURCES[i].module)?);
+
+        // zCom reading on the real commentaries.
+        let mut mhcc = open(2)?;
+        let kjv = Versification::kjv();
+        mhcc.check_layout(&kjv)?;
+        assert_eq!(mhcc.record_size_mismatch(), Some((12, 10)));
+        // Gen 1:1 (entry 4) and 1:2 share one note; 1:3-5 another.
+        assert!(mhcc.is_linked(5) && !mhcc.is_linked(6) && mhcc.is_linked(7));
+        let genesis = osis::clean_with(&mhcc.verse(4)?, CleanOptions::paragraphs());
+        assert!(genesis.contains("\nGenesis is a name taken from the Greek"), "{genesis:.300}");
+        let mut tdavid = open(4)?;
+        tdavid.check_layout(&kjv)?;
+        assert_eq!(tdavid.record_size_mismatch(), None);
+        let ps1 =
+            kjv.index_of(super::super::versification::VerseRef { book: 18, chapter: 1, verse: 1 });
+        let ps1 = tdavid.verse(ps1.ok_or("no Ps 1:1")?)?;
+        assert!(ps1.len() > u16::MAX as usize, "Ps 1 note is {} bytes", ps1.len());
+        let mut scofield = open(3)?;
+        scofield.check_layout(&kjv)?;
+        assert!(osis::clean(&scofield.verse(5)?).starts_with("without form and void"));
+        let web = open(1)?;
+        web.check_layout(&Versification::nrsva())?;
+
+        // The recipe, twice: identical bytes; held-out books only in valid/test.
+        let tmp = tempfile::tempdir()?;
+        let mut reports = Vec::new();
+        for k in 0..2 {
+            let mut args = EnglishArgs::new(tmp.path().join(format!("run{k}")));
+            args.cache_dir = Some(cache.clone());
+            reports.push(run(&args)?);
+        }
+        let report = &reports[0];
+        println!("{report}");
+        for (_, name) in FILES {
+            let a = fs::read(tmp.path().join("run0").join(name))?;
+            assert!(a == fs::read(tmp.path().join("run1").join(name))?, "{name} differs");
+        }
+        let totals = report.totals();
+        let all: usize = totals.iter().map(|c| c.words).sum();
+        for (part, c) in totals.iter().enumerate().skip(1) {
+            let share = c.words as f64 / all as f64;
+            assert!(
+                (0.015..0.045).contains(&share),
+                "split {part}: {:.2}% of words",
+                share * 100.0
+            );
+        }
+        assert!(all > 4_000_000, "{all} words");
+        // Every source has text in train; TDavid (Psalms) only there.
+        assert!(report.sources.iter().all(|s| s.splits[0].words > 100_000));
+        assert_eq!(report.sources[4].splits[1].words + report.sources[4].splits[2].words, 0);
+        assert_eq!(report.sources[1].foreign_headings, vec!["Hos heading: DanGr".to_string()]);
+
+        // Leak check on the files: each held-out document opens with a line found only there,
+        // and Joshua 1:1 / Ephesians 1:1 (KJV, WEB) are in valid / test, not train.
+        let read = |n: &str| fs::read_to_string(tmp.path().join("run0").join(n));
+        let (train, valid, test) = (read("train.txt")?, read("valid.txt")?, read("test.txt")?);
+        for (text, needle) in [
+            (&valid, "Now after the death of Moses the servant of the LORD"),
+            (&valid, "After the death of Moses the servant of Yahweh"),
+            (&test, "Paul, an apostle of Jesus Christ by the will of God"),
+        ] {
+            assert!(text.contains(needle) && !train.contains(needle), "{needle}");
+        }
+        assert!(train.contains("In the beginning God created the heaven and the earth."));
+        assert!(!train.contains('<') && !train.contains('\u{1}') && !train.contains('¶'));
+        assert!(!train.starts_with('\n') && !train.contains("\n\n\n"));
+        assert!(report.heldout_lines_in_train < 100, "{}", report.heldout_lines_in_train);
+        Ok(())
+    }
 }

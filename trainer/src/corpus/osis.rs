@@ -412,6 +412,53 @@ mod tests {
     }
 
     #[test]
+    fn paragraph_mode_on_real_snippets() {
+        let p = CleanOptions::paragraphs();
+        // MHCC Gen 1:1 (shortened): introduction, outline table, bold verse label, comment.
+        let s = "<div type=\"x-milestone\" subType=\"x-preverse\" sID=\"pv1\"/><title \
+                 type=\"x-ms\">Genesis</title> <div sID=\"gen3\" type=\"introduction\"/> <div \
+                 sID=\"gen4\" type=\"x-p\"/> Genesis is a name taken from the Greek. <div \
+                 eID=\"gen4\" type=\"x-p\"/> <table> <row><cell>God creates heaven and \
+                 earth.</cell><cell>(1-2)</cell></row> </table> <table> <row><cell>The creation \
+                 of light.</cell><cell>(3-5)</cell></row> </table> <div sID=\"gen15\" \
+                 type=\"x-p\"/> <div type=\"x-milestone\" subType=\"x-preverse\" \
+                 eID=\"pv1\"/><hi type=\"bold\">Verses 1-2</hi> <div eID=\"gen15\" type=\"x-p\"/> \
+                 <div sID=\"gen17\" type=\"x-p\"/> The first verse of the Bible.";
+        assert_eq!(
+            clean_with(s, p),
+            "\nGenesis is a name taken from the Greek.\nGod creates heaven and earth. (1-2)\n\
+             The creation of light. (3-5)\nVerses 1-2\nThe first verse of the Bible."
+        );
+        // The same without paragraph mode: one line, as before.
+        assert!(!clean(s).contains('\n'));
+        // Scofield Gen 1:2: the commented phrase, then a list with references.
+        let s = "<hi type=\"bold\">day</hi><div eID=\"gen11\" type=\"x-p\"/> <div sID=\"gen12\" \
+                 type=\"x-p\"/> The word \"day\" is used in three ways:<div eID=\"gen12\" \
+                 type=\"x-p\"/> <list> <item type=\"x-indent-1\">(1) that part of the solar day \
+                 <reference osisRef=\"ge 1:5 ge 1:14\">Genesis 1:5</reference>;</item></list>";
+        assert_eq!(
+            clean_with(s, p),
+            "day\nThe word \"day\" is used in three ways:\n(1) that part of the solar day \
+             Genesis 1:5;\n"
+        );
+        // WEB Gen 1:2-3: a paragraph ends after verse 2; verse 3 starts one; <w> glued.
+        let s = "The</w> earth</w> was</w> formless</w>. <div eID=\"gen25\" type=\"x-p\"/>";
+        assert_eq!(clean_with(s, p), "The earth was formless.\n");
+        let s = "<div type=\"x-milestone\" subType=\"x-preverse\" sID=\"pv1\"/><div sID=\"gen26\" \
+                 type=\"x-p\"/><div type=\"x-milestone\" subType=\"x-preverse\" \
+                 eID=\"pv1\"/>God</w> said</w>, “Let</w> there</w> be</w> light</w>,”";
+        assert_eq!(clean_with(s, p), "\nGod said, “Let there be light,”");
+        // KJV: the pilcrow opens a paragraph; poetry lines stay in one.
+        assert_eq!(clean_with("¶ And God said", p), "\nAnd God said");
+        assert_eq!(clean_with("one<l eID=\"a\"/>two<lg eID=\"b\"/>", p), "one two\n");
+        // A markup-only entry that ends a paragraph still says so.
+        assert_eq!(clean_with("<div eID=\"gen34\" type=\"x-p\"/>", p), "\n");
+        assert_eq!(clean_with("<chapter osisID=\"Gen.1\"/> ", p), "\n");
+        // Notes never break paragraphs.
+        assert_eq!(clean_with("a<note>x</note> b", p), "a b");
+    }
+
+    #[test]
     fn malformed_markup_does_not_panic() {
         assert_eq!(clean("a <w"), "a");
         assert_eq!(clean("<note>never closed"), "");

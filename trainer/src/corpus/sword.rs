@@ -278,7 +278,8 @@ pub fn parse_verse_index(bytes: &[u8], record_size: usize, path: &Path) -> Resul
         } else {
             u16_at(bytes, at + 8).map(u32::from)
         };
-        let (Some(block), Some(offset), Some(size)) = (u32_at(bytes, at), u32_at(bytes, at + 4), size)
+        let (Some(block), Some(offset), Some(size)) =
+            (u32_at(bytes, at), u32_at(bytes, at + 4), size)
         else {
             return Err(corrupt(path, at, "truncated verse record"));
         };
@@ -532,8 +533,11 @@ impl ZVerseModule {
     /// testament (a commentary's comment on a verse range is stored once and linked).
     pub fn is_linked(&self, index: usize) -> bool {
         let ot_len = self.ot.verses.len();
-        let (verses, local) =
-            if index < ot_len { (&self.ot.verses, index) } else { (&self.nt.verses, index - ot_len) };
+        let (verses, local) = if index < ot_len {
+            (&self.ot.verses, index)
+        } else {
+            (&self.nt.verses, index - ot_len)
+        };
         match (local.checked_sub(1).and_then(|p| verses.get(p)), verses.get(local)) {
             (Some(prev), Some(cur)) => cur.size != 0 && prev == cur,
             _ => false,

@@ -383,7 +383,9 @@ const NRSVA_3JOHN: Book = Book { osis: "3John", name: "3 John", verses: &[15] };
 const NRSVA_REV: Book = Book {
     osis: "Rev",
     name: "Revelation of John",
-    verses: &[20, 29, 22, 11, 14, 17, 17, 13, 21, 11, 19, 18, 18, 20, 8, 21, 18, 24, 21, 15, 27, 21],
+    verses: &[
+        20, 29, 22, 11, 14, 17, 17, 13, 21, 11, 19, 18, 18, 20, 8, 21, 18, 24, 21, 15, 27, 21,
+    ],
 };
 
 /// A testament: each has its own verse index file.
