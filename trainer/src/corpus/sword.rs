@@ -796,16 +796,19 @@ mod tests {
             .replace("ModDrv=zText", "ModDrv=zCom4")
             .replace("BlockType=BOOK", "BlockType=CHAPTER");
         let long = "x".repeat(70_000); // needs the u32 size of 12-byte records
-        let ot = [None, Some("head"), Some("on vv. 2-3"), Some("on vv. 2-3"), Some(long.as_str())];
+        // Two blocks of three entries; entries 1 and 2 are linked.
+        let ot =
+            [None, Some("on vv. 1-2"), Some("on vv. 1-2"), Some("head"), Some(long.as_str()), None];
         let path = build_with(tmp.path(), &conf, 'c', VERSE4_RECORD_SIZE, &ot, &[None, None])?;
         let mut m = ZVerseModule::open(&path)?;
         assert_eq!(m.driver(), Driver::ZCom4);
         assert!(m.driver().is_commentary());
         assert_eq!(m.record_size_mismatch(), None);
-        assert_eq!(m.verse(3)?, "on vv. 2-3");
+        assert_eq!(m.verse(2)?, "on vv. 1-2");
+        assert_eq!(m.entry(1)?, m.entry(2)?);
         assert_eq!(m.verse(4)?.len(), 70_000);
-        assert_eq!((m.is_linked(2), m.is_linked(3), m.is_linked(4)), (false, true, false));
-        assert!(!m.is_linked(0) && !m.is_linked(5));
+        assert_eq!((m.is_linked(1), m.is_linked(2), m.is_linked(3)), (false, true, false));
+        assert!(!m.is_linked(0) && !m.is_linked(4) && !m.is_linked(5) && !m.is_linked(6));
         Ok(())
     }
 
@@ -814,11 +817,11 @@ mod tests {
         // As Debian's MHCC: ModDrv=zCom4 but 10-byte verse records.
         let tmp = tempfile::tempdir()?;
         let conf = CONF.replace("ModDrv=zText", "ModDrv=zCom4");
-        let ot = [None, Some("head"), Some("a"), Some("b"), Some("c"), Some("d")];
+        let ot = [None, Some("head"), Some("a"), Some("b"), Some("c"), Some("d"), Some("e")];
         let path = build_with(tmp.path(), &conf, 'b', VERSE_RECORD_SIZE, &ot, &[None])?;
         let mut m = ZVerseModule::open(&path)?;
         assert_eq!(m.record_size_mismatch(), Some((VERSE4_RECORD_SIZE, VERSE_RECORD_SIZE)));
-        assert_eq!(m.verse(5)?, "d");
+        assert_eq!(m.verse(6)?, "e");
         // A size that fits neither record size is still an error.
         let bzv = tmp.path().join("modules/texts/ztext/testmod/ot.bzv");
         let mut bytes = fs::read(&bzv)?;
