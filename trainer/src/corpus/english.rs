@@ -54,7 +54,22 @@
 //! sword-comm-mhcc 2.0-1, sword-comm-scofield 2.1-1, sword-comm-tdavid 2.1-1), words counted
 //! as whitespace-separated tokens:
 //!
-//! NUMBERS
+//! | source       | train docs / lines / words | valid docs / lines / words | test docs / lines / words |
+//! |--------------|----------------------------|----------------------------|---------------------------|
+//! | engKJV2006eb | 1,084 / 4,683 / 724,704    | 53 / 199 / 31,603          | 52 / 239 / 34,406         |
+//! | engWEB2015eb | 1,284 / 10,444 / 848,238   | 53 / 336 / 30,199          | 52 / 447 / 32,570         |
+//! | MHCC         | 1,084 / 6,834 / 639,220    | 53 / 335 / 33,608          | 52 / 330 / 29,843         |
+//! | Scofield     | 865 / 5,969 / 117,086      | 36 / 238 / 4,168           | 47 / 290 / 5,009          |
+//! | TDavid       | 150 / 27,938 / 2,142,604   | 0                          | 0                         |
+//! | **total**    | 4,467 / 55,868 / 4,471,852 | 195 / 1,108 / 99,578       | 203 / 1,306 / 101,828     |
+//!
+//! Word shares: train 95.7 %, valid 2.1 %, test 2.2 %. Files (documents separated by empty
+//! lines): `train.txt` 60,334 lines / 24.4 MB, `valid.txt` 1,302 / 0.54 MB, `test.txt` 1,508 /
+//! 0.55 MB. Other counts: MHCC 24,671 linked entries read once and 3,362 verse labels dropped,
+//! TDavid 758 labels; WEB's Hosea heading (Greek Daniel) dropped. Held-out lines of 40+
+//! characters that also occur in train: 10, all Scofield cross-reference boilerplate
+//! (`(See Scofield "Isaiah 59:20").`). About 13 s (debug build, one core); `preprocess` as
+//! above: about 6 s, a 133,452-word `dict.txt`.
 
 use std::collections::HashSet;
 use std::fmt;
