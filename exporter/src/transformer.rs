@@ -96,25 +96,37 @@ pub fn sinusoidal_table(rows: usize, dim: usize, pad: usize) -> Vec<f32> {
     table
 }
 
-/// One side's shape of layers.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Side {
-    pub(crate) dim: usize,
-    pub(crate) ffn: usize,
-    pub(crate) heads: usize,
-    pub(crate) normalize_before: bool,
-    pub(crate) activation: Activation,
+/// One side's shape of layers (encoder or decoder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Side {
+    /// Model width.
+    pub dim: usize,
+    /// Feed-forward inner width.
+    pub ffn: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Pre-norm layers.
+    pub normalize_before: bool,
+    /// The feed-forward activation.
+    pub activation: Activation,
 }
 
 impl Side {
-    pub(crate) fn head_dim(&self) -> usize {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
         self.dim / self.heads
     }
 }
 
 impl Net<'_> {
     /// `prefix` = `x @ prefix.weight.T + prefix.bias`, weight `[out, in]` in the checkpoint.
-    pub(crate) fn linear(&mut self, prefix: &str, x: &Value, in_dim: usize, out_dim: usize) -> Result<Value> {
+    pub(crate) fn linear(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Value> {
         let layer = self.linear_weights(prefix, in_dim, out_dim, true)?;
         self.apply(prefix, x, &layer)
     }
@@ -224,7 +236,12 @@ impl Net<'_> {
         self.layer_norm(norm, &sum, side.dim)
     }
 
-    pub(crate) fn activation(&mut self, activation: Activation, name: &str, x: &Value) -> Result<Value> {
+    pub(crate) fn activation(
+        &mut self,
+        activation: Activation,
+        name: &str,
+        x: &Value,
+    ) -> Result<Value> {
         match activation {
             Activation::Relu => self.g.relu(name, x),
             Activation::Tanh => self.g.tanh(name, x),
@@ -320,6 +337,12 @@ pub(crate) struct StepInputs {
 }
 
 impl StepInputs {
+    /// Whether the step runs ONNX Runtime's fused attention on `[R, E]` states (fp32
+    /// activations) rather than plain ops on `[R, 1, E]`.
+    pub(crate) fn fused(&self) -> bool {
+        self.fused
+    }
+
     /// The steps taken so far (`int64 [1]`): the `position` input with an in-place cache, else
     /// the past's length (made only when `no_positions` is false or the cache needs it).
     pub(crate) fn step(
@@ -330,7 +353,9 @@ impl StepInputs {
     ) -> Result<Option<Value>> {
         match (&self.position, past.first()) {
             (Some(p), _) => Ok(Some(p.clone())),
-            (None, Some((k, _))) if !no_positions => Ok(Some(n.g.shape("decoder.step", k, 2, 3)?)),
+            (None, Some((k, _))) if !no_positions => {
+                Ok(Some(n.g.shape("decoder.step", k, 2, 3)?))
+            }
             _ => Ok(None),
         }
     }
