@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use seqforge_schemas::contract::{
     DECODER_FILE, Dtype, ENCODER_FILE, FORMAT_VERSION, FileEntry, MANIFEST_FILE, Manifest,
-    ModelContract, ModelFiles, SpecialIds, TOKENIZER_FILE, Vocabulary,
+    ModelContract, ModelFiles, SpecialIds, TOKENIZER_FILE, Task, Vocabulary,
 };
 use tracing::info;
 
@@ -282,6 +282,7 @@ pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> R
     state.validate(&checkpoint.join(CHECKPOINT_CONFIG_FILE).display().to_string())?;
     let contract = ModelContract {
         format_version: FORMAT_VERSION,
+        task: Task::Translation,
         family: config.family.name.to_string(),
         arch: config.arch.clone(),
         src_vocab_size: c.src_vocab_size,
@@ -344,7 +345,14 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary> {
         };
         let manifest = Manifest {
             contract: compiled.contract.clone(),
-            files: ModelFiles { encoder, decoder, src_dict, tgt_dict, tokenizer },
+            files: ModelFiles {
+                encoder: Some(encoder),
+                prefill: None,
+                decoder,
+                src_dict,
+                tgt_dict,
+                tokenizer,
+            },
             source_lang: Some(config.source_lang.clone()),
             target_lang: Some(config.target_lang.clone()),
             producer: format!("seqforge-exporter {}", env!("CARGO_PKG_VERSION")),
@@ -424,12 +432,7 @@ fn install(tmp: &Path, dst: &Path) -> Result<()> {
 /// callers that want to be sure what they ship).
 pub fn verify_model_dir(dir: &Path) -> Result<Manifest> {
     let manifest = Manifest::load(dir)?;
-    let f = &manifest.files;
-    let mut entries = vec![&f.encoder, &f.decoder, &f.src_dict, &f.tgt_dict];
-    if let Some(t) = &f.tokenizer {
-        entries.push(t);
-    }
-    for e in entries {
+    for (e, _) in manifest.files.entries() {
         let path = dir.join(&e.name);
         let bytes = read(&path)?;
         let found = sha256_hex(&bytes);

@@ -180,21 +180,15 @@ impl ModelDir {
         super::init(options.ort_library.as_deref())?;
         let manifest = Manifest::load(dir)?;
         let files = &manifest.files;
-        let mut listed = vec![
-            (&files.encoder, "encoder", options.verify),
-            (&files.decoder, "decoder", options.verify),
-            (&files.src_dict, "source dictionary", true),
-            (&files.tgt_dict, "target dictionary", true),
-        ];
-        if let Some(tok) = &files.tokenizer {
-            listed.push((tok, "tokenizer", true));
-        }
-        for (entry, role, hash) in listed {
+        let task = manifest.contract.task;
+        let first = files.first_graph(task, &dir.join(contract::MANIFEST_FILE))?;
+        for (entry, role) in files.entries() {
             let path = dir.join(&entry.name);
             if !path.is_file() {
                 return Err(Error::ModelFileMissing { path, role });
             }
-            if hash {
+            let graph = matches!(role, "encoder" | "prefill" | "decoder");
+            if !graph || options.verify {
                 let found = sha256_file(&path)?;
                 if !found.eq_ignore_ascii_case(&entry.sha256) {
                     return Err(Error::ChecksumMismatch {
@@ -232,7 +226,7 @@ impl ModelDir {
         }
         let model = Self {
             dir: dir.to_path_buf(),
-            encoder_path: dir.join(&files.encoder.name),
+            encoder_path: dir.join(&first.name),
             decoder_path: dir.join(&files.decoder.name),
             manifest,
             src_vocab,
@@ -302,7 +296,7 @@ impl ModelDir {
             prepacked: Some(self.prepacked.clone()),
         };
         let encoder = load_session_on(&self.encoder_path, &config, &self.options.device)?;
-        self.check_graph(&self.encoder_path, GraphKind::Encoder, &encoder)?;
+        self.check_graph(&self.encoder_path, self.contract().task.first_graph(), &encoder)?;
         let decoder = load_session_on(&self.decoder_path, &config, &self.options.device)?;
         self.check_graph(&self.decoder_path, GraphKind::Decoder, &decoder)?;
         Ok(Sessions { encoder, decoder })
@@ -348,6 +342,16 @@ impl ModelDir {
                     .map(|(name, t)| expect(name.to_string(), t))
                     .collect();
                 (vec![plain(names::SRC_TOKENS, TensorElementType::Int64, 2)], outs)
+            }
+            GraphKind::Prefill => {
+                let mut outs = vec![plain(names::LOG_PROBS, TensorElementType::Float32, 3)];
+                outs.extend(
+                    spec.tensors
+                        .iter()
+                        .filter(|t| t.policy.follows_row())
+                        .map(|t| expect(names::present(&t.name), t)),
+                );
+                (vec![plain(names::TOKENS, TensorElementType::Int64, 2)], outs)
             }
             GraphKind::Decoder => {
                 let mut ins = vec![
