@@ -55,7 +55,12 @@ pub struct BuildOptions {
 /// present, or plain ops in FP16) otherwise. Asking for `in-place` where it cannot run is an
 /// error.
 pub fn kv_cache(c: &TransformerConfig, options: BuildOptions) -> Result<KvCache> {
-    let head_dim = c.decoder_head_dim();
+    kv_cache_for(c.decoder_head_dim(), options)
+}
+
+/// [`kv_cache`] for a decoder whose attention heads are `head_dim` wide (every Transformer
+/// decoder, decoder-only ones included).
+pub fn kv_cache_for(head_dim: usize, options: BuildOptions) -> Result<KvCache> {
     let why_not = if options.dtype == Dtype::Fp16 {
         Some("an FP16 export keeps an appended cache (the in-place kernel runs FP32 activations)")
     } else if !head_dim.is_multiple_of(8) {

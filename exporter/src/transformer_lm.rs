@@ -19,20 +19,122 @@
 //! The step graph shares the Transformer step's self-attention (in place, fused or plain; see
 //! [`crate::transformer`]). The prefill attends causally with an additive mask in fp32.
 
+use seqforge_schemas::arch::transformer::{KvCache, state_names};
+use seqforge_schemas::arch::transformer_lm::TransformerLmConfig;
 use seqforge_schemas::contract::names;
 
 use crate::error::{Error, Result};
 use crate::graph::{DType, Dim, Value};
 use crate::net::{Net, i};
-use crate::transformer::{BuildOptions, Side};
+use crate::transformer::{BuildOptions, Side, kv_cache_for};
 use crate::weights::Weights;
-use seqforge_schemas::arch::transformer::state_names;
 
 /// The additive bias of masked attention scores (fp32), as in [`crate::transformer`].
 const MASKED_SCORE: f32 = -1e9;
 
-/// The name of the prefill graph's token input.
-pub const PREFILL_TOKENS: &str = "tokens";
+/// The self-attention cache of an export (see [`crate::transformer::kv_cache`]).
+pub fn kv_cache(c: &TransformerLmConfig, options: BuildOptions) -> Result<KvCache> {
+    kv_cache_for(c.head_dim(), options)
+}
+
+/// The graphs' view of a (validated) `transformer_lm` config: which checkpoint tensors make
+/// the input embedding and the output layer, tied weights included (fairseq's
+/// `TiedHeadModule` and `TiedLinear` read the adaptive input's tables and projections).
+pub fn spec(c: &TransformerLmConfig) -> Result<LmSpec> {
+    let bounds = |bands: &[seqforge_schemas::arch::transformer_lm::Band]| {
+        std::iter::once(0).chain(bands.iter().map(|b| b.end)).collect::<Vec<_>>()
+    };
+    let input_bands = c.input_bands();
+    let input = match &input_bands {
+        Some(b) => InputSpec::Adaptive {
+            bounds: bounds(b),
+            dims: b.iter().map(|b| b.dim).collect(),
+            out: c.input_dim(),
+        },
+        None => InputSpec::Table { dim: c.input_dim() },
+    };
+    let output = match c.softmax_bands() {
+        None => OutputSpec::Projection {
+            table: if c.shares_output_projection() {
+                "decoder.embed_tokens.weight".into()
+            } else {
+                "decoder.output_projection.weight".into()
+            },
+        },
+        Some(sb) => {
+            let tied = match (&input_bands, c.tie_adaptive_weights) {
+                (Some(ib), true) => Some(ib),
+                (None, true) => {
+                    return Err(Error::Usage(
+                        "tie_adaptive_weights without adaptive_input: nothing to tie to".into(),
+                    ));
+                }
+                (_, false) => None,
+            };
+            let t = |b: usize, k: usize| format!("decoder.embed_tokens.embeddings.{b}.{k}.weight");
+            let own = |i: usize, k: usize| format!("decoder.adaptive_softmax.tail.{i}.{k}.weight");
+            let head = match tied {
+                Some(ib) => HeadSpec::Tied { table: t(0, 0), emb_dim: ib[0].dim },
+                None => HeadSpec::Untied,
+            };
+            let tails = (1..sb.len())
+                .map(|b| match tied {
+                    Some(ib) => TailSpec {
+                        dim: ib[b].dim,
+                        proj: if c.tie_adaptive_proj {
+                            (t(b, 1), true)
+                        } else {
+                            (own(b - 1, 0), false)
+                        },
+                        out: t(b, 0),
+                    },
+                    None => TailSpec {
+                        dim: sb[b].dim,
+                        proj: (own(b - 1, 0), false),
+                        out: own(b - 1, 2),
+                    },
+                })
+                .collect();
+            OutputSpec::Adaptive(AdaptiveSoftmaxSpec { bounds: bounds(&sb), head, tails })
+        }
+    };
+    Ok(LmSpec {
+        vocab: c.vocab_size,
+        pad: c.pad_index,
+        side: Side {
+            dim: c.decoder_embed_dim,
+            ffn: c.decoder_ffn_embed_dim,
+            heads: c.decoder_attention_heads,
+            normalize_before: c.decoder_normalize_before,
+            activation: c.activation_fn,
+        },
+        layers: c.decoder_layers,
+        input,
+        embed_scale: (!c.no_scale_embedding).then(|| (c.decoder_embed_dim as f64).sqrt() as f32),
+        project_in: c.has_project_in(),
+        positions: (!c.no_token_positional_embeddings)
+            .then(|| (c.decoder_learned_pos, c.max_positions())),
+        layernorm_embedding: c.layernorm_embedding,
+        final_norm: c.decoder_normalize_before && !c.no_decoder_final_norm,
+        project_out: c.has_project_out().then(|| c.output_dim()),
+        output,
+    })
+}
+
+/// Names in the checkpoint that the graphs do not read but that are legitimately there:
+/// fairseq's buffers and the aliases of tied weights (the graphs read the tables they alias).
+pub fn ignorable_tensor(c: &TransformerLmConfig, name: &str) -> bool {
+    let tied_softmax = c.tie_adaptive_weights && c.has_adaptive_softmax();
+    name == "decoder.version"
+        || name.ends_with("._float_tensor")
+        || (c.shares_output_projection() && name == "decoder.output_projection.weight")
+        || (tied_softmax
+            && (name == "decoder.adaptive_softmax.head.word_proj.weight"
+                || name == "decoder.adaptive_softmax.head.word_proj.1.weight"
+                || (name.starts_with("decoder.adaptive_softmax.tail.")
+                    && (name.ends_with(".2.weight")
+                        || (c.tie_adaptive_proj && name.ends_with(".0.weight"))))))
+}
 
 /// How token ids become vectors.
 #[derive(Debug, Clone, PartialEq)]
@@ -345,7 +447,7 @@ pub fn build_prefill(
     let mut n = Net::new("seqforge_prefill", w, options);
     let dec = s.side;
     let (b, t) = (Dim::named("B"), Dim::named("T"));
-    let tokens = n.g.input(PREFILL_TOKENS, DType::I64, vec![b.clone(), t.clone()])?;
+    let tokens = n.g.input(names::TOKENS, DType::I64, vec![b.clone(), t.clone()])?;
     let pad_c = n.g.initializer_i64("pad_index", &[], &[i(s.pad)])?;
     let is_pad = n.g.equal("decoder.padding", &tokens, &pad_c)?;
     let keep = n.g.not("decoder.non_padding", &is_pad)?;
