@@ -1,7 +1,7 @@
 //! The HTTP API: routes, request checks, the JSON wire format and the metrics middleware.
 //!
 //! - `POST /v1/translate` with `{"texts": [...], "options": {...}}` (`options` optional: the
-//!   fields of [`GenerationOptions`], merged over the server's defaults; unknown fields are
+//!   fields of [`GenerationOptions`](crate::search::GenerationOptions), merged over the server's defaults; unknown fields are
 //!   errors) answers `{"translations": [{"hypotheses": [{"text", "tokens", "score",
 //!   "positional_scores"}]}], "options": {...}}` with one translation per text, in order.
 //! - `POST /v1/complete` with `{"prompts": [...], "options": {...}}` on a language model
@@ -102,19 +102,26 @@ struct WireTranslation {
     hypotheses: Vec<TranslatedHypothesis>,
 }
 
-/// The two text routes: what each needs and how it names its texts and answers.
+/// The answer of either text route: `translations` or `completions` (serialized from the
+/// typed values, so scores print as the f32 they are).
+#[derive(Serialize)]
+struct TextsResponse<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    translations: Option<Vec<WireTranslation>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completions: Option<Vec<WireTranslation>>,
+    options: &'a crate::search::GenerationOptions,
+}
+
+/// The two text routes: what each needs.
 #[derive(Debug, Clone, Copy)]
 struct TextRoute {
     path: &'static str,
     task: Task,
-    /// The key of the answers in the response.
-    answers: &'static str,
 }
 
-const TRANSLATE: TextRoute =
-    TextRoute { path: "/v1/translate", task: Task::Translation, answers: "translations" };
-const COMPLETE: TextRoute =
-    TextRoute { path: "/v1/complete", task: Task::LanguageModeling, answers: "completions" };
+const TRANSLATE: TextRoute = TextRoute { path: "/v1/translate", task: Task::Translation };
+const COMPLETE: TextRoute = TextRoute { path: "/v1/complete", task: Task::LanguageModeling };
 
 /// The router of the server's three routes, with the metrics middleware.
 pub fn router(app: Arc<App>) -> Router {
@@ -275,15 +282,14 @@ async fn serve_texts(
         reply.map_err(|_| ApiError::Internal("the request was dropped by the batcher".into()))?;
     let answers: Vec<WireTranslation> =
         reply?.into_iter().map(|t| WireTranslation { hypotheses: t.hypotheses }).collect();
-    let mut body = serde_json::Map::new();
-    body.insert(
-        route.answers.into(),
-        serde_json::to_value(answers).map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
-    body.insert(
-        "options".into(),
-        serde_json::to_value(&options).map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
+    let body = match route.task {
+        Task::Translation => {
+            TextsResponse { translations: Some(answers), completions: None, options: &options }
+        }
+        Task::LanguageModeling => {
+            TextsResponse { translations: None, completions: Some(answers), options: &options }
+        }
+    };
     Ok(json_response(StatusCode::OK, &body))
 }
 
