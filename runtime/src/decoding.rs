@@ -79,8 +79,19 @@ pub trait IncrementalDecoder {
     /// The longest target the model can decode (its maximum target positions).
     fn max_target_positions(&self) -> usize;
 
+    /// The maximum target positions left for the output of `source` (the search decodes at
+    /// most this minus one tokens before EOS): [`IncrementalDecoder::max_target_positions`] for
+    /// an encoder-decoder model; a decoder-only model, whose prompt (`source`) takes positions
+    /// of the same sequence, returns what the prompt leaves.
+    fn max_target_positions_for(&self, source: &[u32]) -> usize {
+        let _ = source;
+        self.max_target_positions()
+    }
+
     /// Encodes a batch of source sentences, each a list of token ids ending with EOS.
     /// Padding is the backend's business: results must not depend on how sentences are batched.
+    /// For a decoder-only model a source is a prompt (its ids, then EOS) and encoding consumes
+    /// it (the prefill); the first step then returns the prompt's next-token distribution.
     fn encode(&mut self, sources: &[Vec<u32>]) -> Result<Self::Encoded, Self::Error>;
 
     /// A fresh state with `rows_per_sentence` rows for each encoded sentence (row

@@ -104,8 +104,8 @@
 //! `position` = the tokens consumed so far (`T` at the first step after the prefill) and the
 //! `past.{name}` of the prefill's `present.{name}`. Its `log_probs` at position `P - 1`
 //! (`P` = [`ModelContract::max_target_positions`], which counts the leading `eos`) are the last a
-//! model computes, so a prompt of `T` tokens leaves room for `P - T` generated tokens, EOS
-//! included. For a language model `max_source_positions` is the longest prompt (leading `eos`
+//! model computes, so a prompt of `T` tokens leaves room for `P - T + 1` generated tokens, the
+//! last of which a search forces to be EOS. For a language model `max_source_positions` is the longest prompt (leading `eos`
 //! included) and `src_vocab_size == tgt_vocab_size`.
 //!
 //! ## Versions

@@ -9,6 +9,6 @@ pub mod session;
 
 pub use device::Device;
 pub use library::{LibraryOrigin, ORT_VERSION, environment, init, locate};
-pub use model::{ModelDir, OnnxDecoder, RuntimeOptions};
+pub use model::{ModelDir, OnnxDecoder, RuntimeOptions, lm_input};
 pub use session::load_session_on;
 pub use session::{SessionConfig, load_session, load_session_from_memory};
