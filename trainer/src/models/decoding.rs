@@ -89,6 +89,17 @@ pub struct DecodingInfo {
 /// implements so that search, `--eval-bleu` and the export check can drive it.
 ///
 /// Both methods run in eval mode (no dropout); callers hold a `no_grad` guard.
+///
+/// **Decoder-only models** (language models, e.g.
+/// [`TransformerLm`](crate::models::transformer_lm::TransformerLm)) follow this convention:
+/// `start` receives the *prompt* as the model's input (`Int64 [batch, len]`, `len ≥ 1`, EOS
+/// first as fairseq's LM generation starts, no padding), runs the decoder over all its
+/// positions at once ("prefill"), fills the caches with them and stores the fp32
+/// log-probabilities `[batch, vocab]` of the token after the prompt in the state under
+/// `prefill.log_probs`. `step` first looks for `prefill.log_probs`: when present it removes it
+/// from the state and returns it, ignoring the fed tokens (the search feeds EOS at its step 0);
+/// otherwise it feeds the tokens at position = the current cache length. Rows are reordered as
+/// usual in between (`prefill.log_probs` is a per-row tensor like the others).
 pub trait StepModel {
     /// Sizes and ids.
     fn decoding_info(&self) -> DecodingInfo;
