@@ -16,6 +16,7 @@ pub fn factory() -> ModelFactory {
         augment_args: <TransformerLmArgs as clap::Args>::augment_args,
         apply_args: transformer_lm_apply_args,
         build: build_transformer_lm,
+        decoder_only: true,
     }
 }
 
@@ -105,10 +106,8 @@ pub struct TransformerLmArgs {
     /// Do not scale embeddings by sqrt(dim).
     #[arg(long)]
     pub no_scale_embedding: bool,
-    /// Block size of the language-model data; the default maximum input length.
-    #[arg(long)]
-    pub tokens_per_sample: Option<usize>,
-    /// Longest input in tokens (default: --tokens-per-sample).
+    /// Longest input in tokens (default: the task's --tokens-per-sample, which the
+    /// `language_modeling` task sets in the model's config).
     #[arg(long)]
     pub max_target_positions: Option<usize>,
 }
@@ -127,7 +126,6 @@ impl TransformerLmArgs {
         set(&mut c.adaptive_softmax_dropout, self.adaptive_softmax_dropout);
         set(&mut c.adaptive_softmax_factor, self.adaptive_softmax_factor);
         set(&mut c.adaptive_input_factor, self.adaptive_input_factor);
-        set(&mut c.tokens_per_sample, self.tokens_per_sample);
         if self.decoder_output_dim.is_some() {
             c.decoder_output_dim = self.decoder_output_dim;
         }
