@@ -465,3 +465,29 @@ fn flags_override_presets_as_fairseq() -> TestResult {
     assert_eq!(model.max_positions(), (64, 64));
     Ok(())
 }
+
+#[test]
+fn beam_search_continues_the_prompt() -> TestResult {
+    use seqforge_runtime::search::{GenerationOptions, generate};
+    let (_, model) = build(&adaptive())?;
+    let prompts = vec![vec![EOS, 5, 9, 7], vec![EOS, 13, 6, 30]];
+    let options = GenerationOptions { beam: 3, nbest: 3, max_len_b: 6, ..Default::default() };
+    let results = generate(&mut TorchDecoder::new(&model), &prompts, &options)?;
+    let mut worst = 0f64;
+    for (prompt, hypotheses) in prompts.iter().zip(&results) {
+        assert_eq!(hypotheses.len(), 3);
+        for h in hypotheses {
+            let mut input = prompt.clone();
+            input.extend_from_slice(&h.tokens[..h.tokens.len() - 1]);
+            let full = full_lprobs(&model, &[input])?;
+            for (t, (&token, &score)) in h.tokens.iter().zip(&h.positional_scores).enumerate() {
+                let position = (prompt.len() - 1 + t) as i64;
+                let want = full.f_double_value(&[0, position, i64::from(token)])?;
+                worst = worst.max((f64::from(score) - want).abs());
+            }
+        }
+    }
+    eprintln!("beam positional scores vs full model: {worst:e}");
+    assert!(worst <= 1e-4, "{worst}");
+    Ok(())
+}
