@@ -58,7 +58,7 @@ impl AdaptiveInput {
     /// for `bands` (from `TransformerLmConfig::input_bands`). As fairseq: embeddings normal with
     /// std `dim^-0.5` and row `padding_idx` of *every* band zeroed at initialisation (only band
     /// 0 treats it as padding), projections xavier-uniform without bias.
-    pub fn new(
+    pub(crate) fn new(
         scope: &Scope<'_, '_>,
         bands: &[Band],
         padding_idx: i64,
@@ -169,7 +169,7 @@ impl AdaptiveSoftmax {
     /// `TransformerLmConfig::softmax_bands`) over features of width `input_dim`, tied to
     /// `tied_input` when given (`tie_adaptive_weights`; its projections too with `tie_proj`).
     /// Own weights are xavier-uniform without bias, as fairseq's `init_weights`.
-    pub fn new(
+    pub(crate) fn new(
         scope: &Scope<'_, '_>,
         bands: &[Band],
         input_dim: i64,

@@ -16,7 +16,6 @@ use crate::models::testing::{
     EOS, FairseqFixture, PAD, Res, TOL, Tokens, check_dropout_only_in_train_mode, max_abs_diff,
     max_abs_diff_slices, padded, perturb,
 };
-use crate::train::model::Model;
 use seqforge_runtime::decoding::IncrementalDecoder;
 use seqforge_schemas::arch::transformer::KvCache;
 
@@ -232,8 +231,8 @@ fn adaptive_parameters_have_fairseq_names_and_tying() -> TestResult {
     assert_eq!(sizes[&e(2, 1)], [16, 1]);
     assert_eq!(sizes[&a("head.class_proj.weight")], [2, 16]);
     // Band 0's padding row starts at zero; every band's row `pad` is zeroed as fairseq does.
-    let emb0 = &sizes.get(&e(0, 0)).map(|_| ()).map(|_| vs.variables()[&e(0, 0)].shallow_clone());
-    let row = emb0.as_ref().ok_or("no band 0")?.f_select(0, PAD)?;
+    let band0 = vs.variables().remove(&e(0, 0)).ok_or("no band 0")?;
+    let row = band0.f_select(0, PAD)?;
     assert_eq!(row.f_abs()?.f_sum(Kind::Float)?.f_double_value(&[])?, 0.0);
     // Untied: own head and tails.
     let (_, untied) = variants().remove(2);
@@ -464,5 +463,31 @@ fn flags_override_presets_as_fairseq() -> TestResult {
     let model = (f.build)(&vs.root(), &tiny, &ctx)?;
     assert!(model.adaptive_softmax().is_some());
     assert_eq!(model.max_positions(), (64, 64));
+    Ok(())
+}
+
+#[test]
+fn beam_search_continues_the_prompt() -> TestResult {
+    use seqforge_runtime::search::{GenerationOptions, generate};
+    let (_, model) = build(&adaptive())?;
+    let prompts = vec![vec![EOS, 5, 9, 7], vec![EOS, 13, 6, 30]];
+    let options = GenerationOptions { beam: 3, nbest: 3, max_len_b: 6, ..Default::default() };
+    let results = generate(&mut TorchDecoder::new(&model), &prompts, &options)?;
+    let mut worst = 0f64;
+    for (prompt, hypotheses) in prompts.iter().zip(&results) {
+        assert_eq!(hypotheses.len(), 3);
+        for h in hypotheses {
+            let mut input = prompt.clone();
+            input.extend_from_slice(&h.tokens[..h.tokens.len() - 1]);
+            let full = full_lprobs(&model, &[input])?;
+            for (t, (&token, &score)) in h.tokens.iter().zip(&h.positional_scores).enumerate() {
+                let position = (prompt.len() - 1 + t) as i64;
+                let want = full.f_double_value(&[0, position, i64::from(token)])?;
+                worst = worst.max((f64::from(score) - want).abs());
+            }
+        }
+    }
+    eprintln!("beam positional scores vs full model: {worst:e}");
+    assert!(worst <= 1e-4, "{worst}");
     Ok(())
 }
