@@ -127,3 +127,23 @@ pub trait IncrementalDecoder {
     /// Number of rows in a state.
     fn rows(&self, state: &Self::State) -> usize;
 }
+
+/// A decoder-only model's input for a source (a prompt, normally ending with EOS, as the text
+/// pipeline makes every source): `[eos] + prompt`, as fairseq's language-model generation
+/// starts from EOS. Every backend of a language model (ONNX Runtime, the trainer's libtorch)
+/// feeds this.
+pub fn lm_input(source: &[u32], eos: u32) -> Vec<u32> {
+    let prompt = source.strip_suffix(&[eos]).unwrap_or(source);
+    let mut row = Vec::with_capacity(prompt.len() + 1);
+    row.push(eos);
+    row.extend_from_slice(prompt);
+    row
+}
+
+/// What a prompt (`source`) leaves of a decoder-only model's `positions` for the search:
+/// `positions − T + 1` for the `T` tokens of [`lm_input`], so that the search's last step
+/// runs at position `positions − 1` (its
+/// [`IncrementalDecoder::max_target_positions_for`]).
+pub fn lm_positions_left(positions: usize, source: &[u32], eos: u32) -> usize {
+    (positions + 1).saturating_sub(lm_input(source, eos).len())
+}

@@ -92,7 +92,9 @@ use sha2::{Digest, Sha256};
 
 use super::device::Device;
 use super::session::{SessionConfig, load_session_on};
-use crate::decoding::{IncrementalDecoder, LogProbs, SpecialTokens, TopLogProbs};
+use crate::decoding::{
+    IncrementalDecoder, LogProbs, SpecialTokens, TopLogProbs, lm_input, lm_positions_left,
+};
 use crate::lm::LmScorer;
 use crate::{Error, Result};
 
@@ -933,16 +935,6 @@ impl OnnxDecoder {
     }
 }
 
-/// A language model's input for a source (a prompt, normally ending with EOS): `[eos] +
-/// prompt`, as fairseq's language-model generation starts from EOS.
-pub fn lm_input(source: &[u32], eos: u32) -> Vec<u32> {
-    let prompt = source.strip_suffix(&[eos]).unwrap_or(source);
-    let mut row = Vec::with_capacity(prompt.len() + 1);
-    row.push(eos);
-    row.extend_from_slice(prompt);
-    row
-}
-
 /// Runs a prefill graph on `rows`, right-padded with `pad` to the longest.
 fn run_prefill<'s>(
     session: &'s mut Session,
@@ -1531,7 +1523,7 @@ impl IncrementalDecoder for OnnxDecoder {
     /// (`[eos] + prompt`), so that the search's last step runs at position `P - 1`.
     fn max_target_positions_for(&self, source: &[u32]) -> usize {
         let p = self.contract().max_target_positions;
-        if self.lm { (p + 1).saturating_sub(lm_input(source, self.special.eos).len()) } else { p }
+        if self.lm { lm_positions_left(p, source, self.special.eos) } else { p }
     }
 
     fn encode(&mut self, sources: &[Vec<u32>]) -> Result<Encoded> {

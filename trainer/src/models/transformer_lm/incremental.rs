@@ -54,6 +54,10 @@ impl StepModel for TransformerLm {
         TransformerLm::device(self)
     }
 
+    fn decoder_only(&self) -> bool {
+        true
+    }
+
     /// Prefills the caches with the prompt `tokens` (`[rows, len]`, EOS first, no padding).
     fn start(&self, tokens: &Tensor) -> Result<TorchState> {
         let (lprobs, cache) = self.prefill(tokens)?;

@@ -165,7 +165,7 @@ fn incremental_diff(model: &TransformerLm, fixture: &FairseqFixture) -> Res<f64>
                 .collect())
         })
         .collect::<Res<_>>()?;
-    let encoded = decoder.encode(&prompts)?;
+    let encoded = decoder.encode(&as_sources(&prompts))?;
     let mut state = decoder.init_state(&encoded, 1)?;
     // Step 0 returns the prefill's last position (the fed EOS is ignored).
     let lp = decoder.step(&vec![EOS; prompts.len()], &mut state)?;
@@ -259,7 +259,7 @@ fn prefill_and_cached_steps_equal_the_full_forward() -> TestResult {
             .map(|_| std::iter::once(EOS).chain((0..3).map(|_| rng.next(40))).collect())
             .collect();
         let mut decoder = TorchDecoder::new(&model);
-        let encoded = decoder.encode(&rows)?;
+        let encoded = decoder.encode(&as_sources(&rows))?;
         let mut state = decoder.init_state(&encoded, 1)?;
         let mut cached = vec![decoder.step(&[EOS; 3], &mut state)?];
         for _ in 0..8 {
@@ -415,7 +415,7 @@ fn bf16_and_fp16_train_and_decode() -> TestResult {
         let got = tch::no_grad(|| loss_of(&model))?;
         assert!((got - want).abs() / want < 0.02, "{kind:?}: {got} vs {want}");
         let mut decoder = TorchDecoder::new(&model);
-        let encoded = decoder.encode(&[vec![EOS, 5, 6], vec![EOS, 7, 8]])?;
+        let encoded = decoder.encode(&[vec![5, 6, EOS], vec![7, 8, EOS]])?;
         let mut state = decoder.init_state(&encoded, 2)?;
         for _ in 0..3 {
             let lp = decoder.step(&[9; 4], &mut state)?;
@@ -466,13 +466,19 @@ fn flags_override_presets_as_fairseq() -> TestResult {
     Ok(())
 }
 
+/// The sources a search is given for model inputs `[EOS, p₁, …]`: the prompts `[p₁, …, EOS]`
+/// (the decoder feeds `[EOS] + prompt`, as the runtime does).
+fn as_sources(inputs: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    inputs.iter().map(|r| r[1..].iter().copied().chain([EOS]).collect()).collect()
+}
+
 #[test]
 fn beam_search_continues_the_prompt() -> TestResult {
     use seqforge_runtime::search::{GenerationOptions, generate};
     let (_, model) = build(&adaptive())?;
     let prompts = vec![vec![EOS, 5, 9, 7], vec![EOS, 13, 6, 30]];
     let options = GenerationOptions { beam: 3, nbest: 3, max_len_b: 6, ..Default::default() };
-    let results = generate(&mut TorchDecoder::new(&model), &prompts, &options)?;
+    let results = generate(&mut TorchDecoder::new(&model), &as_sources(&prompts), &options)?;
     let mut worst = 0f64;
     for (prompt, hypotheses) in prompts.iter().zip(&results) {
         assert_eq!(hypotheses.len(), 3);
