@@ -125,7 +125,7 @@ pub fn spec(c: &TransformerLmConfig) -> Result<LmSpec> {
 /// fairseq's buffers and the aliases of tied weights (the graphs read the tables they alias).
 pub fn ignorable_tensor(c: &TransformerLmConfig, name: &str) -> bool {
     let tied_softmax = c.tie_adaptive_weights && c.has_adaptive_softmax();
-    name == "decoder.version"
+    matches!(name, "decoder.version" | "decoder.adaptive_softmax.version")
         || name.ends_with("._float_tensor")
         || (c.shares_output_projection() && name == "decoder.output_projection.weight")
         || (tied_softmax
