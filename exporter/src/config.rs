@@ -179,6 +179,17 @@ impl CheckpointConfig {
                 (Some(source_lang), Some(target_lang), files)
             }
             Task::LanguageModeling => {
+                let task_flag = |key: &str| {
+                    raw.task.as_ref().and_then(|t| t.config.get(key)?.as_bool()).unwrap_or(false)
+                };
+                if task_flag("add_bos_token") {
+                    return Err(config_error(
+                        "the language model was trained with --add-bos-token: its inputs start \
+                         with <s>, which exported models do not do yet (they start with </s>, \
+                         as fairseq's default); retrain without --add-bos-token"
+                            .into(),
+                    ));
+                }
                 fill("vocab_size", LM_DICT_FILE)?;
                 (None, None, (LM_DICT_FILE.to_string(), LM_DICT_FILE.to_string()))
             }
