@@ -2,7 +2,7 @@
 //!
 //! setup → English corpus (two Bibles and three commentaries from Debian's SWORD packages,
 //! split by book) → a 16k byte-level BPE + monolingual binarization (`preprocess
-//! --only-source`) → train fairseq's `transformer_lm` (`--lm-variant adaptive`: adaptive input
+//! --only-source`) → train fairseq's `transformer_lm_gpt` at 4 × 256 (`--lm-variant adaptive`: adaptive input
 //! and adaptive softmax with tied weights and `adaptive_loss`; `plain`: one shared embedding
 //! and a full softmax) on CPU for a bounded time → perplexity of the valid and test splits with
 //! `seqforge-train eval-lm` (libtorch) → export FP32 ONNX → test perplexity again with
@@ -44,8 +44,8 @@ impl LmVariant {
     }
 }
 
-/// The demo's decoder: 4 pre-norm layers × 256 (fairseq's `transformer_lm` with smaller sizes),
-/// blocks of 256 tokens across sentence boundaries.
+/// The demo's decoder: fairseq's `transformer_lm_gpt` (pre-norm, GELU, attention dropout 0.1)
+/// at 4 layers × 256, blocks of 256 tokens across sentence boundaries.
 const LM_FLAGS: &[&str] = &[
     "--task",
     "language_modeling",
@@ -54,7 +54,7 @@ const LM_FLAGS: &[&str] = &[
     "--sample-break-mode",
     "none",
     "--arch",
-    "transformer_lm",
+    "transformer_lm_gpt",
     "--decoder-layers",
     "4",
     "--decoder-embed-dim",
@@ -63,7 +63,6 @@ const LM_FLAGS: &[&str] = &[
     "1024",
     "--decoder-attention-heads",
     "4",
-    "--decoder-normalize-before",
     "--dropout",
     "0.1",
 ];
