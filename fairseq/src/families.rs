@@ -434,3 +434,36 @@ pub fn upgrade_fconv(
     drop_buffers(sd);
     Ok(())
 }
+
+/// Turns `family`'s refusal (`message`) of a mapped `config` into an error naming the argument
+/// at fault: the first argument of `args` whose preset value makes the config valid again is
+/// reported as an [`Error::UnsupportedOption`]; otherwise [`Error::Config`] with the message.
+pub fn blame(
+    path: &Path,
+    arch: &str,
+    family: &Family,
+    config: &Json,
+    args: &Args,
+    message: String,
+) -> Error {
+    let preset = (family.preset)(arch).unwrap_or(Json::Null);
+    if let Some(fields) = config.as_object() {
+        for (key, value) in fields {
+            let (Some(arg), Some(default)) = (args.get(key), preset.get(key)) else { continue };
+            if value == default {
+                continue;
+            }
+            let mut reverted = config.clone();
+            reverted[key] = default.clone();
+            if (family.validate)(&reverted).is_ok() {
+                return Error::UnsupportedOption {
+                    path: path.to_path_buf(),
+                    option: key.clone(),
+                    value: show(arg),
+                    reason: message,
+                };
+            }
+        }
+    }
+    Error::Config { path: path.to_path_buf(), message }
+}

@@ -92,8 +92,9 @@ impl Imported {
                 .ok_or_else(|| Error::MissingTensor { path: path.clone(), name: tensor.into() })?;
             config[key] = t.shape.first().copied().unwrap_or(0).into();
         }
-        (family.validate)(&config)
-            .map_err(|e| Error::Config { path: path.clone(), message: e.to_string() })?;
+        (family.validate)(&config).map_err(|e| {
+            families::blame(&path, &arch, family, &config, &model_args, e.to_string())
+        })?;
         let lang = |key: &str| task_args.get(key).and_then(|v| v.as_str()).map(str::to_string);
         Ok(Self {
             source_lang: lang("source_lang"),

@@ -53,6 +53,18 @@ impl TensorRef {
         Some(t)
     }
 
+    /// Whether the view is row-major contiguous (dimensions of size 1 may have any stride).
+    pub fn is_contiguous(&self) -> bool {
+        let mut expected = 1usize;
+        for (&n, &s) in self.shape.iter().zip(&self.stride).rev() {
+            if n != 1 && s != expected {
+                return false;
+            }
+            expected = expected.saturating_mul(n);
+        }
+        true
+    }
+
     /// One past the largest element index the view touches (0 for an empty tensor), or `None`
     /// on overflow.
     fn span(&self) -> Option<usize> {
@@ -427,7 +439,7 @@ impl TorchFile {
         match &mut self.container {
             Container::Zip { archive, prefix } => {
                 let name = format!("{prefix}data/{}", t.storage);
-                let bytes = read_entry(archive, &name, &self.path, self.file_len)?;
+                let mut bytes = read_entry(archive, &name, &self.path, self.file_len)?;
                 if bytes.len() < need {
                     return Err(storage_err(format!(
                         "{} bytes stored, {need} needed (truncated?)",
@@ -435,7 +447,9 @@ impl TorchFile {
                     )));
                 }
                 let (start, end) = (t.offset * size, span * size);
-                Ok(bytes[start.min(end)..end].to_vec())
+                bytes.truncate(end);
+                bytes.drain(..start.min(end));
+                Ok(bytes)
             }
             Container::Legacy { file } => {
                 let base = info.file_offset.ok_or_else(|| storage_err("not located".into()))?;
@@ -478,8 +492,18 @@ impl TorchFile {
                 _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             }
         };
-        // Element indices relative to the span's start, in row-major order of the view.
         let n = t.numel();
+        if t.is_contiguous() {
+            return Ok(match t.dtype {
+                DType::F32 => bytes
+                    .chunks_exact(4)
+                    .take(n)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                _ => (0..n).map(value).collect(),
+            });
+        }
+        // Element indices relative to the span's start, in row-major order of the view.
         let mut out = Vec::with_capacity(n);
         if n == 0 {
             return Ok(out);
