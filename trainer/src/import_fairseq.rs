@@ -276,3 +276,69 @@ pub fn run(args: &ImportFairseqArgs) -> Result<ImportReport> {
         seconds: start.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    }
+
+    fn args(pt: &str, data: &str, out: &Path) -> ImportFairseqArgs {
+        ImportFairseqArgs {
+            checkpoint: repo().join("fairseq_import").join(pt),
+            data: repo().join("fairseq").join(data),
+            out: out.to_path_buf(),
+            use_ema: false,
+            source_lang: None,
+            target_lang: None,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn imports_a_loadable_checkpoint() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("ckpt");
+        let report = run(&args("noscale_tied.pt", "separate", &out))?;
+        assert_eq!((report.arch.as_str(), report.num_updates), ("transformer", 250));
+        let ckpt = checkpoint::load(&out)?;
+        assert_eq!(ckpt.config.dictionaries[0].name, "dict.en.txt");
+        assert_eq!(ckpt.config.dictionaries[1].size, 32);
+        // The trainer's loader takes it: same tensors as the model it builds.
+        let registry = Registry::with_builtins()?;
+        let ctx = ModelContext { src_vocab_size: 56, tgt_vocab_size: 32, pad_index: 1 };
+        let (_vs, model) =
+            crate::train::model::load_checkpoint_model(&ckpt, &registry, &ctx, Device::Cpu)?;
+        assert_eq!(model.state_dict().len(), ckpt.model.len());
+        // A second import refuses to overwrite without --force, and replaces with it.
+        let e = run(&args("noscale_tied.pt", "separate", &out));
+        assert!(matches!(e, Err(Error::OutputExists { .. })), "{e:?}");
+        run(&ImportFairseqArgs { force: true, ..args("noscale_tied.pt", "separate", &out) })?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_dictionary_of_another_size_is_refused_and_nothing_is_written() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("ckpt");
+        // Trained on the joined dictionary (96 symbols), given the separate ones (56/32).
+        let e = run(&args("postnorm_shared.pt", "separate", &out)).err().ok_or("accepted")?;
+        let text = e.to_string();
+        assert!(matches!(e, Error::Dictionary { .. }), "{text}");
+        assert!(text.contains("dict.en.txt") && text.contains("encoder.embed_tokens.weight"), "{text}");
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 0, "left something behind");
+        // An unreadable checkpoint: nothing either.
+        let bad = dir.path().join("bad.pt");
+        std::fs::write(&bad, b"PK\x03\x04 not really")?;
+        let e = run(&ImportFairseqArgs { checkpoint: bad.clone(), ..args("x", "separate", &out) });
+        assert!(matches!(&e, Err(Error::Fairseq(_))), "{e:?}");
+        assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("bad.pt"));
+        assert!(!out.exists());
+        Ok(())
+    }
+}
