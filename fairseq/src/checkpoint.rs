@@ -99,10 +99,9 @@ impl FairseqCheckpoint {
             .to_string();
         let (what, dict) = match weights {
             Weights::Model => ("model", root.get("model")),
-            Weights::Ema => (
-                "extra_state[\"ema\"]",
-                root.get("extra_state").and_then(|e| e.get("ema")),
-            ),
+            Weights::Ema => {
+                ("extra_state[\"ema\"]", root.get("extra_state").and_then(|e| e.get("ema")))
+            }
         };
         let dict = dict.ok_or_else(|| match weights {
             Weights::Model => format("no state dict (\"model\")".into()),
@@ -111,7 +110,10 @@ impl FairseqCheckpoint {
             ),
         })?;
         let Value::Dict(entries) = dict else {
-            return Err(format(format!("{what} is {} where a state dict is expected", dict.kind())));
+            return Err(format(format!(
+                "{what} is {} where a state dict is expected",
+                dict.kind()
+            )));
         };
         let mut state_dict = StateDict::new();
         for (k, v) in entries {

@@ -92,14 +92,46 @@ pub fn families() -> &'static [FamilyImport] {
                 },
             ],
             unsupported: &[
-                Unsupported { option: "adaptive_softmax_cutoff", supported: OFF, reason: "no adaptive softmax" },
-                Unsupported { option: "adaptive_input", supported: OFF, reason: "no adaptive input" },
-                Unsupported { option: "tie_adaptive_weights", supported: OFF, reason: "no adaptive input" },
-                Unsupported { option: "no_cross_attention", supported: OFF, reason: "decoders always attend to the encoder" },
-                Unsupported { option: "cross_self_attention", supported: OFF, reason: "no cross+self attention" },
-                Unsupported { option: "encoder_layers_to_keep", supported: OFF, reason: "no layer pruning" },
-                Unsupported { option: "decoder_layers_to_keep", supported: OFF, reason: "no layer pruning" },
-                Unsupported { option: "char_inputs", supported: OFF, reason: "no character inputs" },
+                Unsupported {
+                    option: "adaptive_softmax_cutoff",
+                    supported: OFF,
+                    reason: "no adaptive softmax",
+                },
+                Unsupported {
+                    option: "adaptive_input",
+                    supported: OFF,
+                    reason: "no adaptive input",
+                },
+                Unsupported {
+                    option: "tie_adaptive_weights",
+                    supported: OFF,
+                    reason: "no adaptive input",
+                },
+                Unsupported {
+                    option: "no_cross_attention",
+                    supported: OFF,
+                    reason: "decoders always attend to the encoder",
+                },
+                Unsupported {
+                    option: "cross_self_attention",
+                    supported: OFF,
+                    reason: "no cross+self attention",
+                },
+                Unsupported {
+                    option: "encoder_layers_to_keep",
+                    supported: OFF,
+                    reason: "no layer pruning",
+                },
+                Unsupported {
+                    option: "decoder_layers_to_keep",
+                    supported: OFF,
+                    reason: "no layer pruning",
+                },
+                Unsupported {
+                    option: "char_inputs",
+                    supported: OFF,
+                    reason: "no character inputs",
+                },
                 Unsupported { option: "base_layers", supported: OFF, reason: "no BASE layers" },
                 Unsupported {
                     option: "decoder_output_dim",
@@ -123,7 +155,11 @@ pub fn families() -> &'static [FamilyImport] {
                     supported: Supported::Not("adaptive_loss"),
                     reason: "no adaptive softmax",
                 },
-                Unsupported { option: "residuals", supported: OFF, reason: "no residual LSTM layers" },
+                Unsupported {
+                    option: "residuals",
+                    supported: OFF,
+                    reason: "no residual LSTM layers",
+                },
             ],
             upgrade: |_, _, _, sd| {
                 drop_buffers(sd);
@@ -233,10 +269,11 @@ pub fn map_config(
     };
     let mut args = args.clone();
     for d in import.derived {
-        if d.archs.contains(&arch) && args.get(d.field).is_none_or(|v| *v == Value::None) {
-            if let Some(v) = args.get(d.from).cloned() {
-                args.insert(d.field.to_string(), v);
-            }
+        if d.archs.contains(&arch)
+            && args.get(d.field).is_none_or(|v| *v == Value::None)
+            && let Some(v) = args.get(d.from).cloned()
+        {
+            args.insert(d.field.to_string(), v);
         }
     }
     for u in import.unsupported {
@@ -245,7 +282,9 @@ pub fn map_config(
             Supported::Off => is_off(v),
             Supported::Equals(other) => {
                 *v == Value::None
-                    || args.get(other).is_some_and(|o| o.as_int().is_some() && o.as_int() == v.as_int())
+                    || args
+                        .get(other)
+                        .is_some_and(|o| o.as_int().is_some() && o.as_int() == v.as_int())
             }
             Supported::Not(bad) => v.as_str() != Some(bad),
         };
@@ -259,7 +298,10 @@ pub fn map_config(
         supported: supported_architectures().join(", "),
     })?;
     let Some(fields) = config.as_object_mut() else {
-        return Err(Error::Config { path: path.to_path_buf(), message: "preset is not an object".into() });
+        return Err(Error::Config {
+            path: path.to_path_buf(),
+            message: "preset is not an object".into(),
+        });
     };
     for (key, slot) in fields.iter_mut() {
         if matches!(key.as_str(), "src_vocab_size" | "tgt_vocab_size" | "pad_index") {
@@ -312,7 +354,7 @@ fn split_in_proj(path: &Path, sd: &mut StateDict, prefix: &str) -> Result<()> {
             expected: vec![dim * 3],
             found: t.shape.clone(),
         };
-        if rows % 3 != 0 {
+        if !rows.is_multiple_of(3) {
             return Err(bad());
         }
         for (i, p) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
@@ -326,10 +368,8 @@ fn split_in_proj(path: &Path, sd: &mut StateDict, prefix: &str) -> Result<()> {
 /// The indices `i` of `{prefix}.layers.{i}.…` in the state dict.
 fn layer_indices(sd: &StateDict, prefix: &str) -> Vec<usize> {
     let lead = format!("{prefix}.layers.");
-    let mut ids: Vec<usize> = sd
-        .keys()
-        .filter_map(|k| k.strip_prefix(&lead)?.split('.').next()?.parse().ok())
-        .collect();
+    let mut ids: Vec<usize> =
+        sd.keys().filter_map(|k| k.strip_prefix(&lead)?.split('.').next()?.parse().ok()).collect();
     ids.sort_unstable();
     ids.dedup();
     ids
@@ -376,7 +416,11 @@ pub fn upgrade_transformer(
             let norms: &[(&str, &str)] = if side == "encoder" {
                 &[("0", "self_attn_layer_norm"), ("1", "final_layer_norm")]
             } else {
-                &[("0", "self_attn_layer_norm"), ("1", "encoder_attn_layer_norm"), ("2", "final_layer_norm")]
+                &[
+                    ("0", "self_attn_layer_norm"),
+                    ("1", "encoder_attn_layer_norm"),
+                    ("2", "final_layer_norm"),
+                ]
             };
             for (old, new) in norms {
                 rename_pair(sd, &layer, &format!("layer_norms.{old}"), new);
@@ -385,8 +429,14 @@ pub fn upgrade_transformer(
                 split_in_proj(path, sd, &format!("{layer}.{attn}"))?;
             }
             for fast in [
-                "in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias",
-                "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias",
+                "in_proj_weight",
+                "in_proj_bias",
+                "out_proj_weight",
+                "out_proj_bias",
+                "fc1_weight",
+                "fc1_bias",
+                "fc2_weight",
+                "fc2_bias",
             ] {
                 sd.remove(&format!("{layer}.{fast}"));
             }
@@ -403,10 +453,11 @@ pub fn upgrade_transformer(
             sd.insert("decoder.output_projection.weight".into(), t);
         }
     }
-    if shared && !sd.contains_key("decoder.embed_tokens.weight") {
-        if let Some(t) = sd.get("encoder.embed_tokens.weight").cloned() {
-            sd.insert("decoder.embed_tokens.weight".into(), t);
-        }
+    if shared
+        && !sd.contains_key("decoder.embed_tokens.weight")
+        && let Some(t) = sd.get("encoder.embed_tokens.weight").cloned()
+    {
+        sd.insert("decoder.embed_tokens.weight".into(), t);
     }
     drop_buffers(sd);
     Ok(())

@@ -76,10 +76,12 @@ impl Imported {
         let mut config = families::map_config(&path, &arch, family, import, &model_args)?;
         let mut versions = Versions::new();
         for (name, t) in &state_dict {
-            if name.ends_with(".version") && t.numel() == 1 && t.dtype.is_float() {
-                if let Some(&v) = file.read_f32(name, t)?.first() {
-                    versions.insert(name.clone(), v);
-                }
+            if name.ends_with(".version")
+                && t.numel() == 1
+                && t.dtype.is_float()
+                && let Some(&v) = file.read_f32(name, t)?.first()
+            {
+                versions.insert(name.clone(), v);
             }
         }
         (import.upgrade)(&path, &versions, &mut config, &mut state_dict)?;

@@ -500,9 +500,11 @@ impl<'a> Unpickler<'a> {
             Global::Reconstructor => {
                 let class = args.first().map(|c| self.as_global(c)).transpose()?;
                 match class {
-                    Some(Global::Namespace) => {
-                        self.new_slot(Slot::Object { class: Global::Namespace, args: vec![], state: None })
-                    }
+                    Some(Global::Namespace) => self.new_slot(Slot::Object {
+                        class: Global::Namespace,
+                        args: vec![],
+                        state: None,
+                    }),
                     _ => return self.invalid("copyreg._reconstructor of a class not allowed"),
                 }
             }
@@ -527,7 +529,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn set_items(&mut self, slot: usize, items: Vec<Item>) -> PickleResult<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.invalid("SETITEMS with an odd number of items");
         }
         let mut it = items.into_iter();
@@ -646,7 +648,8 @@ impl<'a> Unpickler<'a> {
                 }
                 b'F' => {
                     let t = self.line()?;
-                    let v = t.parse::<f64>().or_else(|_| self.invalid(format!("bad float {t:?}")))?;
+                    let v =
+                        t.parse::<f64>().or_else(|_| self.invalid(format!("bad float {t:?}")))?;
                     self.push(Value::Float(v));
                 }
                 // Strings and bytes.
@@ -878,7 +881,10 @@ impl<'a> Unpickler<'a> {
                     self.stack.push(Item::PersistentId(Box::new(Item::Leaf(Value::Str(t)))));
                 }
                 other => {
-                    return Err(PickleError::UnsupportedOpcode { offset: self.op_at, opcode: other });
+                    return Err(PickleError::UnsupportedOpcode {
+                        offset: self.op_at,
+                        opcode: other,
+                    });
                 }
             }
         }
@@ -907,7 +913,9 @@ impl<'a> Unpickler<'a> {
             Item::Leaf(v) => v.clone(),
             Item::Mark => return self.invalid("a MARK left in a value"),
             Item::Tuple(items) => Value::Tuple(all(self, items, path)?),
-            Item::PersistentId(pid) => Value::PersistentId(Box::new(self.resolve(pid, depth + 1, path)?)),
+            Item::PersistentId(pid) => {
+                Value::PersistentId(Box::new(self.resolve(pid, depth + 1, path)?))
+            }
             Item::Ref(i) => {
                 if path.contains(i) {
                     return self.invalid("a recursive object");
@@ -920,7 +928,10 @@ impl<'a> Unpickler<'a> {
                     Slot::Dict(entries) => entries
                         .iter()
                         .map(|(k, v)| {
-                            Ok((self.resolve(k, depth + 1, path)?, self.resolve(v, depth + 1, path)?))
+                            Ok((
+                                self.resolve(k, depth + 1, path)?,
+                                self.resolve(v, depth + 1, path)?,
+                            ))
                         })
                         .collect::<PickleResult<Vec<_>>>()
                         .map(Value::Dict),

@@ -150,10 +150,10 @@ impl TorchFile {
         let byteorder = match archive.by_name(&format!("{prefix}byteorder")) {
             Ok(mut f) => {
                 let mut s = String::new();
-                f.by_ref().take(16).read_to_string(&mut s).map_err(|source| Error::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+                f.by_ref()
+                    .take(16)
+                    .read_to_string(&mut s)
+                    .map_err(|source| Error::Io { path: path.clone(), source })?;
                 s
             }
             Err(_) => "little".into(),
@@ -214,8 +214,7 @@ impl TorchFile {
         let what = "the legacy header";
         let mut at = 0;
         let next = |at: &mut usize| -> Result<Value> {
-            let (v, n) =
-                Unpickler::load(&buf[*at..]).map_err(|e| pickle_err(path, what, e))?;
+            let (v, n) = Unpickler::load(&buf[*at..]).map_err(|e| pickle_err(path, what, e))?;
             *at += n;
             Ok(v)
         };
@@ -242,10 +241,9 @@ impl TorchFile {
         }
         let root = next(&mut at)?;
         let keys = match next(&mut at)? {
-            Value::List(keys) => keys
-                .iter()
-                .map(|k| k.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>(),
+            Value::List(keys) => {
+                keys.iter().map(|k| k.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()
+            }
             _ => None,
         }
         .ok_or_else(|| Error::NotACheckpoint {
@@ -268,9 +266,9 @@ impl TorchFile {
                 .get_mut(key)
                 .ok_or_else(|| storage_err("listed but never referred to".into()))?;
             let mut n = [0u8; 8];
-            file.seek(SeekFrom::Start(at))
-                .and_then(|_| file.read_exact(&mut n))
-                .map_err(|_| storage_err("the file ends before this storage (truncated?)".into()))?;
+            file.seek(SeekFrom::Start(at)).and_then(|_| file.read_exact(&mut n)).map_err(|_| {
+                storage_err("the file ends before this storage (truncated?)".into())
+            })?;
             let numel = u64::from_le_bytes(n);
             let bytes = numel
                 .checked_mul(info.dtype.size() as u64)
@@ -432,10 +430,8 @@ impl TorchFile {
             message,
         };
         let info = self.storages.get(&t.storage).ok_or_else(|| storage_err("unknown".into()))?;
-        let need = info
-            .numel
-            .checked_mul(size)
-            .ok_or_else(|| storage_err("size overflows".into()))?;
+        let need =
+            info.numel.checked_mul(size).ok_or_else(|| storage_err("size overflows".into()))?;
         match &mut self.container {
             Container::Zip { archive, prefix } => {
                 let name = format!("{prefix}data/{}", t.storage);

@@ -27,7 +27,13 @@ enum P {
     /// `collections.OrderedDict`.
     Ordered(Vec<(String, P)>),
     /// A float32 tensor of storage `key` (`numel` elements) viewed with this shape/stride.
-    Tensor { key: String, numel: usize, offset: usize, shape: Vec<usize>, stride: Vec<usize> },
+    Tensor {
+        key: String,
+        numel: usize,
+        offset: usize,
+        shape: Vec<usize>,
+        stride: Vec<usize>,
+    },
     /// A call of an arbitrary global with no arguments.
     Call(&'static str, &'static str),
 }
@@ -222,7 +228,10 @@ fn tiny_model(vocab: usize) -> Model {
 fn write_checkpoint(path: &Path, args: P, model: &Model, extra: Vec<(String, P)>) -> TestResult {
     let mut root = vec![
         ("args".to_string(), args),
-        ("model".to_string(), P::Ordered(model.entries.iter().map(|(k, v)| (k.clone(), clone(v))).collect())),
+        (
+            "model".to_string(),
+            P::Ordered(model.entries.iter().map(|(k, v)| (k.clone(), clone(v))).collect()),
+        ),
         (
             "optimizer_history".to_string(),
             P::List(vec![P::Dict(vec![("num_updates".into(), P::Int(42))])]),
@@ -233,8 +242,8 @@ fn write_checkpoint(path: &Path, args: P, model: &Model, extra: Vec<(String, P)>
     pickle(&P::Dict(root), &mut pkl);
     pkl.push(b'.');
     let mut zip = zip::ZipWriter::new(std::fs::File::create(path)?);
-    let stored = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", stored)?;
     zip.write_all(&pkl)?;
     zip.start_file("archive/byteorder", stored)?;
@@ -249,7 +258,12 @@ fn write_checkpoint(path: &Path, args: P, model: &Model, extra: Vec<(String, P)>
     Ok(())
 }
 
-fn write(dir: &Path, name: &str, args: P, model: &Model) -> Result<PathBuf, Box<dyn std::error::Error>> {
+fn write(
+    dir: &Path,
+    name: &str,
+    args: P,
+    model: &Model,
+) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let path = dir.join(name);
     write_checkpoint(&path, args, model, vec![])?;
     Ok(path)
@@ -292,9 +306,12 @@ fn old_layouts_are_upgraded_as_fairseq_does() -> TestResult {
         for x in ["q_proj", "k_proj", "v_proj"] {
             m.remove(&format!("{side}.{x}.weight")).remove(&format!("{side}.{x}.bias"));
         }
-        m.add(&format!("{side}.in_proj_weight"), &[24, 8]).add(&format!("{side}.in_proj_bias"), &[24]);
+        m.add(&format!("{side}.in_proj_weight"), &[24, 8])
+            .add(&format!("{side}.in_proj_bias"), &[24]);
     }
-    for (new, old) in [("self_attn_layer_norm", 0), ("encoder_attn_layer_norm", 1), ("final_layer_norm", 2)] {
+    for (new, old) in
+        [("self_attn_layer_norm", 0), ("encoder_attn_layer_norm", 1), ("final_layer_norm", 2)]
+    {
         for p in ["weight", "bias"] {
             m.remove(&format!("decoder.layers.0.{new}.{p}"));
             m.add(&format!("decoder.layers.0.layer_norms.{old}.{p}"), &[8]);
@@ -316,7 +333,11 @@ fn old_layouts_are_upgraded_as_fairseq_does() -> TestResult {
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
-    assert!(!names.iter().any(|n| n.contains("in_proj") || n.contains("layer_norms") || n.contains("embed_out")));
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("in_proj") || n.contains("layer_norms") || n.contains("embed_out"))
+    );
     // k_proj is the middle third of in_proj.
     let k = i.read("encoder.layers.0.self_attn.k_proj.bias")?;
     assert_eq!(k.len(), 8);
@@ -327,7 +348,10 @@ fn old_layouts_are_upgraded_as_fairseq_does() -> TestResult {
     let args = tiny_args(vec![("encoder_normalize_before", P::Bool(true))]);
     let path = write(dir.path(), "old_enc.pt", args, &m)?;
     let e = Imported::open(&path, Weights::Model).err().ok_or("accepted")?;
-    assert!(matches!(&e, Error::UnsupportedOption { option, .. } if option == "encoder.version"), "{e}");
+    assert!(
+        matches!(&e, Error::UnsupportedOption { option, .. } if option == "encoder.version"),
+        "{e}"
+    );
     Ok(())
 }
 
@@ -337,8 +361,19 @@ fn cfg_style_checkpoints_and_ema() -> TestResult {
     let m = tiny_model(12);
     let P::Namespace(model_args) = tiny_args(vec![]) else { return Err("args".into()) };
     let cfg = P::Dict(vec![
-        ("model".into(), P::Dict(model_args.into_iter().map(|(k, v)| if k == "arch" { ("_name".into(), v) } else { (k, v) }).collect())),
-        ("task".into(), P::Dict(vec![("source_lang".into(), s("xx")), ("target_lang".into(), s("yy"))])),
+        (
+            "model".into(),
+            P::Dict(
+                model_args
+                    .into_iter()
+                    .map(|(k, v)| if k == "arch" { ("_name".into(), v) } else { (k, v) })
+                    .collect(),
+            ),
+        ),
+        (
+            "task".into(),
+            P::Dict(vec![("source_lang".into(), s("xx")), ("target_lang".into(), s("yy"))]),
+        ),
         ("common".into(), P::Dict(vec![("fp16".into(), P::Bool(true))])),
     ]);
     let ema = P::Ordered(m.entries.iter().map(|(k, v)| (k.clone(), clone(v))).collect());
@@ -409,7 +444,11 @@ fn forbidden_globals_are_named() -> TestResult {
         matches!(&e, Error::Pickle { source: PickleError::ForbiddenGlobal { module, name, .. }, .. } if module == "os" && name == "system"),
         "{e}"
     );
-    assert!(message(&e).contains("evil.pt") && message(&e).contains("os.system"), "{}", message(&e));
+    assert!(
+        message(&e).contains("evil.pt") && message(&e).contains("os.system"),
+        "{}",
+        message(&e)
+    );
     Ok(())
 }
 
@@ -421,7 +460,13 @@ fn unsupported_architectures_and_options_are_named() -> TestResult {
     let e = Imported::open(&path, Weights::Model).err().ok_or("accepted")?;
     let text = message(&e);
     assert!(matches!(e, Error::UnsupportedArch { .. }), "{text}");
-    assert!(text.contains("bart_base") && text.contains("transformer_iwslt_de_en") && text.contains("lstm") && text.contains("fconv"), "{text}");
+    assert!(
+        text.contains("bart_base")
+            && text.contains("transformer_iwslt_de_en")
+            && text.contains("lstm")
+            && text.contains("fconv"),
+        "{text}"
+    );
     for (option, value) in [
         ("adaptive_softmax_cutoff", s("1000,2000")),
         ("cross_self_attention", P::Bool(true)),
@@ -441,30 +486,46 @@ fn tensors_are_checked_by_name_and_shape() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = write(dir.path(), "ok.pt", tiny_args(vec![]), &tiny_model(12))?;
     let i = Imported::open(&path, Weights::Model)?;
-    let expected: Vec<(String, Vec<usize>)> = i.shapes().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
+    let expected: Vec<(String, Vec<usize>)> =
+        i.shapes().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
     let as_refs = |e: &[(String, Vec<usize>)]| -> Vec<(String, Vec<usize>)> { e.to_vec() };
     i.check_against(as_refs(&expected).iter().map(|(n, s)| (n.as_str(), s.clone())))?;
     // The model needs one more tensor than the file has.
     let mut more = as_refs(&expected);
     more.push(("decoder.layer_norm.weight".into(), vec![8]));
-    let e = i.check_against(more.iter().map(|(n, s)| (n.as_str(), s.clone()))).err().ok_or("accepted")?;
-    assert!(matches!(&e, Error::MissingTensor { name, .. } if name == "decoder.layer_norm.weight"), "{e}");
+    let e = i
+        .check_against(more.iter().map(|(n, s)| (n.as_str(), s.clone())))
+        .err()
+        .ok_or("accepted")?;
+    assert!(
+        matches!(&e, Error::MissingTensor { name, .. } if name == "decoder.layer_norm.weight"),
+        "{e}"
+    );
     assert!(message(&e).contains("ok.pt"));
     // Another shape.
     let mut other = as_refs(&expected);
     other[0].1 = vec![99];
-    let e = i.check_against(other.iter().map(|(n, s)| (n.as_str(), s.clone()))).err().ok_or("accepted")?;
+    let e = i
+        .check_against(other.iter().map(|(n, s)| (n.as_str(), s.clone())))
+        .err()
+        .ok_or("accepted")?;
     assert!(matches!(&e, Error::ShapeMismatch { found, .. } if *found != vec![99]), "{e}");
     // A tensor the model does not have.
     let fewer = &expected[1..];
-    let e = i.check_against(fewer.iter().map(|(n, s)| (n.as_str(), s.clone()))).err().ok_or("accepted")?;
+    let e = i
+        .check_against(fewer.iter().map(|(n, s)| (n.as_str(), s.clone())))
+        .err()
+        .ok_or("accepted")?;
     assert!(matches!(&e, Error::UnexpectedTensor { name, .. } if *name == expected[0].0), "{e}");
     // The embeddings are missing altogether.
     let mut m = tiny_model(12);
     m.remove("encoder.embed_tokens.weight");
     let path = write(dir.path(), "noemb.pt", tiny_args(vec![]), &m)?;
     let e = Imported::open(&path, Weights::Model).err().ok_or("accepted")?;
-    assert!(matches!(&e, Error::MissingTensor { name, .. } if name == "encoder.embed_tokens.weight"), "{e}");
+    assert!(
+        matches!(&e, Error::MissingTensor { name, .. } if name == "encoder.embed_tokens.weight"),
+        "{e}"
+    );
     Ok(())
 }
 
@@ -482,7 +543,10 @@ fn views_past_their_storage_are_refused() -> TestResult {
     }
     let path = write(dir.path(), "bomb.pt", tiny_args(vec![]), &m)?;
     let e = Imported::open(&path, Weights::Model).err().ok_or("accepted")?;
-    assert!(message(&e).contains("encoder.layers.0.fc1.bias") && message(&e).contains("bomb.pt"), "{e}");
+    assert!(
+        message(&e).contains("encoder.layers.0.fc1.bias") && message(&e).contains("bomb.pt"),
+        "{e}"
+    );
 
     let mut m = tiny_model(12);
     if let Some((_, values)) = m.storages.iter_mut().find(|(k, _)| k == "20") {
@@ -491,7 +555,8 @@ fn views_past_their_storage_are_refused() -> TestResult {
     let path = write(dir.path(), "short.pt", tiny_args(vec![]), &m)?;
     let mut i = Imported::open(&path, Weights::Model)?;
     let names: Vec<String> = i.shapes().map(|(n, _)| n.to_string()).collect();
-    let errors: Vec<String> = names.iter().filter_map(|n| i.read(n).err().map(|e| message(&e))).collect();
+    let errors: Vec<String> =
+        names.iter().filter_map(|n| i.read(n).err().map(|e| message(&e))).collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("short.pt") && errors[0].contains("storage 20"), "{errors:?}");
     Ok(())

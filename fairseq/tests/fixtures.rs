@@ -35,14 +35,19 @@ fn same_values(a: &mut Imported, b: &mut Imported, tol: f32) -> TestResult {
 #[test]
 fn transformer_configs_follow_the_checkpoint_and_the_architecture() -> TestResult {
     let i = open("postnorm_shared.pt")?;
-    assert_eq!((i.arch.as_str(), i.family, i.num_updates), ("transformer_tiny", "transformer", 250));
+    assert_eq!(
+        (i.arch.as_str(), i.family, i.num_updates),
+        ("transformer_tiny", "transformer", 250)
+    );
     assert_eq!(i.config["share_all_embeddings"], true);
     assert_eq!(i.config["encoder_embed_dim"], 32);
     assert_eq!(i.vocab_sizes(), (96, 96));
     assert_eq!((i.source_lang.as_deref(), i.target_lang.as_deref()), (Some("en"), Some("de")));
     // 0.12.2's fast-path copies and the buffers are gone; q/k/v are separate.
-    assert!(i.shapes().all(|(n, _)| !n.contains("in_proj") && !n.ends_with("fc1_weight")
-        && !n.ends_with(".version") && !n.ends_with("_float_tensor")));
+    assert!(i.shapes().all(|(n, _)| !n.contains("in_proj")
+        && !n.ends_with("fc1_weight")
+        && !n.ends_with(".version")
+        && !n.ends_with("_float_tensor")));
     let p = open("prenorm_learned.pt")?;
     for key in ["encoder_normalize_before", "decoder_learned_pos", "layernorm_embedding"] {
         assert_eq!(p.config[key], true, "{key}");
@@ -53,7 +58,10 @@ fn transformer_configs_follow_the_checkpoint_and_the_architecture() -> TestResul
     assert_eq!(b.arch, "transformer");
     assert_eq!(b.config["no_scale_embedding"], true);
     assert_eq!(b.config["share_decoder_input_output_embed"], true);
-    assert_eq!((b.config["decoder_ffn_embed_dim"].as_u64(), b.config["decoder_layers"].as_u64()), (Some(48), Some(1)));
+    assert_eq!(
+        (b.config["decoder_ffn_embed_dim"].as_u64(), b.config["decoder_layers"].as_u64()),
+        (Some(48), Some(1))
+    );
     Ok(())
 }
 

@@ -96,20 +96,29 @@ fn import_and_compare(name: &str, data: &str, use_ema: bool, expected_name: &str
         report.identical_hypotheses.1
     );
 
-    let sources = IndexedDataset::open(&split_prefix(&data, "test", "en", "de", "en"))?.read_all()?;
+    let sources =
+        IndexedDataset::open(&split_prefix(&data, "test", "en", "de", "en"))?.read_all()?;
     let tgt = Dictionary::load(data.join("dict.de.txt"))?;
     let model = Arc::new(ModelDir::open(&model_dir, &RuntimeOptions::default())?);
     let mut decoder = OnnxDecoder::new(model)?;
     let options = GenerationOptions { beam: 5, ..Default::default() };
     let results = generate(&mut decoder, &sources, &options)?;
-    let expected = expected(&fixtures().join("fairseq_import").join(format!("{expected_name}.generate.txt")))?;
-    ensure!(expected.len() == sources.len(), "{name}: {} expected of {}", expected.len(), sources.len());
+    let expected =
+        expected(&fixtures().join("fairseq_import").join(format!("{expected_name}.generate.txt")))?;
+    ensure!(
+        expected.len() == sources.len(),
+        "{name}: {} expected of {}",
+        expected.len(),
+        sources.len()
+    );
     let mut worst = 0f64;
     for (id, e) in &expected {
         let best = results.get(*id).and_then(|h| h.first()).context("no hypothesis")?;
         let body = &best.tokens[..best.tokens.len().saturating_sub(1)];
-        let symbols: Vec<&str> =
-            body.iter().map(|&t| tgt.symbols().get(t as usize).map_or("?", String::as_str)).collect();
+        let symbols: Vec<&str> = body
+            .iter()
+            .map(|&t| tgt.symbols().get(t as usize).map_or("?", String::as_str))
+            .collect();
         ensure!(
             symbols.join(" ") == e.symbols,
             "{name} sentence {id}: seqforge {:?}, fairseq {:?}",
@@ -118,7 +127,11 @@ fn import_and_compare(name: &str, data: &str, use_ema: bool, expected_name: &str
         );
         let score = f64::from(best.score) / std::f64::consts::LN_2;
         worst = worst.max((score - e.score).abs());
-        ensure!((score - e.score).abs() < 1e-4, "{name} sentence {id}: score {score} vs {}", e.score);
+        ensure!(
+            (score - e.score).abs() < 1e-4,
+            "{name} sentence {id}: score {score} vs {}",
+            e.score
+        );
         ensure!(best.positional_scores.len() == e.positional.len(), "{name} {id}: lengths");
         for (a, b) in best.positional_scores.iter().zip(&e.positional) {
             let a = f64::from(*a) / std::f64::consts::LN_2;

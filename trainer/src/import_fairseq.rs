@@ -196,7 +196,9 @@ pub fn run(args: &ImportFairseqArgs) -> Result<ImportReport> {
                 s.as_deref(),
                 t.as_deref(),
             )
-            .map_err(|e| Error::Languages(format!("the checkpoint records no language pair: {e}")))?;
+            .map_err(|e| {
+                Error::Languages(format!("the checkpoint records no language pair: {e}"))
+            })?;
             (pair.src, pair.tgt)
         }
     };
@@ -329,7 +331,10 @@ mod tests {
         let e = run(&args("postnorm_shared.pt", "separate", &out)).err().ok_or("accepted")?;
         let text = e.to_string();
         assert!(matches!(e, Error::Dictionary { .. }), "{text}");
-        assert!(text.contains("dict.en.txt") && text.contains("encoder.embed_tokens.weight"), "{text}");
+        assert!(
+            text.contains("dict.en.txt") && text.contains("encoder.embed_tokens.weight"),
+            "{text}"
+        );
         assert!(!out.exists());
         assert_eq!(std::fs::read_dir(dir.path())?.count(), 0, "left something behind");
         // An unreadable checkpoint: nothing either.
