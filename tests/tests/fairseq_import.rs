@@ -7,7 +7,7 @@
 //! prints. Covers post-/pre-norm, shared/tied/separate embeddings, sinusoidal/learned
 //! positions, layernorm_embedding, gelu, no_scale_embedding, the base architecture's derived
 //! defaults, fp16 training and fp16-stored weights, EMA weights, the legacy torch.save format,
-//! the LSTM and ConvS2S families.
+//! the LSTM and ConvS2S families; and `seqforge-export` taking a `.pt` directly.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -96,10 +96,22 @@ fn import_and_compare(name: &str, data: &str, use_ema: bool, expected_name: &str
         report.identical_hypotheses.1
     );
 
+    decode_and_compare(name, &model_dir, &data, expected_name)
+}
+
+/// Decodes the test split of `data` with beam 5 on the model directory `model_dir` (ONNX
+/// Runtime) and compares with `expected_name.generate.txt`; returns the largest score
+/// difference.
+fn decode_and_compare(
+    name: &str,
+    model_dir: &Path,
+    data: &Path,
+    expected_name: &str,
+) -> Result<f64> {
     let sources =
-        IndexedDataset::open(&split_prefix(&data, "test", "en", "de", "en"))?.read_all()?;
+        IndexedDataset::open(&split_prefix(data, "test", "en", "de", "en"))?.read_all()?;
     let tgt = Dictionary::load(data.join("dict.de.txt"))?;
-    let model = Arc::new(ModelDir::open(&model_dir, &RuntimeOptions::default())?);
+    let model = Arc::new(ModelDir::open(model_dir, &RuntimeOptions::default())?);
     let mut decoder = OnnxDecoder::new(model)?;
     let options = GenerationOptions { beam: 5, ..Default::default() };
     let results = generate(&mut decoder, &sources, &options)?;
@@ -181,4 +193,35 @@ fn lstm() -> Result<()> {
 #[test]
 fn fconv() -> Result<()> {
     import_and_compare("fconv", "separate", false, "fconv").map(drop)
+}
+
+#[test]
+fn fairseq_checkpoints_export_directly() -> Result<()> {
+    for (name, data) in [
+        ("postnorm_shared", "joined"),
+        ("prenorm_learned", "separate"),
+        ("lstm", "separate"),
+        ("fconv", "separate"),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let data = fixtures().join("fairseq").join(data);
+        let model_dir = dir.path().join("model");
+        let pt = fixtures().join("fairseq_import").join(format!("{name}.pt"));
+        seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(&pt, &data, &model_dir))
+            .with_context(|| format!("export {name}.pt"))?;
+        decode_and_compare(name, &model_dir, &data, name)?;
+    }
+    // A dictionary that does not fit the embeddings is refused, naming it.
+    let dir = tempfile::tempdir()?;
+    let pt = fixtures().join("fairseq_import").join("postnorm_shared.pt");
+    let e = seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(
+        &pt,
+        fixtures().join("fairseq").join("separate"),
+        dir.path().join("model"),
+    ))
+    .err()
+    .context("accepted a dictionary of another size")?;
+    ensure!(e.to_string().contains("dict.en.txt"), "{e}");
+    ensure!(!dir.path().join("model").exists());
+    Ok(())
 }
