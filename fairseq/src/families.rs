@@ -71,7 +71,15 @@ pub struct FamilyImport {
     pub unsupported: &'static [Unsupported],
     /// The family's state-dict upgrades (may adjust the config, e.g. a missing final norm).
     pub upgrade: UpgradeFn,
+    /// The config's vocabulary sizes and the embeddings whose rows give them.
+    pub vocab_sizes: &'static [(&'static str, &'static str)],
 }
+
+/// The vocabulary sizes of an encoder-decoder: the rows of its two input embeddings.
+const ENCODER_DECODER_VOCABS: &[(&str, &str)] = &[
+    ("src_vocab_size", "encoder.embed_tokens.weight"),
+    ("tgt_vocab_size", "decoder.embed_tokens.weight"),
+];
 
 /// The families fairseq checkpoints can be imported into.
 pub fn families() -> &'static [FamilyImport] {
@@ -145,6 +153,7 @@ pub fn families() -> &'static [FamilyImport] {
                 },
             ],
             upgrade: upgrade_transformer,
+            vocab_sizes: ENCODER_DECODER_VOCABS,
         },
         FamilyImport {
             family: "lstm",
@@ -165,8 +174,15 @@ pub fn families() -> &'static [FamilyImport] {
                 drop_buffers(sd);
                 Ok(())
             },
+            vocab_sizes: ENCODER_DECODER_VOCABS,
         },
-        FamilyImport { family: "fconv", derived: &[], unsupported: &[], upgrade: upgrade_fconv },
+        FamilyImport {
+            family: "fconv",
+            derived: &[],
+            unsupported: &[],
+            upgrade: upgrade_fconv,
+            vocab_sizes: ENCODER_DECODER_VOCABS,
+        },
     ];
     FAMILIES
 }

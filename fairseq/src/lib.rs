@@ -85,10 +85,7 @@ impl Imported {
             }
         }
         (import.upgrade)(&path, &versions, &mut config, &mut state_dict)?;
-        for (key, tensor) in [
-            ("src_vocab_size", "encoder.embed_tokens.weight"),
-            ("tgt_vocab_size", "decoder.embed_tokens.weight"),
-        ] {
+        for &(key, tensor) in import.vocab_sizes {
             let t = state_dict
                 .get(tensor)
                 .ok_or_else(|| Error::MissingTensor { path: path.clone(), name: tensor.into() })?;
