@@ -6,7 +6,8 @@
 //!
 //! fairseq's own checkpoint upgrades that matter for the model are applied as
 //! `checkpoint_utils._upgrade_state_dict` does: `max_positions` → `max_source_positions` /
-//! `max_target_positions`, `relu_dropout` → `activation_dropout`.
+//! `max_target_positions`, `relu_dropout` → `activation_dropout`; nested dataclass configs
+//! (`encoder: {embed_dim: …}`) are read under their flat names (`encoder_embed_dim`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -143,8 +144,21 @@ impl FairseqCheckpoint {
     }
 }
 
-/// The argument upgrades of fairseq's `_upgrade_state_dict` that concern the model.
+/// The argument upgrades of fairseq's `_upgrade_state_dict` that concern the model, and the
+/// flat names of nested dataclass fields (`cfg.model.encoder.embed_dim` →
+/// `encoder_embed_dim`, `quant_noise.pq` → `quant_noise_pq`, as fairseq's
+/// `TransformerConfig.to_namespace` names them).
 fn upgrade_args(args: &mut Args) {
+    let nested: Vec<(String, Value)> = args
+        .iter()
+        .filter(|(_, v)| matches!(v, Value::Dict(_)))
+        .flat_map(|(k, v)| {
+            v.entries().into_iter().map(move |(sub, x)| (format!("{k}_{sub}"), x.clone()))
+        })
+        .collect();
+    for (k, v) in nested {
+        args.entry(k).or_insert(v);
+    }
     if let Some(max) = args.get("max_positions").cloned() {
         args.entry("max_source_positions".into()).or_insert_with(|| max.clone());
         args.entry("max_target_positions".into()).or_insert(max);

@@ -363,10 +363,21 @@ fn cfg_style_checkpoints_and_ema() -> TestResult {
     let cfg = P::Dict(vec![
         (
             "model".into(),
+            // fairseq's dataclass layout: `_name`, and the encoder's fields nested.
             P::Dict(
                 model_args
                     .into_iter()
+                    .filter(|(k, _)| !k.starts_with("encoder_"))
                     .map(|(k, v)| if k == "arch" { ("_name".into(), v) } else { (k, v) })
+                    .chain([(
+                        "encoder".to_string(),
+                        P::Dict(vec![
+                            ("embed_dim".into(), P::Int(8)),
+                            ("ffn_embed_dim".into(), P::Int(16)),
+                            ("layers".into(), P::Int(1)),
+                            ("attention_heads".into(), P::Int(2)),
+                        ]),
+                    )])
                     .collect(),
             ),
         ),
@@ -386,6 +397,7 @@ fn cfg_style_checkpoints_and_ema() -> TestResult {
     )?;
     let i = Imported::open(&path, Weights::Ema)?;
     assert_eq!(i.arch, "transformer_tiny");
+    assert_eq!(i.config["encoder_layers"], 1);
     assert!(i.half_precision);
     assert_eq!(i.source_lang.as_deref(), Some("xx"));
     // No EMA in a checkpoint without one: the error says how to get one.
