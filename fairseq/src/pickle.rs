@@ -11,8 +11,9 @@
 //! while empty and filled later (what `SETITEMS` after `BINPUT` does) is seen filled through
 //! every reference, as in Python. [`Unpickler::load`] then resolves the arena into a tree of
 //! [`Value`]s; shared objects are copied, under a budget proportional to the input's length
-//! (a pickle referring to itself many times cannot make the tree explode), and cycles are
-//! refused.
+//! (it counts nodes and the bytes of strings, at every `GET` and in the tree, so that many
+//! references to one object or one long string cannot make the result explode), and cycles
+//! are refused.
 //!
 //! Lengths read from the input (strings, bytes, big integers) are checked against the bytes
 //! left before anything is allocated, so a corrupt or hostile length field cannot make the
@@ -313,8 +314,29 @@ pub struct Unpickler<'a> {
     marks: Vec<usize>,
     memo: HashMap<u64, Item>,
     arena: Vec<Slot>,
-    /// Nodes [`Unpickler::resolve`] may still create.
+    /// What copying may still cost (nodes plus bytes of strings), at `GET`s and in
+    /// [`Unpickler::resolve`]: bounded by the input's length, so that references to one large
+    /// value cannot amplify it.
     budget: usize,
+}
+
+/// What copying `v` costs: one node, plus the bytes it holds.
+fn value_cost(v: &Value) -> usize {
+    1 + match v {
+        Value::Str(s) => s.len(),
+        Value::Bytes(b) | Value::BigInt(b) => b.len(),
+        _ => 0,
+    }
+}
+
+/// What copying `item` costs (a reference is one node: its slot is not copied).
+fn item_cost(item: &Item) -> usize {
+    match item {
+        Item::Leaf(v) => value_cost(v),
+        Item::Tuple(items) => items.iter().fold(1usize, |n, i| n.saturating_add(item_cost(i))),
+        Item::PersistentId(i) => 1usize.saturating_add(item_cost(i)),
+        Item::Ref(_) | Item::Mark => 1,
+    }
 }
 
 const MAX_DEPTH: usize = 200;
@@ -330,8 +352,7 @@ impl<'a> Unpickler<'a> {
             marks: Vec::new(),
             memo: HashMap::new(),
             arena: Vec::new(),
-            // Each opcode can create at most one node; copies of shared objects get 16 times
-            // that, which no checkpoint comes near.
+            // Copies may cost 16 times the input, which no checkpoint comes near.
             budget: data.len().saturating_mul(16).max(1024),
         }
     }
@@ -420,8 +441,23 @@ impl<'a> Unpickler<'a> {
         Item::Ref(self.arena.len() - 1)
     }
 
-    fn memo_get(&self, key: u64) -> PickleResult<Item> {
-        self.memo.get(&key).cloned().map_or_else(|| self.invalid(format!("memo {key} unset")), Ok)
+    fn spend(&mut self, cost: usize) -> PickleResult<()> {
+        match self.budget.checked_sub(cost) {
+            Some(b) => {
+                self.budget = b;
+                Ok(())
+            }
+            None => self.invalid("too many copies of shared values (the value would explode)"),
+        }
+    }
+
+    fn memo_get(&mut self, key: u64) -> PickleResult<Item> {
+        let item = match self.memo.get(&key) {
+            Some(item) => item.clone(),
+            None => return self.invalid(format!("memo {key} unset")),
+        };
+        self.spend(item_cost(&item))?;
+        Ok(item)
     }
 
     fn memo_put(&mut self, key: u64) -> PickleResult<()> {
@@ -902,10 +938,10 @@ impl<'a> Unpickler<'a> {
         if depth > MAX_DEPTH {
             return self.invalid(format!("nested deeper than {MAX_DEPTH}"));
         }
-        self.budget = match self.budget.checked_sub(1) {
-            Some(b) => b,
-            None => return self.invalid("too many shared references (the value would explode)"),
-        };
+        self.spend(match item {
+            Item::Leaf(v) => value_cost(v),
+            _ => 1,
+        })?;
         let all = |u: &mut Self, items: &[Item], path: &mut Vec<usize>| {
             items.iter().map(|i| u.resolve(i, depth + 1, path)).collect::<PickleResult<Vec<_>>>()
         };
@@ -1027,6 +1063,19 @@ mod tests {
         p.push(b'.');
         let e = load(&p);
         assert!(matches!(e, Err(PickleError::Invalid { .. })), "{e:?}");
+    }
+
+    #[test]
+    fn references_to_a_large_string_cannot_amplify_it() {
+        // A 64 KiB string memoized, then fetched 10,000 times into a list (640 MB if copied).
+        let mut p = b"\x80\x02](X\x00\x00\x01\x00".to_vec();
+        p.extend(std::iter::repeat_n(b'a', 1 << 16));
+        p.extend_from_slice(b"q\x00");
+        for _ in 0..10_000 {
+            p.extend_from_slice(b"h\x00");
+        }
+        p.extend_from_slice(b"e.");
+        assert!(matches!(load(&p), Err(PickleError::Invalid { .. })));
     }
 
     #[test]
