@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use seqforge_schemas::contract::{
-    DECODER_FILE, Dtype, ENCODER_FILE, FORMAT_VERSION, FileEntry, MANIFEST_FILE, Manifest,
+    DECODER_FILE, Dtype, FORMAT_VERSION, FileEntry, GraphKind, MANIFEST_FILE, Manifest,
     ModelContract, ModelFiles, SpecialIds, TOKENIZER_FILE, Vocabulary,
 };
 use tracing::info;
@@ -130,8 +130,8 @@ struct Dict {
     vocab: Vocabulary,
 }
 
-fn load_dict(config: &CheckpointConfig, data: &Path, lang: &str, size: usize) -> Result<Dict> {
-    let name = format!("dict.{lang}.txt");
+fn load_dict(config: &CheckpointConfig, data: &Path, name: &str, size: usize) -> Result<Dict> {
+    let name = name.to_string();
     let path = data.join(&name);
     if !path.is_file() {
         return Err(Error::MissingFile {
@@ -240,8 +240,8 @@ pub struct Compiled {
     pub contract: ModelContract,
     /// The checkpoint's configuration.
     pub config: CheckpointConfig,
-    /// The encoder graph.
-    pub encoder: seqforge_schemas::onnx::ModelProto,
+    /// The graph that runs first: the encoder, or a language model's prefill.
+    pub first: seqforge_schemas::onnx::ModelProto,
     /// The decoder-step graph.
     pub decoder: seqforge_schemas::onnx::ModelProto,
 }
@@ -276,8 +276,8 @@ pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> R
         })?;
     let special = match data {
         Some(data) => {
-            let src = load_dict(&config, data, &config.source_lang, c.src_vocab_size)?;
-            let tgt = load_dict(&config, data, &config.target_lang, c.tgt_vocab_size)?;
+            let src = load_dict(&config, data, &config.dict_files.0, c.src_vocab_size)?;
+            let tgt = load_dict(&config, data, &config.dict_files.1, c.tgt_vocab_size)?;
             let special = special_ids(&tgt, c.pad_index)?;
             if special_ids(&src, c.pad_index)? != special {
                 return Err(Error::DictionaryMismatch {
@@ -291,9 +291,10 @@ pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> R
         None => SpecialIds { pad: c.pad_index as u32, ..SpecialIds::default() },
     };
     let state = (family.state)(&config.model, build)?;
-    state.validate(&config_path.display().to_string())?;
+    state.validate_for(config.task, &config_path.display().to_string())?;
     let contract = ModelContract {
         format_version: FORMAT_VERSION,
+        task: config.task,
         family: config.family.name.to_string(),
         arch: config.arch.clone(),
         src_vocab_size: c.src_vocab_size,
@@ -305,10 +306,15 @@ pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> R
         checkpoint_sha256: weights.sha256().to_string(),
         state,
     };
-    info!(dtype = %build.dtype, family = family.family, "building the encoder and decoder-step graphs");
+    info!(
+        dtype = %build.dtype,
+        family = family.family,
+        "building the {} and decoder-step graphs",
+        config.task.first_graph().as_str()
+    );
     let graphs = (family.build)(&weights, &config.model, build, &contract)?;
     weights.check_all_used(|name| (family.ignorable)(&config.model, name))?;
-    Ok(Compiled { contract, config, encoder: graphs.encoder, decoder: graphs.decoder })
+    Ok(Compiled { contract, config, first: graphs.first, decoder: graphs.decoder })
 }
 
 /// Exports `options.checkpoint` to the model directory `options.out` (see the module docs).
@@ -327,8 +333,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary> {
             if p.is_file() { Some(read(&p)?) } else { None }
         }
     };
-    let src_name = format!("dict.{}.txt", config.source_lang);
-    let tgt_name = format!("dict.{}.txt", config.target_lang);
+    let (src_name, tgt_name) = config.dict_files.clone();
     let src_bytes = read(&options.data.join(&src_name))?;
     let tgt_bytes = read(&options.data.join(&tgt_name))?;
 
@@ -342,7 +347,9 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary> {
     fs::create_dir(&tmp).map_err(io_err(&tmp))?;
     let written = (|| -> Result<Manifest> {
         info!("writing {}", tmp.display());
-        let encoder = write_file(&tmp, ENCODER_FILE, &serialize(&compiled.encoder, ENCODER_FILE)?)?;
+        let kind = config.task.first_graph();
+        let first_name = kind.file_name();
+        let first = write_file(&tmp, first_name, &serialize(&compiled.first, first_name)?)?;
         let decoder = write_file(&tmp, DECODER_FILE, &serialize(&compiled.decoder, DECODER_FILE)?)?;
         let src_dict = write_file(&tmp, &src_name, &src_bytes)?;
         let tgt_dict = if tgt_name == src_name {
@@ -356,9 +363,16 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary> {
         };
         let manifest = Manifest {
             contract: compiled.contract.clone(),
-            files: ModelFiles { encoder, decoder, src_dict, tgt_dict, tokenizer },
-            source_lang: Some(config.source_lang.clone()),
-            target_lang: Some(config.target_lang.clone()),
+            files: ModelFiles {
+                encoder: (kind == GraphKind::Encoder).then(|| first.clone()),
+                prefill: (kind == GraphKind::Prefill).then_some(first),
+                decoder,
+                src_dict,
+                tgt_dict,
+                tokenizer,
+            },
+            source_lang: config.source_lang.clone(),
+            target_lang: config.target_lang.clone(),
             producer: format!("seqforge-exporter {}", env!("CARGO_PKG_VERSION")),
             checkpoint: options.checkpoint.display().to_string(),
             num_updates: num_updates(&options.checkpoint),
@@ -436,12 +450,7 @@ fn install(tmp: &Path, dst: &Path) -> Result<()> {
 /// callers that want to be sure what they ship).
 pub fn verify_model_dir(dir: &Path) -> Result<Manifest> {
     let manifest = Manifest::load(dir)?;
-    let f = &manifest.files;
-    let mut entries = vec![&f.encoder, &f.decoder, &f.src_dict, &f.tgt_dict];
-    if let Some(t) = &f.tokenizer {
-        entries.push(t);
-    }
-    for e in entries {
+    for (e, _) in manifest.files.entries() {
         let path = dir.join(&e.name);
         let bytes = read(&path)?;
         let found = sha256_hex(&bytes);

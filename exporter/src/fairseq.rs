@@ -47,7 +47,7 @@ pub fn read(path: &Path, data: Option<&Path>) -> Result<(CheckpointConfig, Weigh
     let config = json!({
         "arch": imported.arch,
         "model": imported.config,
-        "task": { "config": { "source_lang": src, "target_lang": tgt } },
+        "task": { "name": "translation", "config": { "source_lang": src, "target_lang": tgt } },
         "dictionaries": dictionaries,
     });
     let config = CheckpointConfig::from_slice(path, config.to_string().as_bytes())?;

@@ -7,6 +7,7 @@
 use seqforge_schemas::arch::fconv::FConvConfig;
 use seqforge_schemas::arch::lstm::LstmConfig;
 use seqforge_schemas::arch::transformer::TransformerConfig;
+use seqforge_schemas::arch::transformer_lm::TransformerLmConfig;
 use seqforge_schemas::contract::{GraphKind, ModelContract, StateSpec};
 use seqforge_schemas::onnx::ModelProto;
 use serde_json::Value;
@@ -15,13 +16,15 @@ use crate::config::parse_model;
 use crate::error::Result;
 use crate::transformer::{self, BuildOptions};
 use crate::weights::Weights;
-use crate::{fconv, lstm};
+use crate::{fconv, lstm, transformer_lm};
 
-/// The encoder and decoder-step graphs of one export.
+/// The two graphs of one export.
 #[derive(Debug, Clone)]
 pub struct Graphs {
-    /// [`seqforge_schemas::contract::ENCODER_FILE`].
-    pub encoder: ModelProto,
+    /// The graph that runs first: the encoder
+    /// ([`seqforge_schemas::contract::ENCODER_FILE`]) of a translation model, the prefill
+    /// ([`seqforge_schemas::contract::PREFILL_FILE`]) of a language model.
+    pub first: ModelProto,
     /// [`seqforge_schemas::contract::DECODER_FILE`].
     pub decoder: ModelProto,
 }
@@ -61,7 +64,7 @@ pub fn exporters() -> &'static [FamilyExporter] {
             build: |w, v, options, contract| {
                 let c: TransformerConfig = parse_model(v)?;
                 Ok(Graphs {
-                    encoder: transformer::build_encoder(
+                    first: transformer::build_encoder(
                         w,
                         &c,
                         options,
@@ -86,7 +89,7 @@ pub fn exporters() -> &'static [FamilyExporter] {
             build: |w, v, options, contract| {
                 let c: LstmConfig = parse_model(v)?;
                 Ok(Graphs {
-                    encoder: lstm::build_encoder(
+                    first: lstm::build_encoder(
                         w,
                         &c,
                         options,
@@ -110,7 +113,7 @@ pub fn exporters() -> &'static [FamilyExporter] {
             build: |w, v, options, contract| {
                 let c: FConvConfig = parse_model(v)?;
                 Ok(Graphs {
-                    encoder: fconv::build_encoder(
+                    first: fconv::build_encoder(
                         w,
                         &c,
                         options,
@@ -126,6 +129,38 @@ pub fn exporters() -> &'static [FamilyExporter] {
             },
             ignorable: |v, name| {
                 parse_model::<FConvConfig>(v).is_ok_and(|c| fconv::ignorable_tensor(&c, name))
+            },
+        },
+        FamilyExporter {
+            family: "transformer_lm",
+            state: |v, options| {
+                let c: TransformerLmConfig = parse_model(v)?;
+                Ok(c.decoder_state(transformer_lm::kv_cache(&c, options)?))
+            },
+            build: |w, v, options, contract| {
+                let c: TransformerLmConfig = parse_model(v)?;
+                let spec = transformer_lm::spec(&c)?;
+                let in_place = transformer_lm::kv_cache(&c, options)?
+                    == seqforge_schemas::arch::transformer::KvCache::InPlace;
+                Ok(Graphs {
+                    first: transformer_lm::build_prefill(
+                        w,
+                        &spec,
+                        options,
+                        &metadata(contract, GraphKind::Prefill),
+                    )?,
+                    decoder: transformer_lm::build_step(
+                        w,
+                        &spec,
+                        options,
+                        in_place,
+                        &metadata(contract, GraphKind::Decoder),
+                    )?,
+                })
+            },
+            ignorable: |v, name| {
+                parse_model::<TransformerLmConfig>(v)
+                    .is_ok_and(|c| transformer_lm::ignorable_tensor(&c, name))
             },
         },
     ];

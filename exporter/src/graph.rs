@@ -803,6 +803,36 @@ impl GraphBuilder {
         self.node("Equal", out, &[a, b], vec![], DType::Bool, shape)
     }
 
+    /// `Less(a, b)` → bool, with broadcasting.
+    pub fn less(&mut self, out: &str, a: &Value, b: &Value) -> Result<Value> {
+        same_dtype(out, a, b)?;
+        let shape = broadcast(&a.shape, &b.shape)
+            .map_err(|message| Error::Node { node: out.to_string(), message })?;
+        self.node("Less", out, &[a, b], vec![], DType::Bool, shape)
+    }
+
+    /// `And(a, b)` of bool tensors, with broadcasting.
+    pub fn and(&mut self, out: &str, a: &Value, b: &Value) -> Result<Value> {
+        require_dtype(out, a, &[DType::Bool])?;
+        require_dtype(out, b, &[DType::Bool])?;
+        let shape = broadcast(&a.shape, &b.shape)
+            .map_err(|message| Error::Node { node: out.to_string(), message })?;
+        self.node("And", out, &[a, b], vec![], DType::Bool, shape)
+    }
+
+    /// `Reshape(x, shape)` to a shape computed in the graph (`shape`: int64 `[rank]`), whose
+    /// dimensions are described by `dims`.
+    pub fn reshape_to(
+        &mut self,
+        out: &str,
+        x: &Value,
+        shape: &Value,
+        dims: Vec<Dim>,
+    ) -> Result<Value> {
+        require_dtype(out, shape, &[DType::I64])?;
+        self.node("Reshape", out, &[x, shape], vec![], x.dtype, dims)
+    }
+
     /// `Not(x)` of a bool tensor.
     pub fn not(&mut self, out: &str, x: &Value) -> Result<Value> {
         require_dtype(out, x, &[DType::Bool])?;

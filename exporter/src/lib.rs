@@ -12,6 +12,8 @@
 //! - [`lstm`]: fairseq's LSTM encoder-decoder as the same two graphs (attention, input feeding).
 //! - [`fconv`]: fairseq's convolutional model (ConvS2S) as the same two graphs (weight
 //!   normalisation folded, `LinearizedConvolution` windows as declared state).
+//! - [`transformer_lm`]: fairseq's `transformer_lm` (adaptive input and softmax included) as a
+//!   decoder-only model's prefill and step graphs.
 //! - [`mod@export`]: the model directory (graphs, dictionaries, tokenizer, manifest), written
 //!   atomically. The `seqforge-export` binary is a thin command line over [`export::export`].
 //! - [`testing`]: helpers to write small random checkpoints for tests and benches; not part of
@@ -26,6 +28,7 @@ pub mod graph;
 pub mod lstm;
 pub mod testing;
 pub mod transformer;
+pub mod transformer_lm;
 pub mod weights;
 
 mod error;

@@ -9,10 +9,16 @@
 
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, tensor::TensorView};
-use seqforge_schemas::contract::Vocabulary;
+use safetensors::tensor::TensorView;
+use seqforge_schemas::contract::{
+    DECODER_FILE, Dtype, FORMAT_VERSION, FileEntry, GraphKind, LM_DICT_FILE, MANIFEST_FILE,
+    Manifest, ModelContract, ModelFiles, PREFILL_FILE, SpecialIds, StateDtype, StatePolicy,
+    StateSpec, StateTensor, TOKENIZER_FILE, Task, Vocabulary, names,
+};
+use seqforge_schemas::onnx::{ModelProto, StringStringEntryProto};
 
 use crate::error::{Error, Result};
+use crate::graph::{DType, Dim, GraphBuilder};
 
 /// A synthetic checkpoint's shape and `config.json` fields. Start from [`Self::tiny`] and
 /// change fields with struct-update syntax.
@@ -146,7 +152,10 @@ impl SyntheticCheckpoint {
             .iter()
             .zip(&data)
             .map(|((name, shape), bytes)| {
-                Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(bad)?))
+                Ok((
+                    name.clone(),
+                    TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map_err(bad)?,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         safetensors::serialize_to_file(views, None, path).map_err(bad)
@@ -261,4 +270,224 @@ pub fn write_byte_level_data(data: &Path, src: &str, tgt: &str) -> Result<usize>
     std::fs::write(&path, byte_level_tokenizer_json(&symbols).to_string())
         .map_err(io(path.clone()))?;
     Ok(symbols.len() + 4)
+}
+
+/// Writes a language model's directory under the v4 contract from its two graphs: `prefill.onnx`,
+/// `decoder.onnx` (both given the contract's metadata here), `dict.txt`, an optional
+/// `tokenizer.json` and the manifest with every file's SHA-256. `contract.task` must be
+/// [`Task::LanguageModeling`](seqforge_schemas::contract::Task). Tests of any decoder-only
+/// family (the tiny model of [`TinyCausalLm`], the real `transformer_lm` graphs) share it.
+pub fn write_lm_dir(
+    dir: &Path,
+    contract: &ModelContract,
+    mut prefill: ModelProto,
+    mut decoder: ModelProto,
+    dict: &str,
+    tokenizer: Option<&[u8]>,
+) -> Result<Manifest> {
+    use prost::Message;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    let write = |name: &str, bytes: &[u8]| -> Result<FileEntry> {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|source| Error::Io { path, source })?;
+        Ok(FileEntry { name: name.to_string(), sha256: crate::weights::sha256_hex(bytes) })
+    };
+    let metadata = |kind: GraphKind| {
+        contract
+            .to_metadata(kind)
+            .into_iter()
+            .map(|(key, value)| StringStringEntryProto { key: Some(key), value: Some(value) })
+            .collect::<Vec<_>>()
+    };
+    prefill.metadata_props = metadata(GraphKind::Prefill);
+    decoder.metadata_props = metadata(GraphKind::Decoder);
+    let dict = write(LM_DICT_FILE, dict.as_bytes())?;
+    let manifest = Manifest {
+        contract: contract.clone(),
+        files: ModelFiles {
+            encoder: None,
+            prefill: Some(write(PREFILL_FILE, &prefill.encode_to_vec())?),
+            decoder: write(DECODER_FILE, &decoder.encode_to_vec())?,
+            src_dict: dict.clone(),
+            tgt_dict: dict,
+            tokenizer: tokenizer.map(|t| write(TOKENIZER_FILE, t)).transpose()?,
+        },
+        source_lang: None,
+        target_lang: None,
+        producer: format!("seqforge-exporter {} (testing)", env!("CARGO_PKG_VERSION")),
+        checkpoint: "synthetic".into(),
+        num_updates: 0,
+    };
+    write(MANIFEST_FILE, manifest.to_json().as_bytes())?;
+    Ok(manifest)
+}
+
+/// A tiny deterministic causal language model, real ONNX graphs under the v4 contract: the
+/// next-token logits at position `t` are `(mean(E[x₀..=xₜ]) + P[t]) · W` (token embeddings `E`
+/// `[V, D]`, learned positions `P` `[positions, D]`, output `W` `[D, V]`, pseudo-random
+/// weights). Its state is one `Append` tensor `keys` `[rows, past, dim]` (the embeddings so
+/// far); the prefill computes every position with a cumulative sum, the step graph from the
+/// cache, so the two agree to rounding. The step graph takes `position`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TinyCausalLm {
+    /// Vocabulary size (the 4 specials included).
+    pub vocab: usize,
+    /// Embedding width.
+    pub dim: usize,
+    /// Positions (`max_target_positions`, the leading EOS included).
+    pub positions: usize,
+    /// Weights are `((i·37 + j·11) mod 23 − 11) / weight_divisor` for tensor `i`, element `j`.
+    pub weight_divisor: f32,
+}
+
+impl TinyCausalLm {
+    /// Vocabulary 24, width 8, 32 positions.
+    pub fn new() -> Self {
+        Self { vocab: 24, dim: 8, positions: 32, weight_divisor: 8.0 }
+    }
+
+    fn weights(&self, i: usize, n: usize) -> Vec<f32> {
+        (0..n).map(|j| (((i * 37 + j * 11) % 23) as f32 - 11.0) / self.weight_divisor).collect()
+    }
+
+    /// The contract: task `language_modeling`, family `tiny_causal_lm`, fp32, one dictionary.
+    pub fn contract(&self) -> ModelContract {
+        ModelContract {
+            format_version: FORMAT_VERSION,
+            task: Task::LanguageModeling,
+            family: "tiny_causal_lm".into(),
+            arch: "tiny_causal_lm".into(),
+            src_vocab_size: self.vocab,
+            tgt_vocab_size: self.vocab,
+            special: SpecialIds::default(),
+            max_source_positions: self.positions,
+            max_target_positions: self.positions,
+            dtype: Dtype::Fp32,
+            checkpoint_sha256: "00".repeat(32),
+            state: StateSpec {
+                dims: [("dim".to_string(), self.dim)].into(),
+                tensors: vec![StateTensor {
+                    name: "keys".into(),
+                    dtype: StateDtype::Model,
+                    shape: vec!["rows".into(), "past".into(), "dim".into()],
+                    policy: StatePolicy::Append { axis: "past".into() },
+                }],
+            },
+        }
+    }
+
+    fn parameters(&self, g: &mut GraphBuilder) -> Result<[crate::graph::Value; 3]> {
+        let (v, d, p) = (self.vocab, self.dim, self.positions);
+        Ok([
+            g.initializer_f32(
+                "embed_tokens.weight",
+                &[v as i64, d as i64],
+                &self.weights(0, v * d),
+            )?,
+            g.initializer_f32(
+                "embed_positions.weight",
+                &[p as i64, d as i64],
+                &self.weights(1, p * d),
+            )?,
+            g.initializer_f32(
+                "output_projection.weight",
+                &[d as i64, v as i64],
+                &self.weights(2, d * v),
+            )?,
+        ])
+    }
+
+    /// The prefill graph (`tokens` → `log_probs` `[B, T, V]`, `present.keys` `[B, T, D]`).
+    pub fn prefill(&self) -> Result<ModelProto> {
+        let mut g = GraphBuilder::new("tiny_causal_lm.prefill");
+        let tokens =
+            g.input(names::TOKENS, DType::I64, vec![Dim::named("batch"), Dim::named("tokens")])?;
+        let [embed, positions, out] = self.parameters(&mut g)?;
+        let x = g.gather("embed", &embed, &tokens, 0)?;
+        let keys = g.identity(&names::present("keys"), &x)?;
+        let sum = g.cumsum("sum", &x, 1)?;
+        let same = g.equal("same", &tokens, &tokens)?;
+        let ones = g.cast("ones", &same, DType::I64)?;
+        let count = g.cumsum("count", &ones, 1)?;
+        let one = g.initializer_i64("one", &[], &[1])?;
+        let position = g.sub("position", &count, &one)?;
+        let count = g.cast("count_f", &count, DType::F32)?;
+        let count = g.unsqueeze("count_3d", &count, &[2])?;
+        let mean = g.div("mean", &sum, &count)?;
+        let pos = g.gather("embed_positions", &positions, &position, 0)?;
+        let h = g.add("hidden", &mean, &pos)?;
+        let logits = g.matmul("logits", &h, &out)?;
+        let lp = g.log_softmax(names::LOG_PROBS, &logits, -1)?;
+        g.output(&lp);
+        g.output(&keys);
+        Ok(g.finish(&[]))
+    }
+
+    /// The step graph (`prev_tokens`, `reorder`, `position`, `past.keys` → `log_probs` `[R, V]`,
+    /// `present.keys`).
+    pub fn step(&self) -> Result<ModelProto> {
+        let mut g = GraphBuilder::new("tiny_causal_lm.step");
+        let rows = || Dim::named("rows");
+        let prev = g.input(names::PREV_TOKENS, DType::I64, vec![rows(), Dim::Fixed(1)])?;
+        let reorder = g.input(names::REORDER, DType::I64, vec![rows()])?;
+        let position = g.input(names::POSITION, DType::I64, vec![Dim::Fixed(1)])?;
+        let past = g.input(
+            &names::past("keys"),
+            DType::F32,
+            vec![Dim::named("past_rows"), Dim::named("past"), Dim::Fixed(self.dim as i64)],
+        )?;
+        let [embed, positions, out] = self.parameters(&mut g)?;
+        let x = g.gather("embed", &embed, &prev, 0)?;
+        let past = g.gather("past_keys", &past, &reorder, 0)?;
+        let keys = g.concat(&names::present("keys"), &[&past, &x], 1)?;
+        let sum = g.reduce_sum("sum", &keys, 1)?;
+        let count = g.cast("count", &position, DType::F32)?;
+        let one = g.scalar("one", DType::F32, 1.0)?;
+        let count = g.add("count_1", &count, &one)?;
+        let mean = g.div("mean", &sum, &count)?;
+        let pos = g.gather("embed_positions", &positions, &position, 0)?;
+        let h = g.add("hidden", &mean, &pos)?;
+        let logits = g.matmul("logits", &h, &out)?;
+        let lp = g.log_softmax(names::LOG_PROBS, &logits, -1)?;
+        g.output(&lp);
+        g.output(&keys);
+        Ok(g.finish(&[]))
+    }
+
+    /// The log-probabilities the model gives after each prefix of `tokens` (computed on the
+    /// host in f64, independent of the graphs): row `t` is the distribution after
+    /// `tokens[..=t]`.
+    pub fn reference_log_probs(&self, tokens: &[u32]) -> Vec<Vec<f64>> {
+        let (v, d) = (self.vocab, self.dim);
+        let (e, p, w) =
+            (self.weights(0, v * d), self.weights(1, self.positions * d), self.weights(2, d * v));
+        let mut sum = vec![0f64; d];
+        let mut out = Vec::with_capacity(tokens.len());
+        for (t, &tok) in tokens.iter().enumerate() {
+            let mut h = vec![0f64; d];
+            for k in 0..d {
+                sum[k] += f64::from(e[tok as usize * d + k]);
+                h[k] = sum[k] / (t + 1) as f64 + f64::from(p[t * d + k]);
+            }
+            let logits: Vec<f64> = (0..v)
+                .map(|j| (0..d).map(|k| h[k] * f64::from(w[k * v + j])).sum::<f64>())
+                .collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+            out.push(logits.iter().map(|l| l - z).collect());
+        }
+        out
+    }
+
+    /// Writes the model directory (graphs, `dict.txt` of the words `w4 … w{V-1}`, manifest).
+    pub fn write(&self, dir: &Path) -> Result<Manifest> {
+        let dict = numbered_dictionary(self.vocab, "w");
+        write_lm_dir(dir, &self.contract(), self.prefill()?, self.step()?, &dict, None)
+    }
+}
+
+impl Default for TinyCausalLm {
+    fn default() -> Self {
+        Self::new()
+    }
 }

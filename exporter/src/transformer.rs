@@ -55,7 +55,12 @@ pub struct BuildOptions {
 /// present, or plain ops in FP16) otherwise. Asking for `in-place` where it cannot run is an
 /// error.
 pub fn kv_cache(c: &TransformerConfig, options: BuildOptions) -> Result<KvCache> {
-    let head_dim = c.decoder_head_dim();
+    kv_cache_for(c.decoder_head_dim(), options)
+}
+
+/// [`kv_cache`] for a decoder whose attention heads are `head_dim` wide (every Transformer
+/// decoder, decoder-only ones included).
+pub fn kv_cache_for(head_dim: usize, options: BuildOptions) -> Result<KvCache> {
     let why_not = if options.dtype == Dtype::Fp16 {
         Some("an FP16 export keeps an appended cache (the in-place kernel runs FP32 activations)")
     } else if !head_dim.is_multiple_of(8) {
@@ -96,31 +101,43 @@ pub fn sinusoidal_table(rows: usize, dim: usize, pad: usize) -> Vec<f32> {
     table
 }
 
-/// One side's shape of layers.
-#[derive(Debug, Clone, Copy)]
-struct Side {
-    dim: usize,
-    ffn: usize,
-    heads: usize,
-    normalize_before: bool,
-    activation: Activation,
+/// One side's shape of layers (encoder or decoder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Side {
+    /// Model width.
+    pub dim: usize,
+    /// Feed-forward inner width.
+    pub ffn: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Pre-norm layers.
+    pub normalize_before: bool,
+    /// The feed-forward activation.
+    pub activation: Activation,
 }
 
 impl Side {
-    fn head_dim(&self) -> usize {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
         self.dim / self.heads
     }
 }
 
 impl Net<'_> {
     /// `prefix` = `x @ prefix.weight.T + prefix.bias`, weight `[out, in]` in the checkpoint.
-    fn linear(&mut self, prefix: &str, x: &Value, in_dim: usize, out_dim: usize) -> Result<Value> {
+    pub(crate) fn linear(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Value> {
         let layer = self.linear_weights(prefix, in_dim, out_dim, true)?;
         self.apply(prefix, x, &layer)
     }
 
     /// fairseq's `LayerNorm` `prefix` over the last axis (statistics in fp32).
-    fn layer_norm(&mut self, prefix: &str, x: &Value, dim: usize) -> Result<Value> {
+    pub(crate) fn layer_norm(&mut self, prefix: &str, x: &Value, dim: usize) -> Result<Value> {
         let wname = format!("{prefix}.weight");
         let bname = format!("{prefix}.bias");
         let weight = self.w.get(&wname, &[dim])?;
@@ -135,7 +152,7 @@ impl Net<'_> {
     }
 
     /// `[N, L, H·D]` → `[N, H, L, D]`.
-    fn split_heads(
+    pub(crate) fn split_heads(
         &mut self,
         name: &str,
         x: &Value,
@@ -147,7 +164,7 @@ impl Net<'_> {
     }
 
     /// `softmax(q·kᵀ + bias) · v` in fp32 for the softmax, heads merged back: `[N, L, H·D]`.
-    fn attend(
+    pub(crate) fn attend(
         &mut self,
         prefix: &str,
         q: &Value,
@@ -171,13 +188,13 @@ impl Net<'_> {
     }
 
     /// Scaled queries `[N, H, L, D]`: `q_proj(x) · head_dim^-0.5` split into heads.
-    fn query(&mut self, prefix: &str, x: &Value, side: Side) -> Result<Value> {
+    pub(crate) fn query(&mut self, prefix: &str, x: &Value, side: Side) -> Result<Value> {
         let q = self.scaled_query(prefix, x, side)?;
         self.split_heads(&format!("{prefix}.q"), &q, side.heads, side.head_dim())
     }
 
     /// `q_proj(x) · head_dim^-0.5`, heads not split: `[N, L, H·D]`.
-    fn scaled_query(&mut self, prefix: &str, x: &Value, side: Side) -> Result<Value> {
+    pub(crate) fn scaled_query(&mut self, prefix: &str, x: &Value, side: Side) -> Result<Value> {
         let q = self.linear(&format!("{prefix}.q_proj"), x, side.dim, side.dim)?;
         let scaling = (side.head_dim() as f64).powf(-0.5) as f32;
         let s = self.g.scalar(&format!("{prefix}.scaling"), self.t, scaling)?;
@@ -185,7 +202,7 @@ impl Net<'_> {
     }
 
     /// Keys or values `[N, H, L, D]` of `x` (`[N, L, kv_dim]`) through `prefix.{k,v}_proj`.
-    fn key_or_value(
+    pub(crate) fn key_or_value(
         &mut self,
         proj: &str,
         name: &str,
@@ -198,7 +215,7 @@ impl Net<'_> {
     }
 
     /// The feed-forward block of layer `prefix` with its residual and layer norm.
-    fn feed_forward(&mut self, prefix: &str, x: &Value, side: Side) -> Result<Value> {
+    pub(crate) fn feed_forward(&mut self, prefix: &str, x: &Value, side: Side) -> Result<Value> {
         let norm = format!("{prefix}.final_layer_norm");
         let h =
             if side.normalize_before { self.layer_norm(&norm, x, side.dim)? } else { x.clone() };
@@ -209,7 +226,7 @@ impl Net<'_> {
     }
 
     /// `x + out`, then the layer norm `norm` in post-norm layers.
-    fn residual(
+    pub(crate) fn residual(
         &mut self,
         name: &str,
         norm: &str,
@@ -224,7 +241,12 @@ impl Net<'_> {
         self.layer_norm(norm, &sum, side.dim)
     }
 
-    fn activation(&mut self, activation: Activation, name: &str, x: &Value) -> Result<Value> {
+    pub(crate) fn activation(
+        &mut self,
+        activation: Activation,
+        name: &str,
+        x: &Value,
+    ) -> Result<Value> {
         match activation {
             Activation::Relu => self.g.relu(name, x),
             Activation::Tanh => self.g.tanh(name, x),
@@ -278,7 +300,7 @@ impl Net<'_> {
     }
 
     /// The position table of `side` (`encoder`/`decoder`): `[max + pad + 1, dim]`.
-    fn position_table(
+    pub(crate) fn position_table(
         &mut self,
         side: &str,
         learned: bool,
@@ -301,11 +323,177 @@ impl Net<'_> {
     }
 
     /// `Where(mask, -1e9, 0)` as fp32 `[N, 1, 1, S]` from a bool `[N, S]` padding mask.
-    fn attention_bias(&mut self, name: &str, mask: &Value) -> Result<Value> {
+    pub(crate) fn attention_bias(&mut self, name: &str, mask: &Value) -> Result<Value> {
         let m = self.g.unsqueeze(&format!("{name}.mask"), mask, &[1, 2])?;
         let neg = self.g.scalar(&format!("{name}.masked"), DType::F32, MASKED_SCORE)?;
         let zero = self.g.scalar(&format!("{name}.open"), DType::F32, 0.0)?;
         self.g.where_(name, &m, &neg, &zero)
+    }
+}
+
+/// The step graph's self-attention inputs besides the past caches: the `reorder` index, the
+/// `position` input (in-place caches) and `GroupQueryAttention`'s lengths, and whether the
+/// activations are fp32 (ONNX Runtime's fused attention kernels).
+pub(crate) struct StepInputs {
+    reorder: Value,
+    position: Option<Value>,
+    lengths: Option<(Value, Value)>,
+    fused: bool,
+}
+
+impl StepInputs {
+    /// Whether the step runs ONNX Runtime's fused attention on `[R, E]` states (fp32
+    /// activations) rather than plain ops on `[R, 1, E]`.
+    pub(crate) fn fused(&self) -> bool {
+        self.fused
+    }
+
+    /// The steps taken so far (`int64 [1]`): the `position` input with an in-place cache, else
+    /// the past's length (made only when `no_positions` is false or the cache needs it).
+    pub(crate) fn step(
+        &self,
+        past: &[(Value, Value)],
+        no_positions: bool,
+        n: &mut Net<'_>,
+    ) -> Result<Option<Value>> {
+        match (&self.position, past.first()) {
+            (Some(p), _) => Ok(Some(p.clone())),
+            (None, Some((k, _))) if !no_positions => {
+                Ok(Some(n.g.shape("decoder.step", k, 2, 3)?))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl Net<'_> {
+    /// The step graph's `past.self_{key,value}.{l}` inputs of `layers` layers (`[R', H, P, D]`
+    /// appended caches, or `[R, H, C, D]` in-place buffers with the `position` input and
+    /// `GroupQueryAttention`'s lengths).
+    pub(crate) fn self_attention_step_inputs(
+        &mut self,
+        layers: usize,
+        dec: Side,
+        in_place: bool,
+        reorder: &Value,
+    ) -> Result<(Vec<(Value, Value)>, StepInputs)> {
+        let n = self;
+        let (heads, head_dim) = (i(dec.heads), i(dec.head_dim()));
+        let rows = || Dim::named("R");
+        let kv_shape =
+            |len: &str, r: Dim| vec![r, Dim::Fixed(heads), Dim::named(len), Dim::Fixed(head_dim)];
+        let mut past = Vec::new();
+        for l in 0..layers {
+            // An in-place buffer comes in this step's row order, with some capacity `C`.
+            let past_shape = || {
+                if in_place { kv_shape("C", rows()) } else { kv_shape("P", Dim::named("R_past")) }
+            };
+            let k = n.g.input(&names::past(&state_names::self_key(l)), n.t, past_shape())?;
+            let v = n.g.input(&names::past(&state_names::self_value(l)), n.t, past_shape())?;
+            past.push((k, v));
+        }
+        let position = if in_place {
+            Some(n.g.input(names::POSITION, DType::I64, vec![Dim::Fixed(1)])?)
+        } else {
+            None
+        };
+        // GroupQueryAttention's lengths: every row's position (int32 `[R]`) and position + 1.
+        let lengths = if let Some(step) = &position {
+            let rows_shape = n.g.shape("decoder.rows", reorder, 0, 1)?;
+            let one = n.g.initializer_i64("decoder.one", &[1], &[1])?;
+            let total = n.g.add("decoder.total_length_i64", step, &one)?;
+            let total = n.g.cast("decoder.total_length", &total, DType::I32)?;
+            let step32 = n.g.cast("decoder.position_i32", step, DType::I32)?;
+            let seqlens = n.g.expand("decoder.seqlens_k", &step32, &rows_shape, vec![rows()])?;
+            Some((seqlens, total))
+        } else {
+            None
+        };
+        let fused = n.t == DType::F32;
+        Ok((past, StepInputs { reorder: reorder.clone(), position, lengths, fused }))
+    }
+
+    /// Layer `l`'s self-attention `a` for one step of `h` (`[R, E]` when fused, else
+    /// `[R, 1, E]`) over its past: the merged context (before `out_proj`) and the present
+    /// key/value.
+    pub(crate) fn self_attention_step(
+        &mut self,
+        a: &str,
+        l: usize,
+        h: &Value,
+        (past_k, past_v): &(Value, Value),
+        inputs: &StepInputs,
+        dec: Side,
+    ) -> Result<(Value, (Value, Value))> {
+        let n = self;
+        let reorder = &inputs.reorder;
+        let (present_k, present_v) = (
+            names::present(&state_names::self_key(l)),
+            names::present(&state_names::self_value(l)),
+        );
+        if let Some((seqlens, total)) = &inputs.lengths {
+            // One GEMM for the query, key and value projections, attention over the buffer.
+            let names3 = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{a}.{p}"));
+            let prefixes = names3.each_ref().map(String::as_str);
+            let qkv =
+                n.fused_linear_weights(&format!("{a}.qkv_proj"), &prefixes, dec.dim, dec.dim)?;
+            let qkv = n.apply(&format!("{a}.qkv_proj"), h, &qkv)?;
+            let d = i(dec.dim);
+            let qkv = n.g.reshape(&format!("{a}.qkv_3d"), &qkv, &[0, 1, 3 * d])?;
+            let (ctx, present) = n.g.group_query_attention(
+                &format!("{a}.context_3d"),
+                &qkv,
+                (past_k, past_v),
+                (seqlens, total),
+                (&present_k, &present_v),
+                dec.heads,
+            )?;
+            let ctx = n.g.reshape(&format!("{a}.context_merged"), &ctx, &[0, d])?;
+            Ok((ctx, present))
+        } else if inputs.fused {
+            let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, reorder, 0)?;
+            let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, reorder, 0)?;
+            // One GEMM for the query, key and value projections of the 2-D `[R, E]` states.
+            let names3 = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{a}.{p}"));
+            let prefixes = names3.each_ref().map(String::as_str);
+            let qkv =
+                n.fused_linear_weights(&format!("{a}.qkv_proj"), &prefixes, dec.dim, dec.dim)?;
+            let qkv = n.apply(&format!("{a}.qkv_proj"), h, &qkv)?;
+            let split = names3.each_ref().map(|p| format!("{p}.out"));
+            let split = split.each_ref().map(String::as_str);
+            let d = i(dec.dim);
+            let parts = n.g.split(&split, &qkv, -1, &[d, d, d])?;
+            let scaling = (dec.head_dim() as f64).powf(-0.5) as f32;
+            let s = n.g.scalar(&format!("{a}.scaling"), n.t, scaling)?;
+            let q = n.g.mul(&format!("{a}.q_scaled"), &parts[0], &s)?;
+            let q = n.g.reshape(&format!("{a}.q_3d"), &q, &[0, 1, d])?;
+            let k = n.g.reshape(&format!("{a}.k_3d"), &parts[1], &[0, 1, d])?;
+            let v = n.g.reshape(&format!("{a}.v_3d"), &parts[2], &[0, 1, d])?;
+            let (ctx, present) = n.g.multi_head_attention(
+                &format!("{a}.context_3d"),
+                (&q, &k, &v),
+                None,
+                Some((&pk, &pv)),
+                Some((&present_k, &present_v)),
+                dec.heads,
+            )?;
+            let present = present.ok_or_else(|| Error::Node {
+                node: a.to_string(),
+                message: "self-attention returned no present key/value".into(),
+            })?;
+            let ctx = n.g.reshape(&format!("{a}.context_merged"), &ctx, &[0, d])?;
+            Ok((ctx, present))
+        } else {
+            let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, reorder, 0)?;
+            let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, reorder, 0)?;
+            let q = n.query(a, h, dec)?;
+            let k = n.key_or_value(&format!("{a}.k_proj"), &format!("{a}.k"), h, dec.dim, dec)?;
+            let v = n.key_or_value(&format!("{a}.v_proj"), &format!("{a}.v"), h, dec.dim, dec)?;
+            let k = n.g.concat(&present_k, &[&pk, &k], 2)?;
+            let v = n.g.concat(&present_v, &[&pv, &v], 2)?;
+            let ctx = n.attend(a, &q, &k, &v, None, dec.dim)?;
+            Ok((ctx, (k, v)))
+        }
     }
 }
 
@@ -451,36 +639,9 @@ pub fn build_decoder(
         let v = n.g.input(&state_names::cross_value(l), n.t, kv_shape("S", rows()))?;
         cross.push((k, v));
     }
-    let mut past = Vec::new();
-    for l in 0..c.decoder_layers {
-        // An in-place buffer comes in this step's row order, with some capacity `C`.
-        let past_shape =
-            || if in_place { kv_shape("C", rows()) } else { kv_shape("P", Dim::named("R_past")) };
-        let k = n.g.input(&names::past(&state_names::self_key(l)), n.t, past_shape())?;
-        let v = n.g.input(&names::past(&state_names::self_value(l)), n.t, past_shape())?;
-        past.push((k, v));
-    }
-    // The step index: the `position` input with an in-place cache, else the past's length.
-    let step = if in_place {
-        Some(n.g.input(names::POSITION, DType::I64, vec![Dim::Fixed(1)])?)
-    } else if !c.no_token_positional_embeddings {
-        Some(n.g.shape("decoder.step", &past[0].0, 2, 3)?)
-    } else {
-        None
-    };
-    // GroupQueryAttention's lengths: every row's position (int32 `[R]`) and position + 1.
-    let lengths = if let (true, Some(step)) = (in_place, &step) {
-        let rows_shape = n.g.shape("decoder.rows", &reorder, 0, 1)?;
-        let one = n.g.initializer_i64("decoder.one", &[1], &[1])?;
-        let total = n.g.add("decoder.total_length_i64", step, &one)?;
-        let total = n.g.cast("decoder.total_length", &total, DType::I32)?;
-        let step32 = n.g.cast("decoder.position_i32", step, DType::I32)?;
-        let seqlens = n.g.expand("decoder.seqlens_k", &step32, &rows_shape, vec![rows()])?;
-        Some((seqlens, total))
-    } else {
-        None
-    };
-
+    let (past, step_inputs) =
+        n.self_attention_step_inputs(c.decoder_layers, dec, in_place, &reorder)?;
+    let step = step_inputs.step(&past, c.no_token_positional_embeddings, &mut n)?;
     let shares_all = c.share_all_embeddings;
     let embed_name =
         if shares_all { "encoder.embed_tokens.weight" } else { "decoder.embed_tokens.weight" };
@@ -514,82 +675,15 @@ pub fn build_decoder(
     }
     let bias = n.attention_bias("decoder.encoder_attention_bias", &mask)?;
 
-    let mut presents = Vec::new();
+    let mut presents: Vec<(Value, Value)> = Vec::new();
     for l in 0..c.decoder_layers {
         let p = format!("decoder.layers.{l}");
         // Self-attention over the reordered past plus this step.
         let norm = format!("{p}.self_attn_layer_norm");
         let h = if dec.normalize_before { n.layer_norm(&norm, &x, dec.dim)? } else { x.clone() };
         let a = format!("{p}.self_attn");
-        let (past_k, past_v) = &past[l];
-        let (present_k, present_v) = (
-            names::present(&state_names::self_key(l)),
-            names::present(&state_names::self_value(l)),
-        );
-        let ctx = if let Some((seqlens, total)) = &lengths {
-            // One GEMM for the query, key and value projections, attention over the buffer.
-            let names3 = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{a}.{p}"));
-            let prefixes = names3.each_ref().map(String::as_str);
-            let qkv =
-                n.fused_linear_weights(&format!("{a}.qkv_proj"), &prefixes, dec.dim, dec.dim)?;
-            let qkv = n.apply(&format!("{a}.qkv_proj"), &h, &qkv)?;
-            let d = i(dec.dim);
-            let qkv = n.g.reshape(&format!("{a}.qkv_3d"), &qkv, &[0, 1, 3 * d])?;
-            let (ctx, present) = n.g.group_query_attention(
-                &format!("{a}.context_3d"),
-                &qkv,
-                (past_k, past_v),
-                (seqlens, total),
-                (&present_k, &present_v),
-                dec.heads,
-            )?;
-            presents.push(present);
-            n.g.reshape(&format!("{a}.context_merged"), &ctx, &[0, d])?
-        } else if fused {
-            let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, &reorder, 0)?;
-            let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, &reorder, 0)?;
-            // One GEMM for the query, key and value projections of the 2-D `[R, E]` states.
-            let names3 = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{a}.{p}"));
-            let prefixes = names3.each_ref().map(String::as_str);
-            let qkv =
-                n.fused_linear_weights(&format!("{a}.qkv_proj"), &prefixes, dec.dim, dec.dim)?;
-            let qkv = n.apply(&format!("{a}.qkv_proj"), &h, &qkv)?;
-            let split = names3.each_ref().map(|p| format!("{p}.out"));
-            let split = split.each_ref().map(String::as_str);
-            let d = i(dec.dim);
-            let parts = n.g.split(&split, &qkv, -1, &[d, d, d])?;
-            let scaling = (dec.head_dim() as f64).powf(-0.5) as f32;
-            let s = n.g.scalar(&format!("{a}.scaling"), n.t, scaling)?;
-            let q = n.g.mul(&format!("{a}.q_scaled"), &parts[0], &s)?;
-            let q = n.g.reshape(&format!("{a}.q_3d"), &q, &[0, 1, d])?;
-            let k = n.g.reshape(&format!("{a}.k_3d"), &parts[1], &[0, 1, d])?;
-            let v = n.g.reshape(&format!("{a}.v_3d"), &parts[2], &[0, 1, d])?;
-            let (ctx, present) = n.g.multi_head_attention(
-                &format!("{a}.context_3d"),
-                (&q, &k, &v),
-                None,
-                Some((&pk, &pv)),
-                Some((&present_k, &present_v)),
-                dec.heads,
-            )?;
-            let (k, v) = present.ok_or_else(|| Error::Node {
-                node: a.clone(),
-                message: "self-attention returned no present key/value".into(),
-            })?;
-            presents.push((k, v));
-            n.g.reshape(&format!("{a}.context_merged"), &ctx, &[0, d])?
-        } else {
-            let pk = n.g.gather(&format!("{a}.past_key_reordered"), past_k, &reorder, 0)?;
-            let pv = n.g.gather(&format!("{a}.past_value_reordered"), past_v, &reorder, 0)?;
-            let q = n.query(&a, &h, dec)?;
-            let k = n.key_or_value(&format!("{a}.k_proj"), &format!("{a}.k"), &h, dec.dim, dec)?;
-            let v = n.key_or_value(&format!("{a}.v_proj"), &format!("{a}.v"), &h, dec.dim, dec)?;
-            let k = n.g.concat(&present_k, &[&pk, &k], 2)?;
-            let v = n.g.concat(&present_v, &[&pv, &v], 2)?;
-            let ctx = n.attend(&a, &q, &k, &v, None, dec.dim)?;
-            presents.push((k, v));
-            ctx
-        };
+        let (ctx, present) = n.self_attention_step(&a, l, &h, &past[l], &step_inputs, dec)?;
+        presents.push(present);
         let out = n.linear(&format!("{a}.out_proj"), &ctx, dec.dim, dec.dim)?;
         x = n.residual(&format!("{p}.self_attn_residual"), &norm, &x, &out, dec)?;
 

@@ -284,6 +284,7 @@ fn graphs_follow_the_contract() -> Result<()> {
                     .chain(self_kv(names::present))
                     .collect(),
             ),
+            GraphKind::Prefill => anyhow::bail!("a translation model has no prefill graph"),
         };
         ensure!(io(&graph.input) == inputs, "{file} inputs {:?}", io(&graph.input));
         ensure!(io(&graph.output) == outputs, "{file} outputs {:?}", io(&graph.output));
@@ -292,6 +293,7 @@ fn graphs_follow_the_contract() -> Result<()> {
         let wanted = match kind {
             GraphKind::Encoder => "encoder.layers.1.self_attn.q_proj",
             GraphKind::Decoder => "decoder.layers.1.encoder_attn.q_proj",
+            GraphKind::Prefill => anyhow::bail!("a translation model has no prefill graph"),
         };
         ensure!(nodes.iter().any(|n| n == wanted), "{file}: no node {wanted}");
     }

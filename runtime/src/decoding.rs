@@ -79,8 +79,19 @@ pub trait IncrementalDecoder {
     /// The longest target the model can decode (its maximum target positions).
     fn max_target_positions(&self) -> usize;
 
+    /// The maximum target positions left for the output of `source` (the search decodes at
+    /// most this minus one tokens before EOS): [`IncrementalDecoder::max_target_positions`] for
+    /// an encoder-decoder model; a decoder-only model, whose prompt (`source`) takes positions
+    /// of the same sequence, returns what the prompt leaves.
+    fn max_target_positions_for(&self, source: &[u32]) -> usize {
+        let _ = source;
+        self.max_target_positions()
+    }
+
     /// Encodes a batch of source sentences, each a list of token ids ending with EOS.
     /// Padding is the backend's business: results must not depend on how sentences are batched.
+    /// For a decoder-only model a source is a prompt (its ids, then EOS) and encoding consumes
+    /// it (the prefill); the first step then returns the prompt's next-token distribution.
     fn encode(&mut self, sources: &[Vec<u32>]) -> Result<Self::Encoded, Self::Error>;
 
     /// A fresh state with `rows_per_sentence` rows for each encoded sentence (row
@@ -115,4 +126,24 @@ pub trait IncrementalDecoder {
 
     /// Number of rows in a state.
     fn rows(&self, state: &Self::State) -> usize;
+}
+
+/// A decoder-only model's input for a source (a prompt, normally ending with EOS, as the text
+/// pipeline makes every source): `[eos] + prompt`, as fairseq's language-model generation
+/// starts from EOS. Every backend of a language model (ONNX Runtime, the trainer's libtorch)
+/// feeds this.
+pub fn lm_input(source: &[u32], eos: u32) -> Vec<u32> {
+    let prompt = source.strip_suffix(&[eos]).unwrap_or(source);
+    let mut row = Vec::with_capacity(prompt.len() + 1);
+    row.push(eos);
+    row.extend_from_slice(prompt);
+    row
+}
+
+/// What a prompt (`source`) leaves of a decoder-only model's `positions` for the search:
+/// `positions − T + 1` for the `T` tokens of [`lm_input`], so that the search's last step
+/// runs at position `positions − 1` (its
+/// [`IncrementalDecoder::max_target_positions_for`]).
+pub fn lm_positions_left(positions: usize, source: &[u32], eos: u32) -> usize {
+    (positions + 1).saturating_sub(lm_input(source, eos).len())
 }

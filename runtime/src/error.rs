@@ -205,6 +205,47 @@ pub enum Error {
         /// The data dictionary's identity hash.
         found: String,
     },
+    /// A model used for what its task does not do (a translation call on a language model, or
+    /// the reverse).
+    #[error("{dir}: a {task} model, but {what} needs a {needed} model")]
+    TaskMismatch {
+        /// The model directory.
+        dir: PathBuf,
+        /// The model's task.
+        task: seqforge_schemas::contract::Task,
+        /// What was asked (`seqforge eval-lm`, `/v1/translate`, …).
+        what: String,
+        /// The task it needs.
+        needed: seqforge_schemas::contract::Task,
+    },
+    /// Language-model prompts of different lengths in one batch (the step graph has one
+    /// `position` for all rows).
+    #[error(
+        "language-model prompts in one batch must have the same length ({first} and {other} \
+         tokens): batch prompts by length"
+    )]
+    PromptLengths {
+        /// Tokens of the first prompt.
+        first: usize,
+        /// Tokens of another prompt.
+        other: usize,
+    },
+    /// A language-model prompt that leaves no room to generate.
+    #[error(
+        "text {index} (0-based): a prompt of {tokens} tokens (the leading EOS included) leaves \
+         no room in the model's {max} positions (truncate it to its last tokens to continue it)"
+    )]
+    PromptTooLong {
+        /// Index of the text in the call's list (0 when not from a list).
+        index: usize,
+        /// Tokens of the model input (`[eos] + prompt`).
+        tokens: usize,
+        /// The model's positions.
+        max: usize,
+    },
+    /// Language-model evaluation failed (options that do not fit together, bad data).
+    #[error(transparent)]
+    Lm(#[from] crate::lm::Error),
     /// Any other ONNX Runtime failure.
     #[cfg(feature = "onnx")]
     #[error("ONNX Runtime: {0}")]

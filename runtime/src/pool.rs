@@ -20,6 +20,13 @@
 //! without running the model. A text longer than the model's `max_source_positions` is an
 //! [`Error::TextTooLong`] naming its index, unless the pool truncates sources.
 //!
+//! A language model's directory ([`Task::LanguageModeling`]) answers
+//! [`TranslatorPool::complete`] instead: each text is a prompt, each hypothesis its
+//! continuation (the prompt not repeated); an empty text is unconditional generation, batches
+//! hold prompts of one length ([`Inputs::Prompts`]), and a prompt too long to continue is
+//! [`Error::TextTooLong`] unless the pool truncates (then it keeps the prompt's last tokens).
+//! Asking a model for what its task does not do is [`Error::TaskMismatch`].
+//!
 //! Search options are fairseq's ([`GenerationOptions`], defaults: beam 5, nbest 1, max length
 //! 200 …); [`parse_options`] reads them from a JSON object, e.g. `{"beam": 4, "nbest": 2}`,
 //! overriding a base. Forced target prefixes (`prefix_size`) need references and are refused.
@@ -29,6 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 
 use serde::Serialize;
+
+use seqforge_schemas::contract::Task;
 
 use crate::decoding::IncrementalDecoder;
 use crate::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
@@ -69,7 +78,29 @@ impl PoolConfig {
     }
 }
 
-/// One hypothesis of a translated text.
+/// What the texts of a call are, which decides batching and what an empty one means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Inputs {
+    /// Translation sources: an empty source gets no hypotheses without running the model, and
+    /// a batch pads its sources to the longest.
+    #[default]
+    Sources,
+    /// Language-model prompts: an empty prompt is unconditional generation, and a batch holds
+    /// prompts of one length (the step graph has one `position` for all rows).
+    Prompts,
+}
+
+impl Inputs {
+    /// What the texts of a model of `task` are.
+    pub fn of(task: Task) -> Self {
+        match task {
+            Task::Translation => Inputs::Sources,
+            Task::LanguageModeling => Inputs::Prompts,
+        }
+    }
+}
+
+/// One hypothesis of a translated text (or of a completed prompt: its continuation).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TranslatedHypothesis {
     /// The detokenized text (what `seqforge generate` prints on `D-` lines).
@@ -96,13 +127,22 @@ pub fn open_model(
 ) -> Result<(Arc<ModelDir>, TextPipeline)> {
     let dir = Arc::new(ModelDir::open(model_dir, runtime)?);
     let c = dir.contract();
+    // A prompt with its EOS takes the positions of `[eos] + prompt`: one must stay free.
+    let max_source = match c.task {
+        Task::Translation => c.max_source_positions,
+        Task::LanguageModeling => c.max_target_positions.saturating_sub(1),
+    };
     let text = TextPipeline::new(
         dir.src_vocab().clone(),
         dir.tgt_vocab().clone(),
         dir.tokenizer_path(),
         c.special,
-        c.max_source_positions,
+        max_source,
     )?;
+    let text = match c.task {
+        Task::Translation => text,
+        Task::LanguageModeling => text.for_prompts(),
+    };
     Ok((dir, text))
 }
 
@@ -137,18 +177,37 @@ pub fn make_batches(
     batches
 }
 
+/// Groups into batches as [`make_batches`] does, then splits every batch where the length
+/// changes, so that each holds inputs of one length (language-model prompts).
+pub fn make_batches_of_one_length(
+    lengths: &[usize],
+    max_sentences: Option<usize>,
+    max_tokens: Option<usize>,
+) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    for batch in make_batches(lengths, max_sentences, max_tokens) {
+        // Sorted by length: equal lengths are adjacent.
+        for group in batch.chunk_by(|&a, &b| lengths[a] == lengths[b]) {
+            out.push(group.to_vec());
+        }
+    }
+    out
+}
+
 /// Searches `sources` (with optional forced target prefixes, one per source) on `decoder`,
-/// batched by [`make_batches`]; results come back in input order, and empty sources get no
-/// hypotheses without running the model. Calls `progress(n)` after each batch of `n` sentences.
+/// batched by [`make_batches`] (of one length each for [`Inputs::Prompts`]); results come back
+/// in input order, and empty translation sources get no hypotheses without running the model.
+/// Calls `progress(n)` after each batch of `n` sentences.
 pub fn translate_sources<D: IncrementalDecoder>(
     decoder: &mut D,
     sources: &[&SourceLine],
     prefixes: Option<&[Vec<u32>]>,
+    inputs: Inputs,
     options: &GenerationOptions,
     limits: (Option<usize>, Option<usize>),
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<Hypothesis>>> {
-    Plan::new(sources, prefixes, limits).search_all(decoder, options, &mut progress)
+    Plan::new(sources, prefixes, inputs, limits).search_all(decoder, options, &mut progress)
 }
 
 /// [`translate_sources`] with the batches spread over up to `workers` decoders, each on a
@@ -168,11 +227,12 @@ pub fn translate_sources_on<D: IncrementalDecoder + Send>(
     make: &(dyn Fn() -> Result<D> + Sync),
     sources: &[&SourceLine],
     prefixes: Option<&[Vec<u32>]>,
+    inputs: Inputs,
     options: &GenerationOptions,
     limits: (Option<usize>, Option<usize>),
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<Hypothesis>>> {
-    let plan = Plan::new(sources, prefixes, limits);
+    let plan = Plan::new(sources, prefixes, inputs, limits);
     let needed = workers.clamp(1, plan.batches.len().max(1));
     if needed == 1 {
         if decoders.is_empty() {
@@ -255,11 +315,17 @@ impl<'a> Plan<'a> {
     fn new(
         sources: &'a [&'a SourceLine],
         prefixes: Option<&'a [Vec<u32>]>,
+        inputs: Inputs,
         limits: (Option<usize>, Option<usize>),
     ) -> Self {
-        let todo: Vec<usize> = (0..sources.len()).filter(|&i| !sources[i].is_empty()).collect();
+        let todo: Vec<usize> = (0..sources.len())
+            .filter(|&i| inputs == Inputs::Prompts || !sources[i].is_empty())
+            .collect();
         let lengths: Vec<usize> = todo.iter().map(|&i| sources[i].ids.len()).collect();
-        let batches = make_batches(&lengths, limits.0, limits.1);
+        let batches = match inputs {
+            Inputs::Sources => make_batches(&lengths, limits.0, limits.1),
+            Inputs::Prompts => make_batches_of_one_length(&lengths, limits.0, limits.1),
+        };
         Self { sources, prefixes, todo, batches }
     }
 
@@ -510,9 +576,36 @@ impl TranslatorPool {
         })
     }
 
+    /// The model's task: [`TranslatorPool::translate`] serves translation models,
+    /// [`TranslatorPool::complete`] language models.
+    pub fn task(&self) -> Task {
+        self.model.task()
+    }
+
     /// Translates `texts` with `options`, blocking until a worker is free; one
     /// [`Translation`] per text, in input order (see the module documentation).
     pub fn translate(
+        &self,
+        texts: &[&str],
+        options: &GenerationOptions,
+    ) -> Result<Vec<Translation>> {
+        self.model.require_task(Task::Translation, "translation")?;
+        self.search_texts(texts, options)
+    }
+
+    /// Continues each prompt of `texts` with `options` on a language model, blocking until a
+    /// worker is free; per text, up to `nbest` continuations (the prompt not repeated), best
+    /// first, in input order. An empty text is unconditional generation.
+    pub fn complete(
+        &self,
+        texts: &[&str],
+        options: &GenerationOptions,
+    ) -> Result<Vec<Translation>> {
+        self.model.require_task(Task::LanguageModeling, "completion")?;
+        self.search_texts(texts, options)
+    }
+
+    fn search_texts(
         &self,
         texts: &[&str],
         options: &GenerationOptions,
@@ -524,16 +617,17 @@ impl TranslatorPool {
         self.translate_encoded(&refs, options)
     }
 
-    /// Translates sources already encoded with [`TranslatorPool::encode_text`] (the server
-    /// tokenizes each text once, when the request arrives); otherwise as
-    /// [`TranslatorPool::translate`].
+    /// Translates sources (or completes prompts, on a language model) already encoded with
+    /// [`TranslatorPool::encode_text`] (the server tokenizes each text once, when the request
+    /// arrives); otherwise as [`TranslatorPool::translate`] / [`TranslatorPool::complete`].
     pub fn translate_encoded(
         &self,
         sources: &[&SourceLine],
         options: &GenerationOptions,
     ) -> Result<Vec<Translation>> {
         check_options(options)?;
-        if sources.iter().all(|s| s.is_empty()) {
+        let inputs = Inputs::of(self.task());
+        if inputs == Inputs::Sources && sources.iter().all(|s| s.is_empty()) {
             return Ok(vec![Translation { hypotheses: Vec::new() }; sources.len()]);
         }
         let results = {
@@ -542,7 +636,7 @@ impl TranslatorPool {
                 .decoder
                 .as_mut()
                 .ok_or_else(|| Error::DecoderState("a borrowed worker has no decoder".into()))?;
-            translate_sources(decoder, sources, None, options, self.limits, |_| {})?
+            translate_sources(decoder, sources, None, inputs, options, self.limits, |_| {})?
         };
         results
             .into_iter()

@@ -76,7 +76,8 @@ pub enum Overlong {
     /// Fail with [`Error::SourceTooLong`].
     #[default]
     Error,
-    /// Keep the first `max_source_positions - 1` symbols and EOS (`--truncate-source`).
+    /// Keep the first `max_source_positions - 1` symbols and EOS (`--truncate-source`); a
+    /// language model's prompt keeps its *last* symbols instead (what it continues).
     Truncate,
 }
 
@@ -107,6 +108,8 @@ pub struct TextPipeline {
     tokenizer: Option<(PathBuf, tokenizers::Tokenizer)>,
     special: SpecialIds,
     max_source_positions: usize,
+    /// Whether truncation keeps a line's end (language-model prompts).
+    keep_end: bool,
 }
 
 impl TextPipeline {
@@ -129,7 +132,14 @@ impl TextPipeline {
                 Some((path.to_path_buf(), tok))
             }
         };
-        Ok(Self { src, tgt, tokenizer, special, max_source_positions })
+        Ok(Self { src, tgt, tokenizer, special, max_source_positions, keep_end: false })
+    }
+
+    /// This pipeline for a language model's prompts: [`Overlong::Truncate`] keeps a prompt's
+    /// last symbols.
+    pub fn for_prompts(mut self) -> Self {
+        self.keep_end = true;
+        self
     }
 
     /// The source symbols of a line (before the dictionary).
@@ -149,14 +159,9 @@ impl TextPipeline {
         }
     }
 
-    /// Encodes line `line_no` (1-based) of `input` (a name for errors).
-    pub fn encode_line(
-        &self,
-        line: &str,
-        input: &str,
-        line_no: usize,
-        overlong: Overlong,
-    ) -> Result<SourceLine> {
+    /// The source-dictionary ids of a line's symbols, without EOS and without a length limit,
+    /// with how many symbols were unknown (a literal `<unk>` not counted).
+    pub fn encode_ids(&self, line: &str) -> Result<(Vec<u32>, usize)> {
         let syms = self.symbols(line)?;
         let mut ids = Vec::with_capacity(syms.len() + 1);
         let mut unknown = 0;
@@ -169,6 +174,18 @@ impl TextPipeline {
                 }
             }
         }
+        Ok((ids, unknown))
+    }
+
+    /// Encodes line `line_no` (1-based) of `input` (a name for errors).
+    pub fn encode_line(
+        &self,
+        line: &str,
+        input: &str,
+        line_no: usize,
+        overlong: Overlong,
+    ) -> Result<SourceLine> {
+        let (mut ids, unknown) = self.encode_ids(line)?;
         let mut truncated = false;
         if ids.len() + 1 > self.max_source_positions {
             match overlong {
@@ -181,7 +198,12 @@ impl TextPipeline {
                     });
                 }
                 Overlong::Truncate => {
-                    ids.truncate(self.max_source_positions.saturating_sub(1));
+                    let keep = self.max_source_positions.saturating_sub(1);
+                    if self.keep_end {
+                        ids.drain(..ids.len() - keep);
+                    } else {
+                        ids.truncate(keep);
+                    }
                     truncated = true;
                 }
             }

@@ -1,6 +1,6 @@
 //! The exported model contract: what the exporter writes and the runtime reads.
 //!
-//! A *model directory* holds:
+//! A *model directory* holds, for a translation model ([`Task::Translation`]):
 //!
 //! | file | what |
 //! |---|---|
@@ -10,7 +10,13 @@
 //! | `tokenizer.json` | the HuggingFace tokenizer the data was preprocessed with (optional) |
 //! | `dict.{lang}.txt` | the fairseq dictionaries (ids ↔ symbols) |
 //!
-//! Both ONNX files also carry the [`ModelContract`] in their `metadata_props` (keys
+//! A decoder-only language model ([`Task::LanguageModeling`], fairseq's `transformer_lm` and any
+//! other decoder-only family) has [`PREFILL_FILE`] instead of the encoder, the same
+//! [`DECODER_FILE`] step graph, one dictionary [`LM_DICT_FILE`] (the manifest's source and
+//! target dictionary entries both name it) and the optional tokenizer. [`ModelFiles`] lists
+//! exactly the first graph its task needs ([`ModelFiles::check`]).
+//!
+//! The ONNX files also carry the [`ModelContract`] in their `metadata_props` (keys
 //! `seqforge.*`, see [`ModelContract::to_metadata`]), so a graph is self-describing even when it
 //! travels without its manifest; the runtime checks that both agree.
 //!
@@ -74,8 +80,39 @@
 //! A graph that needs the step index declares the `position` input, reads it from an `Append`
 //! tensor's length or keeps it as a `Recurrent` int64 tensor.
 //!
-//! Format version 3 added `InPlace` and `position`; version 2 directories (which use neither)
-//! are read as they are. Version 1 (before the state was declared) is refused with a message
+//! ## Language models: prefill, then steps
+//!
+//! A language model's state has no `PerSentence` tensors (there is no encoder;
+//! [`StateSpec::validate_for`] says so), and its `Recurrent` tensors start from zeros. Its
+//! sequence starts with `eos` (fairseq's language-model generation and evaluation do), so a
+//! prompt `p₁ … pₙ` is fed as `[eos, p₁, …, pₙ]` (`T = n + 1` tokens).
+//!
+//! Prefill ([`PREFILL_FILE`], metadata `seqforge.graph = prefill`):
+//! - in `tokens` int64 `[B, T]` (`T ≥ 1`), rows right-padded with `pad`: attention is causal, so
+//!   a real position does not depend on the padding after it (scoring batches rows of different
+//!   lengths; generation only feeds rows of one length, unpadded);
+//! - out `log_probs` float32 `[B, T, V]`: at position `t` the next-token distribution after
+//!   `tokens[..=t]` (log-softmax in fp32, for every dtype);
+//! - out `present.{name}` for every row-following tensor, `[B, …]`: the state after consuming the
+//!   `T` tokens, in the step graph's `past.{name}` form: an `Append` axis of length `T`, an
+//!   `InPlace` axis of length `T` (positions `0..T` written; the runtime copies them into a
+//!   buffer with spare capacity), a `Recurrent` tensor's value after the last position (for a
+//!   padded row, after its last real position only when the family says so; generation never
+//!   pads).
+//!
+//! The step graph ([`DECODER_FILE`]) then continues exactly as for a translation model, with
+//! `position` = the tokens consumed so far (`T` at the first step after the prefill) and the
+//! `past.{name}` of the prefill's `present.{name}`. Its `log_probs` at position `P - 1`
+//! (`P` = [`ModelContract::max_target_positions`], which counts the leading `eos`) are the last a
+//! model computes, so a prompt of `T` tokens leaves room for `P - T + 1` generated tokens, the
+//! last of which a search forces to be EOS. For a language model `max_source_positions` is the longest prompt (leading `eos`
+//! included) and `src_vocab_size == tgt_vocab_size`.
+//!
+//! ## Versions
+//!
+//! Format version 4 added [`ModelContract::task`] (`seqforge.task`) and language models;
+//! versions 2 and 3 are read as translation models. Format version 3 added `InPlace` and
+//! `position`; version 2 directories (which use neither) are read as they are. Version 1 (before the state was declared) is refused with a message
 //! to re-export.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,7 +122,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The model-directory format version this crate writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
+/// The first format version that records [`ModelContract::task`] (older ones are translation
+/// models).
+pub const TASK_VERSION: u32 = 4;
 /// The oldest model-directory format version this crate reads.
 pub const OLDEST_READABLE_VERSION: u32 = 2;
 
@@ -97,6 +137,10 @@ pub fn reads_version(version: u32) -> bool {
 pub const ENCODER_FILE: &str = "encoder.onnx";
 /// The decoder-step graph's file name.
 pub const DECODER_FILE: &str = "decoder.onnx";
+/// A language model's prefill graph's file name (instead of [`ENCODER_FILE`]).
+pub const PREFILL_FILE: &str = "prefill.onnx";
+/// A language model's dictionary file name (fairseq's `dict.txt`).
+pub const LM_DICT_FILE: &str = "dict.txt";
 /// The manifest's file name.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The tokenizer's file name (when the model has one).
@@ -108,6 +152,8 @@ pub const METADATA_PREFIX: &str = "seqforge.";
 pub mod names {
     /// Encoder input: source tokens.
     pub const SRC_TOKENS: &str = "src_tokens";
+    /// Prefill input (language models): `[eos] + prompt` tokens, int64 `[B, T]`.
+    pub const TOKENS: &str = "tokens";
     /// Decoder input: last tokens.
     pub const PREV_TOKENS: &str = "prev_tokens";
     /// Decoder input: gather index into the past's rows.
@@ -141,6 +187,18 @@ pub mod names {
     /// a future renaming from a corrupt file.
     pub const PATTERN: &str =
         "src_tokens;{per_sentence};prev_tokens;reorder;past.{state};log_probs;present.{state}";
+
+    /// The naming pattern of a language model's graphs (prefill, then steps).
+    pub const LM_PATTERN: &str =
+        "tokens;log_probs;present.{state};prev_tokens;reorder;past.{state};position";
+
+    /// The naming pattern of the graphs of a model of `task`.
+    pub fn pattern(task: super::Task) -> &'static str {
+        match task {
+            super::Task::Translation => PATTERN,
+            super::Task::LanguageModeling => LM_PATTERN,
+        }
+    }
 }
 
 /// Reserved dimension names of state shapes.
@@ -283,14 +341,74 @@ pub enum GraphKind {
     Encoder,
     /// [`DECODER_FILE`].
     Decoder,
+    /// [`PREFILL_FILE`] (language models).
+    Prefill,
 }
 
 impl GraphKind {
-    /// `encoder` or `decoder`.
+    /// `encoder`, `decoder` or `prefill`.
     pub fn as_str(self) -> &'static str {
         match self {
             GraphKind::Encoder => "encoder",
             GraphKind::Decoder => "decoder",
+            GraphKind::Prefill => "prefill",
+        }
+    }
+
+    /// The graph's file name in a model directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            GraphKind::Encoder => ENCODER_FILE,
+            GraphKind::Decoder => DECODER_FILE,
+            GraphKind::Prefill => PREFILL_FILE,
+        }
+    }
+}
+
+/// What a model does, which decides its first graph and how the runtime drives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// An encoder-decoder model: source sentence → target sentence ([`ENCODER_FILE`]).
+    #[default]
+    Translation,
+    /// A decoder-only language model: prompt → continuation, and scoring ([`PREFILL_FILE`]).
+    LanguageModeling,
+}
+
+impl Task {
+    /// `translation` or `language_modeling` (the serde and metadata spelling).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Translation => "translation",
+            Task::LanguageModeling => "language_modeling",
+        }
+    }
+
+    /// The graph that runs before the decoder steps: the encoder or the prefill.
+    pub fn first_graph(self) -> GraphKind {
+        match self {
+            Task::Translation => GraphKind::Encoder,
+            Task::LanguageModeling => GraphKind::Prefill,
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "translation" => Ok(Task::Translation),
+            "language_modeling" => Ok(Task::LanguageModeling),
+            other => {
+                Err(format!("unknown task `{other}` (expected translation or language_modeling)"))
+            }
         }
     }
 }
@@ -439,6 +557,7 @@ impl StateSpec {
         let mut seen = BTreeSet::new();
         let reserved = [
             names::SRC_TOKENS,
+            names::TOKENS,
             names::PREV_TOKENS,
             names::REORDER,
             names::LOG_PROBS,
@@ -490,6 +609,37 @@ impl StateSpec {
                 StatePolicy::Recurrent { init: StateInit::Zeros } | StatePolicy::PerSentence => {}
             }
             self.dim_kinds(t).map_err(|m| bad(&t.name, m))?;
+        }
+        Ok(())
+    }
+
+    /// [`StateSpec::validate`], plus what `task` needs: a language model's state has no
+    /// `PerSentence` tensor, no `source` dimension and no encoder-initialised tensor (it has no
+    /// encoder; the prefill returns every row-following tensor).
+    pub fn validate_for(&self, task: Task, what: &str) -> Result<()> {
+        self.validate(what)?;
+        if task == Task::LanguageModeling {
+            for t in &self.tensors {
+                let bad = |message: &str| {
+                    Err(Error::State {
+                        what: what.to_string(),
+                        tensor: t.name.clone(),
+                        message: format!("{message} (a language model has no encoder)"),
+                    })
+                };
+                match &t.policy {
+                    StatePolicy::PerSentence => {
+                        return bad("a language model's state has no per-sentence tensors");
+                    }
+                    StatePolicy::Recurrent { init: StateInit::Encoder(_) } => {
+                        return bad("a language model's recurrent state starts from zeros");
+                    }
+                    _ => {}
+                }
+                if t.shape.iter().any(|d| d == dims::SOURCE) {
+                    return bad("a language model's state has no `source` dimension");
+                }
+            }
         }
         Ok(())
     }
@@ -571,6 +721,9 @@ impl StateSpec {
 pub struct ModelContract {
     /// [`FORMAT_VERSION`] of the writer.
     pub format_version: u32,
+    /// What the model does (absent before version 4: translation).
+    #[serde(default)]
+    pub task: Task,
     /// The model family (`transformer`, `lstm`, …; informational for the runtime).
     pub family: String,
     /// The trainer's architecture name (e.g. `transformer_iwslt_de_en`).
@@ -597,6 +750,7 @@ macro_rules! contract_fields {
     ($m:ident) => {
         $m!(
             format_version,
+            task,
             family,
             arch,
             src_vocab_size,
@@ -627,13 +781,14 @@ impl ModelContract {
         // Serializing plain structs of strings and integers cannot fail.
         put("state", serde_json::to_string(&self.state).unwrap_or_default());
         put("graph", kind.as_str().to_string());
-        put("io_names", names::PATTERN.to_string());
+        put("io_names", names::pattern(self.task).to_string());
         out
     }
 
     /// Reads a contract back from a graph's `metadata_props` (`what` names the graph in
-    /// errors). Checks the format version first, then `seqforge.graph` against `kind`, then the
-    /// declared state.
+    /// errors). Checks the format version first, then the task (`seqforge.task`, required from
+    /// version 4 on, translation before), then `seqforge.graph` against `kind` and the task,
+    /// then the declared state.
     pub fn from_metadata(
         what: &str,
         kind: GraphKind,
@@ -664,6 +819,11 @@ impl ModelContract {
                 supported: FORMAT_VERSION,
             });
         }
+        let task: Task = if format_version >= TASK_VERSION {
+            parse(what, "task", get("task")?)?
+        } else {
+            Task::Translation
+        };
         let graph = get("graph")?;
         if graph != kind.as_str() {
             return Err(Error::Metadata {
@@ -672,12 +832,19 @@ impl ModelContract {
                 message: format!("`{graph}`, expected `{}`", kind.as_str()),
             });
         }
+        if kind != GraphKind::Decoder && kind != task.first_graph() {
+            return Err(Error::Metadata {
+                what: what.to_string(),
+                key: format!("{METADATA_PREFIX}task"),
+                message: format!("a {task} model has no {} graph", kind.as_str()),
+            });
+        }
         let io = get("io_names")?;
-        if io != names::PATTERN {
+        if io != names::pattern(task) {
             return Err(Error::Metadata {
                 what: what.to_string(),
                 key: format!("{METADATA_PREFIX}io_names"),
-                message: format!("`{io}`, expected `{}`", names::PATTERN),
+                message: format!("`{io}`, expected `{}`", names::pattern(task)),
             });
         }
         let state: StateSpec =
@@ -686,10 +853,11 @@ impl ModelContract {
                 key: format!("{METADATA_PREFIX}state"),
                 message: e.to_string(),
             })?;
-        state.validate(what)?;
+        state.validate_for(task, what)?;
         let field = |key: &str| -> Result<usize> { parse(what, key, get(key)?) };
         Ok(Self {
             format_version,
+            task,
             family: get("family")?.clone(),
             arch: get("arch")?.clone(),
             src_vocab_size: field("src_vocab_size")?,
@@ -761,8 +929,12 @@ pub struct FileEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelFiles {
-    /// [`ENCODER_FILE`].
-    pub encoder: FileEntry,
+    /// [`ENCODER_FILE`]: present exactly for translation models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<FileEntry>,
+    /// [`PREFILL_FILE`]: present exactly for language models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<FileEntry>,
     /// [`DECODER_FILE`].
     pub decoder: FileEntry,
     /// The source dictionary (`dict.{src}.txt`).
@@ -772,6 +944,54 @@ pub struct ModelFiles {
     /// [`TOKENIZER_FILE`], when the data was preprocessed with `--tokenizer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<FileEntry>,
+}
+
+impl ModelFiles {
+    /// The first graph (encoder or prefill) of a model of `task`, checking that the manifest
+    /// lists exactly that one, and, for a language model, one dictionary for both sides
+    /// (`path` names the manifest in errors).
+    pub fn first_graph(&self, task: Task, path: &Path) -> Result<&FileEntry> {
+        let bad = |message: String| Error::Manifest { path: path.to_path_buf(), message };
+        let (wanted, other, wanted_field, other_field) = match task {
+            Task::Translation => (&self.encoder, &self.prefill, "encoder", "prefill"),
+            Task::LanguageModeling => (&self.prefill, &self.encoder, "prefill", "encoder"),
+        };
+        if other.is_some() {
+            return Err(bad(format!("files.{other_field} is listed, but a {task} model has none")));
+        }
+        let entry = wanted.as_ref().ok_or_else(|| {
+            bad(format!(
+                "files.{wanted_field} ({}) is missing: a {task} model needs it",
+                task.first_graph().file_name()
+            ))
+        })?;
+        if task == Task::LanguageModeling && self.src_dict != self.tgt_dict {
+            return Err(bad(format!(
+                "files.src_dict ({}) and files.tgt_dict ({}) differ: a language model has one \
+                 dictionary",
+                self.src_dict.name, self.tgt_dict.name
+            )));
+        }
+        Ok(entry)
+    }
+
+    /// The entries of the two graphs and of every other listed file, with what each is.
+    pub fn entries(&self) -> Vec<(&FileEntry, &'static str)> {
+        let mut out = Vec::with_capacity(6);
+        if let Some(e) = &self.encoder {
+            out.push((e, "encoder"));
+        }
+        if let Some(p) = &self.prefill {
+            out.push((p, "prefill"));
+        }
+        out.push((&self.decoder, "decoder"));
+        out.push((&self.src_dict, "source dictionary"));
+        out.push((&self.tgt_dict, "target dictionary"));
+        if let Some(t) = &self.tokenizer {
+            out.push((t, "tokenizer"));
+        }
+        out
+    }
 }
 
 /// `manifest.json`.
@@ -821,9 +1041,29 @@ impl Manifest {
                 supported: FORMAT_VERSION,
             });
         }
+        if version >= u64::from(TASK_VERSION)
+            && value.get("contract").and_then(|c| c.get("task")).is_none()
+        {
+            return Err(Error::Manifest {
+                path: path.clone(),
+                message: format!(
+                    "missing contract.task (required from format version {TASK_VERSION})"
+                ),
+            });
+        }
         let manifest: Self = serde_json::from_value(value)
             .map_err(|e| Error::Manifest { path: path.clone(), message: e.to_string() })?;
-        manifest.contract.state.validate(&path.display().to_string())?;
+        let c = &manifest.contract;
+        c.state.validate_for(c.task, &path.display().to_string())?;
+        manifest.files.first_graph(c.task, &path)?;
+        if c.task == Task::LanguageModeling && c.src_vocab_size != c.tgt_vocab_size {
+            return Err(Error::Mismatch {
+                what: path.display().to_string(),
+                field: "src_vocab_size (a language model has one vocabulary)".into(),
+                expected: c.tgt_vocab_size.to_string(),
+                found: c.src_vocab_size.to_string(),
+            });
+        }
         Ok(manifest)
     }
 
@@ -995,6 +1235,7 @@ mod tests {
     fn contract() -> ModelContract {
         ModelContract {
             format_version: FORMAT_VERSION,
+            task: Task::Translation,
             family: "transformer".into(),
             arch: "transformer_tiny".into(),
             src_vocab_size: 1000,
@@ -1159,7 +1400,8 @@ mod tests {
         let m = Manifest {
             contract: contract(),
             files: ModelFiles {
-                encoder: f(ENCODER_FILE),
+                encoder: Some(f(ENCODER_FILE)),
+                prefill: None,
                 decoder: f(DECODER_FILE),
                 src_dict: f("dict.es.txt"),
                 tgt_dict: f("dict.en.txt"),
@@ -1219,6 +1461,172 @@ mod tests {
         assert!(e.to_string().contains("dict.en.txt:2"), "{e}");
         let e = err(Vocabulary::parse(p, "a x\n"));
         assert!(e.to_string().contains("`x`"), "{e}");
+        Ok(())
+    }
+
+    /// A decoder-only state: a self-attention cache that grows, one that is updated in place,
+    /// and a recurrent summary.
+    fn lm_state() -> StateSpec {
+        let t = |name: &str, shape: &[&str], policy| StateTensor {
+            name: name.into(),
+            dtype: StateDtype::Model,
+            shape: shape.iter().map(|s| s.to_string()).collect(),
+            policy,
+        };
+        StateSpec {
+            dims: [("heads".to_string(), 2), ("head_dim".to_string(), 4)].into(),
+            tensors: vec![
+                t(
+                    "self_key.0",
+                    &["rows", "heads", "past", "head_dim"],
+                    StatePolicy::Append { axis: "past".into() },
+                ),
+                t(
+                    "self_value.0",
+                    &["rows", "heads", "capacity", "head_dim"],
+                    StatePolicy::InPlace { axis: "capacity".into() },
+                ),
+                t("sum", &["rows", "head_dim"], StatePolicy::Recurrent { init: StateInit::Zeros }),
+            ],
+        }
+    }
+
+    fn lm_contract() -> ModelContract {
+        ModelContract {
+            task: Task::LanguageModeling,
+            arch: "transformer_lm_tiny".into(),
+            src_vocab_size: 1008,
+            max_source_positions: 512,
+            state: lm_state(),
+            ..contract()
+        }
+    }
+
+    #[test]
+    fn task_is_in_the_metadata_and_checked() -> Result<()> {
+        let c = lm_contract();
+        let p = props(GraphKind::Prefill, &c);
+        assert_eq!(p.get("seqforge.task").map(String::as_str), Some("language_modeling"));
+        assert_eq!(p.get("seqforge.graph").map(String::as_str), Some("prefill"));
+        assert_eq!(p.get("seqforge.io_names").map(String::as_str), Some(names::LM_PATTERN));
+        let back = ModelContract::from_metadata("p", GraphKind::Prefill, &p)?;
+        assert_eq!(back, c);
+        let d = props(GraphKind::Decoder, &c);
+        assert_eq!(ModelContract::from_metadata("d", GraphKind::Decoder, &d)?, c);
+
+        // A translation model has no prefill graph, a language model no encoder.
+        let e = err(ModelContract::from_metadata("e", GraphKind::Encoder, &p));
+        assert!(e.to_string().contains("seqforge.graph"), "{e}");
+        let mut q = props(GraphKind::Encoder, &c);
+        q.insert("seqforge.graph".into(), "encoder".into());
+        let e = err(ModelContract::from_metadata("e.onnx", GraphKind::Encoder, &q));
+        assert!(e.to_string().contains("a language_modeling model has no encoder graph"), "{e}");
+
+        // check_same names the task.
+        let e = err(contract().check_same("decoder.onnx", &ModelContract { ..c.clone() }));
+        assert!(e.to_string().contains("`task`"), "{e}");
+
+        // Version 4 requires the task; versions 2 and 3 are translation models without it.
+        let mut q = props(GraphKind::Decoder, &contract());
+        q.remove("seqforge.task");
+        let e = err(ModelContract::from_metadata("d", GraphKind::Decoder, &q));
+        assert!(e.to_string().contains("seqforge.task"), "{e}");
+        q.insert("seqforge.format_version".into(), "3".into());
+        let old = ModelContract::from_metadata("d", GraphKind::Decoder, &q)?;
+        assert_eq!((old.task, old.format_version), (Task::Translation, 3));
+        let mut q = props(GraphKind::Decoder, &c);
+        q.insert("seqforge.task".into(), "summarization".into());
+        let e = err(ModelContract::from_metadata("d", GraphKind::Decoder, &q));
+        assert!(e.to_string().contains("summarization"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn language_model_state_has_no_encoder_parts() {
+        assert!(lm_state().validate_for(Task::LanguageModeling, "m").is_ok());
+        // The translation state (per-sentence tensors, encoder-initialised hidden) is not one.
+        let e = err(state().validate_for(Task::LanguageModeling, "prefill.onnx")).to_string();
+        assert!(e.contains("mask") && e.contains("per-sentence"), "{e}");
+        let mut s = lm_state();
+        s.tensors[2].policy = StatePolicy::Recurrent { init: StateInit::Encoder("h".into()) };
+        let e = err(s.validate_for(Task::LanguageModeling, "m")).to_string();
+        assert!(e.contains("`sum`") && e.contains("starts from zeros"), "{e}");
+        let mut s = lm_state();
+        s.tensors[2].shape.push("source".into());
+        let e = err(s.validate_for(Task::LanguageModeling, "m")).to_string();
+        assert!(e.contains("`source`"), "{e}");
+        let mut s = lm_state();
+        s.tensors[2].name = "tokens".into();
+        let e = err(s.validate_for(Task::LanguageModeling, "m")).to_string();
+        assert!(e.contains("reserved"), "{e}");
+        assert_eq!(
+            serde_json::to_string(&Task::LanguageModeling).ok().as_deref(),
+            Some("\"language_modeling\"")
+        );
+    }
+
+    #[test]
+    fn manifest_lists_the_graph_its_task_needs() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("seqforge-contract-lm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        let f = |n: &str| FileEntry { name: n.into(), sha256: "00".repeat(32) };
+        let m = Manifest {
+            contract: lm_contract(),
+            files: ModelFiles {
+                encoder: None,
+                prefill: Some(f(PREFILL_FILE)),
+                decoder: f(DECODER_FILE),
+                src_dict: f(LM_DICT_FILE),
+                tgt_dict: f(LM_DICT_FILE),
+                tokenizer: None,
+            },
+            source_lang: None,
+            target_lang: None,
+            producer: "test".into(),
+            checkpoint: "ckpt".into(),
+            num_updates: 0,
+        };
+        let path = dir.join(MANIFEST_FILE);
+        let write = |m: &str| {
+            std::fs::write(&path, m).map_err(|source| Error::Io { path: path.clone(), source })
+        };
+        write(&m.to_json())?;
+        assert_eq!(Manifest::load(&dir)?, m);
+        assert!(!m.to_json().contains("\"encoder\""), "{}", m.to_json());
+
+        let check = |bad: Manifest, want: &[&str]| -> Result<()> {
+            write(&bad.to_json())?;
+            let e = err(Manifest::load(&dir)).to_string();
+            for w in want {
+                assert!(e.contains(w) && e.contains(MANIFEST_FILE), "{e} lacks {w}");
+            }
+            Ok(())
+        };
+        let mut b = m.clone();
+        b.files.prefill = None;
+        check(b, &["files.prefill (prefill.onnx) is missing", "language_modeling"])?;
+        let mut b = m.clone();
+        b.files.encoder = Some(f(ENCODER_FILE));
+        check(b, &["files.encoder is listed"])?;
+        let mut b = m.clone();
+        b.files.tgt_dict = f("dict.en.txt");
+        check(b, &["one dictionary"])?;
+        let mut b = m.clone();
+        b.contract.src_vocab_size = 7;
+        check(b, &["src_vocab_size"])?;
+        let mut b = m.clone();
+        b.contract.task = Task::Translation;
+        check(b, &["files.prefill is listed, but a translation model has none"])?;
+        let mut b = m.clone();
+        b.contract.task = Task::Translation;
+        b.files.prefill = None;
+        check(b, &["files.encoder (encoder.onnx) is missing"])?;
+        // Version 4 needs the task in the manifest; version 3 is a translation model.
+        let no_task = m.to_json().replace("\"task\": \"language_modeling\",", "");
+        write(&no_task)?;
+        let e = err(Manifest::load(&dir)).to_string();
+        assert!(e.contains("contract.task"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 }

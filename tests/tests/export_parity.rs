@@ -577,7 +577,7 @@ fn fp16_survives_activations_that_overflow_a_naive_fp16_layer_norm() -> Result<(
     )?;
     // The input of the encoder's final layer norm: the fp16 residual stream.
     let last = format!("encoder.layers.{}.ffn_residual", config.encoder_layers - 1);
-    let (ours, residual) = run_encoder_with(compiled.encoder, &last)?;
+    let (ours, residual) = run_encoder_with(compiled.first, &last)?;
     let (tokens, _) = padded(&sources(), true);
     let real_rows: Vec<f32> = residual
         .chunks(dim)

@@ -85,11 +85,11 @@ pub struct EvalLmSummary {
 }
 
 /// fairseq-eval-lm's scorer on a libtorch model: teacher-forced forward pass, fp32
-/// log-probabilities, the targets' values gathered.
-struct TorchScorer<'m> {
-    model: &'m dyn Model,
-    device: Device,
-    pad: u32,
+/// log-probabilities, the targets' values gathered (rows right-padded).
+pub(crate) struct TorchScorer<'m> {
+    pub(crate) model: &'m dyn Model,
+    pub(crate) device: Device,
+    pub(crate) pad: u32,
 }
 
 impl LmScorer for TorchScorer<'_> {

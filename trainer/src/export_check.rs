@@ -12,7 +12,14 @@
 //! steps are taken, each row continued greedily by the libtorch model and fed identically to
 //! both; halfway through the rows are reversed (a beam reorder) and at three quarters the first
 //! row is dropped (a prune). The largest absolute difference of the log-probabilities must stay
-//! within `--tolerance` (1e-4 for fp32, 2e-2 for fp16). The model directory is exported to
+//! within `--tolerance` (1e-4 for fp32, 2e-2 for fp16).
+//!
+//! A language model (`task = language_modeling`) is checked on the first `--check-samples`
+//! sentences of `{subset}` (`{subset}.bin/.idx` in --data): first the prefill graph's
+//! log-probabilities of every sentence's tokens, a right-padded batch of different lengths,
+//! against the libtorch model's forward pass (what eval-lm scores); then the sentences cut to
+//! one length are the prompts of the incremental comparison above (the prefill, then the steps).
+//! The model directory is exported to
 //! `OUT.unchecked-<pid>` and only renamed to `OUT` once the check passed; on a mismatch nothing
 //! is left behind.
 
@@ -25,9 +32,10 @@ use half::f16;
 use ort::value::{DynValue, Tensor as OrtTensor};
 use seqforge_exporter::{BuildOptions, ExportOptions, ExportSummary};
 use seqforge_runtime::decoding::{IncrementalDecoder, LogProbs};
+use seqforge_runtime::lm::LmScorer;
 use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
 use seqforge_runtime::search::{GenerationOptions, Hypothesis, generate};
-use seqforge_schemas::contract::{self, Dtype};
+use seqforge_schemas::contract::{self, Dtype, Task};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::checkpoint;
@@ -353,19 +361,30 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<Checked>
         message: format!("model {} cannot decode incrementally", c.arch),
     })?;
 
+    let lm = c.task == Task::LanguageModeling;
     // Validation sentences (EOS included), at most the model's source length.
-    let prefix = args.data.join(format!("{}.{src_lang}-{tgt_lang}.{src_lang}", args.check_subset));
+    let prefix = if lm {
+        args.data.join(&args.check_subset)
+    } else {
+        args.data.join(format!("{}.{src_lang}-{tgt_lang}.{src_lang}", args.check_subset))
+    };
     let dataset = IndexedDataset::open(&prefix).map_err(|e| ExportCheckError::Data {
         path: prefix.clone(),
         message: format!("cannot read the check sentences: {e} (pass --check-samples 0 to skip)"),
     })?;
+    // A language model's input is `[eos] + sentence`: one position less for the sentence.
+    let longest = if lm { c.max_target_positions - 1 } else { c.max_source_positions };
     let mut sources: Vec<Vec<u32>> = Vec::new();
-    for i in 0..dataset.len().min(args.check_samples) {
+    for i in 0..dataset.len() {
+        if sources.len() == args.check_samples {
+            break;
+        }
         let ids = dataset
             .get(i)
             .map_err(|e| ExportCheckError::Data { path: prefix.clone(), message: e.to_string() })?;
-        let ids: Vec<u32> = ids.iter().copied().take(c.max_source_positions).collect();
-        if !ids.is_empty() {
+        let ids: Vec<u32> = ids.iter().copied().take(longest).collect();
+        // A language model's check needs a token besides EOS (document separators are EOS).
+        if ids.len() > usize::from(lm) {
             sources.push(ids);
         }
     }
@@ -375,6 +394,26 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<Checked>
             message: "no sentences to check on (pass --check-samples 0 to skip)".into(),
         });
     }
+    let mut log_probs_diff = 0f32;
+    if lm {
+        log_probs_diff = check_scores(
+            model.as_ref(),
+            &mut OnnxDecoder::new(onnx_model.clone())?,
+            &sources,
+            special.eos,
+            special.pad,
+            tolerance,
+            c.dtype,
+        )?;
+        // The prompts of the incremental comparison: the sentences cut to one length (a
+        // decoder state has one position for all its rows), ending with EOS as a source does.
+        let shortest = sources.iter().map(Vec::len).min().unwrap_or(1);
+        let keep = (shortest - 1).clamp(1, 16);
+        for s in &mut sources {
+            s.truncate(keep);
+            s.push(special.eos);
+        }
+    }
     let b = sources.len();
     let mut torch = TorchDecoder::new(step_model);
     let mut onnx = OnnxDecoder::new(onnx_model)?;
@@ -383,8 +422,7 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<Checked>
     let mut state_t = torch.init_state(&encoded_t, 1)?;
     let mut state_o = onnx.init_state(&encoded_o, 1)?;
     let mut prev: Vec<u32> = vec![special.eos; b];
-    let steps = args.check_steps.min(c.max_target_positions);
-    let mut log_probs_diff = 0f32;
+    let steps = args.check_steps.min(torch.max_target_positions_for(&sources[0]).saturating_sub(1));
     for step in 0..steps {
         let rows = prev.len();
         let order: Option<Vec<usize>> = if step == steps / 2 && rows > 1 {
@@ -430,6 +468,49 @@ fn check(args: &ExportArgs, model_dir: &Path, tolerance: f32) -> Result<Checked>
         final_rows: prev.len(),
         identical_hypotheses: (identical, b),
     })
+}
+
+/// A language model's prefill log-probabilities of every (non-empty) sentence's tokens
+/// (`[eos] + s[..n-1]` → `s`, rows of different lengths right-padded) through ONNX Runtime against the
+/// libtorch forward pass: the largest difference, or a [`ExportCheckError::Mismatch`].
+fn check_scores(
+    model: &dyn Model,
+    onnx: &mut OnnxDecoder,
+    sentences: &[Vec<u32>],
+    eos: u32,
+    pad: u32,
+    tolerance: f32,
+    dtype: Dtype,
+) -> Result<f32> {
+    // The model reads `[eos] + s[..n-1]` and predicts `s`.
+    let inputs: Vec<Vec<u32>> = sentences
+        .iter()
+        .map(|s| std::iter::once(eos).chain(s[..s.len() - 1].iter().copied()).collect())
+        .collect();
+    let inputs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+    let targets: Vec<&[u32]> = sentences.iter().map(Vec::as_slice).collect();
+    let _guard = tch::no_grad_guard();
+    let mut torch = crate::eval_lm::TorchScorer { model, device: Device::Cpu, pad };
+    let want = torch.target_log_probs(&inputs, &targets).map_err(|e| ExportCheckError::Data {
+        path: PathBuf::from("libtorch"),
+        message: e.to_string(),
+    })?;
+    let got = onnx.target_log_probs(&inputs, &targets)?;
+    let mut worst = 0f32;
+    for (row, (a, b)) in got.iter().zip(&want).enumerate() {
+        let d = max_diff(a, b);
+        if d.is_nan() || d > tolerance {
+            return Err(ExportCheckError::Mismatch {
+                dtype,
+                what: "prefill log_probs".into(),
+                diff: d,
+                tolerance,
+                at: format!(" in sentence {row} ({} tokens)", a.len()),
+            });
+        }
+        worst = worst.max(d);
+    }
+    Ok(worst)
 }
 
 fn runtime_error(e: seqforge_runtime::search::Error) -> ExportCheckError {
@@ -478,40 +559,47 @@ mod tests {
         });
         let data = root.join("data");
         std::fs::create_dir_all(&data).unwrap();
-        for lang in ["de", "en"] {
+        let sentences = [vec![5u32, 9, 7, 2], vec![13, 2], vec![8, 8, 19, 4, 17, 2]];
+        let write = |dict: &str, split: &str| {
             let text: String = (4..30).map(|i| format!("w{i} 1\n")).collect();
-            std::fs::write(data.join(format!("dict.{lang}.txt")), text).unwrap();
-            let mut b = IndexedDatasetBuilder::create(
-                data.join(format!("valid.de-en.{lang}")),
-                crate::data::DType::U16,
-            )
-            .unwrap();
-            for s in [vec![5u32, 9, 7, 2], vec![13, 2], vec![8, 8, 19, 4, 17, 2]] {
-                b.add_item(&s).unwrap();
+            std::fs::write(data.join(dict), text).unwrap();
+            let mut b =
+                IndexedDatasetBuilder::create(data.join(split), crate::data::DType::U16).unwrap();
+            for s in &sentences {
+                b.add_item(s).unwrap();
             }
             b.finalize().unwrap();
-        }
+        };
         // As the trainer saves it: the arch config with vocabulary sizes 0.
         let mut saved_config = config;
-        saved_config["src_vocab_size"] = 0.into();
-        saved_config["tgt_vocab_size"] = 0.into();
+        let (task, dicts) = if factory.decoder_only {
+            write("dict.txt", "valid");
+            saved_config["vocab_size"] = 0.into();
+            let task = serde_json::json!({"tokens_per_sample": 64});
+            (ComponentConfig::new("language_modeling", task), vec!["dict.txt"])
+        } else {
+            for lang in ["de", "en"] {
+                write(&format!("dict.{lang}.txt"), &format!("valid.de-en.{lang}"));
+            }
+            saved_config["src_vocab_size"] = 0.into();
+            saved_config["tgt_vocab_size"] = 0.into();
+            let task = serde_json::json!({"source_lang": "de", "target_lang": "en"});
+            (ComponentConfig::new("translation", task), vec!["dict.de.txt", "dict.en.txt"])
+        };
         let ckpt = Checkpoint {
             config: CheckpointConfig {
                 format_version: checkpoint::FORMAT_VERSION,
                 arch: arch.into(),
                 model: saved_config,
-                task: ComponentConfig::new(
-                    "translation",
-                    serde_json::json!({"source_lang": "de", "target_lang": "en"}),
-                ),
+                task,
                 criterion: ComponentConfig::new("cross_entropy", serde_json::json!({})),
                 optimizer: ComponentConfig::new("adam", serde_json::json!({})),
                 lr_scheduler: ComponentConfig::new("fixed", serde_json::json!({})),
                 precision: crate::fp16::Precision::Fp32,
-                dictionaries: vec![
-                    DictionaryIdentity::of_file(data.join("dict.de.txt")).unwrap(),
-                    DictionaryIdentity::of_file(data.join("dict.en.txt")).unwrap(),
-                ],
+                dictionaries: dicts
+                    .iter()
+                    .map(|d| DictionaryIdentity::of_file(data.join(d)).unwrap())
+                    .collect(),
             },
             state: TrainerState::fresh(3, 0),
             model: model.state_dict(),
@@ -597,6 +685,27 @@ mod tests {
                 assert_eq!(manifest.contract.family, family);
             }
         }
+    }
+
+    #[test]
+    fn transformer_lm_exports_pass_the_check() {
+        let variants = [
+            // Shared input/output embedding, post-norm, learned positions, gelu.
+            serde_json::json!({"share_decoder_input_output_embed": true,
+                "decoder_learned_pos": true, "decoder_normalize_before": false,
+                "activation_fn": "gelu", "layernorm_embedding": true}),
+            // Adaptive input and softmax, tied weights and projections, 8-wide heads.
+            serde_json::json!({"decoder_embed_dim": 32, "decoder_attention_heads": 4,
+                "adaptive_input": true, "adaptive_input_factor": 2.0,
+                "adaptive_input_cutoff": [10, 20], "adaptive_softmax_cutoff": [10, 20],
+                "adaptive_softmax_factor": 2.0, "tie_adaptive_weights": true,
+                "tie_adaptive_proj": true}),
+            // Untied adaptive softmax over a plain embedding, project in/out, no final norm.
+            serde_json::json!({"decoder_input_dim": 24, "decoder_output_dim": 24,
+                "adaptive_softmax_cutoff": [12], "no_decoder_final_norm": true,
+                "no_scale_embedding": true}),
+        ];
+        check_family_exports("transformer_lm", "transformer_lm_tiny", &variants, 1.0);
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! - `.deps/onnxruntime/lib`: `libonnxruntime.so.1.31.1` from `onnxruntime==1.31.1` (or
 //!   `onnxruntime-gpu==1.31.1` with `--gpu`, which adds the CUDA and TensorRT providers).
 //!
-//! - `.deps/sword/<package>/usr/share/sword`: the public-domain SWORD Bible modules the
-//!   corpus recipe reads (`sword-text-sparv`, `sword-text-kjv`), unpacked from Debian packages
-//!   with `apt-get download` + `dpkg-deb -x` (no system install). `--no-corpus` skips them.
+//! - `.deps/sword/<package>/usr/share/sword`: the public-domain SWORD modules the corpus
+//!   recipes read (`sword-text-sparv`, `sword-text-kjv` for `corpus bible`; also
+//!   `sword-text-web`, `sword-comm-mhcc`, `sword-comm-scofield`, `sword-comm-tdavid` for
+//!   `corpus english`), unpacked from Debian packages with `apt-get download` +
+//!   `dpkg-deb -x` (no system install). `--no-corpus` skips them.
 //! - `.deps/gloo/libgloo-dev/usr/include/gloo`: the gloo headers the trainer's c10d shim
 //!   (distributed training) compiles against, from Debian's `libgloo-dev`, unpacked the same way.
 //! - `.deps/python`: the Python packages the export checks use (`onnx` for
@@ -67,7 +69,7 @@ pub struct SetupArgs {
     /// Reinstall every component even when the installed one verifies.
     #[arg(long)]
     pub force: bool,
-    /// Do not fetch the SWORD Bible packages (tests that need the Bible corpus then skip).
+    /// Do not fetch the SWORD packages (tests that need the Bible or English corpus then skip).
     #[arg(long)]
     pub no_corpus: bool,
     /// Do not install the Python export-check packages into `.deps/python` (the Python export
@@ -438,10 +440,15 @@ fn ensure_python(root: &Path, args: &SetupArgs) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Debian packages: the SWORD Bible modules and the gloo headers
 
-/// The Debian packages holding the corpus recipe's modules, with a file each must contain.
-const SWORD_PACKAGES: [(&str, &str); 2] = [
+/// The Debian packages holding the corpus recipes' modules, with a file each must contain:
+/// the Bible recipe's two Bibles, then the English LM recipe's other Bible and commentaries.
+const SWORD_PACKAGES: [(&str, &str); 6] = [
     ("sword-text-sparv", "usr/share/sword/mods.d/spaRV1909eb.conf"),
     ("sword-text-kjv", "usr/share/sword/mods.d/engKJV2006eb.conf"),
+    ("sword-text-web", "usr/share/sword/mods.d/engWEB2015eb.conf"),
+    ("sword-comm-mhcc", "usr/share/sword/mods.d/mhcc.conf"),
+    ("sword-comm-scofield", "usr/share/sword/mods.d/scofield.conf"),
+    ("sword-comm-tdavid", "usr/share/sword/mods.d/tdavid.conf"),
 ];
 
 /// The gloo headers the trainer's c10d shim compiles against (`ProcessGroupGloo.hpp` includes

@@ -220,6 +220,7 @@ impl Ours {
             &move || OnnxDecoder::new(Arc::clone(&model)),
             &refs,
             None,
+            seqforge_runtime::pool::Inputs::Sources,
             options,
             limits,
             |_| {},

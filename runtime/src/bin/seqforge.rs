@@ -43,6 +43,10 @@ enum Command {
     /// with dynamic batching, a bounded queue and graceful shutdown on SIGTERM.
     #[cfg(feature = "serve")]
     Serve(Box<seqforge_runtime::serve::ServeArgs>),
+    /// Evaluate an exported language model on a raw text file as fairseq-eval-lm does
+    /// (perplexity, token- or word-level, with a context window).
+    #[cfg(feature = "onnx")]
+    EvalLm(Box<seqforge_runtime::cli::eval_lm::EvalLmArgs>),
 }
 
 fn main() -> Result<()> {
@@ -63,6 +67,10 @@ fn main() -> Result<()> {
         }
         #[cfg(feature = "serve")]
         Command::Serve(args) => seqforge_runtime::serve::run(&args)?,
+        #[cfg(feature = "onnx")]
+        Command::EvalLm(args) => {
+            seqforge_runtime::cli::eval_lm::run(&args, &mut io::stdout().lock())?;
+        }
     }
     Ok(())
 }

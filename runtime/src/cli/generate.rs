@@ -37,7 +37,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use clap::ArgGroup;
-use seqforge_schemas::contract::{Manifest, Vocabulary};
+use seqforge_schemas::contract::{Manifest, Task, Vocabulary};
 
 use super::{
     BatchArgs, InputArgs, ModelArgs, OutputFormat, SearchArgs, Translator, init_logging,
@@ -150,7 +150,7 @@ pub(crate) fn write_fairseq(
         writeln!(out, "T-{id}\t{r}")?;
     }
     let ln2 = std::f32::consts::LN_2;
-    if source.is_empty() {
+    if source.is_empty() && hypotheses.is_empty() {
         // The empty line's translation is the empty string, with probability 1.
         writeln!(out, "H-{id}\t0.0\t")?;
         writeln!(out, "D-{id}\t0.0\t")?;
@@ -211,6 +211,7 @@ pub fn run(args: &GenerateArgs, out: &mut impl Write) -> anyhow::Result<Generate
             }
             let mut translator =
                 Translator::open(&args.model, options, limits, args.batch.workers(&args.model))?;
+            translator.model().require_task(Task::Translation, "`seqforge generate --data`")?;
             let loaded = encode_split(args, &translator, split)?;
             generate(args, &mut translator, loaded, out)
         }
@@ -536,7 +537,10 @@ fn generate(
         best_texts.push(best);
     }
     let summary = GenerateSummary {
-        sentences: inputs.iter().filter(|s| !s.is_empty()).count(),
+        sentences: match translator.model().task() {
+            Task::Translation => inputs.iter().filter(|s| !s.is_empty()).count(),
+            Task::LanguageModeling => inputs.len(),
+        },
         tokens,
         seconds,
         skipped: sources.len() - kept.len(),

@@ -123,7 +123,7 @@ pub fn run(
                 continue;
             };
             let hyps = results.next().unwrap_or_default();
-            if !source.is_empty() {
+            if !source.is_empty() || !hyps.is_empty() {
                 summary.sentences += 1;
             }
             if let Some(best) = hyps.first() {

@@ -8,6 +8,7 @@
 //! sorted by length, batched, and results put back in input order), through a [`Translator`],
 //! which is built from the same pieces as the thread-safe [`crate::pool::TranslatorPool`].
 
+pub mod eval_lm;
 pub mod generate;
 pub mod interactive;
 
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use crate::onnx::{Device, ModelDir, OnnxDecoder, RuntimeOptions};
 pub use crate::pool::make_batches;
-use crate::pool::{open_model, translate_sources_on};
+use crate::pool::{Inputs, open_model, translate_sources_on};
 use crate::search::{GenerationOptions, Hypothesis, Strategy};
 use crate::text::{Overlong, SourceLine, TextPipeline};
 use crate::{Error, Result};
@@ -345,6 +346,7 @@ impl Translator {
             &move || OnnxDecoder::new(Arc::clone(&model)),
             sources,
             prefixes,
+            Inputs::of(self.model.task()),
             &self.options,
             self.limits,
             progress,

@@ -7,6 +7,7 @@ pub mod library;
 pub mod model;
 pub mod session;
 
+pub use crate::decoding::lm_input;
 pub use device::Device;
 pub use library::{LibraryOrigin, ORT_VERSION, environment, init, locate};
 pub use model::{ModelDir, OnnxDecoder, RuntimeOptions};

@@ -56,6 +56,23 @@
 //!   gather from the per-sentence copies, then one upload on GPU) only when that mapping
 //!   changes: once when step 0's one row per sentence expands to the beam, and when finished
 //!   sentences are pruned.
+//!
+//! # Language models
+//!
+//! On a decoder-only model ([`Task::LanguageModeling`]) the same [`IncrementalDecoder`] runs
+//! prompts, with no family-specific code (see the contract's language-model section):
+//! - [`OnnxDecoder::encode`] takes each source (a prompt's ids, then EOS) as `[eos] + prompt`
+//!   ([`lm_input`]), requires one length for the whole batch ([`Error::PromptLengths`]: the step
+//!   graph has one `position` for all rows) and runs the prefill graph once, keeping each
+//!   sentence's `present.{name}` and its last position's log-probabilities on the host.
+//! - `init_state` copies every sentence's state to its rows (an `InPlace` tensor into a buffer
+//!   with spare capacity), at position `T`; the first `step` returns the kept log-probabilities
+//!   in row order without running the step graph (`step_top` declines it), later steps run
+//!   the step graph as for a translation model.
+//! - [`IncrementalDecoder::max_target_positions_for`] is what the prompt leaves of the model's
+//!   positions, so the search stops in time; a step past the positions is an error.
+//! - [`OnnxDecoder`] is also the [`LmScorer`] of `seqforge eval-lm`: one prefill run per batch
+//!   (rows right-padded), each row's target log-probabilities gathered from `[B, T, V]`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,13 +86,16 @@ use ort::session::{HasSelectedOutputs, IoBinding, OutputSelector, RunOptions, Se
 use ort::value::{DynTensor, DynValue, Outlet, Tensor, TensorElementType, ValueType};
 use seqforge_schemas::contract::{
     self, DimKind, Dtype, GraphKind, Manifest, ModelContract, StateDtype, StateInit, StatePolicy,
-    StateSpec, StateTensor, TOKENIZER_FILE, Vocabulary, names,
+    StateSpec, StateTensor, TOKENIZER_FILE, Task, Vocabulary, names,
 };
 use sha2::{Digest, Sha256};
 
 use super::device::Device;
 use super::session::{SessionConfig, load_session_on};
-use crate::decoding::{IncrementalDecoder, LogProbs, SpecialTokens, TopLogProbs};
+use crate::decoding::{
+    IncrementalDecoder, LogProbs, SpecialTokens, TopLogProbs, lm_input, lm_positions_left,
+};
+use crate::lm::LmScorer;
 use crate::{Error, Result};
 
 /// How to open and run a model directory.
@@ -180,21 +200,15 @@ impl ModelDir {
         super::init(options.ort_library.as_deref())?;
         let manifest = Manifest::load(dir)?;
         let files = &manifest.files;
-        let mut listed = vec![
-            (&files.encoder, "encoder", options.verify),
-            (&files.decoder, "decoder", options.verify),
-            (&files.src_dict, "source dictionary", true),
-            (&files.tgt_dict, "target dictionary", true),
-        ];
-        if let Some(tok) = &files.tokenizer {
-            listed.push((tok, "tokenizer", true));
-        }
-        for (entry, role, hash) in listed {
+        let task = manifest.contract.task;
+        let first = files.first_graph(task, &dir.join(contract::MANIFEST_FILE))?;
+        for (entry, role) in files.entries() {
             let path = dir.join(&entry.name);
             if !path.is_file() {
                 return Err(Error::ModelFileMissing { path, role });
             }
-            if hash {
+            let graph = matches!(role, "encoder" | "prefill" | "decoder");
+            if !graph || options.verify {
                 let found = sha256_file(&path)?;
                 if !found.eq_ignore_ascii_case(&entry.sha256) {
                     return Err(Error::ChecksumMismatch {
@@ -232,7 +246,7 @@ impl ModelDir {
         }
         let model = Self {
             dir: dir.to_path_buf(),
-            encoder_path: dir.join(&files.encoder.name),
+            encoder_path: dir.join(&first.name),
             decoder_path: dir.join(&files.decoder.name),
             manifest,
             src_vocab,
@@ -269,6 +283,25 @@ impl ModelDir {
         &self.manifest.contract
     }
 
+    /// What the model does (translation or language modeling).
+    pub fn task(&self) -> Task {
+        self.contract().task
+    }
+
+    /// [`Error::TaskMismatch`] naming `what` unless the model's task is `needed`.
+    pub fn require_task(&self, needed: Task, what: &str) -> Result<()> {
+        if self.task() == needed {
+            Ok(())
+        } else {
+            Err(Error::TaskMismatch {
+                dir: self.dir.clone(),
+                task: self.task(),
+                what: what.to_string(),
+                needed,
+            })
+        }
+    }
+
     /// The source dictionary.
     pub fn src_vocab(&self) -> &Vocabulary {
         &self.src_vocab
@@ -302,7 +335,7 @@ impl ModelDir {
             prepacked: Some(self.prepacked.clone()),
         };
         let encoder = load_session_on(&self.encoder_path, &config, &self.options.device)?;
-        self.check_graph(&self.encoder_path, GraphKind::Encoder, &encoder)?;
+        self.check_graph(&self.encoder_path, self.contract().task.first_graph(), &encoder)?;
         let decoder = load_session_on(&self.decoder_path, &config, &self.options.device)?;
         self.check_graph(&self.decoder_path, GraphKind::Decoder, &decoder)?;
         Ok(Sessions { encoder, decoder })
@@ -348,6 +381,16 @@ impl ModelDir {
                     .map(|(name, t)| expect(name.to_string(), t))
                     .collect();
                 (vec![plain(names::SRC_TOKENS, TensorElementType::Int64, 2)], outs)
+            }
+            GraphKind::Prefill => {
+                let mut outs = vec![plain(names::LOG_PROBS, TensorElementType::Float32, 3)];
+                outs.extend(
+                    spec.tensors
+                        .iter()
+                        .filter(|t| t.policy.follows_row())
+                        .map(|t| expect(names::present(&t.name), t)),
+                );
+                (vec![plain(names::TOKENS, TensorElementType::Int64, 2)], outs)
             }
             GraphKind::Decoder => {
                 let mut ins = vec![
@@ -508,8 +551,20 @@ impl HostTensor {
 struct EncodedBatch {
     sentences: usize,
     src_len: usize,
-    /// [`StateSpec::encoder_outputs`] in that order.
+    /// [`StateSpec::encoder_outputs`] in that order; for a language model, the prefill's
+    /// `present.{name}` in [`Names::past`] order.
     outputs: Vec<HostTensor>,
+    /// A language model's prefill results.
+    prefill: Option<Prefilled>,
+}
+
+/// What a language model's prefill left for the steps.
+#[derive(Debug)]
+struct Prefilled {
+    /// Tokens consumed per sentence (`[eos] + prompt`): the first step's position.
+    len: usize,
+    /// Each sentence's next-token log-probabilities after its last token, `[B, V]`.
+    last: Vec<f32>,
 }
 
 /// The encoder's output for a batch (cheap to clone).
@@ -522,9 +577,15 @@ impl Encoded {
         self.0.sentences
     }
 
-    /// Padded source length.
+    /// Padded source length (0 for a language model).
     pub fn src_len(&self) -> usize {
         self.0.src_len
+    }
+
+    /// A language model's prompt length, the leading EOS included (`None` for a translation
+    /// model).
+    pub fn prompt_len(&self) -> Option<usize> {
+        self.0.prefill.as_ref().map(|p| p.len)
     }
 }
 
@@ -552,6 +613,8 @@ pub struct DecoderState {
     /// Per row-following tensor, the other buffer of an `InPlace` tensor (reused by the next
     /// gather when its shape fits).
     spare: Vec<Option<DynValue>>,
+    /// Whether the prefill's last log-probabilities are still to be returned by the first step.
+    prefilled: bool,
 }
 
 impl DecoderState {
@@ -658,6 +721,8 @@ pub struct OnnxDecoder {
     has_position: bool,
     /// Whether the state has `InPlace` tensors (steps then run through `binding`).
     in_place: bool,
+    /// Whether the model is a language model (`encoder` is then the prefill graph).
+    lm: bool,
     /// Run options that fetch every output but `log_probs` (steps of [`OnnxDecoder::step_top`]).
     top_only: RunOptions<HasSelectedOutputs>,
 }
@@ -687,7 +752,9 @@ impl OnnxDecoder {
         let has_position = decoder.inputs().iter().any(|i| i.name() == names::POSITION);
         let top_only =
             RunOptions::new()?.with_outputs(OutputSelector::default().without(names::LOG_PROBS));
+        let lm = model.task() == Task::LanguageModeling;
         Ok(Self {
+            lm,
             model,
             encoder,
             decoder,
@@ -772,6 +839,184 @@ impl OnnxDecoder {
             past.push(value);
         }
         Ok(past)
+    }
+}
+
+impl OnnxDecoder {
+    /// The first step's value of every row-following tensor of a language model for `rows`
+    /// (sentence of each row): the prefill's `present.{name}` of the row's sentence; an
+    /// `InPlace` tensor in a buffer of `capacity` positions. See the module documentation.
+    fn prefilled_past(
+        &self,
+        encoded: &EncodedBatch,
+        rows: &[usize],
+        len: usize,
+        capacity: usize,
+    ) -> Result<Vec<DynValue>> {
+        let c = self.contract();
+        let mut past = Vec::with_capacity(self.names.past.len());
+        for (p, host) in self.names.past.iter().zip(&encoded.outputs) {
+            let Some(axis) = p.in_place else {
+                past.push(host.gather(self, rows)?);
+                continue;
+            };
+            let shape = c.state.shape_of(&p.decl, rows.len(), 0, capacity);
+            let mut to = in_place_buffer(element_type(c.dtype, p.decl.dtype), &shape, true)?;
+            let (src, dst) = (BufferLayout::of(&host.shape, axis), BufferLayout::of(&shape, axis));
+            match &host.data {
+                HostData::F32(v) => gather_into(v, src, &mut to, dst, rows, len)?,
+                HostData::F16(v) => gather_into(v, src, &mut to, dst, rows, len)?,
+                HostData::Bool(v) => gather_into(v, src, &mut to, dst, rows, len)?,
+                HostData::I64(v) => gather_into(v, src, &mut to, dst, rows, len)?,
+            }
+            past.push(to);
+        }
+        Ok(past)
+    }
+
+    /// A language model's batch: each source (a prompt ending with EOS) as `[eos] + prompt`,
+    /// all of one length, through the prefill graph (see the module documentation).
+    fn prefill(&mut self, sources: &[Vec<u32>]) -> Result<Encoded> {
+        let model = Arc::clone(&self.model);
+        let c = model.contract();
+        let eos = self.special.eos;
+        let rows: Vec<Vec<u32>> = sources.iter().map(|s| lm_input(s, eos)).collect();
+        let len = rows.first().map_or(0, Vec::len);
+        if let Some(other) = rows.iter().find(|r| r.len() != len) {
+            return Err(Error::PromptLengths { first: len - 1, other: other.len() - 1 });
+        }
+        if len > c.max_target_positions {
+            return Err(Error::PromptTooLong {
+                index: 0,
+                tokens: len,
+                max: c.max_target_positions,
+            });
+        }
+        let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let (b, v) = (rows.len(), c.tgt_vocab_size);
+        let outputs = run_prefill(&mut self.encoder, &refs, self.special.pad)?;
+        let lp = prefill_log_probs(&outputs, [b, len, v])?;
+        let mut last = Vec::with_capacity(b * v);
+        for i in 0..b {
+            last.extend_from_slice(&lp[(i * len + len - 1) * v..(i * len + len) * v]);
+        }
+        let mut kept = Vec::with_capacity(self.names.past.len());
+        for p in &self.names.past {
+            let value = outputs.get(p.present.as_str()).ok_or_else(|| Error::GraphOutput {
+                graph: contract::PREFILL_FILE,
+                output: p.present.clone(),
+                message: "not returned".into(),
+            })?;
+            let shape = c.state.shape_of(&p.decl, b, 0, len);
+            let ty = element_type(c.dtype, p.decl.dtype);
+            kept.push(host_copy(value, ty, &shape, &p.present, contract::PREFILL_FILE)?);
+        }
+        let prefill = Some(Prefilled { len, last });
+        Ok(Encoded(Arc::new(EncodedBatch { sentences: b, src_len: 0, outputs: kept, prefill })))
+    }
+
+    /// The prefill's last log-probabilities in row order, once, before the first step runs the
+    /// step graph; `None` when the first step has been taken (or for a translation model).
+    fn take_prefilled(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Option<LogProbs>> {
+        let Some(p) = state.encoded.prefill.as_ref().filter(|_| state.prefilled) else {
+            return Ok(None);
+        };
+        let r = state.rows.len();
+        if tokens.len() != r {
+            return Err(Error::DecoderState(format!("step: {} tokens for {r} rows", tokens.len())));
+        }
+        let v = self.contract().tgt_vocab_size;
+        let mut data = Vec::with_capacity(r * v);
+        for &s in &state.rows {
+            data.extend_from_slice(&p.last[s * v..(s + 1) * v]);
+        }
+        state.prefilled = false;
+        Ok(Some(LogProbs { rows: r, vocab: v, data }))
+    }
+}
+
+/// Runs a prefill graph on `rows`, right-padded with `pad` to the longest.
+fn run_prefill<'s>(
+    session: &'s mut Session,
+    rows: &[&[u32]],
+    pad: u32,
+) -> Result<ort::session::SessionOutputs<'s>> {
+    let b = rows.len();
+    let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    if b == 0 || t == 0 {
+        return Err(Error::DecoderState("prefill: no tokens".into()));
+    }
+    let mut tokens = vec![i64::from(pad); b * t];
+    for (i, row) in rows.iter().enumerate() {
+        for (j, &tok) in row.iter().enumerate() {
+            tokens[i * t + j] = i64::from(tok);
+        }
+    }
+    let input = Tensor::from_array((vec![b, t], tokens))?;
+    Ok(session.run(ort::inputs![names::TOKENS => input])?)
+}
+
+/// The prefill's `log_probs`, checked to be `[B, T, V]`.
+fn prefill_log_probs<'a>(
+    outputs: &'a ort::session::SessionOutputs<'_>,
+    [b, t, v]: [usize; 3],
+) -> Result<&'a [f32]> {
+    let bad = |message: String| Error::GraphOutput {
+        graph: contract::PREFILL_FILE,
+        output: names::LOG_PROBS.into(),
+        message,
+    };
+    let value = outputs.get(names::LOG_PROBS).ok_or_else(|| bad("not returned".into()))?;
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| bad(e.to_string()))?;
+    if **shape != [b as i64, t as i64, v as i64] {
+        return Err(bad(format!("shape {:?}, expected [{b}, {t}, {v}]", &**shape)));
+    }
+    Ok(data)
+}
+
+impl LmScorer for OnnxDecoder {
+    type Error = Error;
+
+    /// Runs the prefill graph over the batch (right-padded) and gathers each row's target
+    /// log-probabilities.
+    fn target_log_probs(&mut self, inputs: &[&[u32]], targets: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        self.model.require_task(Task::LanguageModeling, "language-model scoring")?;
+        if inputs.len() != targets.len() {
+            return Err(Error::DecoderState(format!(
+                "scoring: {} inputs for {} targets",
+                inputs.len(),
+                targets.len()
+            )));
+        }
+        let c = self.model.contract();
+        let (v, max) = (c.tgt_vocab_size, c.max_target_positions);
+        let t = inputs.iter().map(|r| r.len()).max().unwrap_or(0);
+        if t > max {
+            return Err(Error::PromptTooLong { index: 0, tokens: t, max });
+        }
+        let outputs = run_prefill(&mut self.encoder, inputs, self.special.pad)?;
+        let lp = prefill_log_probs(&outputs, [inputs.len(), t, v])?;
+        targets
+            .iter()
+            .zip(inputs)
+            .enumerate()
+            .map(|(i, (target, input))| {
+                target
+                    .iter()
+                    .take(input.len())
+                    .enumerate()
+                    .map(|(j, &tok)| {
+                        let k = tok as usize;
+                        if k >= v {
+                            return Err(Error::DecoderState(format!(
+                                "scoring: target id {tok} outside the vocabulary of {v}"
+                            )));
+                        }
+                        Ok(lp[(i * t + j) * v + k])
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -918,6 +1163,18 @@ fn gather_values<T: ort::value::PrimitiveTensorElementType + Copy>(
     valid: usize,
 ) -> Result<()> {
     let (_, a) = from.try_extract_tensor::<T>()?;
+    gather_into(a, src, to, dst, order, valid)
+}
+
+/// [`gather_positions`] from host data into an ONNX Runtime host tensor of element type `T`.
+fn gather_into<T: ort::value::PrimitiveTensorElementType + Copy>(
+    a: &[T],
+    src: BufferLayout,
+    to: &mut DynValue,
+    dst: BufferLayout,
+    order: &[usize],
+    valid: usize,
+) -> Result<()> {
     let (_, b) = to.try_extract_tensor_mut::<T>()?;
     if a.len() != src.len() || b.len() != dst.len() {
         return Err(Error::DecoderState(format!(
@@ -932,18 +1189,15 @@ fn gather_values<T: ort::value::PrimitiveTensorElementType + Copy>(
     Ok(())
 }
 
-/// Copies an encoder output to the host, checking its element type and shape.
+/// Copies an encoder (or prefill) output to the host, checking its element type and shape.
 fn host_copy(
     value: &DynValue,
     ty: TensorElementType,
     shape: &[usize],
     name: &str,
+    graph: &'static str,
 ) -> Result<HostTensor> {
-    let bad = |message: String| Error::GraphOutput {
-        graph: contract::ENCODER_FILE,
-        output: name.to_string(),
-        message,
-    };
+    let bad = |message: String| Error::GraphOutput { graph, output: name.to_string(), message };
     fn take<T: ort::value::PrimitiveTensorElementType + Clone>(
         value: &DynValue,
         shape: &[usize],
@@ -1091,6 +1345,13 @@ impl OnnxDecoder {
         }
         if r == 0 {
             return Err(Error::DecoderState("step: no rows left".into()));
+        }
+        let positions = self.contract().max_target_positions;
+        if self.lm && state.position >= positions {
+            return Err(Error::DecoderState(format!(
+                "step: position {} is past the model's {positions} positions",
+                state.position
+            )));
         }
         if state.per_sentence_rows != state.rows {
             self.regather(state)?;
@@ -1258,10 +1519,20 @@ impl IncrementalDecoder for OnnxDecoder {
         self.contract().max_target_positions
     }
 
+    /// For a language model, the positions the prompt leaves: `P - T + 1` for `T` input tokens
+    /// (`[eos] + prompt`), so that the search's last step runs at position `P - 1`.
+    fn max_target_positions_for(&self, source: &[u32]) -> usize {
+        let p = self.contract().max_target_positions;
+        if self.lm { lm_positions_left(p, source, self.special.eos) } else { p }
+    }
+
     fn encode(&mut self, sources: &[Vec<u32>]) -> Result<Encoded> {
         let b = sources.len();
         if b == 0 {
             return Err(Error::DecoderState("encode: no source sentences".into()));
+        }
+        if self.lm {
+            return self.prefill(sources);
         }
         let s = sources.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let max = self.contract().max_source_positions;
@@ -1289,9 +1560,20 @@ impl IncrementalDecoder for OnnxDecoder {
                 message: "not returned".into(),
             })?;
             let shape = c.state.shape_of(t, b, s, 0);
-            kept.push(host_copy(value, element_type(c.dtype, t.dtype), &shape, name)?);
+            kept.push(host_copy(
+                value,
+                element_type(c.dtype, t.dtype),
+                &shape,
+                name,
+                contract::ENCODER_FILE,
+            )?);
         }
-        Ok(Encoded(Arc::new(EncodedBatch { sentences: b, src_len: s, outputs: kept })))
+        Ok(Encoded(Arc::new(EncodedBatch {
+            sentences: b,
+            src_len: s,
+            outputs: kept,
+            prefill: None,
+        })))
     }
 
     fn init_state(&mut self, encoded: &Encoded, rows_per_sentence: usize) -> Result<DecoderState> {
@@ -1301,7 +1583,17 @@ impl IncrementalDecoder for OnnxDecoder {
         let rows: Vec<usize> = (0..encoded.0.sentences)
             .flat_map(|s| std::iter::repeat_n(s, rows_per_sentence))
             .collect();
-        let past = self.initial_past(&encoded.0, &rows)?;
+        let (past, position, capacity) = match &encoded.0.prefill {
+            Some(p) => {
+                let capacity =
+                    if self.in_place { grown_capacity(p.len + 1).max(INITIAL_CAPACITY) } else { 0 };
+                (self.prefilled_past(&encoded.0, &rows, p.len, capacity)?, p.len, capacity)
+            }
+            None => {
+                let capacity = if self.in_place { INITIAL_CAPACITY } else { 0 };
+                (self.initial_past(&encoded.0, &rows)?, 0, capacity)
+            }
+        };
         let mut state = DecoderState {
             encoded: Arc::clone(&encoded.0),
             past_rows: rows.len(),
@@ -1310,16 +1602,20 @@ impl IncrementalDecoder for OnnxDecoder {
             past,
             per_sentence_rows: Vec::new(),
             per_sentence: Vec::new(),
-            position: 0,
+            position,
             regathers: 0,
-            capacity: if self.in_place { INITIAL_CAPACITY } else { 0 },
+            capacity,
             spare: Vec::new(),
+            prefilled: encoded.0.prefill.is_some(),
         };
         self.regather(&mut state)?;
         Ok(state)
     }
 
     fn step(&mut self, tokens: &[u32], state: &mut DecoderState) -> Result<LogProbs> {
+        if let Some(first) = self.take_prefilled(tokens, state)? {
+            return Ok(first);
+        }
         match self.run_step(tokens, state, None)? {
             StepOut::Full(lp) => Ok(lp),
             StepOut::Top(_) => Err(Error::DecoderState("step: got top-k for a full step".into())),
@@ -1332,7 +1628,8 @@ impl IncrementalDecoder for OnnxDecoder {
         state: &mut DecoderState,
         k: usize,
     ) -> Result<Option<TopLogProbs>> {
-        if !self.has_top || k == 0 || k > self.contract().tgt_vocab_size {
+        // The first step after a prefill returns the prefill's log-probabilities in `step`.
+        if !self.has_top || k == 0 || k > self.contract().tgt_vocab_size || state.prefilled {
             return Ok(None);
         }
         match self.run_step(tokens, state, Some(k))? {

@@ -89,13 +89,13 @@ fn plan_sentences(
     options: &GenerationOptions,
     special: SpecialTokens,
     vocab: usize,
-    max_positions: usize,
+    max_positions: &dyn Fn(&[u32]) -> usize,
 ) -> Result<Vec<Plan>> {
-    let cap = max_positions.saturating_sub(1);
     sources
         .iter()
         .enumerate()
         .map(|(i, source)| {
+            let cap = max_positions(source).saturating_sub(1);
             let src_len = source.iter().filter(|&&t| t != special.eos && t != special.pad).count();
             let max_len = if options.match_source_len {
                 src_len.min(cap)
@@ -348,8 +348,8 @@ fn run<D: IncrementalDecoder>(
     {
         return Err(Error::BeamNotDivisibleByGroups { beam, groups });
     }
-    let plans =
-        plan_sentences(sources, prefixes, options, special, vocab, decoder.max_target_positions())?;
+    let max_positions = |source: &[u32]| decoder.max_target_positions_for(source);
+    let plans = plan_sentences(sources, prefixes, options, special, vocab, &max_positions)?;
     let adjust = Adjust {
         special,
         temperature: match options.strategy {

@@ -25,6 +25,8 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::error::ApiError;
 use super::metrics::Metrics;
+use seqforge_schemas::contract::Task;
+
 use crate::pool::{Translation, TranslatorPool};
 use crate::search::GenerationOptions;
 use crate::text::SourceLine;
@@ -49,6 +51,11 @@ pub trait Engine: Send + Sync + 'static {
     fn default_options(&self) -> &GenerationOptions;
     /// How many batches may run at once.
     fn workers(&self) -> usize;
+    /// The model's task: `/v1/translate` serves translation models, `/v1/complete` language
+    /// models.
+    fn task(&self) -> Task {
+        Task::Translation
+    }
 }
 
 impl Engine for TranslatorPool {
@@ -74,6 +81,10 @@ impl Engine for TranslatorPool {
 
     fn workers(&self) -> usize {
         TranslatorPool::workers(self)
+    }
+
+    fn task(&self) -> Task {
+        TranslatorPool::task(self)
     }
 }
 

@@ -121,6 +121,17 @@ pub enum ApiError {
         /// The limit in milliseconds.
         ms: u64,
     },
+    /// A route the model's task does not serve (`/v1/translate` on a language model,
+    /// `/v1/complete` on a translation model).
+    #[error("{route} needs a {needed} model, but this server's model is a {task} model")]
+    WrongTask {
+        /// The route asked.
+        route: &'static str,
+        /// The task it needs.
+        needed: seqforge_schemas::contract::Task,
+        /// The model's task.
+        task: seqforge_schemas::contract::Task,
+    },
     /// Translation failed inside the model.
     #[error("translation failed: {0}")]
     Translation(String),
@@ -133,9 +144,10 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidJson(_) | Self::InvalidOptions(_) | Self::InvalidText { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidJson(_)
+            | Self::InvalidOptions(_)
+            | Self::InvalidText { .. }
+            | Self::WrongTask { .. } => StatusCode::BAD_REQUEST,
             Self::TooManyTexts { .. } | Self::TextTooLong { .. } | Self::BodyTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -158,6 +170,7 @@ impl ApiError {
             Self::BodyTooLarge(_) => "body_too_large",
             Self::Overloaded { .. } | Self::TooManyRequests { .. } => "overloaded",
             Self::Timeout { .. } => "timeout",
+            Self::WrongTask { .. } => "wrong_task",
             Self::Translation(_) => "translation_failed",
             Self::Internal(_) => "internal",
         }

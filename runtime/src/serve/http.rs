@@ -1,9 +1,14 @@
 //! The HTTP API: routes, request checks, the JSON wire format and the metrics middleware.
 //!
 //! - `POST /v1/translate` with `{"texts": [...], "options": {...}}` (`options` optional: the
-//!   fields of [`GenerationOptions`], merged over the server's defaults; unknown fields are
+//!   fields of [`GenerationOptions`](crate::search::GenerationOptions), merged over the server's defaults; unknown fields are
 //!   errors) answers `{"translations": [{"hypotheses": [{"text", "tokens", "score",
 //!   "positional_scores"}]}], "options": {...}}` with one translation per text, in order.
+//! - `POST /v1/complete` with `{"prompts": [...], "options": {...}}` on a language model
+//!   answers `{"completions": [{"hypotheses": [...]}], "options": {...}}`: per prompt its
+//!   continuations (the prompt not repeated; an empty prompt is unconditional generation),
+//!   through the same limits, queue, batching and metrics as `/v1/translate`. Each route on a
+//!   model of the other task is a 400 `wrong_task` naming the model's task.
 //! - `GET /healthz` answers `{"status": "ok", ...}` while the server runs.
 //! - `GET /metrics` answers the Prometheus text exposition of [`Metrics`].
 //!
@@ -32,7 +37,7 @@ use super::batcher::{Engine, Queue};
 use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::pool::{TranslatedHypothesis, check_options, parse_options};
-use crate::search::GenerationOptions;
+use seqforge_schemas::contract::Task;
 
 /// Request limits checked before a request is queued.
 #[derive(Debug, Clone)]
@@ -83,24 +88,52 @@ struct TranslateRequest {
     options: Option<serde_json::Value>,
 }
 
+/// The body of `POST /v1/complete`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteRequest {
+    prompts: Vec<String>,
+    #[serde(default)]
+    options: Option<serde_json::Value>,
+}
+
 #[derive(Serialize)]
 struct WireTranslation {
     hypotheses: Vec<TranslatedHypothesis>,
 }
 
+/// The answer of either text route: `translations` or `completions` (serialized from the
+/// typed values, so scores print as the f32 they are).
 #[derive(Serialize)]
-struct TranslateResponse<'a> {
-    translations: Vec<WireTranslation>,
-    options: &'a GenerationOptions,
+struct TextsResponse<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    translations: Option<Vec<WireTranslation>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completions: Option<Vec<WireTranslation>>,
+    options: &'a crate::search::GenerationOptions,
 }
+
+/// The two text routes: what each needs.
+#[derive(Debug, Clone, Copy)]
+struct TextRoute {
+    path: &'static str,
+    task: Task,
+}
+
+const TRANSLATE: TextRoute = TextRoute { path: "/v1/translate", task: Task::Translation };
+const COMPLETE: TextRoute = TextRoute { path: "/v1/complete", task: Task::LanguageModeling };
 
 /// The router of the server's three routes, with the metrics middleware.
 pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.limits.max_body_bytes();
     Router::new()
         .route(
-            "/v1/translate",
+            TRANSLATE.path,
             post(translate).layer(middleware::from_fn_with_state(Arc::clone(&app), admit)),
+        )
+        .route(
+            COMPLETE.path,
+            post(complete).layer(middleware::from_fn_with_state(Arc::clone(&app), admit)),
         )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -141,6 +174,7 @@ async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
 async fn track(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let route = match request.uri().path() {
         "/v1/translate" => "/v1/translate",
+        "/v1/complete" => "/v1/complete",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         _ => "other",
@@ -149,7 +183,7 @@ async fn track(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
     let response = next.run(request).await;
     let status = response.status();
     app.metrics.count_request(route, status.as_u16());
-    if route == "/v1/translate" {
+    if route == TRANSLATE.path || route == COMPLETE.path {
         let seconds = start.elapsed().as_secs_f64();
         app.metrics.latency.observe(seconds);
         // Refusals under overload (503) are expected and counted in the metrics: not logged
@@ -167,7 +201,27 @@ async fn translate(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| {
+    let body = read_body(&app, body)?;
+    let request: TranslateRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    drop(body);
+    serve_texts(&app, TRANSLATE, request.texts, request.options).await
+}
+
+async fn complete(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = read_body(&app, body)?;
+    let request: CompleteRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    drop(body);
+    serve_texts(&app, COMPLETE, request.prompts, request.options).await
+}
+
+/// The request body, or the error of one too large or unreadable.
+fn read_body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge(format!(
                 "at most {} bytes are accepted with these limits",
@@ -176,31 +230,41 @@ async fn translate(
         } else {
             ApiError::InvalidJson(e.body_text())
         }
-    })?;
-    let request: TranslateRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    drop(body);
-    let limits = &app.limits;
-    if request.texts.len() > limits.max_texts {
-        return Err(ApiError::TooManyTexts { count: request.texts.len(), max: limits.max_texts });
+    })
+}
+
+/// Checks, queues and answers the texts of a `/v1/translate` or `/v1/complete` request.
+async fn serve_texts(
+    app: &App,
+    route: TextRoute,
+    texts: Vec<String>,
+    options: Option<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let task = app.engine.task();
+    if task != route.task {
+        return Err(ApiError::WrongTask { route: route.path, needed: route.task, task });
     }
-    for (index, text) in request.texts.iter().enumerate() {
+    let limits = &app.limits;
+    if texts.len() > limits.max_texts {
+        return Err(ApiError::TooManyTexts { count: texts.len(), max: limits.max_texts });
+    }
+    for (index, text) in texts.iter().enumerate() {
         let chars = text.chars().count();
         if chars > limits.max_chars {
             return Err(ApiError::TextTooLong { index, chars, max: limits.max_chars });
         }
     }
     let defaults = app.engine.default_options();
-    let options = match &request.options {
+    let options = match &options {
         None => defaults.clone(),
         Some(value) => parse_options(&value.to_string(), defaults)
             .map_err(|e| ApiError::InvalidOptions(e.to_string()))?,
     };
     check_options(&options).map_err(|e| ApiError::InvalidOptions(e.to_string()))?;
     // Each text is tokenized once, here: the queue and the model take these ids.
-    let mut sources = Vec::with_capacity(request.texts.len());
-    let mut tokens = Vec::with_capacity(request.texts.len());
-    for (index, text) in request.texts.iter().enumerate() {
+    let mut sources = Vec::with_capacity(texts.len());
+    let mut tokens = Vec::with_capacity(texts.len());
+    for (index, text) in texts.iter().enumerate() {
         let source = app
             .engine
             .encode(text)
@@ -216,9 +280,17 @@ async fn translate(
     };
     let reply =
         reply.map_err(|_| ApiError::Internal("the request was dropped by the batcher".into()))?;
-    let translations =
+    let answers: Vec<WireTranslation> =
         reply?.into_iter().map(|t| WireTranslation { hypotheses: t.hypotheses }).collect();
-    Ok(json_response(StatusCode::OK, &TranslateResponse { translations, options: &options }))
+    let body = match route.task {
+        Task::Translation => {
+            TextsResponse { translations: Some(answers), completions: None, options: &options }
+        }
+        Task::LanguageModeling => {
+            TextsResponse { translations: None, completions: Some(answers), options: &options }
+        }
+    };
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// What is wrong with a text the model cannot take, without the pool's index (the caller

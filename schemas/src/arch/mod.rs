@@ -12,6 +12,7 @@ use serde_json::Value;
 pub mod fconv;
 pub mod lstm;
 pub mod transformer;
+pub mod transformer_lm;
 
 /// Errors of configs and architecture names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +80,16 @@ pub fn families() -> &'static [Family] {
             preset: |a| to_json(fconv::preset(a)),
             validate: |v| parse_then::<fconv::FConvConfig>("fconv", v, |c| c.validate()),
         },
+        Family {
+            name: "transformer_lm",
+            architectures: transformer_lm::PRESETS,
+            preset: |a| to_json(transformer_lm::preset(a)),
+            validate: |v| {
+                parse_then::<transformer_lm::TransformerLmConfig>("transformer_lm", v, |c| {
+                    c.validate()
+                })
+            },
+        },
     ];
     FAMILIES
 }
@@ -109,8 +120,12 @@ mod tests {
     fn every_preset_resolves_and_validates_with_vocabularies() {
         for (arch, family) in architectures() {
             let mut v = (family.preset)(arch).unwrap_or_default();
-            v["src_vocab_size"] = 40.into();
-            v["tgt_vocab_size"] = 40.into();
+            // Large enough for the adaptive softmax cutoffs of the LM presets.
+            for key in ["src_vocab_size", "tgt_vocab_size", "vocab_size"] {
+                if v.get(key).is_some() {
+                    v[key] = 100_000.into();
+                }
+            }
             assert_eq!((family.validate)(&v), Ok(()), "{arch}");
             assert_eq!(family_of(arch).map(|f| f.name), Ok(family.name));
         }

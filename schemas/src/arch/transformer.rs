@@ -373,11 +373,6 @@ impl TransformerConfig {
             policy,
         };
         let cross = [dims::ROWS, "heads", dims::SOURCE, "head_dim"];
-        let past = [dims::ROWS, "heads", state_names::PAST, "head_dim"];
-        let grows = || match cache {
-            KvCache::Append => StatePolicy::Append { axis: state_names::PAST.into() },
-            KvCache::InPlace => StatePolicy::InPlace { axis: state_names::PAST.into() },
-        };
         let mut tensors = vec![StateTensor {
             name: state_names::ENCODER_PADDING_MASK.into(),
             dtype: StateDtype::Bool,
@@ -398,10 +393,7 @@ impl TransformerConfig {
                 StatePolicy::PerSentence,
             ));
         }
-        for l in 0..self.decoder_layers {
-            tensors.push(t(state_names::self_key(l), StateDtype::Model, past, grows()));
-            tensors.push(t(state_names::self_value(l), StateDtype::Model, past, grows()));
-        }
+        tensors.extend(self_attention_cache(self.decoder_layers, cache));
         StateSpec {
             dims: [
                 ("heads".to_string(), self.decoder_attention_heads),
@@ -411,4 +403,22 @@ impl TransformerConfig {
             tensors,
         }
     }
+}
+
+/// Every layer's self-attention keys and values (`self_key.{l}`, `self_value.{l}`,
+/// `[rows, heads, past, head_dim]`, model dtype), growing along `past` as `cache` says: the part
+/// of the decoder state every Transformer decoder shares (encoder-decoder and decoder-only).
+pub fn self_attention_cache(layers: usize, cache: KvCache) -> Vec<crate::contract::StateTensor> {
+    use crate::contract::{StateDtype, StatePolicy, StateTensor, dims};
+    let shape = [dims::ROWS, "heads", state_names::PAST, "head_dim"];
+    let t = |name: String| StateTensor {
+        name,
+        dtype: StateDtype::Model,
+        shape: shape.iter().map(|s| s.to_string()).collect(),
+        policy: match cache {
+            KvCache::Append => StatePolicy::Append { axis: state_names::PAST.into() },
+            KvCache::InPlace => StatePolicy::InPlace { axis: state_names::PAST.into() },
+        },
+    };
+    (0..layers).flat_map(|l| [t(state_names::self_key(l)), t(state_names::self_value(l))]).collect()
 }

@@ -16,6 +16,7 @@ use tch::nn;
 
 /// Writes a fairseq `dict.txt` at `path` with `size` symbols: the 4 specials (implicit) and the
 /// words `{tag}4` … `{tag}{size-1}` with counts `count(i)`.
+#[allow(dead_code)]
 pub fn write_dict(path: &Path, size: usize, tag: &str, count: fn(usize) -> usize) -> Result<()> {
     let text: String = (4..size).map(|i| format!("{tag}{i} {}\n", count(i))).collect();
     std::fs::write(path, text)?;

@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // SUBCOMMANDS: one variant per subcommand, each with its args struct from the library.
-    /// Make a parallel corpus from registry packages (e.g. `corpus bible --out DIR`).
+    /// Make a corpus from registry packages (`corpus bible --out DIR`, `corpus english --out DIR`).
     #[command(subcommand)]
     Corpus(seqforge_trainer::corpus::CorpusCommand),
     /// Learn a byte-level BPE (tokenizer.json) on training text; lossless on NFC text.

@@ -55,8 +55,8 @@ use serde::Serialize;
 
 use super::fetch::{Fetcher, SwordPackage, default_cache_dir};
 use super::osis;
-use super::sword::{ZTextModule, find_conf};
-use super::versification::{Chapter, EntryKind, Testament, Versification};
+use super::sword::{ZVerseModule, find_conf};
+use super::versification::{Chapter, EntryKind, Versification};
 use super::{Error, Result};
 
 /// The source side: Reina-Valera 1909 (Spanish).
@@ -309,11 +309,11 @@ pub fn run(args: &BibleArgs) -> Result<BibleReport> {
             (find_conf(&src_root, SOURCE.module)?, find_conf(&tgt_root, TARGET.module)?)
         }
     };
-    let mut src_mod = ZTextModule::open(&src_conf)?;
-    let mut tgt_mod = ZTextModule::open(&tgt_conf)?;
+    let mut src_mod = ZVerseModule::open(&src_conf)?;
+    let mut tgt_mod = ZVerseModule::open(&tgt_conf)?;
     let vers = Versification::kjv();
-    check_layout(&src_mod, &vers)?;
-    check_layout(&tgt_mod, &vers)?;
+    src_mod.check_layout(&vers)?;
+    tgt_mod.check_layout(&vers)?;
     report.entries_per_module = vers.len();
     report.headings_per_module = vers.heading_count();
     report.verses = vers.verse_count();
@@ -391,34 +391,9 @@ pub fn run(args: &BibleArgs) -> Result<BibleReport> {
     Ok(report)
 }
 
-/// Checks that a module has the KJV versification and the expected number of entries.
-pub fn check_layout(module: &ZTextModule, vers: &Versification) -> Result<()> {
-    let name = module.name().to_string();
-    let v11n = module.conf().versification();
-    if !v11n.eq_ignore_ascii_case("KJV") {
-        return Err(Error::Layout {
-            module: name,
-            message: format!("Versification={v11n}; this recipe needs KJV"),
-        });
-    }
-    for t in Testament::ALL {
-        let (found, expected) = (module.testament_len(t), vers.testament_len(t));
-        if found != expected {
-            return Err(Error::Layout {
-                module: name,
-                message: format!(
-                    "{}.bzv has {found} entries, the KJV versification has {expected}",
-                    t.file_prefix()
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Reads every entry, cleans verses, and leaves headings empty.
 fn read_verses(
-    module: &mut ZTextModule,
+    module: &mut ZVerseModule,
     vers: &Versification,
     bar: &ProgressBar,
 ) -> Result<Vec<String>> {
@@ -1006,12 +981,12 @@ mod tests {
             return Ok(());
         };
         let vers = Versification::kjv();
-        let mut tgt_mod = ZTextModule::open(&tgt_conf)?;
-        let mut src_mod = ZTextModule::open(&src_conf)?;
+        let mut tgt_mod = ZVerseModule::open(&tgt_conf)?;
+        let mut src_mod = ZVerseModule::open(&src_conf)?;
         assert_eq!(tgt_mod.len(), 32_361);
         assert_eq!(src_mod.len(), 32_361);
-        check_layout(&tgt_mod, &vers)?;
-        check_layout(&src_mod, &vers)?;
+        tgt_mod.check_layout(&vers)?;
+        src_mod.check_layout(&vers)?;
         // The computed heading entries really are headings: every chapter heading of the KJV
         // module carries its <chapter osisID="Book.N"> tag, every book heading its book div.
         for (i, kind) in vers.entries().iter().enumerate() {

@@ -1,15 +1,18 @@
-//! Corpus recipes: real parallel corpora built from registry packages.
+//! Corpus recipes: real corpora built from registry packages.
 //!
 //! - [`bible`]: the Spanish–English Bible corpus (`seqforge-train corpus bible`).
+//! - [`english`]: a monolingual English language-modeling corpus from two Bibles and three
+//!   commentaries (`seqforge-train corpus english`).
 //! - [`fetch`]: obtaining SWORD modules from Debian packages (`apt-get download` +
 //!   `dpkg-deb -x`, no system install).
-//! - [`sword`]: a reader for SWORD zText modules (`.conf`, `*.bzs`, `*.bzv`, `*.bzz`).
-//! - [`osis`]: OSIS markup → clean text.
-//! - [`versification`]: the KJV versification and the verse index layout.
+//! - [`sword`]: a reader for SWORD zText/zCom modules (`.conf`, `*.bzs`, `*.bzv`, `*.bzz`).
+//! - [`osis`]: OSIS markup → clean text (optionally one line per paragraph).
+//! - [`versification`]: the KJV and NRSVA versifications and the verse index layout.
 
 use std::path::PathBuf;
 
 pub mod bible;
+pub mod english;
 pub mod fetch;
 pub mod osis;
 pub mod sword;
@@ -105,6 +108,10 @@ pub enum CorpusCommand {
     /// Spanish–English Bible (RV1909 → KJV) from the SWORD modules of Debian packages
     /// `sword-text-sparv` and `sword-text-kjv`: writes train/valid/test.{es,en}.
     Bible(bible::BibleArgs),
+    /// English language-modeling corpus (KJV, World English Bible, and the Matthew Henry,
+    /// Scofield and Spurgeon commentaries) split by Bible book: writes
+    /// train.txt/valid.txt/test.txt.
+    English(english::EnglishArgs),
 }
 
 impl CorpusCommand {
@@ -113,6 +120,11 @@ impl CorpusCommand {
         match self {
             CorpusCommand::Bible(args) => {
                 let report = bible::run(args)?;
+                println!("{report}");
+                Ok(())
+            }
+            CorpusCommand::English(args) => {
+                let report = english::run(args)?;
                 println!("{report}");
                 Ok(())
             }

@@ -21,6 +21,17 @@
 //! - Entities (`&amp; &lt; &gt; &quot; &apos;`, decimal and hex) are decoded; `\nd`-style
 //!   USFM leftovers and `¶` are removed; whitespace is collapsed and trimmed; the result is
 //!   NFC.
+//!
+//! # Paragraph mode
+//!
+//! With [`CleanOptions::paragraphs`] (used by the English LM corpus), block-level markup
+//! ends a paragraph instead of inserting a soft space, and paragraphs come out separated by
+//! `\n`: `<div>` of any type except `x-milestone` (`x-p`, `introduction`, `book`, …),
+//! `<p>`, `<lb type="x-p"/>`, `<lg>`, `<list>`, `<item>`, `<table>`, `<row>`, `<chapter>`,
+//! a dropped `<title>`, and the KJV's `¶`. Table cells and poetry lines (`<cell>`, `<l>`)
+//! stay soft spaces. A break before the first or after the last text is kept as a leading
+//! or trailing `\n`, so a caller that cleans entry by entry and joins the results with a
+//! space knows where paragraphs started and ended.
 
 use unicode_normalization::UnicodeNormalization;
 
@@ -29,11 +40,20 @@ use unicode_normalization::UnicodeNormalization;
 pub struct CleanOptions {
     /// Keep the content of `<title canonical="true">` (Psalm superscriptions).
     pub keep_canonical_titles: bool,
+    /// Separate paragraphs with `\n` (see the module docs).
+    pub paragraphs: bool,
 }
 
 impl Default for CleanOptions {
     fn default() -> Self {
-        Self { keep_canonical_titles: true }
+        Self { keep_canonical_titles: true, paragraphs: false }
+    }
+}
+
+impl CleanOptions {
+    /// The defaults with paragraph mode on.
+    pub fn paragraphs() -> Self {
+        Self { paragraphs: true, ..Self::default() }
     }
 }
 
@@ -57,6 +77,8 @@ const INLINE: &[&str] = &[
 
 /// Soft space marker used internally (never present in cleaned input).
 const SOFT: char = '\u{1}';
+/// Paragraph break marker used internally (paragraph mode).
+const PARA: char = '\u{2}';
 
 const CLOSING_PUNCT: &[char] = &[',', '.', ';', ':', '!', '?', ')', ']', '»', '’', '”'];
 const OPENING_PUNCT: &[char] = &['¡', '¿', '(', '[', '«', '‘', '“'];
@@ -89,8 +111,20 @@ fn parse_tag(inner: &str) -> Tag<'_> {
     Tag { name, attrs, end, empty }
 }
 
+/// Whether an element ends a paragraph in paragraph mode.
+fn is_block(tag: &Tag<'_>) -> bool {
+    match tag.name {
+        "p" | "lg" | "list" | "item" | "table" | "row" | "chapter" | "title" | "head" => true,
+        "div" => !tag.attrs.contains("x-milestone"),
+        "lb" => tag.attrs.contains("x-p"),
+        _ => false,
+    }
+}
+
 /// Cleans one entry's OSIS markup (see the module docs for the rules).
 pub fn clean_with(osis: &str, options: CleanOptions) -> String {
+    let para = options.paragraphs;
+    let sep = |tag: &Tag<'_>| if para && is_block(tag) { PARA } else { SOFT };
     let mut buf = String::with_capacity(osis.len());
     // Name and depth of the element being skipped (note, title) with its content.
     let mut skipping: Option<(&str, usize)> = None;
@@ -100,13 +134,13 @@ pub fn clean_with(osis: &str, options: CleanOptions) -> String {
     while !rest.is_empty() {
         let Some(lt) = rest.find('<') else {
             if skipping.is_none() {
-                push_text(&mut buf, rest);
+                push_text(&mut buf, rest, para);
             }
             break;
         };
         let (text, tail) = rest.split_at(lt);
         if skipping.is_none() && !text.is_empty() {
-            push_text(&mut buf, text);
+            push_text(&mut buf, text, para);
             after_end_tag = false;
         }
         let Some(gt) = tail.find('>') else {
@@ -124,7 +158,7 @@ pub fn clean_with(osis: &str, options: CleanOptions) -> String {
                     *depth -= 1;
                     if *depth == 0 {
                         skipping = None;
-                        buf.push(SOFT);
+                        buf.push(sep(&tag));
                         after_end_tag = true;
                     }
                 } else {
@@ -146,7 +180,7 @@ pub fn clean_with(osis: &str, options: CleanOptions) -> String {
             if !tag.empty {
                 skipping = Some((tag.name, 1));
             }
-            buf.push(SOFT);
+            buf.push(sep(&tag));
             continue;
         }
         if INLINE.contains(&tag.name) {
@@ -154,15 +188,16 @@ pub fn clean_with(osis: &str, options: CleanOptions) -> String {
                 buf.push(SOFT);
             }
         } else {
-            buf.push(SOFT);
+            buf.push(sep(&tag));
         }
         after_end_tag = tag.end;
     }
-    finish(&buf).nfc().collect()
+    finish(&buf, para).nfc().collect()
 }
 
-/// Appends text: decodes entities, removes `\nd`-style markers and `¶`.
-fn push_text(buf: &mut String, text: &str) {
+/// Appends text: decodes entities, removes `\nd`-style markers and `¶` (a paragraph break
+/// when `para`).
+fn push_text(buf: &mut String, text: &str, para: bool) {
     let mut chars = text.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
         match c {
@@ -194,7 +229,7 @@ fn push_text(buf: &mut String, text: &str) {
                     buf.push('\\');
                 }
             }
-            '¶' => buf.push(SOFT),
+            '¶' => buf.push(if para { PARA } else { SOFT }),
             SOFT => buf.push(' '),
             c if c.is_control() => buf.push(' '),
             c => buf.push(c),
@@ -225,13 +260,15 @@ fn decode_entity(s: &str) -> Option<(char, usize)> {
     Some((c, semi + 1))
 }
 
-/// Resolves soft spaces, collapses whitespace, trims.
-fn finish(buf: &str) -> String {
-    #[derive(PartialEq)]
+/// Resolves soft spaces and paragraph breaks, collapses whitespace, trims. With `para`, a
+/// break before the first or after the last text becomes a leading or trailing `\n`.
+fn finish(buf: &str, para: bool) -> String {
+    #[derive(PartialEq, PartialOrd)]
     enum Pending {
         None,
         Soft,
         Hard,
+        Para,
     }
     let mut out = String::with_capacity(buf.len());
     let mut pending = Pending::None;
@@ -240,25 +277,38 @@ fn finish(buf: &str) -> String {
             if pending == Pending::None {
                 pending = Pending::Soft;
             }
+        } else if c == PARA {
+            pending = Pending::Para;
         } else if c.is_whitespace() {
-            pending = Pending::Hard;
+            if pending < Pending::Hard {
+                pending = Pending::Hard;
+            }
         } else {
-            if !out.is_empty() {
-                let space = match pending {
-                    Pending::None => false,
-                    Pending::Hard => true,
-                    Pending::Soft => {
-                        !CLOSING_PUNCT.contains(&c)
-                            && !out.ends_with(|p: char| OPENING_PUNCT.contains(&p))
+            let at_start = out.is_empty() || out == "\n";
+            let space = match pending {
+                Pending::None => false,
+                Pending::Hard => !at_start,
+                Pending::Para => {
+                    if para && out != "\n" {
+                        out.push('\n');
                     }
-                };
-                if space {
-                    out.push(' ');
+                    false
                 }
+                Pending::Soft => {
+                    !at_start
+                        && !CLOSING_PUNCT.contains(&c)
+                        && !out.ends_with(|p: char| OPENING_PUNCT.contains(&p))
+                }
+            };
+            if space {
+                out.push(' ');
             }
             pending = Pending::None;
             out.push(c);
         }
+    }
+    if para && pending == Pending::Para && out != "\n" {
+        out.push('\n');
     }
     out
 }
@@ -333,7 +383,7 @@ mod tests {
                  eID=\"pv2099\"/><divineName><w lemma=\"strong:H3068\">LORD</w></divineName>, how \
                  are they <w lemma=\"strong:H7231\">increased</w>! <l eID=\"gen2601\" level=\"1\"/>";
         assert_eq!(clean(s), "A Psalm of David. LORD, how are they increased!");
-        let drop_all = CleanOptions { keep_canonical_titles: false };
+        let drop_all = CleanOptions { keep_canonical_titles: false, ..CleanOptions::default() };
         assert_eq!(clean_with(s, drop_all), "LORD, how are they increased!");
         // Ps 119 acrostic headings are not canonical: dropped.
         let s = "<title><foreign>א ALEPH.</foreign></title> <lg sID=\"gen4634\"/> <l level=\"1\" \
@@ -359,6 +409,53 @@ mod tests {
         assert_eq!(clean("  a \n\t b  "), "a b");
         // NFC: e + combining acute becomes é.
         assert_eq!(clean("Jehove\u{301}"), "Jehov\u{e9}");
+    }
+
+    #[test]
+    fn paragraph_mode_on_real_snippets() {
+        let p = CleanOptions::paragraphs();
+        // MHCC Gen 1:1 (shortened): introduction, outline table, bold verse label, comment.
+        let s = "<div type=\"x-milestone\" subType=\"x-preverse\" sID=\"pv1\"/><title \
+                 type=\"x-ms\">Genesis</title> <div sID=\"gen3\" type=\"introduction\"/> <div \
+                 sID=\"gen4\" type=\"x-p\"/> Genesis is a name taken from the Greek. <div \
+                 eID=\"gen4\" type=\"x-p\"/> <table> <row><cell>God creates heaven and \
+                 earth.</cell><cell>(1-2)</cell></row> </table> <table> <row><cell>The creation \
+                 of light.</cell><cell>(3-5)</cell></row> </table> <div sID=\"gen15\" \
+                 type=\"x-p\"/> <div type=\"x-milestone\" subType=\"x-preverse\" \
+                 eID=\"pv1\"/><hi type=\"bold\">Verses 1-2</hi> <div eID=\"gen15\" type=\"x-p\"/> \
+                 <div sID=\"gen17\" type=\"x-p\"/> The first verse of the Bible.";
+        assert_eq!(
+            clean_with(s, p),
+            "\nGenesis is a name taken from the Greek.\nGod creates heaven and earth. (1-2)\n\
+             The creation of light. (3-5)\nVerses 1-2\nThe first verse of the Bible."
+        );
+        // The same without paragraph mode: one line, as before.
+        assert!(!clean(s).contains('\n'));
+        // Scofield Gen 1:2: the commented phrase, then a list with references.
+        let s = "<hi type=\"bold\">day</hi><div eID=\"gen11\" type=\"x-p\"/> <div sID=\"gen12\" \
+                 type=\"x-p\"/> The word \"day\" is used in three ways:<div eID=\"gen12\" \
+                 type=\"x-p\"/> <list> <item type=\"x-indent-1\">(1) that part of the solar day \
+                 <reference osisRef=\"ge 1:5 ge 1:14\">Genesis 1:5</reference>;</item></list>";
+        assert_eq!(
+            clean_with(s, p),
+            "day\nThe word \"day\" is used in three ways:\n(1) that part of the solar day \
+             Genesis 1:5;\n"
+        );
+        // WEB Gen 1:2-3: a paragraph ends after verse 2; verse 3 starts one; <w> glued.
+        let s = "The</w> earth</w> was</w> formless</w>. <div eID=\"gen25\" type=\"x-p\"/>";
+        assert_eq!(clean_with(s, p), "The earth was formless.\n");
+        let s = "<div type=\"x-milestone\" subType=\"x-preverse\" sID=\"pv1\"/><div sID=\"gen26\" \
+                 type=\"x-p\"/><div type=\"x-milestone\" subType=\"x-preverse\" \
+                 eID=\"pv1\"/>God</w> said</w>, “Let</w> there</w> be</w> light</w>,”";
+        assert_eq!(clean_with(s, p), "\nGod said, “Let there be light,”");
+        // KJV: the pilcrow opens a paragraph; poetry lines stay in one.
+        assert_eq!(clean_with("¶ And God said", p), "\nAnd God said");
+        assert_eq!(clean_with("one<l eID=\"a\"/>two<lg eID=\"b\"/>", p), "one two\n");
+        // A markup-only entry that ends a paragraph still says so.
+        assert_eq!(clean_with("<div eID=\"gen34\" type=\"x-p\"/>", p), "\n");
+        assert_eq!(clean_with("<chapter osisID=\"Gen.1\"/> ", p), "\n");
+        // Notes never break paragraphs.
+        assert_eq!(clean_with("a<note>x</note> b", p), "a b");
     }
 
     #[test]

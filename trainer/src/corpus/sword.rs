@@ -1,13 +1,28 @@
-//! A reader for SWORD zText modules: the `mods.d/<name>.conf` file and, per testament,
-//! the `*.bzs` block index, the `*.bzv` verse index and the `*.bzz` zlib blocks.
+//! A reader for SWORD's compressed verse-keyed modules — Bibles (`ModDrv=zText`, `zText4`) and
+//! commentaries (`zCom`, `zCom4`), which share one storage (SWORD's `zVerse` / `zVerse4`): the
+//! `mods.d/<name>.conf` file and, per testament, the `*.?zs` block index, the `*.?zv` verse
+//! index and the `*.?zz` zlib blocks.
 //!
-//! File layout (little endian, checked on `engKJV2006eb` and `spaRV1909eb`):
+//! File layout (little endian, checked on `engKJV2006eb`, `spaRV1909eb`, `engWEB2015eb`,
+//! `MHCC`, `Scofield` and `TDavid`):
 //!
-//! - `ot.bzs` / `nt.bzs`: one 12-byte record per compressed block: `u32` offset into the
-//!   `.bzz` file, `u32` compressed size, `u32` uncompressed size.
-//! - `ot.bzv` / `nt.bzv`: one 10-byte record per entry: `u32` block number, `u32` offset in
-//!   the decompressed block, `u16` size. A size of 0 is an empty entry.
-//! - `ot.bzz` / `nt.bzz`: the blocks, each a zlib stream (`CompressType=ZIP`).
+//! - The letter `?` is the `BlockType=`: `b` for `BOOK` (the default), `c` for `CHAPTER`,
+//!   `v` for `VERSE` (`ot.bzs`, `ot.czs`, …).
+//! - `ot.?zs` / `nt.?zs`: one 12-byte record per compressed block: `u32` offset into the
+//!   `.?zz` file, `u32` compressed size, `u32` uncompressed size.
+//! - `ot.?zv` / `nt.?zv`: one record per entry: `u32` block number, `u32` offset in the
+//!   decompressed block, then the size: `u16` (10-byte records, `zText`/`zCom`) or `u32`
+//!   (12-byte records, `zText4`/`zCom4`). A size of 0 is an empty entry.
+//! - `ot.?zz` / `nt.?zz`: the blocks, each a zlib stream (`CompressType=ZIP`).
+//!
+//! Commentaries *link* entries: a comment on verses 3–5 is stored once and the three verse
+//! records point at the same bytes ([`ZVerseModule::is_linked`], as SWORD's `isLinked`).
+//!
+//! Real-world wrinkle: Debian's `sword-comm-mhcc` 2.0 declares `ModDrv=zCom4` but its verse
+//! index has 10-byte records (24,115 × 10 bytes for the OT). When an index's size is not a
+//! multiple of the declared record size but is of the other one, the other one is used and
+//! [`ZVerseModule::record_size_mismatch`] says so; the entry count is then still checked
+//! against the versification ([`ZVerseModule::check_layout`]).
 //!
 //! Entries are numbered as in [`super::versification`]: OT entries first, then NT.
 //! Every record is bounds-checked when the module is opened, so a truncated or corrupt file
@@ -20,13 +35,60 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::ZlibDecoder;
 
-use super::versification::Testament;
+use super::versification::{Testament, Versification};
 use super::{Error, Result};
 
 /// Size of one `.bzs` record.
 pub const BLOCK_RECORD_SIZE: usize = 12;
-/// Size of one `.bzv` record.
+/// Size of one `.bzv` record of a `zText`/`zCom` module (`u16` sizes).
 pub const VERSE_RECORD_SIZE: usize = 10;
+/// Size of one `.bzv` record of a `zText4`/`zCom4` module (`u32` sizes).
+pub const VERSE4_RECORD_SIZE: usize = 12;
+
+/// The module drivers this reader supports (`ModDrv=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// Bible text, 10-byte verse records.
+    ZText,
+    /// Bible text, 12-byte verse records.
+    ZText4,
+    /// Commentary, 10-byte verse records.
+    ZCom,
+    /// Commentary, 12-byte verse records.
+    ZCom4,
+}
+
+impl Driver {
+    /// Parses a `ModDrv=` value (case-insensitive).
+    pub fn parse(value: &str) -> Option<Self> {
+        [Driver::ZText, Driver::ZText4, Driver::ZCom, Driver::ZCom4]
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(value))
+    }
+
+    /// The `ModDrv=` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::ZText => "zText",
+            Driver::ZText4 => "zText4",
+            Driver::ZCom => "zCom",
+            Driver::ZCom4 => "zCom4",
+        }
+    }
+
+    /// Size of one verse-index record.
+    pub fn verse_record_size(self) -> usize {
+        match self {
+            Driver::ZText | Driver::ZCom => VERSE_RECORD_SIZE,
+            Driver::ZText4 | Driver::ZCom4 => VERSE4_RECORD_SIZE,
+        }
+    }
+
+    /// Whether this is a commentary driver.
+    pub fn is_commentary(self) -> bool {
+        matches!(self, Driver::ZCom | Driver::ZCom4)
+    }
+}
 
 /// A parsed module `.conf` file.
 #[derive(Debug, Clone)]
@@ -109,14 +171,39 @@ impl ModuleConf {
         self.get("Versification").unwrap_or("KJV")
     }
 
-    /// Checks that this is a module [`ZTextModule`] can read: `ModDrv=zText`,
-    /// `CompressType=ZIP`, and `Encoding=UTF-8`.
-    pub fn check_ztext(&self) -> Result<()> {
-        let unsupported = |message: String| Err(Error::Conf { path: self.path.clone(), message });
-        match self.get("ModDrv") {
-            Some(d) if d.eq_ignore_ascii_case("zText") => {}
-            other => return unsupported(format!("ModDrv={other:?}; only zText is supported")),
+    /// The markup of the entries (`SourceType=`, SWORD's default is `Plaintext`).
+    pub fn source_type(&self) -> &str {
+        self.get("SourceType").unwrap_or("Plaintext")
+    }
+
+    /// The letter of the data file names (`ot.bzs`, `ot.czs`, `ot.vzs`): from `BlockType=`
+    /// (`BOOK`, the default, `CHAPTER`, `VERSE`).
+    pub fn block_letter(&self) -> Result<char> {
+        match self.get("BlockType") {
+            None => Ok('b'),
+            Some(t) if t.eq_ignore_ascii_case("BOOK") => Ok('b'),
+            Some(t) if t.eq_ignore_ascii_case("CHAPTER") => Ok('c'),
+            Some(t) if t.eq_ignore_ascii_case("VERSE") => Ok('v'),
+            Some(t) => Err(Error::Conf {
+                path: self.path.clone(),
+                message: format!("BlockType={t}; expected BOOK, CHAPTER or VERSE"),
+            }),
         }
+    }
+
+    /// Checks that this is a module [`ZVerseModule`] can read (`ModDrv=` one of [`Driver`],
+    /// `CompressType=ZIP`, `Encoding=UTF-8`) and returns its driver.
+    pub fn driver(&self) -> Result<Driver> {
+        let unsupported = |message: String| Err(Error::Conf { path: self.path.clone(), message });
+        let driver = match self.get("ModDrv").and_then(Driver::parse) {
+            Some(d) => d,
+            None => {
+                return unsupported(format!(
+                    "ModDrv={:?}; only zText, zText4, zCom and zCom4 are supported",
+                    self.get("ModDrv")
+                ));
+            }
+        };
         match self.get("CompressType") {
             Some(c) if c.eq_ignore_ascii_case("ZIP") => {}
             other => {
@@ -129,7 +216,7 @@ impl ModuleConf {
             Some(e) if e.eq_ignore_ascii_case("UTF-8") => {}
             other => return unsupported(format!("Encoding={other:?}; only UTF-8 is supported")),
         }
-        Ok(())
+        Ok(driver)
     }
 }
 
@@ -151,8 +238,8 @@ pub struct VerseEntry {
     pub block: u32,
     /// Offset of the entry's text in the decompressed block.
     pub offset: u32,
-    /// Size of the text in bytes (0: empty entry).
-    pub size: u16,
+    /// Size of the text in bytes (0: empty entry; a `u16` on disk in 10-byte records).
+    pub size: u32,
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
@@ -180,13 +267,19 @@ pub fn parse_block_index(bytes: &[u8], path: &Path) -> Result<Vec<BlockEntry>> {
     Ok(out)
 }
 
-/// Parses a `.bzv` verse index (`path` for errors).
-pub fn parse_verse_index(bytes: &[u8], path: &Path) -> Result<Vec<VerseEntry>> {
-    check_record_size(bytes.len(), VERSE_RECORD_SIZE, path)?;
-    let mut out = Vec::with_capacity(bytes.len() / VERSE_RECORD_SIZE);
-    for at in (0..bytes.len()).step_by(VERSE_RECORD_SIZE) {
+/// Parses a `.bzv` verse index of `record_size`-byte records ([`VERSE_RECORD_SIZE`] or
+/// [`VERSE4_RECORD_SIZE`]; `path` for errors).
+pub fn parse_verse_index(bytes: &[u8], record_size: usize, path: &Path) -> Result<Vec<VerseEntry>> {
+    check_record_size(bytes.len(), record_size, path)?;
+    let mut out = Vec::with_capacity(bytes.len() / record_size);
+    for at in (0..bytes.len()).step_by(record_size) {
+        let size = if record_size == VERSE4_RECORD_SIZE {
+            u32_at(bytes, at + 8)
+        } else {
+            u16_at(bytes, at + 8).map(u32::from)
+        };
         let (Some(block), Some(offset), Some(size)) =
-            (u32_at(bytes, at), u32_at(bytes, at + 4), u16_at(bytes, at + 8))
+            (u32_at(bytes, at), u32_at(bytes, at + 4), size)
         else {
             return Err(corrupt(path, at, "truncated verse record"));
         };
@@ -212,7 +305,7 @@ fn corrupt(path: &Path, offset: usize, message: &str) -> Error {
     Error::Corrupt { path: path.to_path_buf(), offset: offset as u64, message: message.to_string() }
 }
 
-/// One testament of a zText module: its indexes, its compressed data, and a one-block cache.
+/// One testament of a module: its indexes, its compressed data, and a one-block cache.
 #[derive(Debug)]
 struct TestamentData {
     bzs_path: PathBuf,
@@ -220,22 +313,40 @@ struct TestamentData {
     bzz_path: PathBuf,
     blocks: Vec<BlockEntry>,
     verses: Vec<VerseEntry>,
+    /// The verse-record size actually used (see the module docs on `MHCC`).
+    record_size: usize,
     bzz: Vec<u8>,
     /// The last decompressed block (entries of one block are consecutive).
     cache: Option<(u32, Vec<u8>)>,
 }
 
 impl TestamentData {
-    fn open(dir: &Path, testament: Testament) -> Result<Self> {
+    fn open(dir: &Path, testament: Testament, letter: char, declared: usize) -> Result<Self> {
         let prefix = testament.file_prefix();
-        let bzs_path = dir.join(format!("{prefix}.bzs"));
-        let bzv_path = dir.join(format!("{prefix}.bzv"));
-        let bzz_path = dir.join(format!("{prefix}.bzz"));
+        let bzs_path = dir.join(format!("{prefix}.{letter}zs"));
+        let bzv_path = dir.join(format!("{prefix}.{letter}zv"));
+        let bzz_path = dir.join(format!("{prefix}.{letter}zz"));
         let read = |p: &Path| fs::read(p).map_err(|e| Error::io(p, e));
         let blocks = parse_block_index(&read(&bzs_path)?, &bzs_path)?;
-        let verses = parse_verse_index(&read(&bzv_path)?, &bzv_path)?;
+        let bzv = read(&bzv_path)?;
+        let other =
+            if declared == VERSE_RECORD_SIZE { VERSE4_RECORD_SIZE } else { VERSE_RECORD_SIZE };
+        let record_size = if !bzv.len().is_multiple_of(declared) && bzv.len().is_multiple_of(other)
+        {
+            tracing::warn!(
+                file = %bzv_path.display(),
+                declared,
+                used = other,
+                "verse index size fits the other record size than ModDrv= declares; using it"
+            );
+            other
+        } else {
+            declared
+        };
+        let verses = parse_verse_index(&bzv, record_size, &bzv_path)?;
         let bzz = read(&bzz_path)?;
-        let data = Self { bzs_path, bzv_path, bzz_path, blocks, verses, bzz, cache: None };
+        let data =
+            Self { bzs_path, bzv_path, bzz_path, blocks, verses, record_size, bzz, cache: None };
         data.validate()?;
         Ok(data)
     }
@@ -264,7 +375,7 @@ impl TestamentData {
             let Some(block) = self.blocks.get(v.block as usize) else {
                 return Err(corrupt(
                     &self.bzv_path,
-                    i * VERSE_RECORD_SIZE,
+                    i * self.record_size,
                     &format!(
                         "entry {i} refers to block {} but there are {} blocks",
                         v.block,
@@ -276,7 +387,7 @@ impl TestamentData {
             if end > u64::from(block.uncompressed) {
                 return Err(corrupt(
                     &self.bzv_path,
-                    i * VERSE_RECORD_SIZE,
+                    i * self.record_size,
                     &format!(
                         "entry {i} spans bytes {}..{end} of block {} which has {} bytes",
                         v.offset, v.block, block.uncompressed
@@ -323,7 +434,7 @@ impl TestamentData {
 
     fn entry_bytes(&mut self, index: usize) -> Result<&[u8]> {
         let Some(&v) = self.verses.get(index) else {
-            return Err(corrupt(&self.bzv_path, index * VERSE_RECORD_SIZE, "no such entry"));
+            return Err(corrupt(&self.bzv_path, index * self.record_size, "no such entry"));
         };
         if v.size == 0 {
             return Ok(&[]);
@@ -333,42 +444,104 @@ impl TestamentData {
             self.cache = Some((v.block, data));
         }
         let start = v.offset as usize;
-        let end = start + usize::from(v.size);
+        let end = start + v.size as usize;
         self.cache.as_ref().and_then(|(_, data)| data.get(start..end)).ok_or_else(|| {
-            corrupt(&self.bzv_path, index * VERSE_RECORD_SIZE, "entry past block end")
+            corrupt(&self.bzv_path, index * self.record_size, "entry past block end")
         })
     }
 }
 
-/// An open SWORD zText module. Entries are numbered globally: OT entries, then NT entries.
+/// An open SWORD zText/zCom module. Entries are numbered globally: OT entries, then NT
+/// entries.
 #[derive(Debug)]
-pub struct ZTextModule {
+pub struct ZVerseModule {
     conf: ModuleConf,
+    driver: Driver,
     ot: TestamentData,
     nt: TestamentData,
 }
 
-impl ZTextModule {
+impl ZVerseModule {
     /// Opens a module from its `.conf` file (`<root>/mods.d/<name>.conf`); reads both
     /// testaments' indexes and data and bounds-checks every record.
     pub fn open(conf_path: &Path) -> Result<Self> {
         let conf = ModuleConf::open(conf_path)?;
-        conf.check_ztext()?;
+        let driver = conf.driver()?;
+        let letter = conf.block_letter()?;
         let dir = conf.data_dir()?;
-        let ot = TestamentData::open(&dir, Testament::Old)?;
-        let nt = TestamentData::open(&dir, Testament::New)?;
+        let declared = driver.verse_record_size();
+        let ot = TestamentData::open(&dir, Testament::Old, letter, declared)?;
+        let nt = TestamentData::open(&dir, Testament::New, letter, declared)?;
         tracing::debug!(
             module = %conf.name,
+            driver = driver.name(),
             ot_entries = ot.verses.len(),
             nt_entries = nt.verses.len(),
-            "opened zText module"
+            "opened module"
         );
-        Ok(Self { conf, ot, nt })
+        Ok(Self { conf, driver, ot, nt })
     }
 
     /// The module's configuration.
     pub fn conf(&self) -> &ModuleConf {
         &self.conf
+    }
+
+    /// The declared driver (`ModDrv=`).
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    /// `Some((declared, used))` when a verse index's record size differs from what `ModDrv=`
+    /// declares (see the module docs).
+    pub fn record_size_mismatch(&self) -> Option<(usize, usize)> {
+        let declared = self.driver.verse_record_size();
+        [&self.ot, &self.nt]
+            .into_iter()
+            .find(|t| t.record_size != declared)
+            .map(|t| (declared, t.record_size))
+    }
+
+    /// Checks that the module uses this versification (`Versification=`, default KJV) and
+    /// that each testament's index has its number of entries.
+    pub fn check_layout(&self, vers: &Versification) -> Result<()> {
+        let name = self.name().to_string();
+        let v11n = self.conf.versification();
+        if !v11n.eq_ignore_ascii_case(vers.name()) {
+            return Err(Error::Layout {
+                module: name,
+                message: format!("Versification={v11n}; expected {}", vers.name()),
+            });
+        }
+        for t in Testament::ALL {
+            let (found, expected) = (self.testament_len(t), vers.testament_len(t));
+            if found != expected {
+                return Err(Error::Layout {
+                    module: name,
+                    message: format!(
+                        "{}.*zv has {found} entries, the {} versification has {expected}",
+                        t.file_prefix(),
+                        vers.name()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a non-empty entry points at the same text as the entry before it in the same
+    /// testament (a commentary's comment on a verse range is stored once and linked).
+    pub fn is_linked(&self, index: usize) -> bool {
+        let ot_len = self.ot.verses.len();
+        let (verses, local) = if index < ot_len {
+            (&self.ot.verses, index)
+        } else {
+            (&self.nt.verses, index - ot_len)
+        };
+        match (local.checked_sub(1).and_then(|p| verses.get(p)), verses.get(local)) {
+            (Some(prev), Some(cur)) => cur.size != 0 && prev == cur,
+            _ => false,
+        }
     }
 
     /// The module name.
@@ -423,7 +596,7 @@ impl ZTextModule {
             Ok(s) => Ok(s.to_string()),
             Err(e) => Err(corrupt(
                 &data.bzv_path,
-                local * VERSE_RECORD_SIZE,
+                local * data.record_size,
                 &format!("entry {local}: text is not UTF-8 ({e})"),
             )),
         }
@@ -493,10 +666,23 @@ mod tests {
     /// Builds a tiny module: per testament two blocks; entries are given as texts, `None`
     /// for empty entries. Entries are split evenly over the two blocks.
     fn build(dir: &Path, ot: &[Option<&str>], nt: &[Option<&str>]) -> std::io::Result<PathBuf> {
+        build_with(dir, CONF, 'b', VERSE_RECORD_SIZE, ot, nt)
+    }
+
+    /// [`build`] with another `.conf` text, file letter and verse-record size. An entry equal
+    /// to the one before it is stored once and linked, as commentaries do.
+    fn build_with(
+        dir: &Path,
+        conf: &str,
+        letter: char,
+        record: usize,
+        ot: &[Option<&str>],
+        nt: &[Option<&str>],
+    ) -> std::io::Result<PathBuf> {
         fs::create_dir_all(dir.join("mods.d"))?;
         let data = dir.join("modules/texts/ztext/testmod");
         fs::create_dir_all(&data)?;
-        fs::write(dir.join("mods.d/testmod.conf"), CONF)?;
+        fs::write(dir.join("mods.d/testmod.conf"), conf)?;
         for (prefix, entries) in [("ot", ot), ("nt", nt)] {
             let half = entries.len().div_ceil(2);
             let mut bzs = Vec::new();
@@ -504,12 +690,25 @@ mod tests {
             let mut bzz = Vec::new();
             for (b, chunk) in entries.chunks(half.max(1)).enumerate() {
                 let mut block = Vec::new();
+                let mut prev: Option<(&str, usize)> = None;
                 for e in chunk {
                     let text = e.unwrap_or("");
+                    let offset = match prev {
+                        Some((p, at)) if p == text && !text.is_empty() => at,
+                        _ => {
+                            let at = block.len();
+                            block.extend_from_slice(text.as_bytes());
+                            at
+                        }
+                    };
+                    prev = Some((text, offset));
                     bzv.extend_from_slice(&(b as u32).to_le_bytes());
-                    bzv.extend_from_slice(&(block.len() as u32).to_le_bytes());
-                    bzv.extend_from_slice(&(text.len() as u16).to_le_bytes());
-                    block.extend_from_slice(text.as_bytes());
+                    bzv.extend_from_slice(&(offset as u32).to_le_bytes());
+                    if record == VERSE4_RECORD_SIZE {
+                        bzv.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                    } else {
+                        bzv.extend_from_slice(&(text.len() as u16).to_le_bytes());
+                    }
                 }
                 let z = zlib(&block);
                 bzs.extend_from_slice(&(bzz.len() as u32).to_le_bytes());
@@ -517,9 +716,9 @@ mod tests {
                 bzs.extend_from_slice(&(block.len() as u32).to_le_bytes());
                 bzz.extend_from_slice(&z);
             }
-            fs::write(data.join(format!("{prefix}.bzs")), bzs)?;
-            fs::write(data.join(format!("{prefix}.bzv")), bzv)?;
-            fs::write(data.join(format!("{prefix}.bzz")), bzz)?;
+            fs::write(data.join(format!("{prefix}.{letter}zs")), bzs)?;
+            fs::write(data.join(format!("{prefix}.{letter}zv")), bzv)?;
+            fs::write(data.join(format!("{prefix}.{letter}zz")), bzz)?;
         }
         Ok(dir.join("mods.d/testmod.conf"))
     }
@@ -533,13 +732,15 @@ mod tests {
         assert_eq!(c.entries["GlobalOptionFilter"], vec!["A", "B"]);
         assert_eq!(c.data_dir()?, PathBuf::from("/lib/modules/texts/ztext/testmod/"));
         assert_eq!(c.versification(), "KJV");
-        c.check_ztext()?;
+        assert_eq!(c.driver()?, Driver::ZText);
+        assert_eq!(c.block_letter()?, 'b');
+        assert_eq!(c.source_type(), "OSIS");
         let bad = ModuleConf::parse(
             &CONF.replace("CompressType=ZIP", "CompressType=LZSS"),
             Path::new("t.conf"),
             Path::new("."),
         )?;
-        let err = bad.check_ztext().err().map(|e| e.to_string()).unwrap_or_default();
+        let err = bad.driver().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("LZSS") && err.contains("t.conf"), "{err}");
         assert!(ModuleConf::parse("Key=1\n", Path::new("t.conf"), Path::new(".")).is_err());
         Ok(())
@@ -553,13 +754,13 @@ mod tests {
             0, 0, 0, 0, 0, 0, 0, 0, 0x53, 0, // entry 1: block 0, offset 0, 83 bytes
             1, 0, 0, 0, 0, 0, 0, 0, 0x6f, 1, // entry 2: block 1, offset 0, 367 bytes
         ];
-        let v = parse_verse_index(&bzv, Path::new("ot.bzv"))?;
+        let v = parse_verse_index(&bzv, VERSE_RECORD_SIZE, Path::new("ot.bzv"))?;
         assert_eq!(v[1], VerseEntry { block: 0, offset: 0, size: 83 });
         assert_eq!(v[2], VerseEntry { block: 1, offset: 0, size: 367 });
         let bzs = [0u8, 0, 0, 0, 0x56, 4, 0, 0, 0x53, 0, 0, 0];
         let b = parse_block_index(&bzs, Path::new("ot.bzs"))?;
         assert_eq!(b, vec![BlockEntry { offset: 0, size: 1110, uncompressed: 83 }]);
-        let err = parse_verse_index(&bzv[..25], Path::new("ot.bzv")).err();
+        let err = parse_verse_index(&bzv[..25], VERSE_RECORD_SIZE, Path::new("ot.bzv")).err();
         assert!(
             matches!(err, Some(Error::Corrupt { offset: 20, .. })),
             "truncated record must name offset 20: {err:?}"
@@ -573,7 +774,7 @@ mod tests {
         let ot = [None, Some("head"), Some("In the beginning"), Some("é"), None];
         let nt = [None, None, Some("Matthew")];
         let conf = build(tmp.path(), &ot, &nt)?;
-        let mut m = ZTextModule::open(&conf)?;
+        let mut m = ZVerseModule::open(&conf)?;
         assert_eq!(m.name(), "TestMod");
         assert_eq!(m.len(), 8);
         assert_eq!(m.testament_len(Testament::Old), 5);
@@ -585,6 +786,61 @@ mod tests {
         assert!(matches!(m.verse(8), Err(Error::EntryOutOfRange { index: 8, len: 8, .. })));
         assert_eq!(find_conf(tmp.path(), "testmod")?, conf);
         assert!(matches!(find_conf(tmp.path(), "nope"), Err(Error::ModuleNotFound { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn reads_a_zcom4_commentary_with_links() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let conf = CONF
+            .replace("ModDrv=zText", "ModDrv=zCom4")
+            .replace("BlockType=BOOK", "BlockType=CHAPTER");
+        let long = "x".repeat(70_000); // needs the u32 size of 12-byte records
+        // Two blocks of three entries; entries 1 and 2 are linked.
+        let ot =
+            [None, Some("on vv. 1-2"), Some("on vv. 1-2"), Some("head"), Some(long.as_str()), None];
+        let path = build_with(tmp.path(), &conf, 'c', VERSE4_RECORD_SIZE, &ot, &[None, None])?;
+        let mut m = ZVerseModule::open(&path)?;
+        assert_eq!(m.driver(), Driver::ZCom4);
+        assert!(m.driver().is_commentary());
+        assert_eq!(m.record_size_mismatch(), None);
+        assert_eq!(m.verse(2)?, "on vv. 1-2");
+        assert_eq!(m.entry(1)?, m.entry(2)?);
+        assert_eq!(m.verse(4)?.len(), 70_000);
+        assert_eq!((m.is_linked(1), m.is_linked(2), m.is_linked(3)), (false, true, false));
+        assert!(!m.is_linked(0) && !m.is_linked(4) && !m.is_linked(5) && !m.is_linked(6));
+        Ok(())
+    }
+
+    #[test]
+    fn record_size_follows_the_files_when_the_conf_is_wrong() -> TestResult {
+        // As Debian's MHCC: ModDrv=zCom4 but 10-byte verse records.
+        let tmp = tempfile::tempdir()?;
+        let conf = CONF.replace("ModDrv=zText", "ModDrv=zCom4");
+        let ot = [None, Some("head"), Some("a"), Some("b"), Some("c"), Some("d"), Some("e")];
+        let path = build_with(tmp.path(), &conf, 'b', VERSE_RECORD_SIZE, &ot, &[None])?;
+        let mut m = ZVerseModule::open(&path)?;
+        assert_eq!(m.record_size_mismatch(), Some((VERSE4_RECORD_SIZE, VERSE_RECORD_SIZE)));
+        assert_eq!(m.verse(6)?, "e");
+        // A size that fits neither record size is still an error.
+        let bzv = tmp.path().join("modules/texts/ztext/testmod/ot.bzv");
+        let mut bytes = fs::read(&bzv)?;
+        bytes.push(0);
+        fs::write(&bzv, bytes)?;
+        let e = err_text(ZVerseModule::open(&path));
+        assert!(e.contains("ot.bzv") && e.contains("multiple of the 12-byte record"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn layout_check_names_the_versification() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let path = build(tmp.path(), &[None, Some("a")], &[None])?;
+        let m = ZVerseModule::open(&path)?;
+        let e = err_text(m.check_layout(&Versification::kjv()));
+        assert!(e.contains("ot.*zv has 2 entries") && e.contains("KJV"), "{e}");
+        let e = err_text(m.check_layout(&Versification::nrsva()));
+        assert!(e.contains("Versification=KJV; expected NRSVA"), "{e}");
         Ok(())
     }
 
@@ -605,35 +861,35 @@ mod tests {
         // Missing file.
         let nt_bzz = fs::read(data.join("nt.bzz"))?;
         fs::remove_file(data.join("nt.bzz"))?;
-        let e = err_text(ZTextModule::open(&conf));
+        let e = err_text(ZVerseModule::open(&conf));
         assert!(e.contains("nt.bzz"), "{e}");
         fs::write(data.join("nt.bzz"), &nt_bzz)?;
 
         // Truncated verse index.
         let bzv = fs::read(data.join("ot.bzv"))?;
         fs::write(data.join("ot.bzv"), &bzv[..bzv.len() - 3])?;
-        let e = err_text(ZTextModule::open(&conf));
+        let e = err_text(ZVerseModule::open(&conf));
         assert!(e.contains("ot.bzv") && e.contains("offset 30"), "{e}");
 
         // A verse record pointing at a block that does not exist.
         let mut bad = bzv.clone();
         bad[30..34].copy_from_slice(&7u32.to_le_bytes());
         fs::write(data.join("ot.bzv"), &bad)?;
-        let e = err_text(ZTextModule::open(&conf));
+        let e = err_text(ZVerseModule::open(&conf));
         assert!(e.contains("ot.bzv") && e.contains("entry 3") && e.contains("block 7"), "{e}");
 
         // A verse record past the end of its block.
         let mut bad = bzv.clone();
         bad[38..40].copy_from_slice(&500u16.to_le_bytes());
         fs::write(data.join("ot.bzv"), &bad)?;
-        let e = err_text(ZTextModule::open(&conf));
+        let e = err_text(ZVerseModule::open(&conf));
         assert!(e.contains("ot.bzv") && e.contains("entry 3"), "{e}");
         fs::write(data.join("ot.bzv"), &bzv)?;
 
         // Truncated compressed data: the block index points past the end.
         let bzz = fs::read(data.join("ot.bzz"))?;
         fs::write(data.join("ot.bzz"), &bzz[..bzz.len() - 4])?;
-        let e = err_text(ZTextModule::open(&conf));
+        let e = err_text(ZVerseModule::open(&conf));
         assert!(e.contains("ot.bzs") && e.contains("block 1"), "{e}");
 
         // Garbage in a block: open succeeds (indexes are fine), reading fails cleanly.
@@ -642,7 +898,7 @@ mod tests {
             *b ^= 0x5a;
         }
         fs::write(data.join("ot.bzz"), &junk)?;
-        let mut m = ZTextModule::open(&conf)?;
+        let mut m = ZVerseModule::open(&conf)?;
         let e = err_text(m.verse(2));
         assert!(e.contains("ot.bzz") && e.contains("block"), "{e}");
 
@@ -652,7 +908,7 @@ mod tests {
         let declared = u32::from_le_bytes([bzs[8], bzs[9], bzs[10], bzs[11]]);
         bzs[8..12].copy_from_slice(&(declared + 10).to_le_bytes());
         fs::write(data.join("ot.bzs"), &bzs)?;
-        let mut m = ZTextModule::open(&conf)?;
+        let mut m = ZVerseModule::open(&conf)?;
         let e = err_text(m.verse(1));
         assert!(e.contains("ot.bzz") && e.contains("block 0") && e.contains("index says"), "{e}");
 
@@ -671,7 +927,7 @@ mod tests {
         let mut bzv = vec![0u8; 10];
         bzv.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 2, 0]);
         fs::write(d2.join("ot.bzv"), bzv)?;
-        let mut m = ZTextModule::open(&conf2)?;
+        let mut m = ZVerseModule::open(&conf2)?;
         let e = err_text(m.verse(1));
         assert!(e.contains("ot.bzv") && e.contains("not UTF-8"), "{e}");
         Ok(())

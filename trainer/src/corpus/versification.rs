@@ -1,9 +1,12 @@
-//! KJV versification (the SWORD `KJV` system): books, verses per chapter, and the layout of
-//! a SWORD verse index (`ot.bzv` / `nt.bzv`) with its heading entries.
+//! Versifications (the SWORD `KJV` and `NRSVA` systems): books, verses per chapter, and the
+//! layout of a SWORD verse index (`ot.bzv` / `nt.bzv`) with its heading entries.
 //!
 //! The verse counts are public-domain versification data (the same numbers as SWORD's
-//! `canon.h`): 39 Old Testament books, 929 chapters, 23,145 verses; 27 New Testament books,
-//! 260 chapters, 7,957 verses; 31,102 verses in all.
+//! `canon.h` and `canon_nrsva.h`). KJV: 39 Old Testament books, 929 chapters, 23,145 verses;
+//! 27 New Testament books, 260 chapters, 7,957 verses; 31,102 verses in all. NRSVA (used by
+//! the World English Bible module) is the KJV plus 17 deuterocanonical books after Malachi
+//! ([`NRSVA_DEUTEROCANON`], 183 chapters, 6,687 verses) and two New Testament verses more
+//! (3 John 1:15, Revelation 12:18): OT 31,027 index entries, NT 8,248.
 //!
 //! # Index layout
 //!
@@ -313,6 +316,78 @@ pub static KJV_BOOKS: [Book; 66] = [
     },
 ];
 
+/// The deuterocanonical books of the NRSVA versification, in its order (after Malachi).
+pub static NRSVA_DEUTEROCANON: [Book; 17] = [
+    Book {
+        osis: "Tob",
+        name: "Tobit",
+        verses: &[22, 14, 17, 21, 22, 18, 16, 21, 6, 13, 18, 22, 17, 15],
+    },
+    Book {
+        osis: "Jdt",
+        name: "Judith",
+        verses: &[16, 28, 10, 15, 24, 21, 32, 36, 14, 23, 23, 20, 20, 19, 14, 25],
+    },
+    Book {
+        osis: "EsthGr",
+        name: "Esther (Greek)",
+        verses: &[22, 23, 15, 17, 14, 14, 10, 17, 32, 13, 12, 6, 18, 19, 16, 24],
+    },
+    Book {
+        osis: "Wis",
+        name: "Wisdom",
+        verses: &[16, 24, 19, 20, 23, 25, 30, 21, 18, 21, 26, 27, 19, 31, 19, 29, 21, 25, 22],
+    },
+    Book {
+        osis: "Sir",
+        name: "Sirach",
+        verses: &[
+            30, 18, 31, 31, 15, 37, 36, 19, 18, 31, 34, 18, 26, 27, 20, 30, 32, 33, 30, 31, 28, 27,
+            27, 34, 26, 29, 30, 26, 28, 25, 31, 24, 33, 31, 26, 31, 31, 34, 35, 30, 22, 25, 33, 23,
+            26, 20, 25, 25, 16, 29, 30,
+        ],
+    },
+    Book { osis: "Bar", name: "Baruch", verses: &[22, 35, 37, 37, 9, 73] },
+    Book { osis: "PrAzar", name: "Prayer of Azariah", verses: &[68] },
+    Book { osis: "Sus", name: "Susanna", verses: &[64] },
+    Book { osis: "Bel", name: "Bel and the Dragon", verses: &[42] },
+    Book {
+        osis: "1Macc",
+        name: "1 Maccabees",
+        verses: &[64, 70, 60, 61, 68, 63, 50, 32, 73, 89, 74, 53, 53, 49, 41, 24],
+    },
+    Book {
+        osis: "2Macc",
+        name: "2 Maccabees",
+        verses: &[36, 32, 40, 50, 27, 31, 42, 36, 29, 38, 38, 45, 26, 46, 39],
+    },
+    Book { osis: "1Esd", name: "1 Esdras", verses: &[58, 30, 24, 63, 73, 34, 15, 96, 55] },
+    Book { osis: "PrMan", name: "Prayer of Manasses", verses: &[15] },
+    Book { osis: "AddPs", name: "Additional Psalm", verses: &[7] },
+    Book { osis: "3Macc", name: "3 Maccabees", verses: &[29, 33, 30, 21, 51, 41, 23] },
+    Book {
+        osis: "2Esd",
+        name: "2 Esdras",
+        verses: &[40, 48, 36, 52, 56, 59, 140, 63, 47, 59, 46, 51, 58, 48, 63, 78],
+    },
+    Book {
+        osis: "4Macc",
+        name: "4 Maccabees",
+        verses: &[35, 24, 21, 26, 38, 35, 23, 29, 32, 21, 27, 19, 27, 20, 32, 25, 24, 24],
+    },
+];
+
+/// NRSVA's 3 John: 15 verses (the KJV has 14).
+const NRSVA_3JOHN: Book = Book { osis: "3John", name: "3 John", verses: &[15] };
+/// NRSVA's Revelation: chapter 12 has 18 verses (the KJV has 17).
+const NRSVA_REV: Book = Book {
+    osis: "Rev",
+    name: "Revelation of John",
+    verses: &[
+        20, 29, 22, 11, 14, 17, 17, 13, 21, 11, 19, 18, 18, 20, 8, 21, 18, 24, 21, 15, 27, 21,
+    ],
+};
+
 /// A testament: each has its own verse index file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Testament {
@@ -336,7 +411,8 @@ impl Testament {
 }
 
 /// A verse reference: book index into the versification's book list, 1-based chapter and
-/// verse.
+/// verse. Its `Display` (`Gen.1.1`) names the book by the KJV list; for another versification
+/// use [`Versification::osis_ref`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VerseRef {
     /// Index of the book in the versification (0 = Genesis for KJV).
@@ -399,6 +475,8 @@ pub struct Chapter {
 /// The entry layout of a SWORD module in a versification (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Versification {
+    name: &'static str,
+    books: Vec<Book>,
     entries: Vec<EntryKind>,
     chapters: Vec<Chapter>,
     ot_len: usize,
@@ -407,19 +485,49 @@ pub struct Versification {
 impl Versification {
     /// The KJV versification.
     pub fn kjv() -> Self {
-        let mut entries = Vec::with_capacity(32_361);
-        let mut chapters = Vec::with_capacity(1_189);
+        Self::new("KJV", KJV_BOOKS.to_vec(), KJV_OT_BOOKS)
+    }
+
+    /// The NRSVA versification: the KJV's 39 OT books, the 17 of [`NRSVA_DEUTEROCANON`], then
+    /// the 27 NT books with 3 John 1:15 and Revelation 12:18 added.
+    pub fn nrsva() -> Self {
+        let (ot, nt) = KJV_BOOKS.split_at(KJV_OT_BOOKS);
+        let nt = nt.iter().map(|b| match b.osis {
+            "3John" => NRSVA_3JOHN,
+            "Rev" => NRSVA_REV,
+            _ => *b,
+        });
+        let books: Vec<Book> =
+            ot.iter().chain(NRSVA_DEUTEROCANON.iter()).copied().chain(nt).collect();
+        Self::new("NRSVA", books, KJV_OT_BOOKS + NRSVA_DEUTEROCANON.len())
+    }
+
+    /// The versification a module's `Versification=` names (case-insensitive), if supported.
+    pub fn by_name(name: &str) -> Option<Self> {
+        if name.eq_ignore_ascii_case("KJV") {
+            Some(Self::kjv())
+        } else if name.eq_ignore_ascii_case("NRSVA") {
+            Some(Self::nrsva())
+        } else {
+            None
+        }
+    }
+
+    /// Builds the index layout of a book list whose first `ot_books` are the OT's.
+    fn new(name: &'static str, books: Vec<Book>, ot_books: usize) -> Self {
+        let mut entries = Vec::new();
+        let mut chapters = Vec::new();
         let mut ot_len = 0;
         for testament in Testament::ALL {
             entries.push(EntryKind::ModuleHeading(testament));
             entries.push(EntryKind::TestamentHeading(testament));
-            let books = match testament {
-                Testament::Old => 0..KJV_OT_BOOKS,
-                Testament::New => KJV_OT_BOOKS..KJV_BOOKS.len(),
+            let range = match testament {
+                Testament::Old => 0..ot_books.min(books.len()),
+                Testament::New => ot_books.min(books.len())..books.len(),
             };
-            for b in books {
-                let Some(book) = KJV_BOOKS.get(b) else { continue };
-                // 66 books fit in u8.
+            for b in range {
+                let Some(book) = books.get(b) else { continue };
+                // At most 83 books: they fit in u8.
                 let bi = b as u8;
                 entries.push(EntryKind::BookHeading(bi));
                 for (c, &n) in book.verses.iter().enumerate() {
@@ -440,7 +548,27 @@ impl Versification {
                 ot_len = entries.len();
             }
         }
-        Self { entries, chapters, ot_len }
+        Self { name, books, entries, chapters, ot_len }
+    }
+
+    /// The SWORD name of this versification (`KJV`, `NRSVA`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The books in index order; [`Chapter::book`] and [`VerseRef::book`] index this list.
+    pub fn books(&self) -> &[Book] {
+        &self.books
+    }
+
+    /// The OSIS id of a book index (`?` if out of range).
+    pub fn book_osis(&self, book: u8) -> &'static str {
+        self.books.get(usize::from(book)).map_or("?", |b| b.osis)
+    }
+
+    /// The OSIS id of a verse in this versification, e.g. `Tob.1.1`.
+    pub fn osis_ref(&self, r: VerseRef) -> String {
+        format!("{}.{}.{}", self.book_osis(r.book), r.chapter, r.verse)
     }
 
     /// Total number of entries (both testaments).
@@ -554,5 +682,30 @@ mod tests {
         assert_eq!(v.index_of(rev), Some(v.len() - 1));
         assert_eq!(v.kind(v.len()), None);
         assert_eq!(v.index_of(VerseRef { book: 0, chapter: 1, verse: 32 }), None);
+    }
+
+    #[test]
+    fn nrsva_layout_matches_the_web_module() {
+        // engWEB2015eb (Versification=NRSVA): ot.bzv has 31,027 records, nt.bzv 8,248.
+        let v = Versification::nrsva();
+        assert_eq!(v.name(), "NRSVA");
+        assert_eq!(v.books().len(), 83);
+        assert_eq!(v.testament_len(Testament::Old), 31_027);
+        assert_eq!(v.testament_len(Testament::New), 8_248);
+        assert_eq!(sum_verses(&NRSVA_DEUTEROCANON), 6_687);
+        assert_eq!(NRSVA_DEUTEROCANON.iter().map(|b| b.verses.len()).sum::<usize>(), 208);
+        // The canonical OT is the KJV's; Tobit follows Malachi; Matthew follows 4 Maccabees.
+        let kjv = Versification::kjv();
+        assert_eq!(v.entries()[..kjv.testament_len(Testament::Old)], kjv.entries()[..24_115]);
+        assert_eq!(v.book_osis(39), "Tob");
+        assert_eq!(v.book_osis(56), "Matt");
+        let tob = VerseRef { book: 39, chapter: 1, verse: 1 };
+        assert_eq!(v.osis_ref(tob), "Tob.1.1");
+        assert_eq!(v.index_of(tob), Some(24_115 + 2));
+        let rev = VerseRef { book: 82, chapter: 22, verse: 21 };
+        assert_eq!(v.index_of(rev), Some(v.len() - 1));
+        assert!(v.index_of(VerseRef { book: 82, chapter: 12, verse: 18 }).is_some());
+        assert!(Versification::by_name("kjv").is_some());
+        assert!(Versification::by_name("Vulg").is_none());
     }
 }

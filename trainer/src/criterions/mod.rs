@@ -1,9 +1,10 @@
 //! Training criteria with fairseq 0.12.2's maths (`fairseq/criterions/`):
-//! [`CrossEntropy`] (`cross_entropy`) and [`LabelSmoothedCrossEntropy`]
-//! (`label_smoothed_cross_entropy`).
+//! [`CrossEntropy`] (`cross_entropy`), [`LabelSmoothedCrossEntropy`]
+//! (`label_smoothed_cross_entropy`) and [`AdaptiveLoss`] (`adaptive_loss`).
 //!
 //! A criterion takes the model's fp32 log-probabilities `[B, T, V]` and the targets `[B, T]`
-//! and returns the summed loss over non-padding tokens (natural log, differentiable) with the
+//! ([`Criterion::compute`]; or the model and its raw output, [`Criterion::compute_for`], which
+//! `adaptive_loss` needs to score features cluster by cluster) and returns the summed loss over non-padding tokens (natural log, differentiable) with the
 //! counts fairseq logs ([`CriterionOutput`]). Gradients are taken on the sum; the trainer divides
 //! them by `sample_size` (fairseq's `optimizer.multiply_grads(1 / sample_size)`).
 //!
@@ -12,6 +13,7 @@
 //! per token in base 2 (`sum / sample_size / ln 2`, `nll_sum / ntokens / ln 2`) and
 //! `ppl = 2^nll_loss`.
 
+mod adaptive_loss;
 mod cross_entropy;
 mod label_smoothed_cross_entropy;
 
@@ -22,6 +24,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tch::{Kind, Tensor};
 
+use crate::train::model::Model;
+
+pub use adaptive_loss::{AdaptiveLoss, AdaptiveLossConfig};
 pub use cross_entropy::{CrossEntropy, CrossEntropyConfig};
 pub use label_smoothed_cross_entropy::{
     LabelSmoothedCrossEntropy, LabelSmoothedCrossEntropyConfig, label_smoothed_nll_loss,
@@ -68,6 +73,9 @@ pub enum Error {
     /// A tensor operation failed in libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// The model failed to turn its output into what the criterion scores.
+    #[error(transparent)]
+    Model(#[from] crate::models::Error),
 }
 
 /// What a criterion computes for one batch.
@@ -219,6 +227,21 @@ pub trait Criterion: Send {
     /// `target` (`[B, T]` int64 indices), ignoring positions where the target is `pad`.
     fn compute(&self, lprobs: &Tensor, target: &Tensor, pad: i64)
     -> Result<CriterionOutput, Error>;
+
+    /// The loss of `model`'s output `net_output` (what [`Model::forward`] returned, computed
+    /// with dropout iff `train`) for `target`: what the trainer calls. By default the model's
+    /// fp32 log-probabilities go to [`Criterion::compute`]; `adaptive_loss` overrides it.
+    fn compute_for(
+        &self,
+        model: &dyn Model,
+        net_output: &Tensor,
+        target: &Tensor,
+        pad: i64,
+        train: bool,
+    ) -> Result<CriterionOutput, Error> {
+        let _ = train;
+        self.compute(&model.get_normalized_probs(net_output, true)?, target, pad)
+    }
 }
 
 /// The training options a criterion reads besides its own flags.
@@ -294,7 +317,7 @@ fn to_json<T: Serialize>(component: &'static str, value: &T) -> Result<serde_jso
 }
 
 /// The criteria built into seqforge, by fairseq name: `cross_entropy`,
-/// `label_smoothed_cross_entropy`.
+/// `label_smoothed_cross_entropy`, `adaptive_loss`.
 pub fn builtin_criterions() -> Vec<(&'static str, CriterionFactory)> {
     vec![
         (CrossEntropyConfig::NAME, CriterionFactory::of::<CrossEntropyConfig>()),
@@ -302,6 +325,7 @@ pub fn builtin_criterions() -> Vec<(&'static str, CriterionFactory)> {
             LabelSmoothedCrossEntropyConfig::NAME,
             CriterionFactory::of::<LabelSmoothedCrossEntropyConfig>(),
         ),
+        (AdaptiveLossConfig::NAME, CriterionFactory::of::<AdaptiveLossConfig>()),
     ]
 }
 

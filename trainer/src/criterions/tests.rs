@@ -229,7 +229,7 @@ fn flags_and_factories() -> Result<()> {
         }
     );
     let names: Vec<&str> = builtin_criterions().iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, ["cross_entropy", "label_smoothed_cross_entropy"]);
+    assert_eq!(names, ["cross_entropy", "label_smoothed_cross_entropy", "adaptive_loss"]);
     let ctx = CriterionContext::default();
     for (name, f) in builtin_criterions() {
         let cmd = (f.augment_args)(clap::Command::new("t").no_binary_name(true));

@@ -11,7 +11,9 @@
 
 use std::collections::BTreeMap;
 
-use seqforge_runtime::decoding::{IncrementalDecoder, LogProbs, SpecialTokens};
+use seqforge_runtime::decoding::{
+    IncrementalDecoder, LogProbs, SpecialTokens, lm_input, lm_positions_left,
+};
 use tch::{Device, Kind, Tensor};
 
 use crate::models::{Error, Result};
@@ -89,6 +91,17 @@ pub struct DecodingInfo {
 /// implements so that search, `--eval-bleu` and the export check can drive it.
 ///
 /// Both methods run in eval mode (no dropout); callers hold a `no_grad` guard.
+///
+/// **Decoder-only models** (language models, e.g.
+/// [`TransformerLm`](crate::models::transformer_lm::TransformerLm)) follow this convention:
+/// `start` receives the *prompt* as the model's input (`Int64 [batch, len]`, `len ≥ 1`, EOS
+/// first as fairseq's LM generation starts, no padding), runs the decoder over all its
+/// positions at once ("prefill"), fills the caches with them and stores the fp32
+/// log-probabilities `[batch, vocab]` of the token after the prompt in the state under
+/// `prefill.log_probs`. `step` first looks for `prefill.log_probs`: when present it removes it
+/// from the state and returns it, ignoring the fed tokens (the search feeds EOS at its step 0);
+/// otherwise it feeds the tokens at position = the current cache length. Rows are reordered as
+/// usual in between (`prefill.log_probs` is a per-row tensor like the others).
 pub trait StepModel {
     /// Sizes and ids.
     fn decoding_info(&self) -> DecodingInfo;
@@ -99,6 +112,12 @@ pub trait StepModel {
     /// Encodes `src_tokens` (`Int64 [batch, src_len]`, left-padded with `pad_index` as fairseq
     /// batches them) into a fresh state with one row per sentence.
     fn start(&self, src_tokens: &Tensor) -> Result<TorchState>;
+
+    /// Whether this is a decoder-only model (a language model; see the convention above):
+    /// [`TorchDecoder`] then feeds it `[eos] + prompt` for each source.
+    fn decoder_only(&self) -> bool {
+        false
+    }
 
     /// Feeds `prev_tokens` (`Int64 [rows]`: the previous output of each row, EOS at step 0),
     /// updates the state (not `state.step`: the caller counts) and returns the fp32
@@ -146,6 +165,42 @@ impl<'m> TorchDecoder<'m> {
             })
             .collect::<Result<Vec<i64>>>()?;
         Ok(Tensor::f_from_slice(&index)?.f_to_device(self.model.device())?)
+    }
+}
+
+impl TorchDecoder<'_> {
+    /// A decoder-only model's prompts as `[eos] + prompt` rows of one length (the steps share
+    /// one position), run at once; the state stands after the prompt (`step` = its length − 1,
+    /// the first step returning the prompt's next-token distribution).
+    fn prefill(&mut self, sources: &[Vec<u32>]) -> Result<TorchState> {
+        let eos = self.special.eos;
+        let rows: Vec<Vec<u32>> = sources.iter().map(|s| lm_input(s, eos)).collect();
+        let t = rows.first().map_or(0, Vec::len);
+        if let Some(r) = rows.iter().find(|r| r.len() != t) {
+            return Err(Error::Input(format!(
+                "language-model prompts decoded together must have one length (got {t} and {} \
+                 tokens with the leading EOS)",
+                r.len()
+            )));
+        }
+        let max = self.info.max_target_positions;
+        if t == 0 || t > max {
+            return Err(Error::Input(format!(
+                "a prompt of {t} tokens (with the leading EOS) does not fit the model's {max} \
+                 positions"
+            )));
+        }
+        for (i, r) in rows.iter().enumerate() {
+            check_ids(r, self.info.src_vocab_size, &format!("prompt {i}"))?;
+        }
+        let flat: Vec<i64> = rows.iter().flatten().map(|&x| i64::from(x)).collect();
+        let tokens = Tensor::f_from_slice(&flat)?
+            .f_reshape([rows.len() as i64, t as i64])?
+            .f_to_device(self.model.device())?;
+        let _guard = tch::no_grad_guard();
+        let mut state = self.model.start(&tokens)?;
+        state.step = t - 1;
+        Ok(state)
     }
 }
 
@@ -206,7 +261,18 @@ impl IncrementalDecoder for TorchDecoder<'_> {
         self.info.max_target_positions
     }
 
+    fn max_target_positions_for(&self, source: &[u32]) -> usize {
+        if self.model.decoder_only() {
+            lm_positions_left(self.info.max_target_positions, source, self.special.eos)
+        } else {
+            self.info.max_target_positions
+        }
+    }
+
     fn encode(&mut self, sources: &[Vec<u32>]) -> Result<TorchState> {
+        if self.model.decoder_only() {
+            return self.prefill(sources);
+        }
         let tokens = left_padded_batch(
             sources,
             self.info.pad_index,

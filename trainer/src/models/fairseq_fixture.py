@@ -52,13 +52,15 @@ def unique_state_dict(model):
 
 
 def incremental_lprobs(model, enc, prev, order, reorder_step):
-    """fairseq's own incremental decoding of `prev` ([batch, len], fed column t at step t):
+    """fairseq's own incremental decoding of `prev` ([batch, len], fed column t at step t; `enc`
+    None for a language model):
     log-probs [batch, len, vocab]; before step `reorder_step` the encoder output and decoder
     state are reordered with `order`, as beam search does."""
     state, steps = {}, []
     for t in range(prev.shape[1]):
         if t == reorder_step:
-            enc = model.encoder.reorder_encoder_out(enc, order)
+            if enc is not None:  # decoder-only models (language models) have no encoder
+                enc = model.encoder.reorder_encoder_out(enc, order)
             model.decoder.reorder_incremental_state_scripting(state, order)
         # Incremental decoding reads only the last column of the prefix.
         out, _ = model.decoder(prev[:, : t + 1], encoder_out=enc, incremental_state=state)

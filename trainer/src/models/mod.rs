@@ -9,9 +9,13 @@
 //! - [`fconv`]: the convolutional sequence-to-sequence model (Gehring et al., 2017) as
 //!   fairseq 0.12.2 builds it (`fairseq/models/fconv.py`), with its five named architectures
 //!   and an incremental decoder (`LinearizedConvolution` windows) for search.
+//! - [`transformer_lm`]: fairseq's decoder-only Transformer language model
+//!   (`fairseq/models/transformer_lm.py`) with adaptive input and adaptive softmax
+//!   ([`adaptive`]), its named architectures and a prefilling incremental decoder.
 //! - [`decoding`]: what every family implements to be decoded incrementally ([`StepModel`]),
 //!   its state as named tensors ([`TorchState`]) and the search adapter ([`TorchDecoder`]).
 
+pub mod adaptive;
 pub mod decoding;
 pub mod fconv;
 pub mod lstm;
@@ -19,6 +23,7 @@ pub(crate) mod nn;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod transformer;
+pub mod transformer_lm;
 
 pub use decoding::{DecodingInfo, StepModel, TorchDecoder, TorchState};
 

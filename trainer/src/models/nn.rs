@@ -195,3 +195,11 @@ pub(crate) fn normalized_probs(logits: &Tensor, log_probs: bool) -> Result<Tenso
         logits.f_softmax(-1, Kind::Float)?
     })
 }
+
+/// A bias-free linear weight `scope.weight` of shape `[out_dim, in_dim]`, xavier-uniform
+/// (fairseq's `Linear(…, bias=False)` helpers, `AdaptiveInput`'s and `AdaptiveSoftmax`'s
+/// projections).
+pub(crate) fn xavier_weight(scope: &Scope<'_, '_>, in_dim: i64, out_dim: i64) -> Result<Tensor> {
+    let bound = (6.0 / (in_dim + out_dim) as f64).sqrt();
+    scope.var("weight", &[out_dim, in_dim], Init::Uniform { lo: -bound, up: bound })
+}

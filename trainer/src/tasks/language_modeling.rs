@@ -78,6 +78,13 @@ impl TaskConfig for LanguageModelingConfig {
         }
         Ok(Box::new(LanguageModeling::open(&a.data, self.clone())?))
     }
+
+    /// A language model's `tokens_per_sample` (its default maximum positions) is the task's.
+    fn configure_model(&self, model: &mut Value) {
+        if let Some(v) = model.get_mut("tokens_per_sample") {
+            *v = Value::from(self.tokens_per_sample);
+        }
+    }
 }
 
 /// The `language_modeling` task over one data folder.

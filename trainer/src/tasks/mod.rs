@@ -120,6 +120,13 @@ pub trait TaskConfig:
 
     /// Reads the data folder's dictionaries and builds the task.
     fn build(&self, ctx: &TaskContext<'_>) -> Result<Box<dyn Task>>;
+
+    /// Sets what the model takes from the task in its JSON config (fairseq interpolates such
+    /// fields, e.g. a language model's `tokens_per_sample` is `task.tokens_per_sample`); by
+    /// default nothing.
+    fn configure_model(&self, model: &mut Value) {
+        let _ = model;
+    }
 }
 
 /// Builds a task from its JSON config and the training flags.
@@ -136,6 +143,9 @@ pub struct TaskFactory {
     pub default_config: fn() -> Result<Value>,
     /// Builds the task.
     pub build: BuildTask,
+    /// Sets what the model takes from the task in its JSON config
+    /// ([`TaskConfig::configure_model`]).
+    pub configure_model: fn(&Value, &mut Value) -> Result<()>,
 }
 
 impl fmt::Debug for TaskFactory {
@@ -148,6 +158,10 @@ fn to_json<T: Serialize>(name: &str, value: &T) -> Result<Value> {
     serde_json::to_value(value).map_err(|e| Error::Config(format!("task {name}: {e}")))
 }
 
+fn parse<C: TaskConfig>(value: &Value) -> Result<C> {
+    C::deserialize(value).map_err(|e| Error::Config(format!("task {}: {e}", C::NAME)))
+}
+
 impl TaskFactory {
     /// The factory of the task configured by `C`.
     pub fn of<C: TaskConfig>() -> Self {
@@ -155,10 +169,10 @@ impl TaskFactory {
             augment_args: <C as clap::Args>::augment_args,
             config_from_matches: |m| to_json(C::NAME, &C::from_arg_matches(m)?),
             default_config: || to_json(C::NAME, &C::default()),
-            build: |value, ctx| {
-                C::deserialize(value)
-                    .map_err(|e| Error::Config(format!("task {}: {e}", C::NAME)))?
-                    .build(ctx)
+            build: |value, ctx| parse::<C>(value)?.build(ctx),
+            configure_model: |value, model| {
+                parse::<C>(value)?.configure_model(model);
+                Ok(())
             },
         }
     }

@@ -346,8 +346,10 @@ impl TrainConfig {
         let args = TrainArgs::from_arg_matches(&matches)?;
         let architecture = registry.architectures.get(&args.arch)?;
         let model = registry.models.get(&architecture.model)?;
-        let model_config = (model.apply_args)(&matches, architecture.config.clone())?;
-        let task_config = (registry.tasks.get(&args.task)?.config_from_matches)(&matches)?;
+        let mut model_config = (model.apply_args)(&matches, architecture.config.clone())?;
+        let task = registry.tasks.get(&args.task)?;
+        let task_config = (task.config_from_matches)(&matches)?;
+        (task.configure_model)(&task_config, &mut model_config)?;
         let criterion_config =
             (registry.criterions.get(&args.criterion)?.config_from_matches)(&matches)?;
         let optimizer_config =

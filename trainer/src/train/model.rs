@@ -7,13 +7,16 @@ use std::fmt;
 use serde_json::Value;
 use tch::{Tensor, nn};
 
+use crate::models::adaptive::AdaptiveSoftmax;
 use crate::models::{Error, StepModel};
 
 /// A sequence-to-sequence model the trainer can train: teacher-forced forward pass, normalized
 /// probabilities and named parameters.
 pub trait Model: Send {
-    /// Logits `[batch, tgt_len, vocab]` for `prev_output_tokens`, given the (left-padded)
-    /// source; dropout only when `train`.
+    /// The network output for `prev_output_tokens`, given the (left-padded) source (a language
+    /// model ignores the source and reads `prev_output_tokens` as its input): logits
+    /// `[batch, tgt_len, vocab]`, or the decoder features when the model ends in an
+    /// [`AdaptiveSoftmax`] (see [`Model::adaptive_softmax`]). Dropout only when `train`.
     fn forward(
         &self,
         src_tokens: &Tensor,
@@ -22,7 +25,8 @@ pub trait Model: Send {
         train: bool,
     ) -> Result<Tensor, Error>;
 
-    /// (Log-)probabilities over the vocabulary in fp32 (fairseq's `get_normalized_probs`).
+    /// (Log-)probabilities over the vocabulary in fp32 of what [`Model::forward`] returned
+    /// (fairseq's `get_normalized_probs`).
     fn get_normalized_probs(&self, logits: &Tensor, log_probs: bool) -> Result<Tensor, Error>;
 
     /// Trainable parameters under their (fairseq) names, each once.
@@ -49,15 +53,32 @@ pub trait Model: Send {
     fn step_model(&self) -> Option<&dyn StepModel> {
         None
     }
+
+    /// The adaptive softmax the model ends in, if any: then [`Model::forward`] returns decoder
+    /// features, which the `adaptive_loss` criterion scores cluster by cluster.
+    fn adaptive_softmax(&self) -> Option<&AdaptiveSoftmax> {
+        None
+    }
 }
 
 /// Implements [`Model`] for a model family's type from its inherent methods of the same names
 /// (`forward`, `get_normalized_probs`, `parameters`, `tied_parameters`; `fairseq_state_dict` for
 /// [`Model::state_dict`]) and its [`StepModel`] implementation, whose
 /// [`DecodingInfo`](crate::models::DecodingInfo) gives [`Model::max_positions`]: the one place
-/// for the delegation every family shares.
+/// for the delegation every family shares. `impl_family_model!(Family, adaptive_softmax)` also
+/// delegates [`Model::adaptive_softmax`].
 macro_rules! impl_family_model {
     ($family:ty) => {
+        $crate::train::model::impl_family_model!(@impl $family, {});
+    };
+    ($family:ty, adaptive_softmax) => {
+        $crate::train::model::impl_family_model!(@impl $family, {
+            fn adaptive_softmax(&self) -> Option<&$crate::models::adaptive::AdaptiveSoftmax> {
+                <$family>::adaptive_softmax(self)
+            }
+        });
+    };
+    (@impl $family:ty, { $($extra:tt)* }) => {
         impl $crate::train::model::Model for $family {
             fn forward(
                 &self,
@@ -97,6 +118,8 @@ macro_rules! impl_family_model {
             fn step_model(&self) -> Option<&dyn $crate::models::StepModel> {
                 Some(self)
             }
+
+            $($extra)*
         }
     };
 }
@@ -149,12 +172,13 @@ pub struct Architecture {
     pub config: Value,
 }
 
-/// The models built into seqforge: `transformer`, `lstm` and `fconv`.
+/// The models built into seqforge: `transformer`, `lstm`, `fconv` and `transformer_lm`.
 pub fn builtin_models() -> Vec<(&'static str, ModelFactory)> {
     vec![
         ("transformer", crate::models::transformer::factory()),
         ("lstm", crate::models::lstm::factory()),
         ("fconv", crate::models::fconv::factory()),
+        ("transformer_lm", crate::models::transformer_lm::factory()),
     ]
 }
 

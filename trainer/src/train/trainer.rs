@@ -898,9 +898,14 @@ impl Trainer {
         let src_lengths = Tensor::f_from_slice(&batch.src_lengths)?.f_to_device(self.device)?;
         let prev = tensor2d(prev, self.device)?;
         let target = tensor2d(target, self.device)?;
-        let logits = self.model.forward(&src_tokens, &src_lengths, &prev, train)?;
-        let lprobs = self.model.get_normalized_probs(&logits, true)?;
-        let out = self.criterion.compute(&lprobs, &target, self.pad)?;
+        let net_output = self.model.forward(&src_tokens, &src_lengths, &prev, train)?;
+        let out = self.criterion.compute_for(
+            self.model.as_ref(),
+            &net_output,
+            &target,
+            self.pad,
+            train,
+        )?;
         let logging = out.logging_output()?;
         Ok((out.loss, logging))
     }

@@ -10,11 +10,11 @@ use super::nn::{Linear, LinearInit, Scope, dropout};
 use crate::models::Result;
 
 /// Multi-head scaled dot-product attention with fairseq's parameters and initialisation.
-pub(super) struct MultiheadAttention {
-    pub(super) q_proj: Linear,
-    pub(super) k_proj: Linear,
-    pub(super) v_proj: Linear,
-    pub(super) out_proj: Linear,
+pub(crate) struct MultiheadAttention {
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) out_proj: Linear,
     heads: i64,
     head_dim: i64,
     scaling: f64,
@@ -27,7 +27,7 @@ impl MultiheadAttention {
     /// As fairseq: q/k/v weights are xavier-uniform with gain `1/sqrt(2)` when `kv_dim ==
     /// embed_dim` (gain 1 otherwise), their biases keep PyTorch's default; `out_proj` is
     /// xavier-uniform with a zero bias. Parameters are created in fairseq's order (k, v, q, out).
-    pub(super) fn new(
+    pub(crate) fn new(
         scope: &Scope<'_, '_>,
         embed_dim: i64,
         kv_dim: i64,
@@ -55,12 +55,12 @@ impl MultiheadAttention {
     }
 
     /// Number of heads.
-    pub(super) fn heads(&self) -> i64 {
+    pub(crate) fn heads(&self) -> i64 {
         self.heads
     }
 
     /// Width of one head.
-    pub(super) fn head_dim(&self) -> i64 {
+    pub(crate) fn head_dim(&self) -> i64 {
         self.head_dim
     }
 
@@ -72,13 +72,13 @@ impl MultiheadAttention {
     }
 
     /// Scaled queries `[batch, heads, len, head_dim]` (fairseq: `q_proj(x) * head_dim^-0.5`).
-    pub(super) fn query(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn query(&self, x: &Tensor) -> Result<Tensor> {
         let q = self.q_proj.forward(x)?.f_mul_scalar(self.scaling)?;
         self.split_heads(&q)
     }
 
     /// Keys and values `[batch, heads, len, head_dim]` of `x` (`[batch, len, kv_dim]`).
-    pub(super) fn key_value(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn key_value(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let k = self.split_heads(&self.k_proj.forward(x)?)?;
         let v = self.split_heads(&self.v_proj.forward(x)?)?;
         Ok((k, v))
@@ -89,7 +89,7 @@ impl MultiheadAttention {
     /// `attn_mask` (`[q_len, k_len]`, additive, `-inf` where masked) is the causal mask;
     /// `key_padding_mask` (`[batch, k_len]`, `true` at padding) excludes padded keys. The
     /// softmax runs in fp32 as fairseq's does. Returns `[batch, q_len, heads * head_dim]`.
-    pub(super) fn attend(
+    pub(crate) fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,

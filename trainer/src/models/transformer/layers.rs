@@ -1,5 +1,5 @@
-//! fairseq's `TransformerEncoderLayerBase` and `TransformerDecoderLayerBase`: attention and
-//! feed-forward blocks, each `dropout → residual → layer norm` (post-norm, the paper's order)
+//! fairseq's `TransformerEncoderLayerBase` and `TransformerDecoderLayerBase` (with or without
+//! encoder attention, `no_encoder_attn`): attention and feed-forward blocks, each `dropout → residual → layer norm` (post-norm, the paper's order)
 //! or `layer norm → … → dropout → residual` (pre-norm, `normalize_before`).
 
 use tch::Tensor;
@@ -12,15 +12,15 @@ use crate::models::Result;
 
 /// Dimensions and regularisation of one side (encoder or decoder) of the model.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct LayerSpec {
-    pub(super) embed_dim: i64,
-    pub(super) ffn_embed_dim: i64,
-    pub(super) heads: i64,
-    pub(super) normalize_before: bool,
-    pub(super) dropout: f64,
-    pub(super) attention_dropout: f64,
-    pub(super) activation_dropout: f64,
-    pub(super) activation: Activation,
+pub(crate) struct LayerSpec {
+    pub(crate) embed_dim: i64,
+    pub(crate) ffn_embed_dim: i64,
+    pub(crate) heads: i64,
+    pub(crate) normalize_before: bool,
+    pub(crate) dropout: f64,
+    pub(crate) attention_dropout: f64,
+    pub(crate) activation_dropout: f64,
+    pub(crate) activation: Activation,
 }
 
 /// The position-wise feed-forward block `fc2(act(fc1(x)))` with its residual and layer norm.
@@ -80,7 +80,7 @@ fn residual_block(
 }
 
 /// One encoder layer: self-attention and feed-forward.
-pub(super) struct EncoderLayer {
+pub(crate) struct EncoderLayer {
     self_attn: MultiheadAttention,
     self_attn_layer_norm: LayerNorm,
     ffn: FeedForward,
@@ -89,7 +89,7 @@ pub(super) struct EncoderLayer {
 
 impl EncoderLayer {
     /// `scope.{self_attn,self_attn_layer_norm,fc1,fc2,final_layer_norm}`.
-    pub(super) fn new(scope: &Scope<'_, '_>, spec: LayerSpec) -> Result<Self> {
+    pub(crate) fn new(scope: &Scope<'_, '_>, spec: LayerSpec) -> Result<Self> {
         let self_attn = MultiheadAttention::new(
             &scope.sub("self_attn"),
             spec.embed_dim,
@@ -104,7 +104,7 @@ impl EncoderLayer {
     }
 
     /// `x`: `[batch, len, dim]`; `padding_mask`: `[batch, len]`, `true` at padding.
-    pub(super) fn forward(&self, x: &Tensor, padding_mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, padding_mask: &Tensor, train: bool) -> Result<Tensor> {
         let x = residual_block(x, &self.self_attn_layer_norm, &self.spec, train, |h| {
             let q = self.self_attn.query(h)?;
             let (k, v) = self.self_attn.key_value(h)?;
@@ -115,28 +115,48 @@ impl EncoderLayer {
 }
 
 /// Where a decoder layer's self-attention gets its keys and values.
-pub(super) enum SelfAttention<'a> {
+pub(crate) enum SelfAttention<'a> {
     /// The whole target prefix at once (teacher forcing): a causal mask `[len, len]` and the
     /// target's padding mask `[batch, len]`.
     Full { causal_mask: &'a Tensor, padding_mask: &'a Tensor },
-    /// One new position per row; its key and value are appended to the cache.
-    Cached(&'a mut KeyValue),
+    /// New positions (one per step; several for a prompt) whose keys and values are appended to
+    /// the cache; `attn_mask` (`[new, past + new]`, additive) keeps several new positions
+    /// causal (`None` for one position).
+    Cached { cache: &'a mut KeyValue, attn_mask: Option<&'a Tensor> },
 }
 
-/// One decoder layer: causal self-attention, encoder attention and feed-forward.
-pub(super) struct DecoderLayer {
+/// The encoder attention of a decoder layer (absent in a decoder-only language model: fairseq's
+/// `no_encoder_attn=True`).
+pub(crate) struct EncoderAttention {
+    pub(crate) attn: MultiheadAttention,
+    layer_norm: LayerNorm,
+}
+
+/// What a decoder layer's encoder attention reads: its keys and values and the source padding
+/// mask (`[batch, src_len]`, `true` at padding).
+pub(crate) struct CrossInput<'a> {
+    pub(crate) kv: &'a KeyValue,
+    pub(crate) padding_mask: &'a Tensor,
+}
+
+/// One decoder layer: causal self-attention, encoder attention (optional) and feed-forward.
+pub(crate) struct DecoderLayer {
     self_attn: MultiheadAttention,
     self_attn_layer_norm: LayerNorm,
-    pub(super) encoder_attn: MultiheadAttention,
-    encoder_attn_layer_norm: LayerNorm,
+    pub(crate) encoder_attn: Option<EncoderAttention>,
     ffn: FeedForward,
     spec: LayerSpec,
 }
 
 impl DecoderLayer {
     /// `scope.{self_attn,self_attn_layer_norm,encoder_attn,encoder_attn_layer_norm,fc1,fc2,
-    /// final_layer_norm}`; encoder attention reads encoder states of width `encoder_dim`.
-    pub(super) fn new(scope: &Scope<'_, '_>, spec: LayerSpec, encoder_dim: i64) -> Result<Self> {
+    /// final_layer_norm}`; encoder attention reads encoder states of width `encoder_dim`, and
+    /// is left out when `encoder_dim` is `None`.
+    pub(crate) fn new(
+        scope: &Scope<'_, '_>,
+        spec: LayerSpec,
+        encoder_dim: Option<i64>,
+    ) -> Result<Self> {
         let self_attn = MultiheadAttention::new(
             &scope.sub("self_attn"),
             spec.embed_dim,
@@ -146,28 +166,35 @@ impl DecoderLayer {
         )?;
         let self_attn_layer_norm =
             LayerNorm::new(&scope.sub("self_attn_layer_norm"), spec.embed_dim)?;
-        let encoder_attn = MultiheadAttention::new(
-            &scope.sub("encoder_attn"),
-            spec.embed_dim,
-            encoder_dim,
-            spec.heads,
-            spec.attention_dropout,
-        )?;
-        let encoder_attn_layer_norm =
-            LayerNorm::new(&scope.sub("encoder_attn_layer_norm"), spec.embed_dim)?;
+        let encoder_attn = match encoder_dim {
+            Some(encoder_dim) => Some(EncoderAttention {
+                attn: MultiheadAttention::new(
+                    &scope.sub("encoder_attn"),
+                    spec.embed_dim,
+                    encoder_dim,
+                    spec.heads,
+                    spec.attention_dropout,
+                )?,
+                layer_norm: LayerNorm::new(&scope.sub("encoder_attn_layer_norm"), spec.embed_dim)?,
+            }),
+            None => None,
+        };
         let ffn = FeedForward::new(scope, spec)?;
-        Ok(Self {
-            self_attn,
-            self_attn_layer_norm,
-            encoder_attn,
-            encoder_attn_layer_norm,
-            ffn,
-            spec,
-        })
+        Ok(Self { self_attn, self_attn_layer_norm, encoder_attn, ffn, spec })
+    }
+
+    /// This layer's encoder-attention keys and values of `encoder_out` (`[batch, src_len,
+    /// encoder_dim]`), or an error for a layer without encoder attention.
+    pub(crate) fn cross_key_value(&self, encoder_out: &Tensor) -> Result<KeyValue> {
+        let attn = self.encoder_attn.as_ref().ok_or_else(|| {
+            crate::models::Error::Input("this decoder layer has no encoder attention".into())
+        })?;
+        let (key, value) = attn.attn.key_value(encoder_out)?;
+        Ok(KeyValue { key, value })
     }
 
     /// The empty self-attention cache of this layer for `rows` rows.
-    pub(super) fn empty_cache(&self, rows: i64, like: &Tensor) -> Result<KeyValue> {
+    pub(crate) fn empty_cache(&self, rows: i64, like: &Tensor) -> Result<KeyValue> {
         let shape = [rows, self.self_attn.heads(), 0, self.self_attn.head_dim()];
         let options = (like.kind(), like.device());
         Ok(KeyValue {
@@ -176,14 +203,13 @@ impl DecoderLayer {
         })
     }
 
-    /// `x`: `[batch, len, dim]` (`len` = 1 with a cache); `cross`: this layer's encoder-attention
-    /// keys and values; `encoder_padding_mask`: `[batch, src_len]`, `true` at padding.
-    pub(super) fn forward(
+    /// `x`: `[batch, len, dim]`; `cross`: what the encoder attention reads (`None` for a layer
+    /// without one; a layer with one needs it).
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         self_attention: SelfAttention<'_>,
-        cross: &KeyValue,
-        encoder_padding_mask: &Tensor,
+        cross: Option<CrossInput<'_>>,
         train: bool,
     ) -> Result<Tensor> {
         let x = residual_block(x, &self.self_attn_layer_norm, &self.spec, train, |h| {
@@ -193,24 +219,33 @@ impl DecoderLayer {
                 SelfAttention::Full { causal_mask, padding_mask } => {
                     self.self_attn.attend(&q, &k, &v, Some(causal_mask), Some(padding_mask), train)
                 }
-                SelfAttention::Cached(cache) => {
+                SelfAttention::Cached { cache, attn_mask } => {
                     cache.key = Tensor::f_cat(&[&cache.key, &k], 2)?;
                     cache.value = Tensor::f_cat(&[&cache.value, &v], 2)?;
-                    self.self_attn.attend(&q, &cache.key, &cache.value, None, None, train)
+                    self.self_attn.attend(&q, &cache.key, &cache.value, attn_mask, None, train)
                 }
             }
         })?;
-        let x = residual_block(&x, &self.encoder_attn_layer_norm, &self.spec, train, |h| {
-            let q = self.encoder_attn.query(h)?;
-            self.encoder_attn.attend(
-                &q,
-                &cross.key,
-                &cross.value,
-                None,
-                Some(encoder_padding_mask),
-                train,
-            )
-        })?;
+        let x = match (&self.encoder_attn, cross) {
+            (None, None) => x,
+            (Some(enc), Some(cross)) => {
+                residual_block(&x, &enc.layer_norm, &self.spec, train, |h| {
+                    let q = enc.attn.query(h)?;
+                    let (k, v) = (&cross.kv.key, &cross.kv.value);
+                    enc.attn.attend(&q, k, v, None, Some(cross.padding_mask), train)
+                })?
+            }
+            (Some(_), None) => {
+                return Err(crate::models::Error::Input(
+                    "this decoder layer attends to an encoder output, but none was given".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(crate::models::Error::Input(
+                    "this decoder layer has no encoder attention".into(),
+                ));
+            }
+        };
         self.ffn.forward(&x, train)
     }
 }

@@ -15,17 +15,20 @@
 //! - [`Transformer`] implements [`StepModel`](crate::models::decoding::StepModel) (its cache as
 //!   named tensors, [`state_names`]), so [`TorchDecoder`](crate::models::TorchDecoder) drives it.
 //!
-//! Not supported (fairseq options outside the scope): adaptive input/softmax,
-//! `decoder_input_dim`/`decoder_output_dim` different from `decoder_embed_dim`,
-//! cross-self-attention, layer drop, quantisation noise, alignment heads.
+//! The layers, embeddings and positions are shared with the decoder-only
+//! [`transformer_lm`](crate::models::transformer_lm).
+//!
+//! Not supported (fairseq options outside the scope): adaptive input/softmax (see
+//! `transformer_lm`), `decoder_input_dim`/`decoder_output_dim` different from
+//! `decoder_embed_dim`, cross-self-attention, layer drop, quantisation noise, alignment heads.
 
 mod attention;
 mod config;
 mod incremental;
-mod layers;
-mod model;
-mod nn;
-mod positions;
+pub(crate) mod layers;
+pub(crate) mod model;
+pub(crate) mod nn;
+pub(crate) mod positions;
 mod registration;
 
 #[cfg(test)]

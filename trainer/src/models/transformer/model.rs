@@ -6,9 +6,10 @@ use std::cell::RefCell;
 use tch::{Device, Kind, Tensor, nn};
 
 use super::config::TransformerConfig;
-use super::layers::{DecoderLayer, EncoderLayer, LayerSpec, SelfAttention};
+use super::layers::{CrossInput, DecoderLayer, EncoderLayer, LayerSpec, SelfAttention};
 use super::nn::{Entry, LayerNorm, Scope, dropout, embed, embedding_weight};
 use super::positions::{PositionalEmbedding, make_positions};
+use crate::models::adaptive::AdaptiveInput;
 use crate::models::{Error, Result};
 
 /// The encoder's output for a batch of sources.
@@ -88,23 +89,45 @@ impl DecoderCache {
     }
 }
 
-/// Token embedding, scale, positions, optional layer norm, dropout: fairseq's
-/// `forward_embedding` (shared by encoder and decoder).
-struct Embeddings {
+/// How tokens become vectors: an embedding table, or fairseq's `AdaptiveInput`.
+pub(crate) enum TokenEmbedding {
     /// `[vocab, dim]`; the decoder's may be the encoder's tensor (`share_all_embeddings`).
-    tokens: Tensor,
-    scale: f64,
-    positions: Option<PositionalEmbedding>,
-    layernorm_embedding: Option<LayerNorm>,
-    padding_idx: i64,
-    max_positions: i64,
-    dropout: f64,
+    Table(Tensor),
+    /// Bands of narrower embeddings projected to a common width (language models).
+    Adaptive(AdaptiveInput),
+}
+
+/// Token embedding, scale, input projection, positions, optional layer norm, dropout:
+/// fairseq's `forward_embedding` (shared by encoder, decoder and the language model).
+pub(crate) struct Embeddings {
+    pub(crate) tokens: TokenEmbedding,
+    pub(crate) scale: f64,
+    /// fairseq's `project_in_dim` (`[embed_dim, input_dim]`, no bias) when the token
+    /// embeddings are narrower or wider than the model.
+    pub(crate) project_in_dim: Option<Tensor>,
+    pub(crate) positions: Option<PositionalEmbedding>,
+    pub(crate) layernorm_embedding: Option<LayerNorm>,
+    pub(crate) padding_idx: i64,
+    pub(crate) max_positions: i64,
+    pub(crate) dropout: f64,
 }
 
 impl Embeddings {
     /// `tokens`: `[batch, len]`, `positions`: `[batch, len]` → `[batch, len, dim]`.
-    fn forward(&self, tokens: &Tensor, positions: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = embed(&self.tokens, tokens, self.padding_idx)?.f_mul_scalar(self.scale)?;
+    pub(crate) fn forward(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let x = match &self.tokens {
+            TokenEmbedding::Table(weight) => embed(weight, tokens, self.padding_idx)?,
+            TokenEmbedding::Adaptive(adaptive) => adaptive.forward(tokens)?,
+        };
+        let mut x = x.f_mul_scalar(self.scale)?;
+        if let Some(proj) = &self.project_in_dim {
+            x = x.f_linear(proj, None::<&Tensor>)?;
+        }
         if let Some(pos) = &self.positions {
             x = x.f_add(&pos.forward(positions)?)?;
         }
@@ -114,7 +137,8 @@ impl Embeddings {
         dropout(x, self.dropout, train)
     }
 
-    fn check_len(&self, len: i64, side: &str) -> Result<()> {
+    /// An error when `len` positions exceed the model's maximum (with positional embeddings).
+    pub(crate) fn check_len(&self, len: i64, side: &str) -> Result<()> {
         if self.positions.is_some() && len > self.max_positions {
             return Err(Error::Input(format!(
                 "{side} of {len} positions is longer than the model's maximum of {}",
@@ -184,7 +208,8 @@ impl Transformer {
         )?;
         let enc_max = int(c.max_source_positions, "max_source_positions")?;
         let encoder_embeddings = Embeddings {
-            tokens: enc_tokens.shallow_clone(),
+            tokens: TokenEmbedding::Table(enc_tokens.shallow_clone()),
+            project_in_dim: None,
             scale: if c.no_scale_embedding { 1.0 } else { (enc_dim as f64).sqrt() },
             positions: if c.no_token_positional_embeddings {
                 None
@@ -239,7 +264,8 @@ impl Transformer {
         };
         let dec_max = int(c.max_target_positions, "max_target_positions")?;
         let decoder_embeddings = Embeddings {
-            tokens: dec_tokens.shallow_clone(),
+            tokens: TokenEmbedding::Table(dec_tokens.shallow_clone()),
+            project_in_dim: None,
             scale: if c.no_scale_embedding { 1.0 } else { (dec_dim as f64).sqrt() },
             positions: if c.no_token_positional_embeddings {
                 None
@@ -270,7 +296,7 @@ impl Transformer {
         };
         let dec_layers = dec.sub("layers");
         let decoder_layers = (0..c.decoder_layers)
-            .map(|i| DecoderLayer::new(&dec_layers.sub(i), dec_spec, enc_dim))
+            .map(|i| DecoderLayer::new(&dec_layers.sub(i), dec_spec, Some(enc_dim)))
             .collect::<Result<Vec<_>>>()?;
         let decoder_layer_norm = if c.decoder_normalize_before && !c.no_decoder_final_norm {
             Some(LayerNorm::new(&dec.sub("layer_norm"), dec_dim)?)
@@ -391,12 +417,11 @@ impl Transformer {
         let causal_mask =
             Tensor::f_full([len, len], f64::NEG_INFINITY, (x.kind(), self.device))?.f_triu(1)?;
         for layer in &self.decoder.layers {
-            let (key, value) = layer.encoder_attn.key_value(&encoder_out.out)?;
+            let kv = layer.cross_key_value(&encoder_out.out)?;
             x = layer.forward(
                 &x,
                 SelfAttention::Full { causal_mask: &causal_mask, padding_mask: &padding_mask },
-                &KeyValue { key, value },
-                &encoder_out.padding_mask,
+                Some(CrossInput { kv: &kv, padding_mask: &encoder_out.padding_mask }),
                 train,
             )?;
         }
@@ -453,8 +478,7 @@ impl Transformer {
         let mut cross_attn = Vec::with_capacity(self.decoder.layers.len());
         for layer in &self.decoder.layers {
             self_attn.push(layer.empty_cache(rows, &encoder_out.out)?);
-            let (key, value) = layer.encoder_attn.key_value(&encoder_out.out)?;
-            cross_attn.push(KeyValue { key, value });
+            cross_attn.push(layer.cross_key_value(&encoder_out.out)?);
         }
         Ok(DecoderCache {
             self_attn,
@@ -494,9 +518,8 @@ impl Transformer {
             };
             x = layer.forward(
                 &x,
-                SelfAttention::Cached(kv),
-                cross,
-                &cache.encoder_padding_mask,
+                SelfAttention::Cached { cache: kv, attn_mask: None },
+                Some(CrossInput { kv: cross, padding_mask: &cache.encoder_padding_mask }),
                 false,
             )?;
         }

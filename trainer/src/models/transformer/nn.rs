@@ -6,20 +6,20 @@ use tch::{Kind, Tensor};
 
 use super::config::Activation;
 use crate::models::Result;
-pub(super) use crate::models::nn::{Entry, Scope, dropout, embed};
+pub(crate) use crate::models::nn::{Entry, Scope, dropout, embed};
 
 /// fairseq's `LayerNorm` epsilon (PyTorch's default).
-pub(super) const LAYER_NORM_EPS: f64 = 1e-5;
+pub(crate) const LAYER_NORM_EPS: f64 = 1e-5;
 
 /// `nn.Linear` with a weight of shape `[out, in]` (fairseq/PyTorch layout).
-pub(super) struct Linear {
-    pub(super) weight: Tensor,
-    pub(super) bias: Option<Tensor>,
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
 }
 
 /// How a linear layer's weight is initialised.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum LinearInit {
+pub(crate) enum LinearInit {
     /// PyTorch's `nn.Linear` default: weight and bias uniform in `±1/sqrt(in)`.
     TorchDefault,
     /// `xavier_uniform_(weight, gain)`; the bias keeps PyTorch's default.
@@ -30,7 +30,7 @@ pub(super) enum LinearInit {
 
 impl Linear {
     /// A linear layer `leaf.{weight,bias}` from `in_dim` to `out_dim`.
-    pub(super) fn new(
+    pub(crate) fn new(
         scope: &Scope<'_, '_>,
         in_dim: i64,
         out_dim: i64,
@@ -50,13 +50,13 @@ impl Linear {
     }
 
     /// `x @ weight.T + bias`.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
     }
 }
 
 /// `nn.LayerNorm(dim)` with fairseq's epsilon, weight 1 and bias 0 at initialisation.
-pub(super) struct LayerNorm {
+pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     dim: i64,
@@ -64,21 +64,21 @@ pub(super) struct LayerNorm {
 
 impl LayerNorm {
     /// A layer norm `scope.{weight,bias}`.
-    pub(super) fn new(scope: &Scope<'_, '_>, dim: i64) -> Result<Self> {
+    pub(crate) fn new(scope: &Scope<'_, '_>, dim: i64) -> Result<Self> {
         let weight = scope.var("weight", &[dim], Init::Const(1.0))?;
         let bias = scope.var("bias", &[dim], Init::Const(0.0))?;
         Ok(Self { weight, bias, dim })
     }
 
     /// Normalises the last dimension.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.f_layer_norm([self.dim], Some(&self.weight), Some(&self.bias), LAYER_NORM_EPS, true)?)
     }
 }
 
 /// An embedding matrix `scope.weight` of shape `[num, dim]`, initialised as fairseq's
 /// `Embedding`: normal with std `dim^-0.5`, the padding row zero.
-pub(super) fn embedding_weight(
+pub(crate) fn embedding_weight(
     scope: &Scope<'_, '_>,
     num: i64,
     dim: i64,
@@ -95,7 +95,7 @@ pub(super) fn embedding_weight(
 }
 
 /// Applies `activation` as fairseq does (`gelu` in fp32, cast back).
-pub(super) fn activate(activation: Activation, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn activate(activation: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match activation {
         Activation::Relu => x.f_relu()?,
         Activation::Gelu => x.f_to_kind(Kind::Float)?.f_gelu("none")?.f_to_kind(x.kind())?,

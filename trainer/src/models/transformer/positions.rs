@@ -42,7 +42,7 @@ pub fn sinusoidal_table(
 }
 
 /// Sinusoidal (a fixed table, not a parameter) or learned (`embed_positions.weight`) positions.
-pub(super) enum PositionalEmbedding {
+pub(crate) enum PositionalEmbedding {
     /// The fixed table of [`sinusoidal_table`] for `max_positions + padding_idx + 1` rows.
     Sinusoidal { table: Tensor },
     /// `nn.Embedding(max_positions + padding_idx + 1, dim, padding_idx)`.
@@ -52,7 +52,7 @@ pub(super) enum PositionalEmbedding {
 impl PositionalEmbedding {
     /// fairseq's `PositionalEmbedding(max_positions, dim, padding_idx, learned)`, with the
     /// learned weight created as `scope.weight`.
-    pub(super) fn new(
+    pub(crate) fn new(
         scope: &Scope<'_, '_>,
         max_positions: i64,
         dim: i64,
@@ -73,7 +73,7 @@ impl PositionalEmbedding {
 
     /// Embeddings `[batch, len, dim]` of `positions` (`[batch, len]`, from [`make_positions`]
     /// or `padding_idx + step + 1` when decoding incrementally).
-    pub(super) fn forward(&self, positions: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, positions: &Tensor) -> Result<Tensor> {
         match self {
             Self::Sinusoidal { table } => {
                 let size = positions.size();
