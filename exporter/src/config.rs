@@ -118,7 +118,12 @@ impl CheckpointConfig {
     /// Reads and checks `path` (a checkpoint's `config.json`).
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = crate::error::read_checkpoint_file(path)?;
-        let raw: RawCheckpointConfig = serde_json::from_slice(&bytes)
+        Self::from_slice(path, &bytes)
+    }
+
+    /// Checks `bytes`, a `config.json` (`path` names it in errors).
+    pub fn from_slice(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let raw: RawCheckpointConfig = serde_json::from_slice(bytes)
             .map_err(|e| Error::Json { path: path.to_path_buf(), message: e.to_string() })?;
         let family = arch::family_of(&raw.arch).map_err(|_| Error::UnknownArch {
             path: path.to_path_buf(),

@@ -139,6 +139,9 @@ pub enum Error {
         /// The model directory.
         path: PathBuf,
     },
+    /// A fairseq checkpoint (`.pt`) could not be read or mapped.
+    #[error(transparent)]
+    Fairseq(#[from] seqforge_fairseq::Error),
     /// Options that do not go together.
     #[error("{0}")]
     Usage(String),

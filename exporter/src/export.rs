@@ -1,4 +1,5 @@
-//! The export itself: checkpoint directory + data directory → model directory.
+//! The export itself: checkpoint directory (or fairseq `.pt`) + data directory → model
+//! directory.
 //!
 //! Reads `config.json` and `model.safetensors` (every tensor checked for presence, dtype and
 //! shape against the configuration), the dictionaries `dict.{src,tgt}.txt` of the data
@@ -188,6 +189,9 @@ fn special_ids(dict: &Dict, pad_index: usize) -> Result<SpecialIds> {
 }
 
 fn num_updates(checkpoint: &Path) -> u64 {
+    if checkpoint.is_file() {
+        return crate::fairseq::num_updates(checkpoint);
+    }
     let path = checkpoint.join(CHECKPOINT_STATE_FILE);
     fs::read(&path)
         .ok()
@@ -244,12 +248,22 @@ pub struct Compiled {
 
 /// Reads and checks the checkpoint and builds both graphs, writing nothing. `data` is only
 /// used for the dictionaries' identities when given.
+///
+/// `checkpoint` may also be a fairseq checkpoint file (`.pt`, see [`crate::fairseq`]).
 pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> Result<Compiled> {
-    let config = CheckpointConfig::load(&checkpoint.join(CHECKPOINT_CONFIG_FILE))?;
+    let (config_path, config, weights) = if checkpoint.is_file() {
+        let (config, weights) = crate::fairseq::read(checkpoint, data)?;
+        (checkpoint.to_path_buf(), config, weights)
+    } else {
+        let config_path = checkpoint.join(CHECKPOINT_CONFIG_FILE);
+        let config = CheckpointConfig::load(&config_path)?;
+        info!(arch = %config.arch, "reading {}", checkpoint.join(CHECKPOINT_MODEL_FILE).display());
+        (config_path, config, Weights::load(&checkpoint.join(CHECKPOINT_MODEL_FILE))?)
+    };
     let c = config.common;
     let family =
         crate::families::exporter_for(config.family.name).ok_or_else(|| Error::UnknownArch {
-            path: checkpoint.join(CHECKPOINT_CONFIG_FILE),
+            path: config_path.clone(),
             arch: format!(
                 "{} (family {}, which this exporter cannot compile)",
                 config.arch, config.family.name
@@ -260,8 +274,6 @@ pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> R
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
-    info!(arch = %config.arch, "reading {}", checkpoint.join(CHECKPOINT_MODEL_FILE).display());
-    let weights = Weights::load(&checkpoint.join(CHECKPOINT_MODEL_FILE))?;
     let special = match data {
         Some(data) => {
             let src = load_dict(&config, data, &config.dict_files.0, c.src_vocab_size)?;
@@ -279,10 +291,7 @@ pub fn compile(checkpoint: &Path, data: Option<&Path>, build: BuildOptions) -> R
         None => SpecialIds { pad: c.pad_index as u32, ..SpecialIds::default() },
     };
     let state = (family.state)(&config.model, build)?;
-    state.validate_for(
-        config.task,
-        &checkpoint.join(CHECKPOINT_CONFIG_FILE).display().to_string(),
-    )?;
+    state.validate_for(config.task, &config_path.display().to_string())?;
     let contract = ModelContract {
         format_version: FORMAT_VERSION,
         task: config.task,

@@ -6,6 +6,7 @@
 //!   languages, dictionary identities).
 //! - [`families`]: which graph builder compiles which model family, and its declared state.
 //! - [`weights`]: the checkpoint's `model.safetensors`, every tensor checked by name and shape.
+//! - [`fairseq`]: a fairseq checkpoint (`.pt`) taken directly, through `seqforge-fairseq`.
 //! - [`transformer`]: fairseq's Transformer as the contract's encoder and decoder-step graphs
 //!   (fp32, or fp16 with fp32 layer norms and softmaxes).
 //! - [`lstm`]: fairseq's LSTM encoder-decoder as the same two graphs (attention, input feeding).
@@ -20,6 +21,7 @@
 
 pub mod config;
 pub mod export;
+pub mod fairseq;
 pub mod families;
 pub mod fconv;
 pub mod graph;

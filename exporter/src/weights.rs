@@ -88,6 +88,20 @@ impl Weights {
         Ok(Self { path: path.to_path_buf(), tensors, used: RefCell::new(BTreeSet::new()), sha256 })
     }
 
+    /// Tensors already in memory as `(name, shape, f32 values)` (a fairseq checkpoint read by
+    /// [`seqforge_fairseq`]); `path` names their source in errors, `sha256` identifies them.
+    pub fn from_f32(
+        path: &Path,
+        tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+        sha256: String,
+    ) -> Self {
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, shape, data)| (name, Tensor::Float { shape, data }))
+            .collect();
+        Self { path: path.to_path_buf(), tensors, used: RefCell::new(BTreeSet::new()), sha256 }
+    }
+
     /// The file's SHA-256 (hex).
     pub fn sha256(&self) -> &str {
         &self.sha256

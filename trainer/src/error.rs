@@ -34,6 +34,9 @@ pub enum Error {
     /// Looking up or registering a named component.
     #[error(transparent)]
     Registry(#[from] crate::registry::Error),
+    /// Importing a fairseq checkpoint.
+    #[error(transparent)]
+    ImportFairseq(#[from] crate::import_fairseq::Error),
     /// An operation in libtorch failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

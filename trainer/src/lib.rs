@@ -17,6 +17,8 @@
 //! - [`tasks`]: what a run trains on and how it is validated (`translation`,
 //!   `language_modeling`), chosen with `--task`.
 //! - [`eval_lm`]: `seqforge-train eval-lm`, fairseq-eval-lm's perplexity of a language model.
+//! - [`import_fairseq`]: `seqforge-train import-fairseq`, a fairseq checkpoint (`.pt`) as a
+//!   seqforge checkpoint directory.
 //! - [`train`]: the training loop (`seqforge-train train`, fairseq-train's flags), logging.
 
 pub mod batching;
@@ -30,6 +32,7 @@ mod error;
 pub mod eval_lm;
 pub mod export_check;
 pub mod fp16;
+pub mod import_fairseq;
 pub mod models;
 pub mod optim;
 pub mod registry;

@@ -1,4 +1,4 @@
-//! `seqforge-export CHECKPOINT_DIR --data DATA_DIR --out MODEL_DIR [--dtype fp32|fp16|int8]
+//! `seqforge-export CHECKPOINT_DIR|CHECKPOINT.pt --data DATA_DIR --out MODEL_DIR [--dtype fp32|fp16|int8]
 //! [--kv-cache in-place|append] [--tokenizer FILE] [--force]`: compiles a trainer checkpoint into a model directory (ONNX
 //! encoder, ONNX decoder step, dictionaries, tokenizer, manifest).
 
@@ -12,7 +12,8 @@ use seqforge_exporter::{BuildOptions, ExportOptions, export};
 #[derive(Parser, Debug)]
 #[command(name = "seqforge-export", version, about)]
 struct Args {
-    /// The checkpoint directory (`model.safetensors`, `config.json`).
+    /// The checkpoint directory (`model.safetensors`, `config.json`), or a fairseq checkpoint
+    /// file (`checkpoint_best.pt`; its model weights, with the data's dictionaries).
     checkpoint: PathBuf,
     /// The data directory the model was trained on (`dict.{src,tgt}.txt`, maybe `tokenizer.json`).
     #[arg(long)]

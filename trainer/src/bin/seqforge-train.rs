@@ -31,6 +31,9 @@ enum Command {
     /// Export a checkpoint to ONNX (seqforge-export), then check the graphs against the
     /// libtorch model on validation sentences; a mismatch fails the export.
     Export(seqforge_trainer::export_check::ExportArgs),
+    /// Convert a fairseq checkpoint (`.pt`) into a seqforge checkpoint directory that
+    /// `export` and `seqforge-export` take (no Python; nothing written on error).
+    ImportFairseq(seqforge_trainer::import_fairseq::ImportFairseqArgs),
 }
 
 fn main() -> Result<()> {
@@ -110,6 +113,11 @@ fn main() -> Result<()> {
                 s.report.tokens, s.seconds, s.tokens_per_second
             );
             println!("{}", s.report.summary());
+            Ok(())
+        }
+        Command::ImportFairseq(args) => {
+            let report = seqforge_trainer::import_fairseq::run(&args)?;
+            println!("{}", report.render());
             Ok(())
         }
         Command::Export(args) => {
