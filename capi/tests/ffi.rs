@@ -2,17 +2,23 @@
 //! fixture model: every failure is a status with a message naming its cause (NULL arguments,
 //! invalid UTF-8, bad options JSON, a missing model directory, an over-long text, freed or
 //! foreign handles), an empty batch is a success, and one translator shared by 8 threads gives
-//! exactly the serial results. The C example end to end (and under valgrind) is tested in
-//! `runtime/tests/capi.rs`.
+//! exactly the serial results. On the exporter's tiny causal language model,
+//! `seqforge_complete` gives exactly `TranslatorPool::complete`'s continuations, and each task's
+//! call on a model of the other task is `SEQFORGE_STATUS_WRONG_TASK` naming the model's task.
+//! The C example end to end (and under valgrind) is tested in `runtime/tests/capi.rs`.
 
 #[path = "../../runtime/tests/common/mod.rs"]
 mod common;
 
 use std::ffi::{CStr, CString, c_char};
+use std::path::{Path, PathBuf};
 use std::ptr;
 
 use anyhow::{Context, Result, bail, ensure};
+use seqforge_exporter::testing::TinyCausalLm;
 use seqforge_runtime::capi::*;
+use seqforge_runtime::onnx::RuntimeOptions;
+use seqforge_runtime::pool::{PoolConfig, TranslatorPool, parse_options};
 
 /// This thread's last error message.
 fn last_error() -> String {
@@ -43,6 +49,15 @@ struct Hyp {
     positional: Vec<f32>,
 }
 
+/// `seqforge_translate` or `seqforge_complete`.
+type SearchFn = unsafe extern "C" fn(
+    *const SeqforgeTranslator,
+    *const *const c_char,
+    usize,
+    *const c_char,
+    *mut *mut SeqforgeResult,
+) -> SeqforgeStatus;
+
 /// A translator over the fixture's model, freed on drop.
 struct Translator(*mut SeqforgeTranslator);
 
@@ -69,8 +84,27 @@ impl Translator {
         Ok(Self(out))
     }
 
-    /// Translates `texts`, returning the status and, on success, the copied hypotheses.
+    /// Translates `texts`, returning the copied hypotheses (an error with the status and the
+    /// message on failure).
     fn translate(&self, texts: &[&[u8]], search: Option<&str>) -> Result<Vec<Vec<Hyp>>> {
+        self.search(seqforge_translate, texts, search)
+    }
+
+    /// Continues the prompts `texts` with `seqforge_complete`, as [`Translator::translate`].
+    fn complete(&self, texts: &[&[u8]], search: Option<&str>) -> Result<Vec<Vec<Hyp>>> {
+        self.search(seqforge_complete, texts, search)
+    }
+
+    /// The model's task.
+    fn task(&self) -> Result<SeqforgeTask> {
+        let mut task = SeqforgeTask::Translation;
+        // SAFETY: a live translator, a writable `task`.
+        let status = unsafe { seqforge_translator_task(self.0, &mut task) };
+        expect(status, SeqforgeStatus::Ok, &[])?;
+        Ok(task)
+    }
+
+    fn search(&self, f: SearchFn, texts: &[&[u8]], search: Option<&str>) -> Result<Vec<Vec<Hyp>>> {
         let owned: Vec<CString> =
             texts.iter().map(|t| CString::new(*t)).collect::<Result<_, _>>()?;
         let pointers: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
@@ -78,7 +112,7 @@ impl Translator {
         let mut result = ptr::null_mut();
         // SAFETY: live translator, `n` valid strings, valid JSON string or NULL, writable out.
         let status = unsafe {
-            seqforge_translate(
+            f(
                 self.0,
                 pointers.as_ptr(),
                 pointers.len(),
@@ -440,5 +474,122 @@ fn eight_threads_on_one_translator_match_serial_results() -> Result<()> {
         }
         Ok(())
     })?;
+    Ok(())
+}
+
+/// The tiny causal language model's directory under `root` (no tokenizer: prompts are
+/// dictionary words, `w5 w9`).
+fn lm_dir(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("lm");
+    TinyCausalLm::new().write(&dir)?;
+    Ok(dir)
+}
+
+#[test]
+fn a_language_model_completes_prompts_as_the_pool_does() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let lm = lm_dir(tmp.path())?;
+    let t = Translator::open(&lm, |_| {})?;
+    ensure!(t.task()? == SeqforgeTask::LanguageModeling, "task");
+    let pool = TranslatorPool::open(PoolConfig {
+        runtime: RuntimeOptions { threads: 1, ..RuntimeOptions::default() },
+        ..PoolConfig::new(&lm)
+    })?;
+    // Three lengths and an unconditional prompt in one call.
+    let prompts = ["w5 w9", "", "w12 w13 w14", "w6 w7"];
+    let bytes: Vec<&[u8]> = prompts.iter().map(|p| p.as_bytes()).collect();
+    let pooled = |search: &str| -> Result<Vec<Vec<Hyp>>> {
+        // The C translator's defaults are `{"beam": 3, "max_len_b": 8}` (see `open`).
+        let base = parse_options(r#"{"beam": 3, "max_len_b": 8}"#, pool.default_options())?;
+        let options = parse_options(search, &base)?;
+        Ok(pool
+            .complete(&prompts, &options)?
+            .into_iter()
+            .map(|t| {
+                t.hypotheses
+                    .into_iter()
+                    .map(|h| Hyp {
+                        text: h.text,
+                        tokens: h.tokens,
+                        score: h.score,
+                        positional: h.positional_scores,
+                    })
+                    .collect()
+            })
+            .collect())
+    };
+
+    let greedy = r#"{"strategy": {"kind": "greedy"}, "beam": 1, "max_len_b": 5}"#;
+    let got = t.complete(&bytes, Some(greedy))?;
+    ensure!(got == pooled(greedy)?, "C: {got:?}\npool: {:?}", pooled(greedy)?);
+    ensure!(got.iter().all(|h| h.len() == 1 && !h[0].text.is_empty()), "{got:?}");
+    // The translator's defaults (beam 3), and seeded sampling: the same samples twice.
+    ensure!(t.complete(&bytes, None)? == pooled("{}")?, "defaults");
+    let sampling = r#"{"nbest": 2, "min_len": 2, "no_repeat_ngram_size": 2, "strategy":
+        {"kind": "sampling", "top_p": 0.9, "temperature": 0.8, "seed": 11}}"#;
+    let first = t.complete(&bytes, Some(sampling))?;
+    ensure!(first == t.complete(&bytes, Some(sampling))?, "one seed, two samples");
+    ensure!(first == pooled(sampling)?, "C: {first:?}\npool: {:?}", pooled(sampling)?);
+    ensure!(first.iter().all(|h| h.len() == 2), "{first:?}");
+
+    // Zero prompts (NULL allowed), NULL and invalid prompts, too long a prompt.
+    ensure!(t.complete(&[], None)?.is_empty(), "zero prompts");
+    // SAFETY (whole block): NULL is what is being tested; every other pointer is valid.
+    unsafe {
+        let mut result = ptr::null_mut();
+        let s = seqforge_complete(t.0, ptr::null(), 0, ptr::null(), &mut result);
+        expect(s, SeqforgeStatus::Ok, &[])?;
+        ensure!(read_result(result)?.is_empty(), "empty");
+        expect(seqforge_result_free(result), SeqforgeStatus::Ok, &[])?;
+        let s = seqforge_complete(t.0, ptr::null(), 1, ptr::null(), &mut result);
+        expect(s, SeqforgeStatus::NullArgument, &["`prompts`"])?;
+        ensure!(result.is_null(), "result set on failure");
+    }
+    let e = t.complete(&[b"w5", b"w\xff"], None).err().context("invalid UTF-8")?.to_string();
+    ensure!(e.contains("InvalidUtf8") && e.contains("prompts[1]"), "{e}");
+    let long = vec!["w5"; 40].join(" ");
+    let e = t.complete(&[b"w5", long.as_bytes()], None).err().context("too long")?.to_string();
+    ensure!(e.contains("TextTooLong"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn each_tasks_call_on_the_other_tasks_model_is_wrong_task() -> Result<()> {
+    let f = common::fixture()?;
+    let lm = lm_dir(&f.root)?;
+    let translation = Translator::open(&f.model, |_| {})?;
+    let language_model = Translator::open(&lm, |_| {})?;
+    ensure!(translation.task()? == SeqforgeTask::Translation, "task");
+    let hola = cstring("hola")?;
+    let texts = [hola.as_ptr()];
+    let wrong = SeqforgeStatus::WrongTask;
+    // SAFETY (whole block): live translators, valid strings, writable outputs; NULL, freed and
+    // foreign handles are looked up before use.
+    unsafe {
+        let mut result = ptr::null_mut();
+        let s = seqforge_translate(language_model.0, texts.as_ptr(), 1, ptr::null(), &mut result);
+        let needles = ["a language_modeling model", "`seqforge_translate`", "`seqforge_complete`"];
+        expect(s, wrong, &needles)?;
+        ensure!(result.is_null(), "result set on failure");
+        // The task is checked before the texts and the options are read.
+        let bad = cstring("{\"beam\": ")?;
+        let s = seqforge_complete(translation.0, ptr::null(), 1, bad.as_ptr(), &mut result);
+        let needles = ["a translation model", "`seqforge_complete`", "`seqforge_translate`"];
+        expect(s, wrong, &needles)?;
+        ensure!(result.is_null(), "result set on failure");
+
+        let mut task = SeqforgeTask::LanguageModeling;
+        let s = seqforge_translator_task(translation.0, ptr::null_mut());
+        expect(s, SeqforgeStatus::NullArgument, &["`task`"])?;
+        let s = seqforge_translator_task(ptr::null(), &mut task);
+        expect(s, SeqforgeStatus::NullArgument, &["`translator`"])?;
+        let mut local = 0u64;
+        let s = seqforge_translator_task((&raw mut local).cast(), &mut task);
+        expect(s, SeqforgeStatus::InvalidHandle, &["not a live translator"])?;
+        ensure!(task == SeqforgeTask::LanguageModeling, "written on failure");
+    }
+    // Both still work with their own call.
+    ensure!(translation.translate(&[b"hola"], None)?[0].len() == 1, "translation");
+    ensure!(language_model.complete(&[b"w5"], None)?[0].len() == 1, "completion");
     Ok(())
 }

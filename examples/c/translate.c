@@ -1,11 +1,18 @@
 /*
- * translate.c: translate standard input with seqforge's C ABI.
+ * translate.c: translate standard input with seqforge's C ABI, or continue it with a language
+ * model.
  *
- *   translate [--nbest N] [--search JSON] [--threads N] [--workers N] [--device D] MODEL_DIR < in.txt
+ *   translate [--nbest N] [--search JSON] [--threads N] [--workers N] [--device D]
+ *             [--call translate|complete] MODEL_DIR < in.txt
  *
  * Reads every line of standard input (a trailing "\r" dropped), translates them in one batch
  * and prints one translation per input line, in input order (an empty line for an empty
- * input). With --nbest N, prints N-best lists instead: for each input line and hypothesis,
+ * input). On a language model (seqforge_translator_task), each line is a prompt instead and
+ * seqforge_complete prints its continuation (an empty line is unconditional generation).
+ * --call picks the function whatever the model's task (calling the other task's function
+ * fails with SEQFORGE_STATUS_WRONG_TASK).
+ *
+ * With --nbest N, prints N-best lists instead: for each input line and hypothesis,
  * "LINE<TAB>RANK<TAB>SCORE<TAB>TEXT" (LINE and RANK 0-based, SCORE the hypothesis score).
  * --search passes search options as JSON, e.g. '{"beam": 4, "lenpen": 0.6}'.
  *
@@ -28,7 +35,7 @@
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s [--nbest N] [--search JSON] [--threads N] [--workers N] [--device D] "
-            "MODEL_DIR < lines\n",
+            "[--call translate|complete] MODEL_DIR < lines\n",
             argv0);
 }
 
@@ -93,6 +100,7 @@ int main(int argc, char **argv) {
     size_t nbest = 0; /* 0: plain output */
     const char *search = NULL;
     const char *model_dir = NULL;
+    const char *call = NULL; /* NULL: the function of the model's task */
     SeqforgeOptions options;
     if (seqforge_options_default(&options) != SEQFORGE_STATUS_OK) {
         fprintf(stderr, "seqforge_options_default: %s\n", seqforge_last_error());
@@ -120,6 +128,12 @@ int main(int argc, char **argv) {
             }
         } else if (strcmp(arg, "--device") == 0 && has_value) {
             options.device = argv[++i];
+        } else if (strcmp(arg, "--call") == 0 && has_value) {
+            call = argv[++i];
+            if (strcmp(call, "translate") != 0 && strcmp(call, "complete") != 0) {
+                fprintf(stderr, "--call: expected translate or complete, got '%s'\n", call);
+                return 2;
+            }
         } else if (arg[0] == '-' || model_dir != NULL) {
             usage(argv[0]);
             return 2;
@@ -169,10 +183,22 @@ int main(int argc, char **argv) {
                 seqforge_last_error());
         goto done;
     }
-    status = seqforge_translate(translator, (const char *const *)lines, count,
-                                search_json != NULL ? search_json : search, &result);
+    SeqforgeTask task = SEQFORGE_TASK_TRANSLATION;
+    status = seqforge_translator_task(translator, &task);
     if (status != SEQFORGE_STATUS_OK) {
-        fprintf(stderr, "seqforge_translate (status %d): %s\n", (int)status,
+        fprintf(stderr, "seqforge_translator_task (status %d): %s\n", (int)status,
+                seqforge_last_error());
+        goto done;
+    }
+    int complete = call != NULL ? strcmp(call, "complete") == 0
+                                : task == SEQFORGE_TASK_LANGUAGE_MODELING;
+    const char *const *texts = (const char *const *)lines;
+    const char *per_call = search_json != NULL ? search_json : search;
+    status = complete ? seqforge_complete(translator, texts, count, per_call, &result)
+                      : seqforge_translate(translator, texts, count, per_call, &result);
+    if (status != SEQFORGE_STATUS_OK) {
+        fprintf(stderr, "%s (status %d): %s\n",
+                complete ? "seqforge_complete" : "seqforge_translate", (int)status,
                 seqforge_last_error());
         goto done;
     }

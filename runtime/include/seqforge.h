@@ -18,15 +18,29 @@
  *   seqforge_result_free(result);
  *   seqforge_translator_free(translator);
  *
+ * Language models: a language model's directory (task language_modeling) opens the same way;
+ * seqforge_translator_task tells the tasks apart, and seqforge_complete continues prompts
+ * into the same SeqforgeResult (each hypothesis a continuation without the prompt; an empty
+ * prompt is unconditional generation), read and freed as translations are:
+ *
+ *   SeqforgeTask task;
+ *   seqforge_translator_task(translator, &task);  // SEQFORGE_TASK_LANGUAGE_MODELING
+ *   const char *prompts[] = {"once upon a time"};
+ *   const char *sample = "{\"strategy\": {\"kind\": \"sampling\", \"top_p\": 0.9, \"seed\": 7}}";
+ *   seqforge_complete(translator, prompts, 1, sample, &result);  // NULL: defaults
+ *
+ * seqforge_translate on a language model, or seqforge_complete on a translation model, is
+ * SEQFORGE_STATUS_WRONG_TASK; the message names the model's task.
+ *
  * Errors: every function that can fail returns a SeqforgeStatus; after a failure
  * seqforge_last_error() describes it (naming the file, option or text at fault), valid until
  * the next seqforge_* call on the same thread. NULL arguments, invalid UTF-8 and freed or
  * foreign handles are statuses, never undefined behaviour; no panic crosses the boundary.
  *
- * Threads: a translator is thread-safe. Any number of threads may call seqforge_translate on
- * one translator at once; `workers` (SeqforgeOptions) calls run in parallel, the others wait
- * for a free worker. A result may be read from any thread; free each result and translator
- * exactly once.
+ * Threads: a translator is thread-safe. Any number of threads may call seqforge_translate
+ * (seqforge_complete) and seqforge_translator_task on one translator at once; `workers`
+ * (SeqforgeOptions) calls run in parallel, the others wait for a free worker. A result may be
+ * read from any thread; free each result and translator exactly once.
  *
  * Search options are JSON objects of fairseq's generation options, for example
  * {"beam": 5, "nbest": 2, "lenpen": 0.6, "max_len_b": 200, "min_len": 1, "unkpen": 0,
@@ -67,19 +81,34 @@ typedef enum SeqforgeStatus {
   // The model directory could not be opened (missing or corrupt files, a newer format, an
   // unavailable device; the message names the file).
   SEQFORGE_STATUS_MODEL_LOAD = 6,
-  // A text is longer than the model's maximum source positions (and truncation is off; the
-  // message names the text's index).
+  // A text is longer than the model's maximum source positions, or a prompt leaves no
+  // position of a language model to continue in (and truncation is off; the message names
+  // the text's index).
   SEQFORGE_STATUS_TEXT_TOO_LONG = 7,
-  // Translation failed (tokenizer or ONNX Runtime error during search).
+  // Translation or completion failed (tokenizer or ONNX Runtime error during search).
   SEQFORGE_STATUS_TRANSLATE = 8,
   // A bug in seqforge: a Rust panic was caught at the C boundary. The handle stays usable.
   SEQFORGE_STATUS_PANIC = 9,
+  // The model's task does not do what was asked: `seqforge_translate` on a language model,
+  // or `seqforge_complete` on a translation model (the message names the model's task and
+  // the call to use instead). The translator stays usable.
+  SEQFORGE_STATUS_WRONG_TASK = 10,
 } SeqforgeStatus;
 
-// The result of one `seqforge_translate` call (opaque to C): one translation per input text.
+// What a model does, which decides the call that searches with it.
+typedef enum SeqforgeTask {
+  // An encoder-decoder model: `seqforge_translate` turns source texts into translations.
+  SEQFORGE_TASK_TRANSLATION = 0,
+  // A decoder-only language model: `seqforge_complete` continues prompts.
+  SEQFORGE_TASK_LANGUAGE_MODELING = 1,
+} SeqforgeTask;
+
+// The result of one `seqforge_translate` or `seqforge_complete` call (opaque to C): one
+// translation (or completion) per input text.
 typedef struct SeqforgeResult SeqforgeResult;
 
-// An opened model, shared by any number of threads (opaque to C).
+// An opened model, translation or language model (see `seqforge_translator_task`), shared by
+// any number of threads (opaque to C).
 typedef struct SeqforgeTranslator SeqforgeTranslator;
 
 // How to open a translator. Fill it with `seqforge_options_default`, then change fields;
@@ -100,7 +129,8 @@ typedef struct SeqforgeOptions {
   // Default 4096.
   size_t max_batch_tokens;
   // Cut texts longer than the model's maximum source positions instead of failing with
-  // `SEQFORGE_STATUS_TEXT_TOO_LONG`. Default false.
+  // `SEQFORGE_STATUS_TEXT_TOO_LONG` (a language model's prompts keep their last tokens).
+  // Default false.
   bool truncate_source;
   // Also check both graphs' SHA-256 against the manifest (dictionaries and tokenizer are
   // always checked). Default false.
@@ -113,7 +143,8 @@ typedef struct SeqforgeOptions {
   const char *search_json;
 } SeqforgeOptions;
 
-// One hypothesis. Every pointer stays valid until the result is freed.
+// One hypothesis (a translation, or a prompt's continuation). Every pointer stays valid until
+// the result is freed.
 typedef struct SeqforgeHypothesis {
   // The detokenized text, UTF-8, NUL-terminated (`text_len` bytes before the NUL).
   const char *text;
@@ -130,7 +161,8 @@ typedef struct SeqforgeHypothesis {
   const float *positional_scores;
 } SeqforgeHypothesis;
 
-// The hypotheses of one input text, best first (none for an empty text).
+// The hypotheses of one input text, best first (none for an empty text to translate; an empty
+// prompt is continued).
 typedef struct SeqforgeTranslation {
   // `hypotheses_len` hypotheses (NULL when there are none).
   const struct SeqforgeHypothesis *hypotheses;
@@ -157,9 +189,10 @@ const char *seqforge_last_error(void);
 enum SeqforgeStatus seqforge_options_default(struct SeqforgeOptions *options);
 
 // Opens the exported model directory `model_dir` (manifest.json, encoder.onnx,
-// decoder.onnx, dictionaries, tokenizer.json) and stores a new translator in `*out` (NULL on
-// failure). `options` NULL means the defaults. Free the translator with
-// `seqforge_translator_free`.
+// decoder.onnx, dictionaries, tokenizer.json; a language model's has prefill.onnx and
+// decoder.onnx, dict.txt and maybe tokenizer.json) and stores a new translator in `*out`
+// (NULL on failure); `seqforge_translator_task` tells which kind of model it holds. `options`
+// NULL means the defaults. Free the translator with `seqforge_translator_free`.
 //
 // # Safety
 // `model_dir` must be NULL or a NUL-terminated string; `options` NULL or a valid
@@ -176,10 +209,20 @@ enum SeqforgeStatus seqforge_translator_create(const char *model_dir,
 // Any pointer value may be passed: it is looked up before use.
 enum SeqforgeStatus seqforge_translator_free(struct SeqforgeTranslator *translator);
 
+// Stores the task of a translator's model in `*task`: `SEQFORGE_TASK_TRANSLATION` (call
+// `seqforge_translate`) or `SEQFORGE_TASK_LANGUAGE_MODELING` (call `seqforge_complete`).
+// Thread-safe.
+//
+// # Safety
+// `translator`: any value (looked up before use); `task` NULL or writable.
+enum SeqforgeStatus seqforge_translator_task(const struct SeqforgeTranslator *translator,
+                                             enum SeqforgeTask *task);
+
 // Translates the `n` UTF-8 texts `texts[0..n]` in one call and stores the result in `*out`
 // (NULL on failure); free it with `seqforge_result_free`. `search_json` is a JSON object of
 // search options over the translator's defaults, or NULL for those defaults. `n == 0` is a
-// success with an empty result (`texts` may then be NULL). Thread-safe: see the header's
+// success with an empty result (`texts` may then be NULL). A language model is
+// `SEQFORGE_STATUS_WRONG_TASK` (use `seqforge_complete`). Thread-safe: see the header's
 // introduction.
 //
 // # Safety
@@ -191,9 +234,31 @@ enum SeqforgeStatus seqforge_translate(const struct SeqforgeTranslator *translat
                                        const char *search_json,
                                        struct SeqforgeResult **out);
 
-// The translations of a result, one per input text in input order: stores a pointer to the
-// array in `*translations` (NULL when there are none) and its length in `*len`. Everything
-// reachable from it stays valid until `seqforge_result_free`.
+// Continues the `n` UTF-8 prompts `prompts[0..n]` with a language model in one call and
+// stores the result in `*out` (NULL on failure); free it with `seqforge_result_free`. Per
+// prompt, up to `nbest` continuations, best first, each ending with EOS and without the
+// prompt; an empty prompt is unconditional generation. Prompts are batched by length, and a
+// prompt that leaves no position to continue in is `SEQFORGE_STATUS_TEXT_TOO_LONG` (or keeps
+// its last tokens with `truncate_source`). `search_json` is as for `seqforge_translate`
+// (beam or `{"strategy": {"kind": "sampling", "top_k": .., "top_p": .., "temperature": ..,
+// "seed": ..}}`, `min_len`, `max_len_b`, `no_repeat_ngram_size`, ...; the same seed gives
+// the same samples). `n == 0` is a success with an empty result (`prompts` may then be
+// NULL). A translation model is `SEQFORGE_STATUS_WRONG_TASK` (use `seqforge_translate`).
+// Read the result with `seqforge_result_translations`. Thread-safe: see the header's
+// introduction.
+//
+// # Safety
+// `translator`: any value (looked up before use); `prompts` NULL or `n` readable pointers,
+// each NULL or NUL-terminated; `search_json` NULL or NUL-terminated; `out` NULL or writable.
+enum SeqforgeStatus seqforge_complete(const struct SeqforgeTranslator *translator,
+                                      const char *const *prompts,
+                                      size_t n,
+                                      const char *search_json,
+                                      struct SeqforgeResult **out);
+
+// The translations (or completions) of a result, one per input text in input order: stores a
+// pointer to the array in `*translations` (NULL when there are none) and its length in
+// `*len`. Everything reachable from it stays valid until `seqforge_result_free`.
 //
 // # Safety
 // `result`: any value (looked up before use); `translations` and `len` NULL or writable.

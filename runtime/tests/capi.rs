@@ -2,8 +2,11 @@
 //! directory and profile as this test), compiles `examples/c/translate.c` with the system C
 //! compiler against `include/seqforge.h`, runs it on the test fixture's model and checks that
 //! it prints what `seqforge generate` prints for the same lines (plain output, and n-best texts
-//! and scores against the `D-` lines); then runs it under valgrind, which must find no invalid
-//! reads or writes and no definite or indirect leaks.
+//! and scores against the `D-` lines); on a tiny language model, checks that it continues
+//! prompts as `TranslatorPool::complete` does (greedy and seeded sampling, the same twice) and
+//! that each task's call on a model of the other task fails naming the model's task; then runs
+//! it under valgrind, which must find no invalid reads or writes and no definite or indirect
+//! leaks.
 //!
 //! The Rust-level tests of the C functions' error paths and of concurrent use are in
 //! `capi/tests/ffi.rs` (the `seqforge-capi` crate, where the `capi` feature is always on).
@@ -18,6 +21,9 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail, ensure};
 use common::fixture;
+use seqforge_exporter::testing::TinyCausalLm;
+use seqforge_runtime::onnx::RuntimeOptions;
+use seqforge_runtime::pool::{PoolConfig, TranslatorPool, parse_options};
 
 /// The workspace root.
 fn workspace() -> PathBuf {
@@ -239,6 +245,114 @@ fn c_example_prints_what_seqforge_generate_prints() -> Result<()> {
     Ok(())
 }
 
+/// The tiny causal language model's directory (no tokenizer: prompts are dictionary words
+/// `w5 w9 …`), under `root`.
+fn lm_dir(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("lm");
+    TinyCausalLm::new().write(&dir)?;
+    Ok(dir)
+}
+
+/// Prompts: three lengths and an empty one (unconditional generation).
+const PROMPTS: &str = "w5 w9\n\nw12 w13 w14\nw6 w7\n";
+/// Greedy, and seeded sampling (two samples per prompt) with top-k, no-repeat n-grams and a
+/// minimum length.
+const GREEDY: &str = r#"{"strategy": {"kind": "greedy"}, "beam": 1, "max_len_b": 5}"#;
+const SAMPLING: &str = r#"{"beam": 2, "max_len_b": 6, "min_len": 2,
+    "no_repeat_ngram_size": 2, "strategy": {"kind": "sampling", "top_k": 5, "seed": 3}}"#;
+
+#[test]
+fn c_example_completes_prompts_as_the_pool_does() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let lm = lm_dir(tmp.path())?;
+    let (exe, static_exe) = translate_exes()?;
+    let pool = TranslatorPool::open(PoolConfig {
+        runtime: RuntimeOptions { threads: 1, ..RuntimeOptions::default() },
+        ..PoolConfig::new(&lm)
+    })?;
+    let prompts: Vec<&str> = PROMPTS.lines().collect();
+    let complete = |search: &str| -> Result<Vec<Vec<(f32, String)>>> {
+        let options = parse_options(search, pool.default_options())?;
+        Ok(pool
+            .complete(&prompts, &options)?
+            .into_iter()
+            .map(|t| t.hypotheses.into_iter().map(|h| (h.score, h.text)).collect())
+            .collect())
+    };
+    let c = |exe: &Path, args: &[&str]| -> Result<String> {
+        let out = run(
+            Command::new(exe).args(args).args(["--threads", "1"]).arg(&lm),
+            PROMPTS.as_bytes(),
+        )?;
+        ensure!(out.status.success(), "translate.c {args:?} failed: {}", text(&out.stderr));
+        Ok(text(&out.stdout))
+    };
+
+    // Greedy: the best continuation of each prompt, line for line (the model's task picks
+    // seqforge_complete), dynamically and statically linked.
+    let want: Vec<String> = complete(GREEDY)?
+        .into_iter()
+        .map(|hyps| hyps.into_iter().next().map(|(_, t)| t).context("a continuation"))
+        .collect::<Result<_>>()?;
+    ensure!(want.len() == 4 && want.iter().all(|t| !t.is_empty()), "{want:?}");
+    let want = want.iter().map(|t| format!("{t}\n")).collect::<String>();
+    ensure!(
+        c(&exe, &["--search", GREEDY])? == want,
+        "C greedy:\n{}\npool:\n{want}",
+        c(&exe, &["--search", GREEDY])?
+    );
+    ensure!(c(&static_exe, &["--search", GREEDY])? == want, "static C greedy");
+
+    // Seeded sampling: the same samples twice, and the pool's, scores included.
+    let first = c(&exe, &["--search", SAMPLING, "--nbest", "2"])?;
+    let second = c(&exe, &["--search", SAMPLING, "--nbest", "2"])?;
+    ensure!(first == second, "one seed, two samples:\n{first}\n{second}");
+    // (translate.c's `--nbest 2` puts `"nbest": 2` first into the search options.)
+    let pool_sampled = complete(&SAMPLING.replacen('{', r#"{"nbest": 2, "#, 1))?;
+    let mut lines = first.lines();
+    for (i, hyps) in pool_sampled.iter().enumerate() {
+        ensure!(hyps.len() == 2, "prompt {i}: {hyps:?}");
+        for (k, (score, want)) in hyps.iter().enumerate() {
+            let line = lines.next().context("fewer lines than hypotheses")?;
+            let mut fields = line.splitn(4, '\t');
+            let (l, r, s, t) = (fields.next(), fields.next(), fields.next(), fields.next());
+            ensure!(l == Some(&*i.to_string()) && r == Some(&*k.to_string()), "{line:?}");
+            ensure!(t == Some(want.as_str()), "prompt {i} rank {k}: {line:?} vs {want:?}");
+            let s: f32 = s.context("score")?.parse()?;
+            ensure!((s - score).abs() < 1e-5, "prompt {i} rank {k}: score {s} vs {score}");
+        }
+    }
+    ensure!(lines.next().is_none(), "more lines than hypotheses:\n{first}");
+    Ok(())
+}
+
+#[test]
+fn c_example_calling_the_other_tasks_function_fails_naming_the_task() -> Result<()> {
+    let f = fixture()?;
+    let lm = lm_dir(&f.root)?;
+    let (exe, _) = translate_exes()?;
+    // seqforge_translate on a language model.
+    let out = run(Command::new(&exe).args(["--call", "translate"]).arg(&lm), b"w5 w9\n")?;
+    let err = text(&out.stderr);
+    ensure!(out.status.code() == Some(1) && out.stdout.is_empty(), "{out:?}");
+    ensure!(err.contains("seqforge_translate (status 10)"), "{err}");
+    ensure!(
+        err.contains("a language_modeling model") && err.contains("seqforge_complete"),
+        "{err}"
+    );
+    // seqforge_complete on a translation model.
+    let out = run(Command::new(&exe).args(["--call", "complete"]).arg(&f.model), b"hola\n")?;
+    let err = text(&out.stderr);
+    ensure!(out.status.code() == Some(1) && out.stdout.is_empty(), "{out:?}");
+    ensure!(err.contains("seqforge_complete (status 10)"), "{err}");
+    ensure!(err.contains("a translation model") && err.contains("seqforge_translate"), "{err}");
+    // Each with its own task's call succeeds.
+    let out =
+        run(Command::new(&exe).args(["--call", "complete", "--search", GREEDY]).arg(&lm), b"w5\n")?;
+    ensure!(out.status.success() && text(&out.stdout).lines().count() == 1, "{out:?}");
+    Ok(())
+}
+
 #[test]
 fn c_example_is_clean_under_valgrind() -> Result<()> {
     let Ok(valgrind) = which("valgrind") else {
@@ -247,7 +361,7 @@ fn c_example_is_clean_under_valgrind() -> Result<()> {
     let f = fixture()?;
     let (exe, _) = translate_exes()?;
     let suppressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/capi.supp");
-    let memcheck = |args: &[&str], stdin: &str| -> Result<Output> {
+    let memcheck_on = |model: &Path, args: &[&str], stdin: &str| -> Result<Output> {
         run(
             Command::new(&valgrind)
                 .args([
@@ -259,10 +373,11 @@ fn c_example_is_clean_under_valgrind() -> Result<()> {
                 .arg(format!("--suppressions={}", suppressions.display()))
                 .arg(&exe)
                 .args(args)
-                .arg(&f.model),
+                .arg(model),
             stdin.as_bytes(),
         )
     };
+    let memcheck = |args: &[&str], stdin: &str| memcheck_on(&f.model, args, stdin);
     // A translation (n-best, an empty line among the inputs).
     let out = memcheck(
         &["--nbest", "2", "--search", SEARCH, "--threads", "1"],
@@ -281,6 +396,17 @@ fn c_example_is_clean_under_valgrind() -> Result<()> {
     let err = text(&out.stderr);
     ensure!(out.status.code() == Some(1), "exit {:?}:\n{err}", out.status);
     ensure!(err.contains("`beam`") && err.contains("ERROR SUMMARY: 0 errors"), "{err}");
+    // Sampled completions on a language model, and a wrong-task call on it.
+    let lm = lm_dir(&f.root)?;
+    let out = memcheck_on(&lm, &["--nbest", "2", "--search", SAMPLING, "--threads", "1"], PROMPTS)?;
+    let err = text(&out.stderr);
+    ensure!(out.status.code() == Some(0), "valgrind, completion (exit {:?}):\n{err}", out.status);
+    ensure!(err.contains("ERROR SUMMARY: 0 errors"), "{err}");
+    ensure!(text(&out.stdout).lines().count() == 8, "{}", text(&out.stdout));
+    let out = memcheck_on(&lm, &["--call", "translate", "--threads", "1"], "w5\n")?;
+    let err = text(&out.stderr);
+    ensure!(out.status.code() == Some(1), "exit {:?}:\n{err}", out.status);
+    ensure!(err.contains("(status 10)") && err.contains("ERROR SUMMARY: 0 errors"), "{err}");
     Ok(())
 }
 

@@ -26,10 +26,14 @@ fn committed_header_matches_cbindgen_output() -> Result<()> {
         "seqforge_translator_create",
         "seqforge_translator_free",
         "seqforge_translate",
+        "seqforge_translator_task",
+        "seqforge_complete",
         "seqforge_result_translations",
         "seqforge_result_free",
         "typedef struct SeqforgeTranslator SeqforgeTranslator;",
         "SEQFORGE_STATUS_INVALID_HANDLE = 3,",
+        "SEQFORGE_STATUS_WRONG_TASK = 10,",
+        "SEQFORGE_TASK_LANGUAGE_MODELING = 1,",
     ] {
         ensure!(generated.contains(symbol), "generated header lacks {symbol:?}:\n{generated}");
     }

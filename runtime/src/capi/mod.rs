@@ -1,7 +1,8 @@
-//! The C ABI (feature `capi`): translate with an exported model from C, C++ or any language
-//! with a C FFI. The `seqforge-capi` crate of the workspace builds it into `libseqforge.so` and
-//! `libseqforge.a`; the header is `runtime/include/seqforge.h`, generated from this module by
-//! cbindgen (the `capi_header` test keeps it current).
+//! The C ABI (feature `capi`): translate with an exported model, or continue prompts with an
+//! exported language model, from C, C++ or any language with a C FFI. The `seqforge-capi`
+//! crate of the workspace builds it into `libseqforge.so` and `libseqforge.a`; the header is
+//! `runtime/include/seqforge.h`, generated from this module by cbindgen (the `capi_header` test
+//! keeps it current).
 //!
 //! # Model
 //!
@@ -13,6 +14,13 @@
 //!   with its detokenized text, target token ids (ending with EOS), score and per-token scores
 //!   ([`SeqforgeHypothesis`]). `seqforge_result_translations` exposes them as plain structs
 //!   that live until `seqforge_result_free`.
+//! - A language model's directory (contract task `language_modeling`: `prefill.onnx` and
+//!   `decoder.onnx`) opens into the same [`SeqforgeTranslator`]; `seqforge_translator_task`
+//!   tells the two apart ([`SeqforgeTask`]). `seqforge_complete` continues `n` prompts into the
+//!   same [`SeqforgeResult`]: per prompt, up to `nbest` continuations (the prompt not
+//!   repeated; an empty prompt is unconditional generation), read and freed as translations
+//!   are. Both calls share one body; each refuses a model of the other task with
+//!   `SEQFORGE_STATUS_WRONG_TASK`, naming the model's task.
 //! - Search options are a JSON object of fairseq's generation options (`{"beam": 4, "nbest":
 //!   2, "lenpen": 0.6}`, see [`crate::search::GenerationOptions`]), given once in the options
 //!   (over fairseq's defaults) and per call (over the translator's).
@@ -29,8 +37,9 @@
 //!
 //! # Threads
 //!
-//! A translator is thread-safe: any number of threads may call `seqforge_translate` on the
-//! same translator at once. `workers` calls run in parallel (each worker has its own ONNX
+//! A translator is thread-safe: any number of threads may call `seqforge_translate` (or
+//! `seqforge_complete`, on a language model) and `seqforge_translator_task` on the same
+//! translator at once. `workers` calls run in parallel (each worker has its own ONNX
 //! Runtime sessions, over one shared copy of the model's metadata); further calls wait for a
 //! free worker. Results belong to the caller and may be read from any thread.
 
@@ -43,6 +52,8 @@ use std::sync::Arc;
 
 pub use status::SeqforgeStatus;
 use status::{Failure, guard};
+
+use seqforge_schemas::contract::Task;
 
 use crate::onnx::{Device, RuntimeOptions};
 use crate::pool::{PoolConfig, Translation, TranslatorPool, parse_options};
@@ -68,7 +79,8 @@ pub struct SeqforgeOptions {
     /// Default 4096.
     pub max_batch_tokens: usize,
     /// Cut texts longer than the model's maximum source positions instead of failing with
-    /// `SEQFORGE_STATUS_TEXT_TOO_LONG`. Default false.
+    /// `SEQFORGE_STATUS_TEXT_TOO_LONG` (a language model's prompts keep their last tokens).
+    /// Default false.
     pub truncate_source: bool,
     /// Also check both graphs' SHA-256 against the manifest (dictionaries and tokenizer are
     /// always checked). Default false.
@@ -97,7 +109,8 @@ impl Default for SeqforgeOptions {
     }
 }
 
-/// An opened model, shared by any number of threads (opaque to C).
+/// An opened model, translation or language model (see `seqforge_translator_task`), shared by
+/// any number of threads (opaque to C).
 pub struct SeqforgeTranslator {
     magic: u64,
 }
@@ -110,7 +123,27 @@ pub(crate) struct TranslatorShared {
     defaults: GenerationOptions,
 }
 
-/// One hypothesis. Every pointer stays valid until the result is freed.
+/// What a model does, which decides the call that searches with it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqforgeTask {
+    /// An encoder-decoder model: `seqforge_translate` turns source texts into translations.
+    Translation = 0,
+    /// A decoder-only language model: `seqforge_complete` continues prompts.
+    LanguageModeling = 1,
+}
+
+impl From<Task> for SeqforgeTask {
+    fn from(task: Task) -> Self {
+        match task {
+            Task::Translation => SeqforgeTask::Translation,
+            Task::LanguageModeling => SeqforgeTask::LanguageModeling,
+        }
+    }
+}
+
+/// One hypothesis (a translation, or a prompt's continuation). Every pointer stays valid until
+/// the result is freed.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct SeqforgeHypothesis {
@@ -129,7 +162,8 @@ pub struct SeqforgeHypothesis {
     pub positional_scores: *const f32,
 }
 
-/// The hypotheses of one input text, best first (none for an empty text).
+/// The hypotheses of one input text, best first (none for an empty text to translate; an empty
+/// prompt is continued).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct SeqforgeTranslation {
@@ -139,7 +173,8 @@ pub struct SeqforgeTranslation {
     pub hypotheses_len: usize,
 }
 
-/// The result of one `seqforge_translate` call (opaque to C): one translation per input text.
+/// The result of one `seqforge_translate` or `seqforge_complete` call (opaque to C): one
+/// translation (or completion) per input text.
 pub struct SeqforgeResult {
     magic: u64,
     translations: Vec<SeqforgeTranslation>,
@@ -276,9 +311,10 @@ pub unsafe extern "C" fn seqforge_options_default(options: *mut SeqforgeOptions)
 }
 
 /// Opens the exported model directory `model_dir` (manifest.json, encoder.onnx,
-/// decoder.onnx, dictionaries, tokenizer.json) and stores a new translator in `*out` (NULL on
-/// failure). `options` NULL means the defaults. Free the translator with
-/// `seqforge_translator_free`.
+/// decoder.onnx, dictionaries, tokenizer.json; a language model's has prefill.onnx and
+/// decoder.onnx, dict.txt and maybe tokenizer.json) and stores a new translator in `*out`
+/// (NULL on failure); `seqforge_translator_task` tells which kind of model it holds. `options`
+/// NULL means the defaults. Free the translator with `seqforge_translator_free`.
 ///
 /// # Safety
 /// `model_dir` must be NULL or a NUL-terminated string; `options` NULL or a valid
@@ -373,10 +409,140 @@ pub unsafe extern "C" fn seqforge_translator_free(
     })
 }
 
+/// The shared state of the live translator `translator`, or `SEQFORGE_STATUS_INVALID_HANDLE`.
+fn live_translator(
+    translator: *const SeqforgeTranslator,
+) -> Result<Arc<TranslatorShared>, Failure> {
+    handles::translator(translator).ok_or_else(|| {
+        Failure::new(
+            SeqforgeStatus::InvalidHandle,
+            format!("{translator:p} is not a live translator (freed already, or not one)"),
+        )
+    })
+}
+
+/// Stores the task of a translator's model in `*task`: `SEQFORGE_TASK_TRANSLATION` (call
+/// `seqforge_translate`) or `SEQFORGE_TASK_LANGUAGE_MODELING` (call `seqforge_complete`).
+/// Thread-safe.
+///
+/// # Safety
+/// `translator`: any value (looked up before use); `task` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn seqforge_translator_task(
+    translator: *const SeqforgeTranslator,
+    task: *mut SeqforgeTask,
+) -> SeqforgeStatus {
+    guard(|| {
+        let task = non_null(task, "task")?.cast_mut();
+        let translator = non_null(translator, "translator")?;
+        let shared = live_translator(translator)?;
+        // SAFETY: non-NULL and writable per the caller's contract.
+        unsafe { task.write(shared.pool.task().into()) };
+        Ok(())
+    })
+}
+
+/// The two searching calls, which differ only in the task they serve.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    /// `seqforge_translate`: source texts of a translation model.
+    Translate,
+    /// `seqforge_complete`: prompts of a language model.
+    Complete,
+}
+
+impl Call {
+    /// The C function's name.
+    fn name(self) -> &'static str {
+        match self {
+            Call::Translate => "seqforge_translate",
+            Call::Complete => "seqforge_complete",
+        }
+    }
+
+    /// The name of its texts argument.
+    fn texts(self) -> &'static str {
+        match self {
+            Call::Translate => "texts",
+            Call::Complete => "prompts",
+        }
+    }
+
+    /// The task of the models it serves.
+    fn task(self) -> Task {
+        match self {
+            Call::Translate => Task::Translation,
+            Call::Complete => Task::LanguageModeling,
+        }
+    }
+
+    /// The call that serves a model of the other task.
+    fn other(self) -> Call {
+        match self {
+            Call::Translate => Call::Complete,
+            Call::Complete => Call::Translate,
+        }
+    }
+}
+
+/// The body of `seqforge_translate` and `seqforge_complete`: checks the arguments and the
+/// model's task (before reading the texts, so that a wrong call is told so first), reads the
+/// texts and the per-call options, searches, and hands the result to C.
+///
+/// # Safety
+/// As `seqforge_translate`'s contract.
+unsafe fn search(
+    call: Call,
+    translator: *const SeqforgeTranslator,
+    texts: *const *const c_char,
+    n: usize,
+    search_json: *const c_char,
+    out: *mut *mut SeqforgeResult,
+) -> Result<(), Failure> {
+    let out = non_null(out, "out")?.cast_mut();
+    // SAFETY: non-NULL and writable per the caller's contract.
+    unsafe { out.write(std::ptr::null_mut()) };
+    let translator = non_null(translator, "translator")?;
+    let shared = live_translator(translator)?;
+    shared.pool.model().require_task(call.task(), &format!("`{}`", call.name())).map_err(|e| {
+        let mut failure = Failure::from_error(&e, SeqforgeStatus::WrongTask);
+        failure.message.push_str(&format!("; call `{}` on it", call.other().name()));
+        failure
+    })?;
+    let options = if search_json.is_null() {
+        shared.defaults.clone()
+    } else {
+        // SAFETY: NUL-terminated per the caller's contract.
+        let json = unsafe { utf8(search_json, "search_json") }?;
+        parse_options(json, &shared.defaults)
+            .map_err(|e| Failure::from_error(&e, SeqforgeStatus::InvalidOptions))?
+    };
+    let mut strings = Vec::with_capacity(n);
+    if n > 0 {
+        let texts = non_null(texts, call.texts())?;
+        // SAFETY: `n` readable pointers per the caller's contract.
+        let pointers = unsafe { std::slice::from_raw_parts(texts, n) };
+        for (i, &p) in pointers.iter().enumerate() {
+            // SAFETY: NULL or NUL-terminated per the caller's contract.
+            strings.push(unsafe { utf8(p, &format!("{}[{i}]", call.texts())) }?);
+        }
+    }
+    let results = match call {
+        Call::Translate => shared.pool.translate(&strings, &options),
+        Call::Complete => shared.pool.complete(&strings, &options),
+    }
+    .map_err(|e| Failure::from_error(&e, SeqforgeStatus::Translate))?;
+    let handle = handles::register_result(SeqforgeResult::new(results));
+    // SAFETY: checked above.
+    unsafe { out.write(handle) };
+    Ok(())
+}
+
 /// Translates the `n` UTF-8 texts `texts[0..n]` in one call and stores the result in `*out`
 /// (NULL on failure); free it with `seqforge_result_free`. `search_json` is a JSON object of
 /// search options over the translator's defaults, or NULL for those defaults. `n == 0` is a
-/// success with an empty result (`texts` may then be NULL). Thread-safe: see the header's
+/// success with an empty result (`texts` may then be NULL). A language model is
+/// `SEQFORGE_STATUS_WRONG_TASK` (use `seqforge_complete`). Thread-safe: see the header's
 /// introduction.
 ///
 /// # Safety
@@ -390,49 +556,41 @@ pub unsafe extern "C" fn seqforge_translate(
     search_json: *const c_char,
     out: *mut *mut SeqforgeResult,
 ) -> SeqforgeStatus {
-    guard(|| {
-        let out = non_null(out, "out")?.cast_mut();
-        // SAFETY: non-NULL and writable per the caller's contract.
-        unsafe { out.write(std::ptr::null_mut()) };
-        let translator = non_null(translator, "translator")?;
-        let shared = handles::translator(translator).ok_or_else(|| {
-            Failure::new(
-                SeqforgeStatus::InvalidHandle,
-                format!("{translator:p} is not a live translator (freed already, or not one)"),
-            )
-        })?;
-        let options = if search_json.is_null() {
-            shared.defaults.clone()
-        } else {
-            // SAFETY: NUL-terminated per the caller's contract.
-            let json = unsafe { utf8(search_json, "search_json") }?;
-            parse_options(json, &shared.defaults)
-                .map_err(|e| Failure::from_error(&e, SeqforgeStatus::InvalidOptions))?
-        };
-        let mut strings = Vec::with_capacity(n);
-        if n > 0 {
-            let texts = non_null(texts, "texts")?;
-            // SAFETY: `n` readable pointers per the caller's contract.
-            let pointers = unsafe { std::slice::from_raw_parts(texts, n) };
-            for (i, &p) in pointers.iter().enumerate() {
-                // SAFETY: NULL or NUL-terminated per the caller's contract.
-                strings.push(unsafe { utf8(p, &format!("texts[{i}]")) }?);
-            }
-        }
-        let translations = shared
-            .pool
-            .translate(&strings, &options)
-            .map_err(|e| Failure::from_error(&e, SeqforgeStatus::Translate))?;
-        let handle = handles::register_result(SeqforgeResult::new(translations));
-        // SAFETY: checked above.
-        unsafe { out.write(handle) };
-        Ok(())
-    })
+    // SAFETY: this function's contract is `search`'s.
+    guard(|| unsafe { search(Call::Translate, translator, texts, n, search_json, out) })
 }
 
-/// The translations of a result, one per input text in input order: stores a pointer to the
-/// array in `*translations` (NULL when there are none) and its length in `*len`. Everything
-/// reachable from it stays valid until `seqforge_result_free`.
+/// Continues the `n` UTF-8 prompts `prompts[0..n]` with a language model in one call and
+/// stores the result in `*out` (NULL on failure); free it with `seqforge_result_free`. Per
+/// prompt, up to `nbest` continuations, best first, each ending with EOS and without the
+/// prompt; an empty prompt is unconditional generation. Prompts are batched by length, and a
+/// prompt that leaves no position to continue in is `SEQFORGE_STATUS_TEXT_TOO_LONG` (or keeps
+/// its last tokens with `truncate_source`). `search_json` is as for `seqforge_translate`
+/// (beam or `{"strategy": {"kind": "sampling", "top_k": .., "top_p": .., "temperature": ..,
+/// "seed": ..}}`, `min_len`, `max_len_b`, `no_repeat_ngram_size`, ...; the same seed gives
+/// the same samples). `n == 0` is a success with an empty result (`prompts` may then be
+/// NULL). A translation model is `SEQFORGE_STATUS_WRONG_TASK` (use `seqforge_translate`).
+/// Read the result with `seqforge_result_translations`. Thread-safe: see the header's
+/// introduction.
+///
+/// # Safety
+/// `translator`: any value (looked up before use); `prompts` NULL or `n` readable pointers,
+/// each NULL or NUL-terminated; `search_json` NULL or NUL-terminated; `out` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn seqforge_complete(
+    translator: *const SeqforgeTranslator,
+    prompts: *const *const c_char,
+    n: usize,
+    search_json: *const c_char,
+    out: *mut *mut SeqforgeResult,
+) -> SeqforgeStatus {
+    // SAFETY: this function's contract is `search`'s.
+    guard(|| unsafe { search(Call::Complete, translator, prompts, n, search_json, out) })
+}
+
+/// The translations (or completions) of a result, one per input text in input order: stores a
+/// pointer to the array in `*translations` (NULL when there are none) and its length in
+/// `*len`. Everything reachable from it stays valid until `seqforge_result_free`.
 ///
 /// # Safety
 /// `result`: any value (looked up before use); `translations` and `len` NULL or writable.

@@ -28,13 +28,18 @@ pub enum SeqforgeStatus {
     /// The model directory could not be opened (missing or corrupt files, a newer format, an
     /// unavailable device; the message names the file).
     ModelLoad = 6,
-    /// A text is longer than the model's maximum source positions (and truncation is off; the
-    /// message names the text's index).
+    /// A text is longer than the model's maximum source positions, or a prompt leaves no
+    /// position of a language model to continue in (and truncation is off; the message names
+    /// the text's index).
     TextTooLong = 7,
-    /// Translation failed (tokenizer or ONNX Runtime error during search).
+    /// Translation or completion failed (tokenizer or ONNX Runtime error during search).
     Translate = 8,
     /// A bug in seqforge: a Rust panic was caught at the C boundary. The handle stays usable.
     Panic = 9,
+    /// The model's task does not do what was asked: `seqforge_translate` on a language model,
+    /// or `seqforge_complete` on a translation model (the message names the model's task and
+    /// the call to use instead). The translator stays usable.
+    WrongTask = 10,
 }
 
 /// A failed call: its status and the message `seqforge_last_error` returns.
@@ -51,11 +56,12 @@ impl Failure {
     }
 
     /// A runtime error, classified; `otherwise` is the status of errors that are neither
-    /// options, the ONNX Runtime library nor over-long texts.
+    /// options, the ONNX Runtime library, over-long texts nor a model of the wrong task.
     pub(crate) fn from_error(error: &Error, otherwise: SeqforgeStatus) -> Self {
         let status = match error {
             Error::InvalidOptions { .. } => SeqforgeStatus::InvalidOptions,
             Error::TextTooLong { .. } => SeqforgeStatus::TextTooLong,
+            Error::TaskMismatch { .. } => SeqforgeStatus::WrongTask,
             Error::OrtLibraryMissing { .. }
             | Error::OrtLibraryUnconfigured
             | Error::OrtLibraryLoad { .. }
@@ -158,5 +164,14 @@ mod tests {
         let options = Error::InvalidOptions { field: Some("beam".into()), message: "x".into() };
         let failure = Failure::from_error(&options, SeqforgeStatus::Translate);
         assert_eq!(failure.status, SeqforgeStatus::InvalidOptions);
+        let mismatch = Error::TaskMismatch {
+            dir: "/m".into(),
+            task: seqforge_schemas::contract::Task::LanguageModeling,
+            what: "`seqforge_translate`".into(),
+            needed: seqforge_schemas::contract::Task::Translation,
+        };
+        let failure = Failure::from_error(&mismatch, SeqforgeStatus::Translate);
+        assert_eq!(failure.status, SeqforgeStatus::WrongTask);
+        assert!(failure.message.contains("a language_modeling model"), "{}", failure.message);
     }
 }
