@@ -153,7 +153,22 @@ fn unknown_component_names_list_the_known_ones() {
     };
     let e = err("--arch", "transformer_huge");
     assert!(e.contains("unknown architecture \"transformer_huge\""), "{e}");
-    assert!(e.contains("transformer_iwslt_de_en, transformer_tiny"), "{e}");
+    // The list names every registered preset, sorted (language models included).
+    let known = e.split("known: ").nth(1).unwrap_or_default();
+    let names: Vec<&str> = known.split(", ").collect();
+    for name in [
+        "transformer",
+        "transformer_iwslt_de_en",
+        "transformer_tiny",
+        "lstm",
+        "fconv",
+        "transformer_lm_gpt",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {e}");
+    }
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "{e}");
     let e = err("--optimizer", "lamb");
     assert!(e.contains("unknown optimizer \"lamb\"; known: adafactor, adam, nag, sgd"), "{e}");
     let e = err("--lr-scheduler", "step");
