@@ -66,10 +66,9 @@ fn main() {
                 build.include(dir);
             }
             build.flag("-DUSE_C10D_NCCL").flag("-DUSE_CUDA").flag("-DSEQFORGE_NCCL");
-            println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-            println!("cargo:rustc-link-arg=-ltorch_cuda");
-            println!("cargo:rustc-link-arg=-lc10_cuda");
-            println!("cargo:rustc-link-arg=-Wl,--as-needed");
+            // As link-lib (not link-arg) so that every binary linking the trainer gets them.
+            println!("cargo:rustc-link-lib=dylib=torch_cuda");
+            println!("cargo:rustc-link-lib=dylib=c10_cuda");
             let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
             println!(
                 "cargo:rustc-env=SEQFORGE_NCCL_NOTE=built with ProcessGroupNCCL, CUDA/NCCL \
