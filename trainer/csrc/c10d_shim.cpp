@@ -25,6 +25,10 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef SEQFORGE_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 namespace {
 
@@ -54,10 +58,32 @@ struct Store {
     c10::intrusive_ptr<c10d::Store> store;
 };
 
+// A process group and the device its collectives run on: the CPU for Gloo, this rank's GPU for
+// NCCL. Tensors handed to a collective on another device are staged through that device.
 struct Group {
     c10::intrusive_ptr<c10d::Backend> backend;
     std::chrono::milliseconds timeout;
+    c10::Device device = c10::Device(c10::kCPU);
 };
+
+// `tensors` moved to the group's device (the same tensors when they are there already).
+std::vector<at::Tensor> staged(const Group& g, const std::vector<at::Tensor>& tensors) {
+    std::vector<at::Tensor> out;
+    out.reserve(tensors.size());
+    for (const auto& t : tensors) out.push_back(t.device() == g.device ? t : t.to(g.device));
+    return out;
+}
+
+// Copies staged results back into the caller's tensors where they were staged.
+void unstage(const std::vector<at::Tensor>& originals, const std::vector<at::Tensor>& staged) {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < originals.size(); ++i) {
+        if (!originals[i].is_same(staged[i])) {
+            auto& original = const_cast<at::Tensor&>(originals[i]);
+            original.copy_(staged[i]);
+        }
+    }
+}
 
 std::vector<at::Tensor> tensors_of(void* const* tensors, size_t n) {
     std::vector<at::Tensor> out;
@@ -263,10 +289,11 @@ struct Reducer {
             for (size_t p = 0; p < params.size(); ++p) {
                 if (!seen[p]) acc[k++] = static_cast<int64_t>(p);
             }
-            std::vector<at::Tensor> tensors{order};
+            auto tensors = staged(*group, {order});
             c10d::BroadcastOptions opts;
             opts.rootRank = 0;
             wait_for(group->backend->broadcast(tensors, opts), group->timeout);
+            unstage({order}, tensors);
             std::vector<size_t> new_order;
             std::vector<bool> taken(params.size(), false);
             for (int64_t i = 0; i < n; ++i) {
@@ -348,6 +375,36 @@ char* sf_gloo_new(void* store, int64_t rank, int64_t size, const char* hostname,
     });
 }
 
+// Whether this shim was built with ProcessGroupNCCL (a CUDA libtorch with c10d's NCCL backend
+// and the CUDA and NCCL headers at build time).
+bool sf_has_nccl() {
+#ifdef SEQFORGE_NCCL
+    return true;
+#else
+    return false;
+#endif
+}
+
+char* sf_nccl_new(void* store, int64_t rank, int64_t size, int64_t device, int64_t timeout_ms,
+                  void** out) {
+    return guarded("ProcessGroupNCCL", [&]() {
+#ifdef SEQFORGE_NCCL
+        auto timeout = std::chrono::milliseconds(timeout_ms);
+        auto index = static_cast<c10::DeviceIndex>(device);
+        // NCCL's communicator, barrier and streams belong to the current device.
+        c10::cuda::set_device(index);
+        auto options = c10d::ProcessGroupNCCL::Options::create();
+        options->timeout = timeout;
+        auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+            static_cast<Store*>(store)->store, static_cast<int>(rank), static_cast<int>(size), options);
+        *out = new Group{pg, timeout, c10::Device(c10::kCUDA, index)};
+#else
+        (void)store; (void)rank; (void)size; (void)device; (void)timeout_ms; (void)out;
+        throw std::runtime_error("this build has no NCCL (its libtorch is the CPU one)");
+#endif
+    });
+}
+
 void sf_group_free(void* group) { delete static_cast<Group*>(group); }
 
 char* sf_all_reduce(void* group, void* const* tensors, size_t n, int64_t op) {
@@ -363,12 +420,14 @@ char* sf_all_reduce(void* group, void* const* tensors, size_t n, int64_t op) {
         }
         // One collective per tensor (Gloo's tensor lists are per-device replicas of one
         // tensor), all started before any is waited for.
+        auto on_device = staged(*g, list);
         std::vector<c10::intrusive_ptr<c10d::Work>> works;
-        for (auto& t : list) {
+        for (auto& t : on_device) {
             std::vector<at::Tensor> one{t};
             works.push_back(g->backend->allreduce(one, opts));
         }
         for (auto& w : works) wait_for(w, g->timeout);
+        unstage(list, on_device);
     });
 }
 
@@ -378,21 +437,25 @@ char* sf_broadcast(void* group, void* const* tensors, size_t n, int64_t root) {
         auto list = tensors_of(tensors, n);
         c10d::BroadcastOptions opts;
         opts.rootRank = root;
+        auto on_device = staged(*g, list);
         std::vector<c10::intrusive_ptr<c10d::Work>> works;
-        for (auto& t : list) {
+        for (auto& t : on_device) {
             std::vector<at::Tensor> one{t};
             works.push_back(g->backend->broadcast(one, opts));
         }
         for (auto& w : works) wait_for(w, g->timeout);
+        unstage(list, on_device);
     });
 }
 
 char* sf_all_gather(void* group, void* input, void* const* outputs, size_t n) {
     return guarded("all-gather", [&]() {
         auto* g = static_cast<Group*>(group);
-        std::vector<at::Tensor> inputs{*static_cast<at::Tensor*>(input)};
-        std::vector<std::vector<at::Tensor>> outs{tensors_of(outputs, n)};
+        std::vector<at::Tensor> inputs = staged(*g, {*static_cast<at::Tensor*>(input)});
+        auto originals = tensors_of(outputs, n);
+        std::vector<std::vector<at::Tensor>> outs{staged(*g, originals)};
         wait_for(g->backend->allgather(outs, inputs), g->timeout);
+        unstage(originals, outs[0]);
     });
 }
 

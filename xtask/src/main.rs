@@ -7,6 +7,7 @@ mod bench_generate;
 mod bench_peers;
 mod demo;
 mod demo_lm;
+mod gpu_check;
 mod pipeline;
 mod setup;
 mod test;
@@ -53,6 +54,11 @@ enum Command {
     /// process with --update-freq 2 vs 2 Gloo ranks on 127.0.0.1, all-reduce after backward
     /// (legacy_ddp) vs overlapped with it (c10d).
     BenchDdp(bench_ddp::BenchDdpArgs),
+    /// The GPU machine's checks: CUDA training throughput in fp32/fp16/bf16, NCCL (one rank;
+    /// two ranks vs --update-freq 2 with two GPUs), fp16 vs fp32 beam search through the
+    /// trainer's libtorch decoder. `--bundle DIR` builds them against a CUDA torch for a GPU
+    /// machine without Rust (`bash DIR/run.sh` there).
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 /// The workspace root (the parent of this crate's folder).
@@ -72,5 +78,6 @@ fn main() -> Result<()> {
         Command::BenchGenerate(args) => bench_generate::run(&root, &args),
         Command::BenchPeers(args) => bench_peers::run(&root, &args),
         Command::BenchDdp(args) => bench_ddp::run(&root, &args),
+        Command::GpuCheck(args) => gpu_check::run(&root, &args),
     }
 }

@@ -40,6 +40,13 @@ pub const ORT_VERSION: &str = "1.31.1";
 const CUDA_RUNTIME: &str = "nvidia-cuda-runtime==13.0.96";
 /// The CUPTI wheel pinned the same way.
 const CUDA_CUPTI: &str = "nvidia-cuda-cupti==13.0.85";
+/// CUDA's host-compiler headers (`crt/`) and CCCL (`nv/target`, libcu++): c10d's
+/// `ProcessGroupNCCL.hpp` includes `cuda_runtime.h` and `cuda_fp16.h`, which need them, and the
+/// torch wheel's own dependencies do not ship them. Same CUDA 13.0 as the runtime above.
+const CUDA_HEADERS: [(&str, &str); 2] = [
+    ("nvidia-cuda-crt==13.0.88", "nvidia_cuda_crt-"),
+    ("nvidia-cuda-cccl==13.0.85", "nvidia_cuda_cccl-"),
+];
 /// The Python packages of the export check (`tests/python/check_export.py`): onnx 1.23.2 checks
 /// IR 10 / opset 17 models, onnxruntime 1.31.1 is the version the runtime links.
 const PYTHON_PACKAGES: [&str; 3] = ["onnx==1.23.2", "onnxruntime==1.31.1", "numpy"];
@@ -100,6 +107,7 @@ pub fn run(workspace: &Path, args: &SetupArgs) -> Result<Deps> {
     fs::create_dir_all(root.join("stamps"))
         .with_context(|| format!("creating {}", root.join("stamps").display()))?;
     let libtorch = ensure_libtorch(&root, args)?;
+    ensure_cuda_headers(&root, &libtorch, args)?;
     let onnxruntime = ensure_onnxruntime(&root, args)?;
     ensure_gloo(&root, args.force)?;
     if args.no_corpus {
@@ -198,6 +206,55 @@ fn ensure_libtorch(root: &Path, args: &SetupArgs) -> Result<PathBuf> {
         dest.display()
     );
     Ok(dest)
+}
+
+/// With a CUDA libtorch, unpacks the CUDA headers the trainer's NCCL backend needs besides the
+/// ones pip installs with torch into `.deps/cuda/include` (which `trainer/build.rs` searches);
+/// with the CPU libtorch there is nothing to do.
+pub fn ensure_cuda_headers(root: &Path, libtorch: &Path, args: &SetupArgs) -> Result<()> {
+    let dest = root.join("cuda");
+    if !libtorch.join("lib/libtorch_cuda.so").exists() {
+        println!(
+            "cuda headers: not needed (CPU libtorch; the trainer's NCCL backend is not built)"
+        );
+        return Ok(());
+    }
+    let stamp = root.join("stamps/cuda-headers");
+    let wanted = CUDA_HEADERS.map(|(spec, _)| spec).join(" ");
+    let include = dest.join("include");
+    if !args.force
+        && read_stamp(&stamp).as_deref() == Some(wanted.as_str())
+        && include.join("crt/host_config.h").is_file()
+        && include.join("nv/target").is_file()
+    {
+        println!("cuda headers: present ({})", include.display());
+        return Ok(());
+    }
+    remove_stamp(&stamp)?;
+    let start = Instant::now();
+    let staging = root.join("cuda.partial");
+    remove_path(&staging)?;
+    let fetched = Fetcher::new(root, args)?;
+    for (spec, prefix) in CUDA_HEADERS {
+        let wheel = fetched.wheel(spec, prefix)?;
+        extract(&wheel, &staging, &[Pick::Tree("nvidia/cu13/include/", "include")])?;
+    }
+    ensure!(
+        staging.join("include/crt/host_config.h").is_file()
+            && staging.join("include/nv/target").is_file(),
+        "the CUDA header wheels ({wanted}) lack crt/host_config.h or nv/target"
+    );
+    remove_path(&dest)?;
+    fs::rename(&staging, &dest)
+        .with_context(|| format!("renaming {} to {}", staging.display(), dest.display()))?;
+    fetched.cleanup();
+    write_stamp(&stamp, &wanted)?;
+    println!(
+        "cuda headers: installed in {:.1}s ({wanted}) in {}",
+        start.elapsed().as_secs_f64(),
+        include.display()
+    );
+    Ok(())
 }
 
 /// Asks the Python interpreter for its torch version and folder; torch must be 2.11.0.

@@ -44,6 +44,15 @@ unsafe extern "C" {
         threads: i64,
         out: *mut *mut c_void,
     ) -> *mut c_char;
+    pub fn sf_has_nccl() -> bool;
+    pub fn sf_nccl_new(
+        store: *mut c_void,
+        rank: i64,
+        size: i64,
+        device: i64,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
     pub fn sf_group_free(group: *mut c_void);
     pub fn sf_all_reduce(
         group: *mut c_void,

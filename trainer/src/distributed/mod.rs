@@ -21,8 +21,12 @@
 //!   instead), no communication on the accumulation steps of `--update-freq`, gradients
 //!   reduced in their own dtype (fp16 in fp16).
 //!
-//! NCCL: the CPU libtorch this project assembles has no CUDA, so `--distributed-backend nccl`
-//! is refused with that reason; see the README.
+//! NCCL: `--distributed-backend nccl` runs c10d's `ProcessGroupNCCL` when the trainer was built
+//! against a CUDA libtorch (e.g. `cargo xtask setup --libtorch-from-python` on a GPU machine;
+//! `trainer/build.rs` finds the CUDA and NCCL headers next to it); each rank then uses CUDA
+//! device `LOCAL_RANK`, and tensors on another device are staged through it. On the CPU
+//! libtorch this project assembles the shim has no NCCL and the flag is refused with the
+//! reason ([`nccl_built`]).
 
 mod ffi;
 pub mod launch;
@@ -320,6 +324,8 @@ pub struct ProcessGroup {
     rank: usize,
     world_size: usize,
     timeout: Duration,
+    /// The CUDA device of an NCCL group; `None` for Gloo.
+    cuda_device: Option<usize>,
 }
 
 impl std::fmt::Debug for ProcessGroup {
@@ -356,6 +362,49 @@ pub enum ReduceOp {
     Min = 2,
 }
 
+/// Whether this build's c10d shim has the NCCL backend: it is compiled in when the libtorch
+/// the trainer is built against is a CUDA one with `ProcessGroupNCCL` and the CUDA and NCCL
+/// headers are found (see `trainer/build.rs`).
+pub fn nccl_built() -> bool {
+    // SAFETY: a constant query without arguments.
+    unsafe { ffi::sf_has_nccl() }
+}
+
+/// The CUDA device a rank uses: its local rank, wrapped around the visible devices.
+pub fn cuda_device_index(local_rank: usize) -> usize {
+    let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0).max(1);
+    local_rank % count
+}
+
+/// Checks that `--distributed-backend nccl` can run here, or says why not.
+fn nccl_usable(local_rank: usize) -> Result<()> {
+    if !nccl_built() {
+        return Err(Error::Config(format!(
+            "--distributed-backend nccl needs a CUDA libtorch with ProcessGroupNCCL; this build's \
+             c10d shim has no NCCL ({}); use gloo",
+            NCCL_BUILD_NOTE
+        )));
+    }
+    if !tch::Cuda::is_available() {
+        return Err(Error::Config(
+            "--distributed-backend nccl: no CUDA device is visible to libtorch (drop --cpu, check \
+             CUDA_VISIBLE_DEVICES, or use gloo)"
+                .into(),
+        ));
+    }
+    let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    if local_rank >= count {
+        tracing::warn!(
+            target: "seqforge::distributed",
+            "local rank {local_rank} but only {count} CUDA device(s): ranks share GPUs"
+        );
+    }
+    Ok(())
+}
+
+/// Why the shim was built with or without NCCL (set by `trainer/build.rs`).
+const NCCL_BUILD_NOTE: &str = env!("SEQFORGE_NCCL_NOTE");
+
 impl ProcessGroup {
     /// Joins the group described by `rv`: rank 0 opens the `TCPStore` on `MASTER_PORT`, the
     /// others connect to it (retrying until `timeout`, at least [`RENDEZVOUS_MIN`]); every
@@ -366,11 +415,7 @@ impl ProcessGroup {
         let fail =
             |message: String| Error::Rendezvous { rank: rv.rank, addr: addr.clone(), message };
         if backend == Backend::Nccl {
-            return Err(Error::Config(
-                "--distributed-backend nccl needs a CUDA libtorch with ProcessGroupNCCL; this \
-                 build's libtorch is the CPU one (use gloo)"
-                    .into(),
-            ));
+            nccl_usable(rv.local_rank)?;
         }
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         // Ranks start at different times (loading libtorch from a cold disk takes seconds):
@@ -407,6 +452,7 @@ impl ProcessGroup {
             rank: rv.rank,
             world_size: rv.world_size,
             timeout,
+            cuda_device: (backend == Backend::Nccl).then(|| cuda_device_index(rv.local_rank)),
         };
         pg.check_membership(rv, rendezvous).map_err(fail)?;
         // The address other ranks reach this one on: the interface that routes to rank 0.
@@ -414,23 +460,36 @@ impl ProcessGroup {
         let own = cstring(&own)?;
         let threads = 2;
         let mut group = std::ptr::null_mut();
-        // SAFETY: `store` is live; valid out-pointer.
-        ffi::take_error(unsafe {
-            ffi::sf_gloo_new(
-                pg.store,
-                rv.rank as i64,
-                rv.world_size as i64,
-                own.as_ptr(),
-                timeout_ms,
-                threads,
-                &mut group,
-            )
-        })
-        .map_err(|e| fail(format!("connecting the Gloo group: {e}")))?;
+        let (name, made) = match backend {
+            // SAFETY: `store` is live; valid out-pointer.
+            Backend::Gloo => ("Gloo", unsafe {
+                ffi::sf_gloo_new(
+                    pg.store,
+                    rv.rank as i64,
+                    rv.world_size as i64,
+                    own.as_ptr(),
+                    timeout_ms,
+                    threads,
+                    &mut group,
+                )
+            }),
+            // SAFETY: as above; `nccl_usable` checked the device index.
+            Backend::Nccl => ("NCCL", unsafe {
+                ffi::sf_nccl_new(
+                    pg.store,
+                    rv.rank as i64,
+                    rv.world_size as i64,
+                    cuda_device_index(rv.local_rank) as i64,
+                    timeout_ms,
+                    &mut group,
+                )
+            }),
+        };
+        ffi::take_error(made).map_err(|e| fail(format!("connecting the {name} group: {e}")))?;
         pg.group = group;
         tracing::info!(
             target: "seqforge::distributed",
-            "distributed init (rank {} of {}): Gloo on {addr}",
+            "distributed init (rank {} of {}): {name} on {addr}",
             rv.rank,
             rv.world_size
         );
@@ -536,6 +595,11 @@ impl ProcessGroup {
     /// Ranks in all.
     pub fn world_size(&self) -> usize {
         self.world_size
+    }
+
+    /// The CUDA device this rank's collectives run on (NCCL), `None` for Gloo.
+    pub fn cuda_device(&self) -> Option<usize> {
+        self.cuda_device
     }
 
     /// Whether this is rank 0.

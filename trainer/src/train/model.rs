@@ -236,9 +236,23 @@ pub fn load_checkpoint_model(
     ctx: &ModelContext,
     device: tch::Device,
 ) -> crate::Result<(nn::VarStore, Box<dyn Model>)> {
+    load_checkpoint_model_as(ckpt, registry, ctx, device, tch::Kind::Float)
+}
+
+/// [`load_checkpoint_model`] with the model built in `kind` (`Half`/`BFloat16` for 16-bit
+/// inference, as fairseq's `model.half()`: parameters, buffers and position tables all in
+/// that kind); the checkpoint's weights are rounded into it.
+pub fn load_checkpoint_model_as(
+    ckpt: &crate::checkpoint::Checkpoint,
+    registry: &crate::registry::Registry,
+    ctx: &ModelContext,
+    device: tch::Device,
+    kind: tch::Kind,
+) -> crate::Result<(nn::VarStore, Box<dyn Model>)> {
     let arch = registry.architectures.get(&ckpt.config.arch)?;
     let factory = registry.models.get(&arch.model)?;
-    let vs = nn::VarStore::new(device);
+    let mut vs = nn::VarStore::new(device);
+    vs.set_kind(kind);
     let model = (factory.build)(&vs.root(), &ckpt.config.model, ctx)?;
     ckpt.load_model_into(&model.state_dict())?;
     Ok((vs, model))

@@ -287,6 +287,13 @@ impl std::fmt::Debug for Trainer {
 /// ([`super::TrainCommand`]), which starts the N workers.
 pub fn run(config: &TrainConfig, registry: &Registry) -> Result<TrainSummary> {
     let d = &config.args.distributed;
+    if config.args.cpu && d.distributed_backend == crate::distributed::Backend::Nccl {
+        return Err(Error::Config(
+            "--cpu and --distributed-backend nccl exclude each other (NCCL reduces CUDA tensors; \
+             use gloo on the CPU)"
+                .into(),
+        ));
+    }
     let group = match Launch::resolve(d)? {
         Launch::Single => None,
         Launch::Worker(rv) => Some(ProcessGroup::init(
@@ -448,7 +455,13 @@ impl Trainer {
             tch::set_num_threads(n.max(1));
         }
         tch::manual_seed(i64::try_from(a.seed).unwrap_or(i64::MAX));
-        let device = if a.cpu { Device::Cpu } else { Device::cuda_if_available() };
+        let nccl_device = group.as_ref().and_then(|g| g.cuda_device());
+        let device = match (a.cpu, nccl_device) {
+            (true, _) => Device::Cpu,
+            // Each NCCL rank trains on its own GPU (LOCAL_RANK).
+            (false, Some(index)) => Device::Cuda(index),
+            (false, None) => Device::cuda_if_available(),
+        };
 
         let task_factory = registry.tasks.get(&a.task)?;
         let task_config = match &config.task_config {
