@@ -14,7 +14,7 @@
 //! other decoder-only family) has [`PREFILL_FILE`] instead of the encoder, the same
 //! [`DECODER_FILE`] step graph, one dictionary [`LM_DICT_FILE`] (the manifest's source and
 //! target dictionary entries both name it) and the optional tokenizer. [`ModelFiles`] lists
-//! exactly the first graph its task needs ([`ModelFiles::check`]).
+//! exactly the first graph its task needs ([`ModelFiles::first_graph`]).
 //!
 //! The ONNX files also carry the [`ModelContract`] in their `metadata_props` (keys
 //! `seqforge.*`, see [`ModelContract::to_metadata`]), so a graph is self-describing even when it

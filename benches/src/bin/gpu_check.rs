@@ -330,10 +330,10 @@ fn last_valid_loss(log: &Path) -> Result<f64> {
     let text =
         std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     text.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v.get("tag").and_then(Value::as_str) == Some("valid"))
-        .filter_map(|v| v.get("valid_loss").and_then(Value::as_f64))
-        .last()
+        .find_map(|v| v.get("valid_loss").and_then(Value::as_f64))
         .with_context(|| format!("{} has no validation", log.display()))
 }
 
