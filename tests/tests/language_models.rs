@@ -18,7 +18,7 @@ use seqforge_runtime::onnx::{ModelDir, OnnxDecoder, RuntimeOptions};
 use seqforge_runtime::search::{GenerationOptions, Strategy, generate};
 use seqforge_schemas::contract::{Dtype, Task};
 use seqforge_trainer::checkpoint;
-use seqforge_trainer::data::{IndexedDataset, PreprocessArgs};
+use seqforge_trainer::data::IndexedDataset;
 use seqforge_trainer::eval_lm::{EvalLmArgs, run as eval_lm};
 use seqforge_trainer::models::TorchDecoder;
 use seqforge_trainer::registry::Registry;
@@ -28,42 +28,12 @@ use seqforge_trainer::train::{self, TrainConfig};
 mod common;
 use common::same_hypotheses as same;
 
-/// Documents of counting runs over 12 words (`c3 c4 c5 …`), an empty line between documents.
+#[path = "../../trainer/tests/common/lm_corpus.rs"]
+mod lm_corpus;
+
+/// The trainer tests' counting corpus, from another seed.
 fn corpus(dir: &Path) -> Result<PathBuf> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
-    for (split, docs) in [("train", 60), ("valid", 8)] {
-        let mut text = String::new();
-        for _ in 0..docs {
-            let mut w = next(12);
-            for _ in 0..(2 + next(3)) {
-                let words: Vec<String> = (0..3 + next(6))
-                    .map(|_| {
-                        w = (w + 1) % 12;
-                        format!("c{w}")
-                    })
-                    .collect();
-                text += &(words.join(" ") + "\n");
-            }
-            text += "\n";
-        }
-        std::fs::write(dir.join(split), text)?;
-    }
-    let bin = dir.join("bin");
-    let prefix = |s: &str| Some(dir.join(s).to_string_lossy().into_owned());
-    seqforge_trainer::data::preprocess::run(&PreprocessArgs {
-        only_source: true,
-        trainpref: prefix("train"),
-        validpref: prefix("valid"),
-        destdir: bin.clone(),
-        ..PreprocessArgs::default()
-    })?;
-    Ok(bin)
+    lm_corpus::counting_lm_data(dir, 0x2545_f491_4f6c_dd1d)
 }
 
 fn onnx(dir: &Path) -> Result<OnnxDecoder> {

@@ -12,49 +12,16 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::torch_lock;
-use seqforge_trainer::data::PreprocessArgs;
 use seqforge_trainer::eval_lm::{EvalLmArgs, run as eval_lm};
 use seqforge_trainer::registry::Registry;
 use seqforge_trainer::train::{self, TrainConfig};
 
-/// Documents of counting runs (`c3 c4 c5 …`, wrapping at 12) over lines of 3–8 words, an empty
-/// line between documents; `valid` follows the same law with other starting points.
+#[path = "common/lm_corpus.rs"]
+mod lm_corpus;
+
+/// The shared counting corpus ([`lm_corpus::counting_lm_data`]).
 fn lm_data(dir: &Path) -> PathBuf {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
-    for (split, docs) in [("train", 60), ("valid", 8)] {
-        let mut text = String::new();
-        for _ in 0..docs {
-            let mut w = next(12);
-            for _ in 0..(2 + next(3)) {
-                let words: Vec<String> = (0..3 + next(6))
-                    .map(|_| {
-                        w = (w + 1) % 12;
-                        format!("c{w}")
-                    })
-                    .collect();
-                text += &(words.join(" ") + "\n");
-            }
-            text += "\n";
-        }
-        std::fs::write(dir.join(split), text).unwrap();
-    }
-    let bin = dir.join("bin");
-    let prefix = |s: &str| Some(dir.join(s).to_string_lossy().into_owned());
-    seqforge_trainer::data::preprocess::run(&PreprocessArgs {
-        only_source: true,
-        trainpref: prefix("train"),
-        validpref: prefix("valid"),
-        destdir: bin.clone(),
-        ..PreprocessArgs::default()
-    })
-    .unwrap();
-    bin
+    lm_corpus::counting_lm_data(dir, 0x9e37_79b9_7f4a_7c15).unwrap()
 }
 
 fn config(bin: &Path, save: &Path, extra: &[&str]) -> TrainConfig {
