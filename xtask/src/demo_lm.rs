@@ -9,14 +9,14 @@
 //! `seqforge eval-lm` (ONNX Runtime) → three sampled continuations of fixed prompts. Every step
 //! leaves a stamp, so an interrupted demo resumes where it stopped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
 use crate::demo::{DemoArgs, extend_training, last_valid};
-use crate::pipeline::{self, Bins, clean, run, step};
+use crate::pipeline::{self, clean, run, step};
 use crate::setup;
 
 /// Which `transformer_lm` the demo trains.
@@ -127,47 +127,14 @@ const PROMPTS: [&str; 3] = [
     "The lesson of this chapter is that",
 ];
 
-/// The English corpus, a 16k byte-level BPE and the binarized monolingual data: returns
-/// `(text_dir, bin_dir)` under `work`.
-fn prepare_english(root: &Path, work: &Path, bins: &Bins) -> Result<(PathBuf, PathBuf)> {
-    let text = work.join("english");
-    let bin = work.join("english-bin");
-    step(work, "corpus", || {
-        clean(&text)?;
-        run(
-            Command::new(&bins.train)
-                .args(["corpus", "english", "--out"])
-                .arg(&text)
-                .arg("--cache-dir")
-                .arg(root.join(".deps/sword")),
-            "seqforge-train corpus english",
-        )
-    })?;
-    step(work, "bpe", || {
-        run(
-            Command::new(&bins.train)
-                .args(["learn-bpe", "--input"])
-                .arg(text.join("train.txt"))
-                .args(["--vocab-size", "16000", "--out"])
-                .arg(text.join("tokenizer.json")),
-            "seqforge-train learn-bpe",
-        )
-    })?;
-    step(work, "preprocess", || {
-        clean(&bin)?;
-        let p = |s: &str| text.join(s).display().to_string();
-        run(
-            Command::new(&bins.train)
-                .args(["preprocess", "--only-source", "--workers", "2"])
-                .args(["--trainpref", &p("train.txt"), "--validpref", &p("valid.txt")])
-                .args(["--testpref", &p("test.txt"), "--tokenizer", &p("tokenizer.json")])
-                .arg("--destdir")
-                .arg(&bin),
-            "seqforge-train preprocess --only-source",
-        )
-    })?;
-    Ok((text, bin))
-}
+/// The English corpus, a 16k byte-level BPE and the binarized monolingual data.
+const ENGLISH: pipeline::CorpusRecipe<'static> = pipeline::CorpusRecipe {
+    corpus: "english",
+    bpe_inputs: &["train.txt"],
+    vocab_size: 16000,
+    preprocess: &["--only-source"],
+    splits: ["train.txt", "valid.txt", "test.txt"],
+};
 
 /// Runs a command, keeps its stdout in `out` (and stderr next to it), fails on a non-zero exit.
 fn capture(cmd: &mut Command, out: &Path, what: &str) -> Result<String> {
@@ -196,7 +163,7 @@ pub fn run_demo(root: &Path, args: &DemoArgs, variant: LmVariant) -> Result<()> 
         Some(w) => w.clone(),
         None => format!("demo-lm-{}", variant.name()),
     });
-    let (text, data) = prepare_english(root, &work, &bins)?;
+    let (text, data) = pipeline::prepare_corpus(root, &work, &bins, &ENGLISH)?;
     let threads = args.threads.to_string();
     let ckpt = work.join("checkpoints");
     extend_training(&work, args.minutes)?;

@@ -85,29 +85,57 @@ pub fn clean(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The Bible corpus (es → en), a joint 8k byte-level BPE and the binarized data:
+/// How a demo's data is made: `seqforge-train corpus {corpus}` into `work/{corpus}`, a byte-level
+/// BPE learned on some of its files, and `preprocess` into `work/{corpus}-bin`.
+pub struct CorpusRecipe<'a> {
+    /// The `corpus` subcommand (`bible`, `english`).
+    pub corpus: &'a str,
+    /// Files of the corpus folder the BPE learns on.
+    pub bpe_inputs: &'a [&'a str],
+    /// BPE vocabulary size.
+    pub vocab_size: u32,
+    /// `preprocess` flags besides the split prefixes, tokenizer and destination.
+    pub preprocess: &'a [&'a str],
+    /// The train, valid and test prefixes inside the corpus folder.
+    pub splits: [&'a str; 3],
+}
+
+/// The Bible corpus (es → en), a joint 8k byte-level BPE and the binarized data.
+pub const BIBLE: CorpusRecipe<'static> = CorpusRecipe {
+    corpus: "bible",
+    bpe_inputs: &["train.es", "train.en"],
+    vocab_size: 8000,
+    preprocess: &["--source-lang", "es", "--target-lang", "en", "--joined-dictionary"],
+    splits: ["train", "valid", "test"],
+};
+
+/// Makes the corpus, its BPE and binarized data as `recipe` says (each a resumable step):
 /// returns `(text_dir, bin_dir)` under `work`.
-pub fn prepare_bible(root: &Path, work: &Path, bins: &Bins) -> Result<(PathBuf, PathBuf)> {
-    let text = work.join("bible");
-    let bin = work.join("bible-bin");
+pub fn prepare_corpus(
+    root: &Path,
+    work: &Path,
+    bins: &Bins,
+    recipe: &CorpusRecipe<'_>,
+) -> Result<(PathBuf, PathBuf)> {
+    let text = work.join(recipe.corpus);
+    let bin = work.join(format!("{}-bin", recipe.corpus));
     step(work, "corpus", || {
         clean(&text)?;
         run(
             Command::new(&bins.train)
-                .args(["corpus", "bible", "--out"])
+                .args(["corpus", recipe.corpus, "--out"])
                 .arg(&text)
                 .arg("--cache-dir")
                 .arg(root.join(".deps/sword")),
-            "seqforge-train corpus bible",
+            &format!("seqforge-train corpus {}", recipe.corpus),
         )
     })?;
     step(work, "bpe", || {
         run(
             Command::new(&bins.train)
                 .args(["learn-bpe", "--input"])
-                .arg(text.join("train.es"))
-                .arg(text.join("train.en"))
-                .args(["--vocab-size", "8000", "--out"])
+                .args(recipe.bpe_inputs.iter().map(|f| text.join(f)))
+                .args(["--vocab-size", &recipe.vocab_size.to_string(), "--out"])
                 .arg(text.join("tokenizer.json")),
             "seqforge-train learn-bpe",
         )
@@ -115,18 +143,25 @@ pub fn prepare_bible(root: &Path, work: &Path, bins: &Bins) -> Result<(PathBuf, 
     step(work, "preprocess", || {
         clean(&bin)?;
         let p = |s: &str| text.join(s).display().to_string();
+        let [train, valid, test] = recipe.splits;
         run(
             Command::new(&bins.train)
-                .args(["preprocess", "--source-lang", "es", "--target-lang", "en"])
-                .args(["--joined-dictionary", "--workers", "2"])
-                .args(["--trainpref", &p("train"), "--validpref", &p("valid")])
-                .args(["--testpref", &p("test"), "--tokenizer", &p("tokenizer.json")])
+                .arg("preprocess")
+                .args(recipe.preprocess)
+                .args(["--workers", "2"])
+                .args(["--trainpref", &p(train), "--validpref", &p(valid)])
+                .args(["--testpref", &p(test), "--tokenizer", &p("tokenizer.json")])
                 .arg("--destdir")
                 .arg(&bin),
             "seqforge-train preprocess",
         )
     })?;
     Ok((text, bin))
+}
+
+/// [`prepare_corpus`] with [`BIBLE`].
+pub fn prepare_bible(root: &Path, work: &Path, bins: &Bins) -> Result<(PathBuf, PathBuf)> {
+    prepare_corpus(root, work, bins, &BIBLE)
 }
 
 /// Installs `packages` with pip into `.deps/{folder}` for a bench's Python side (once: a stamp
