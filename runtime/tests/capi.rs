@@ -356,7 +356,10 @@ fn c_example_calling_the_other_tasks_function_fails_naming_the_task() -> Result<
 #[test]
 fn c_example_is_clean_under_valgrind() -> Result<()> {
     let Ok(valgrind) = which("valgrind") else {
-        bail!("valgrind is not installed (apt-get install valgrind)");
+        bail!(
+            "valgrind is not installed: `cargo xtask setup` installs it (as root, with apt-get), \
+             else `sudo apt-get install valgrind`"
+        );
     };
     let f = fixture()?;
     let (exe, _) = translate_exes()?;

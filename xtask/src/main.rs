@@ -13,6 +13,7 @@ mod setup;
 mod test;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -67,7 +68,11 @@ fn workspace_root() -> Result<PathBuf> {
     manifest.parent().map(PathBuf::from).context("xtask's manifest directory has no parent folder")
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    seqforge_cli_support::finish(run())
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root()?;
     match cli.command {

@@ -19,6 +19,10 @@
 //!   `onnx.checker.check_model`, `onnxruntime` to run the graphs, `numpy`), installed with
 //!   `pip install --target`; tests run them with `PYTHONPATH=.deps/python`. `--no-python` skips
 //!   them (the Python export check then fails, saying to run setup).
+//! - valgrind (a system tool, not in `.deps/`): the C ABI tests run the C example under it. When
+//!   it is not on `PATH`, setup installs Debian's `valgrind` package (`apt-get install -y`) if
+//!   it runs as root with apt-get; otherwise it says what to install, and `cargo xtask test`
+//!   stops there.
 //!
 //! Every component is installed into a staging folder, verified (version and a `dlopen`) and
 //! renamed into place, and a stamp records what was installed, so a second run only verifies.
@@ -98,6 +102,8 @@ pub struct Deps {
     pub libtorch: PathBuf,
     /// The ONNX Runtime shared library.
     pub onnxruntime: PathBuf,
+    /// valgrind, or why it is missing (what to install).
+    pub valgrind: Result<PathBuf, String>,
 }
 
 /// Runs the whole bootstrap and returns the installed locations.
@@ -120,13 +126,14 @@ pub fn run(workspace: &Path, args: &SetupArgs) -> Result<Deps> {
     } else {
         ensure_python(&root, args)?;
     }
+    let valgrind = ensure_valgrind()?;
     println!(
         "setup: ready in {:.1}s ({} used by {})",
         start.elapsed().as_secs_f64(),
         human_size(dir_size(&root)),
         root.display()
     );
-    Ok(Deps { root, libtorch, onnxruntime })
+    Ok(Deps { root, libtorch, onnxruntime, valgrind })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,6 +614,84 @@ fn ensure_debs(
         );
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// valgrind
+
+/// Finds valgrind on `PATH`, or installs Debian's package when this runs as root with apt-get.
+/// `Ok(Err(what to do))` when it is missing and cannot be installed here (the demo does not
+/// need it; `cargo xtask test` stops on it); `Err` when the installation failed.
+fn ensure_valgrind() -> Result<Result<PathBuf, String>> {
+    if let Some((path, version)) = valgrind() {
+        println!("valgrind: present, {version} ({})", path.display());
+        return Ok(Ok(path));
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root || on_path("apt-get").is_none() {
+        let missing = format!(
+            "valgrind is not installed, and setup can install it only as root with apt-get (it \
+             runs {}); the C ABI tests run the C example under it. Install it (Debian/Ubuntu: \
+             `sudo apt-get install valgrind`) and rerun",
+            if root { "as root without apt-get" } else { "as a user" }
+        );
+        println!("valgrind: MISSING. {missing}");
+        return Ok(Err(missing));
+    }
+    let start = Instant::now();
+    println!("valgrind: installing Debian's valgrind (apt-get install -y valgrind)");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", "valgrind"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .context("running `apt-get install valgrind`")
+    };
+    let mut out = install()?;
+    if !out.status.success() {
+        // A fresh machine has empty package lists: update once and retry.
+        println!("valgrind: apt-get does not know valgrind yet; running apt-get update");
+        let status = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .status()
+            .context("running `apt-get update`")?;
+        ensure!(
+            status.success(),
+            "`apt-get update` failed ({status}); is the Debian archive reachable?"
+        );
+        out = install()?;
+    }
+    ensure!(
+        out.status.success(),
+        "could not install valgrind with `apt-get install -y valgrind` ({}): {}\nWhat to try: \
+         check that the Debian archive is reachable, or install valgrind yourself",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let (path, version) =
+        valgrind().context("apt-get installed valgrind, but `valgrind --version` does not run")?;
+    println!(
+        "valgrind: installed {version} in {:.1}s ({})",
+        start.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(Ok(path))
+}
+
+/// valgrind's path on `PATH` and its `--version`, when it runs.
+fn valgrind() -> Option<(PathBuf, String)> {
+    let path = on_path("valgrind")?;
+    let out = Command::new(&path).arg("--version").output().ok()?;
+    out.status.success().then(|| (path, String::from_utf8_lossy(&out.stdout).trim().to_string()))
+}
+
+/// The first `program` in the `PATH` folders.
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
 
 // ---------------------------------------------------------------------------------------------
