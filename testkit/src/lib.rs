@@ -137,6 +137,11 @@ pub fn deps_dir() -> Option<PathBuf> {
     option_env!("SEQFORGE_DEPS").filter(|d| !d.is_empty()).map(PathBuf::from)
 }
 
+/// `.deps/sword`, where `cargo xtask setup` unpacks the SWORD packages (one folder each).
+pub fn sword_dir() -> Option<PathBuf> {
+    deps_dir().map(|d| d.join("sword"))
+}
+
 /// Records a skip of the test running on this thread: to stderr, and to the skip log when
 /// [`SKIP_LOG_ENV`] names one. `package` and `module` are the caller's `CARGO_PKG_NAME` and
 /// `module_path!()` ([`skip!`] passes them). Returns the record.

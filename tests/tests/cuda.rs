@@ -1,18 +1,15 @@
-//! CUDA checks: skipped with a printed reason when no CUDA device is present (always on CI),
-//! run on a GPU machine built with `cargo xtask setup --libtorch-from-python` or run with
+//! CUDA checks: skipped when no CUDA device is present (always on CI; a `no-cuda` skip, which
+//! `cargo xtask test` lists and accepts), run on a GPU machine built with `cargo xtask setup --libtorch-from-python` or run with
 //! `LD_LIBRARY_PATH` pointing at a CUDA torch 2.11's `lib/`.
 
 use anyhow::{Result, ensure};
+use seqforge_testkit::{SkipKind, skip};
 use tch::{Device, Kind, Tensor};
 
 #[test]
 fn gpu_matmul_matches_cpu_when_a_gpu_is_present() -> Result<()> {
     if !tch::Cuda::is_available() {
-        eprintln!(
-            "SKIPPED gpu_matmul_matches_cpu_when_a_gpu_is_present: no CUDA device visible to \
-             libtorch (CPU-only libtorch or no GPU)"
-        );
-        return Ok(());
+        skip!(SkipKind::NoCuda, "no CUDA device visible to libtorch (CPU-only libtorch or no GPU)");
     }
     ensure!(tch::Cuda::device_count() >= 1, "CUDA available but no device counted");
     let gpu = Device::Cuda(0);

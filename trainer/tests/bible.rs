@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
+use seqforge_testkit::{SkipKind, skip};
 use seqforge_trainer::bpe::Bpe;
+use seqforge_trainer::corpus::bible::{SOURCE, TARGET};
+use seqforge_trainer::corpus::fetch::is_cached;
 use unicode_normalization::UnicodeNormalization;
 
-/// The SWORD cache `cargo xtask setup` fills, when this was built inside the workspace.
+/// The SWORD cache `cargo xtask setup` fills, when it holds both Bibles.
 fn sword_cache() -> Option<PathBuf> {
-    let dir = Path::new(option_env!("SEQFORGE_DEPS")?).join("sword");
-    dir.join("sword-text-kjv/usr/share/sword/mods.d/engKJV2006eb.conf").is_file().then_some(dir)
+    seqforge_testkit::sword_dir().filter(|dir| is_cached(dir, SOURCE) && is_cached(dir, TARGET))
 }
 
 fn run(args: &[&str]) -> Result<String> {
@@ -38,11 +40,10 @@ fn lines(path: &Path) -> Result<Vec<String>> {
 #[test]
 fn bible_corpus_splits_and_bpe_round_trip() -> Result<()> {
     let Some(cache) = sword_cache() else {
-        println!(
-            "SKIPPED bible_corpus_splits_and_bpe_round_trip: no SWORD modules in .deps/sword \
-             (run `cargo xtask setup` without --no-corpus)"
+        skip!(
+            SkipKind::SwordModules,
+            "the Bibles are not in .deps/sword (run `cargo xtask setup` without --no-corpus)"
         );
-        return Ok(());
     };
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("corpus");

@@ -956,30 +956,22 @@ mod tests {
         assert!(matches!(run(&args), Err(Error::Args(_))));
     }
 
-    /// Runs on the real modules when the default cache (or `SEQFORGE_SWORD_DIR`) has them.
+    /// The real modules, from the SWORD folder `cargo xtask setup` fills (`.deps/sword`).
     #[test]
-    fn real_modules_if_cached() -> TestResult {
-        let dirs: Vec<PathBuf> = match std::env::var_os("SEQFORGE_SWORD_DIR") {
-            Some(d) => vec![PathBuf::from(&d), PathBuf::from(d)],
-            None => {
-                let cache = default_cache_dir();
-                vec![
-                    super::super::fetch::cached_root(&cache, SOURCE.package),
-                    super::super::fetch::cached_root(&cache, TARGET.package),
-                ]
-            }
-        };
-        let (Ok(src_conf), Ok(tgt_conf)) =
-            (find_conf(&dirs[0], SOURCE.module), find_conf(&dirs[1], TARGET.module))
-        else {
-            println!(
-                "skipped: SWORD modules not in {} / {} (run `seqforge-train corpus bible` once \
-                 or set SEQFORGE_SWORD_DIR)",
-                dirs[0].display(),
-                dirs[1].display()
+    fn real_modules() -> TestResult {
+        let cache = seqforge_testkit::sword_dir()
+            .filter(|dir| [SOURCE, TARGET].iter().all(|p| super::super::fetch::is_cached(dir, *p)));
+        let Some(cache) = cache else {
+            seqforge_testkit::skip!(
+                seqforge_testkit::SkipKind::SwordModules,
+                "{} and {} are not in .deps/sword (run `cargo xtask setup` without --no-corpus)",
+                SOURCE.package,
+                TARGET.package
             );
-            return Ok(());
         };
+        let root = |p: SwordPackage| super::super::fetch::cached_root(&cache, p.package);
+        let src_conf = find_conf(&root(SOURCE), SOURCE.module)?;
+        let tgt_conf = find_conf(&root(TARGET), TARGET.module)?;
         let vers = Versification::kjv();
         let mut tgt_mod = ZVerseModule::open(&tgt_conf)?;
         let mut src_mod = ZVerseModule::open(&src_conf)?;
@@ -1023,13 +1015,11 @@ mod tests {
 
         let tmp = tempfile::tempdir()?;
         let mut args = BibleArgs::new(tmp.path().join("bible"));
-        args.sword_dir = None;
-        args.cache_dir = dirs[0].ancestors().nth(4).map(Path::to_path_buf);
-        if std::env::var_os("SEQFORGE_SWORD_DIR").is_some() {
-            args.sword_dir = Some(dirs[0].clone());
-        }
+        args.cache_dir = Some(cache.clone());
         let report = run(&args)?;
         println!("{report}");
+        assert!(!report.downloaded, "setup's modules were downloaded again");
+        assert_eq!(report.module_roots, vec![root(SOURCE), root(TARGET)]);
         assert_eq!(report.entries_per_module, 32_361);
         assert_eq!(report.headings_per_module, 1_259);
         assert_eq!(report.empty_source + report.empty_target, 10);

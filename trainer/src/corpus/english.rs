@@ -669,25 +669,16 @@ mod tests {
         Ok(())
     }
 
-    /// The SWORD folder `cargo xtask setup` fills (`.deps/sword`), when it has all five.
-    fn sword_cache() -> Option<PathBuf> {
-        let dir = Path::new(option_env!("SEQFORGE_DEPS")?).join("sword");
-        SOURCES
-            .iter()
-            .all(|s| {
-                find_conf(&super::super::fetch::cached_root(&dir, s.package), s.module).is_ok()
-            })
-            .then_some(dir)
-    }
-
     #[test]
     fn real_modules() -> TestResult {
-        let Some(cache) = sword_cache() else {
-            println!(
-                "SKIPPED corpus::english::tests::real_modules: the five SWORD modules are not all \
-                 in .deps/sword (run `cargo xtask setup` without --no-corpus)"
+        let cache = seqforge_testkit::sword_dir()
+            .filter(|dir| SOURCES.iter().all(|s| super::super::fetch::is_cached(dir, *s)));
+        let Some(cache) = cache else {
+            seqforge_testkit::skip!(
+                seqforge_testkit::SkipKind::SwordModules,
+                "the five SWORD modules are not all in .deps/sword (run `cargo xtask setup` \
+                 without --no-corpus)"
             );
-            return Ok(());
         };
         let root = |i: usize| super::super::fetch::cached_root(&cache, SOURCES[i].package);
         let open = |i: usize| ZVerseModule::open(&find_conf(&root(i), SOURCES[i].module)?);

@@ -41,6 +41,11 @@ pub fn cached_root(cache_dir: &Path, package: &str) -> PathBuf {
     cache_dir.join(package).join("usr/share/sword")
 }
 
+/// Whether the cache already holds the package's module (its `mods.d` entry).
+pub fn is_cached(cache_dir: &Path, pkg: SwordPackage) -> bool {
+    find_conf(&cached_root(cache_dir, pkg.package), pkg.module).is_ok()
+}
+
 /// Fetches packages into a cache folder, running `apt-get update` at most once.
 #[derive(Debug)]
 pub struct Fetcher {
@@ -64,7 +69,7 @@ impl Fetcher {
     /// happened.
     pub fn ensure(&mut self, pkg: SwordPackage) -> Result<(PathBuf, bool)> {
         let root = cached_root(&self.cache_dir, pkg.package);
-        if find_conf(&root, pkg.module).is_ok() {
+        if is_cached(&self.cache_dir, pkg) {
             tracing::info!(module = pkg.module, root = %root.display(), "using cached module");
             return Ok((root, false));
         }
