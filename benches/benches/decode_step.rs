@@ -115,7 +115,11 @@ fn env_usize(name: &str, default: usize) -> Result<usize> {
         .map(|v| v.unwrap_or(default))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    seqforge_cli_support::finish(run())
+}
+
+fn run() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let threads = env_usize("SEQFORGE_BENCH_THREADS", 1)?;
     let rounds = env_usize("SEQFORGE_BENCH_ROUNDS", 5)?.max(1);

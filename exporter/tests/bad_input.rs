@@ -299,3 +299,25 @@ fn graphs_follow_the_contract() -> Result<()> {
     }
     Ok(())
 }
+
+/// A user error is its message only, even with `RUST_BACKTRACE=1` (common on developers'
+/// machines), and the log lines before it, written to a pipe, carry no colour codes.
+#[test]
+fn user_errors_are_messages_and_piped_logs_are_plain() -> Result<()> {
+    let f = fixture()?;
+    std::fs::write(f.ckpt.join("model.safetensors"), b"not safetensors")?;
+    let out = Command::new(env!("CARGO_BIN_EXE_seqforge-export"))
+        .arg(&f.ckpt)
+        .arg("--data")
+        .arg(&f.data)
+        .arg("--out")
+        .arg(f.root.join("model"))
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(stderr.contains("reading "), "no log line to check: {stderr}");
+    seqforge_testkit::check_user_error(&out, "model.safetensors")?;
+    Ok(())
+}

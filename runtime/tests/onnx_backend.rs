@@ -176,6 +176,26 @@ fn interactive_answers_line_by_line() -> Result<()> {
     Ok(())
 }
 
+/// A user error is its message only, even with `RUST_BACKTRACE=1` (common on developers'
+/// machines), and the log lines before it, written to a pipe, carry no colour codes.
+#[test]
+fn user_errors_are_messages_and_piped_logs_are_plain() -> Result<()> {
+    let f = fixture()?;
+    let bad = f.root.join("bad.txt");
+    std::fs::write(&bad, b"hola\nca\xffe\n")?;
+    let out = Command::new(env!("CARGO_BIN_EXE_seqforge"))
+        .args(["generate", path(&f.model)?, "--input", path(&bad)?])
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(stderr.contains("seqforge_runtime::onnx"), "no log line to check: {stderr}");
+    seqforge_testkit::check_user_error(&out, "bad.txt:2")?;
+    Ok(())
+}
+
 #[test]
 fn bad_inputs_fail_with_messages_that_name_them() -> Result<()> {
     let f = fixture()?;

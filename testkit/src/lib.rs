@@ -1,4 +1,7 @@
-//! Visible test skips.
+//! What seqforge's tests share: visible test skips, and the check of a command line's answer
+//! to a user error ([`check_user_error`]).
+//!
+//! ## Skips
 //!
 //! A test that cannot run here returns early through [`skip!`], naming a [`SkipKind`] and the
 //! reason. The skip is never silent:
@@ -43,6 +46,9 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A command line answered a user error otherwise than [`check_user_error`] asks.
+    #[error("{0}")]
+    UserError(String),
 }
 
 /// This crate's results.
@@ -181,6 +187,35 @@ fn test_id(package: &str, module: &str) -> String {
     }
 }
 
+/// Checks a command line's answer to a user error: a non-zero exit status, a last stderr line
+/// `error: …` that contains `names` (e.g. the file at fault), no stack backtrace (run it with
+/// `RUST_BACKTRACE=1` to make this count) and no ANSI escape codes (its stderr was a pipe).
+pub fn check_user_error(out: &std::process::Output, names: &str) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut problems = Vec::new();
+    if out.status.success() {
+        problems.push("it exited successfully".to_string());
+    }
+    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    if !(last.starts_with("error: ") && last.contains(names)) {
+        problems.push(format!("its last line is not `error: …` naming {names:?}"));
+    }
+    if stderr.to_lowercase().contains("stack backtrace") {
+        problems.push("it printed a stack backtrace".to_string());
+    }
+    if stderr.contains('\x1b') {
+        problems.push("its stderr (a pipe) has ANSI escape codes".to_string());
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::UserError(format!(
+        "a user error answered badly ({}): {}; stderr:\n{stderr}",
+        out.status,
+        problems.join("; ")
+    )))
+}
+
 fn one_field(text: &str) -> String {
     text.replace(['\t', '\n', '\r'], " ")
 }
@@ -268,6 +303,31 @@ mod tests {
             .unwrap_or_default();
         assert!(e.contains("no/such/dir/skips.tsv") && e.contains(SKIP_LOG_ENV), "{e}");
         Ok(())
+    }
+
+    #[test]
+    fn user_errors_are_one_message_without_backtrace_or_colour() {
+        use std::os::unix::process::ExitStatusExt;
+        let answer = |code: i32, stderr: &str| std::process::Output {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        let good = "2026-01-01T00:00:00Z  INFO x: reading a.txt\nerror: a.txt: not found\n";
+        assert!(check_user_error(&answer(1, good), "a.txt").is_ok());
+        for (code, stderr, complaint) in [
+            (0, good, "exited successfully"),
+            (1, "error: b.txt: not found\n", "naming \"a.txt\""),
+            (1, "Error: a.txt: not found\n\nStack backtrace:\n   0: main\n", "naming"),
+            (1, "error: a.txt\nstack backtrace:\n", "a stack backtrace"),
+            (1, "\x1b[32m INFO\x1b[0m x\nerror: a.txt: not found\n", "ANSI"),
+        ] {
+            let e = check_user_error(&answer(code, stderr), "a.txt")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(complaint), "{stderr:?}: {e}");
+        }
     }
 
     #[test]

@@ -105,3 +105,23 @@ fn bible_corpus_splits_and_bpe_round_trip() -> Result<()> {
     ensure!(checked == 2 * 31_017, "checked {checked} lines");
     Ok(())
 }
+
+/// A user error is its message only, even with `RUST_BACKTRACE=1` (common on developers'
+/// machines), and the log lines before it, written to a pipe, carry no colour codes.
+#[test]
+fn user_errors_are_messages_and_piped_logs_are_plain() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_seqforge-train"))
+        .args(["corpus", "bible", "--out"])
+        .arg(dir.path().join("corpus"))
+        .arg("--sword-dir")
+        .arg(dir.path().join("no-modules-here"))
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(stderr.contains("--sword-dir"), "no log line to check: {stderr}");
+    seqforge_testkit::check_user_error(&out, "no-modules-here")?;
+    Ok(())
+}

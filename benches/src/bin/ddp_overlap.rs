@@ -85,7 +85,11 @@ struct Row {
     hooks: f64,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    seqforge_cli_support::finish(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let exe = std::env::current_exe()?;
     let trainer = exe.with_file_name("seqforge-train");

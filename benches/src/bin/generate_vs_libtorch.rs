@@ -293,7 +293,11 @@ fn onnx(dir: &Path, threads: usize, expect: Dtype) -> Result<OnnxDecoder> {
     Ok(OnnxDecoder::new(model)?)
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    seqforge_cli_support::finish(run())
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     ensure!(cli.sentences > 0 && cli.threads > 0 && cli.beam > 0, "counts must be positive");
     let tmp = tempfile::tempdir()?;

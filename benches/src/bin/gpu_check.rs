@@ -413,7 +413,11 @@ fn fp16_inference(
     }))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    seqforge_cli_support::finish(run())
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let plan = Plan::new(&cli)?;
     let tmp;

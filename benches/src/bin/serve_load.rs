@@ -285,7 +285,11 @@ fn closed_loop(
     run
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    seqforge_cli_support::finish(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let binary = match &args.seqforge {
         Some(p) => p.clone(),

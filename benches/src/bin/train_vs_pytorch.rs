@@ -76,7 +76,11 @@ enum Side {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    seqforge_cli_support::finish(run())
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match &cli.side {
         Some(Side::Rust { out }) => rust_side(&cli.opts, out),

@@ -312,7 +312,11 @@ fn sources(cli: &Cli, model: &ModelDir) -> Result<Vec<SourceLine>> {
     Ok(out)
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    seqforge_cli_support::finish(run())
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     ensure!(cli.rounds > 0 && cli.beam > 0 && !cli.threads.is_empty(), "counts must be positive");
     let tmp = tempfile::tempdir()?;

@@ -32,13 +32,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    seqforge_cli_support::init_logging("info");
     let args = Args::parse();
     let options = ExportOptions {
         checkpoint: args.checkpoint,
@@ -48,23 +42,5 @@ fn main() -> ExitCode {
         tokenizer: args.tokenizer,
         force: args.force,
     };
-    match export(&options) {
-        Ok(summary) => {
-            println!("{}", summary.render());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            let mut message = format!("seqforge-export: error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !message.contains(&text) {
-                    message.push_str(&format!("\n  caused by: {text}"));
-                }
-                source = s.source();
-            }
-            eprintln!("{message}");
-            ExitCode::FAILURE
-        }
-    }
+    seqforge_cli_support::finish(export(&options).map(|summary| println!("{}", summary.render())))
 }

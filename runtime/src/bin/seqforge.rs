@@ -11,6 +11,7 @@
 //!   `seqforge_runtime::serve`).
 
 use std::io;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -49,7 +50,11 @@ enum Command {
     EvalLm(Box<seqforge_runtime::cli::eval_lm::EvalLmArgs>),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    seqforge_cli_support::finish(run())
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Score(args) => run_score(&args, io::stdin().lock(), io::stdout().lock())?,

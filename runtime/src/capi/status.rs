@@ -4,6 +4,8 @@ use std::cell::RefCell;
 use std::ffi::{CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use seqforge_cli_support::error_chain;
+
 use crate::Error;
 
 /// What a `seqforge_*` function returns: `SEQFORGE_STATUS_OK` or why it failed. After a
@@ -70,22 +72,6 @@ impl Failure {
         };
         Self { status, message: error_chain(error) }
     }
-}
-
-/// An error and its causes, `outer: inner: …`, leaving out a cause whose text the outer
-/// message already holds.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        cause = c.source();
-    }
-    message
 }
 
 thread_local! {

@@ -400,12 +400,9 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// Sets up `tracing` on stderr (`RUST_LOG`, default `warn`), once.
+/// Sets up `tracing` on stderr (`RUST_LOG`, default `warn`; colours only on a terminal), once.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    seqforge_cli_support::init_logging("warn");
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).

@@ -134,13 +134,9 @@ impl ServeArgs {
 }
 
 /// Sets up `tracing` on stderr (`RUST_LOG`; default: `info` for the server, `warn` for the
-/// rest), once.
+/// rest; colours only on a terminal), once.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,seqforge_runtime::serve=info")
-    });
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    seqforge_cli_support::init_logging("warn,seqforge_runtime::serve=info");
 }
 
 /// Runs `seqforge serve` until SIGTERM or Ctrl-C, then finishes the requests in flight.

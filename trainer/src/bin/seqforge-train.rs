@@ -1,6 +1,8 @@
 //! `seqforge-train`: make corpora, preprocess them into fairseq-compatible binarized datasets,
 //! and train models on libtorch.
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -36,15 +38,12 @@ enum Command {
     ImportFairseq(seqforge_trainer::import_fairseq::ImportFairseqArgs),
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+fn main() -> ExitCode {
+    seqforge_cli_support::init_logging("info");
+    seqforge_cli_support::finish(run())
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // DISPATCH: one arm per subcommand.
