@@ -10,10 +10,16 @@ static ALLOC: CappedAlloc = CappedAlloc::new(128 << 20, 1 << 30);
 
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_default();
+    if name == "--list" {
+        for target in seqforge_fuzz::targets() {
+            println!("{}", target.name);
+        }
+        return;
+    }
     let target = match seqforge_fuzz::target(&name) {
         Ok(target) => target,
         Err(e) => {
-            eprintln!("usage: seqforge-afl TARGET\n{e}");
+            eprintln!("usage: seqforge-afl TARGET (or --list)\n{e}");
             std::process::exit(2);
         }
     };
