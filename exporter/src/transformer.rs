@@ -79,6 +79,11 @@ pub fn kv_cache_for(head_dim: usize, options: BuildOptions) -> Result<KvCache> {
     }
 }
 
+/// The most elements of a sinusoidal position table the exporter computes (256 MiB of f32:
+/// 65,536 positions of width 1,024); the table comes from the config alone, so this bounds
+/// what a `max_*_positions` field can make the exporter allocate.
+pub const MAX_SINUSOIDAL_ELEMENTS: usize = 1 << 26;
+
 /// The sinusoidal position table of fairseq's `SinusoidalPositionalEmbedding.get_embedding`,
 /// `[rows, dim]` row-major: sines in the first half of a row, cosines in the second (a zero
 /// column for odd `dim`), row `pad` zero. Computed in f32 step by step as PyTorch does.
@@ -299,7 +304,9 @@ impl Net<'_> {
         }
     }
 
-    /// The position table of `side` (`encoder`/`decoder`): `[max + pad + 1, dim]`.
+    /// The position table of `side` (`encoder`/`decoder`): `[max + pad + 1, dim]`. A
+    /// sinusoidal one is computed here, so its size comes from the config alone: more than
+    /// [`MAX_SINUSOIDAL_ELEMENTS`] is refused rather than allocated.
     pub(crate) fn position_table(
         &mut self,
         side: &str,
@@ -308,10 +315,21 @@ impl Net<'_> {
         dim: usize,
         pad: usize,
     ) -> Result<Value> {
-        let rows = max_positions + pad + 1;
+        let too_large = || Error::Config {
+            path: "config.json".into(),
+            message: format!(
+                "{side}: {max_positions} positions of width {dim} need a position table beyond \
+                 {MAX_SINUSOIDAL_ELEMENTS} elements"
+            ),
+        };
+        let rows =
+            max_positions.checked_add(pad).and_then(|r| r.checked_add(1)).ok_or_else(too_large)?;
         if learned {
             self.param(&format!("{side}.embed_positions.weight"), &[rows, dim])
         } else {
+            if rows.checked_mul(dim).is_none_or(|n| n > MAX_SINUSOIDAL_ELEMENTS) {
+                return Err(too_large());
+            }
             let table = sinusoidal_table(rows, dim, pad);
             self.g.initializer_float(
                 &format!("{side}.embed_positions.table"),
@@ -750,6 +768,34 @@ pub fn ignorable_tensor(c: &TransformerConfig, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A config claiming huge `max_*_positions` must fail at once, naming the table, instead
+    /// of allocating it (found by `cargo xtask fuzz`, target `checkpoint`).
+    #[test]
+    fn huge_max_positions_are_refused_not_allocated()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data)?;
+        for lang in ["de", "en"] {
+            let dict = crate::testing::numbered_dictionary(8, lang);
+            std::fs::write(data.join(format!("dict.{lang}.txt")), dict)?;
+        }
+        for max_positions in [1 << 40, usize::MAX - 1] {
+            let ckpt = tmp.path().join(format!("ckpt-{max_positions}"));
+            let synthetic = crate::testing::SyntheticCheckpoint {
+                max_positions,
+                ..crate::testing::SyntheticCheckpoint::tiny(8, 8)
+            };
+            synthetic.write(&ckpt, &data)?;
+            let err = crate::compile(&ckpt, None, BuildOptions::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("position table beyond"), "{max_positions}: {err}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn sinusoidal_table_matches_fairseq_layout() {

@@ -1022,9 +1022,16 @@ impl Manifest {
     /// [`Error::UnsupportedVersion`] rather than a parse error).
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| Error::Io { path: path.clone(), source })?;
-        let value: serde_json::Value = serde_json::from_str(&text)
+        let bytes =
+            std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        Self::parse(&path, &bytes)
+    }
+
+    /// Parses and checks `manifest.json` bytes as [`Manifest::load`] does; `path` only names
+    /// the file in errors.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let path = path.to_path_buf();
+        let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| Error::Manifest { path: path.clone(), message: e.to_string() })?;
         let version = value
             .get("contract")

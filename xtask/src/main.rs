@@ -7,6 +7,7 @@ mod bench_generate;
 mod bench_peers;
 mod demo;
 mod demo_lm;
+mod fuzz;
 mod gpu_check;
 mod pipeline;
 mod setup;
@@ -60,6 +61,10 @@ enum Command {
     /// trainer's libtorch decoder. `--bundle DIR` builds them against a CUDA torch for a GPU
     /// machine without Rust (`bash DIR/run.sh` there).
     GpuCheck(gpu_check::GpuCheckArgs),
+    /// Coverage-guided fuzzing of every loader with AFL++ (cargo-afl, stable Rust): builds the
+    /// harness `fuzz/afl`, runs each target `--minutes` (`--jobs` at once), copies crashes and
+    /// hangs to `fuzz/regressions/<target>/` and prints execs, corpus, crashes, hangs.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// The workspace root (the parent of this crate's folder).
@@ -84,5 +89,6 @@ fn run() -> Result<()> {
         Command::BenchPeers(args) => bench_peers::run(&root, &args),
         Command::BenchDdp(args) => bench_ddp::run(&root, &args),
         Command::GpuCheck(args) => gpu_check::run(&root, &args),
+        Command::Fuzz(args) => fuzz::run(&root, &args),
     }
 }

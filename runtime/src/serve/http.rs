@@ -37,6 +37,7 @@ use super::batcher::{Engine, Queue};
 use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::pool::{TranslatedHypothesis, check_options, parse_options};
+use crate::search::GenerationOptions;
 use seqforge_schemas::contract::Task;
 
 /// Request limits checked before a request is queued.
@@ -95,6 +96,46 @@ struct CompleteRequest {
     prompts: Vec<String>,
     #[serde(default)]
     options: Option<serde_json::Value>,
+}
+
+/// A text route's request body as read: the texts (`texts` of `/v1/translate`, `prompts` of
+/// `/v1/complete`) and the options as given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextsRequest {
+    /// The texts or prompts, in order.
+    pub texts: Vec<String>,
+    /// The `options` object, when given (not yet checked).
+    pub options: Option<serde_json::Value>,
+}
+
+impl TextsRequest {
+    /// Reads the body of the route for `task` (`/v1/translate` for translation,
+    /// `/v1/complete` for a language model); unknown fields are errors.
+    pub fn parse(task: Task, body: &[u8]) -> Result<Self, ApiError> {
+        let invalid = |e: serde_json::Error| ApiError::InvalidJson(e.to_string());
+        Ok(match task {
+            Task::Translation => {
+                let r: TranslateRequest = serde_json::from_slice(body).map_err(invalid)?;
+                Self { texts: r.texts, options: r.options }
+            }
+            Task::LanguageModeling => {
+                let r: CompleteRequest = serde_json::from_slice(body).map_err(invalid)?;
+                Self { texts: r.prompts, options: r.options }
+            }
+        })
+    }
+
+    /// The request's options merged over `defaults` and checked (the defaults when it gives
+    /// none).
+    pub fn options(&self, defaults: &GenerationOptions) -> Result<GenerationOptions, ApiError> {
+        let options = match &self.options {
+            None => defaults.clone(),
+            Some(value) => parse_options(&value.to_string(), defaults)
+                .map_err(|e| ApiError::InvalidOptions(e.to_string()))?,
+        };
+        check_options(&options).map_err(|e| ApiError::InvalidOptions(e.to_string()))?;
+        Ok(options)
+    }
 }
 
 #[derive(Serialize)]
@@ -202,10 +243,9 @@ async fn translate(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = read_body(&app, body)?;
-    let request: TranslateRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let request = TextsRequest::parse(TRANSLATE.task, &body)?;
     drop(body);
-    serve_texts(&app, TRANSLATE, request.texts, request.options).await
+    serve_texts(&app, TRANSLATE, request).await
 }
 
 async fn complete(
@@ -213,10 +253,9 @@ async fn complete(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = read_body(&app, body)?;
-    let request: CompleteRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let request = TextsRequest::parse(COMPLETE.task, &body)?;
     drop(body);
-    serve_texts(&app, COMPLETE, request.prompts, request.options).await
+    serve_texts(&app, COMPLETE, request).await
 }
 
 /// The request body, or the error of one too large or unreadable.
@@ -237,14 +276,14 @@ fn read_body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Ap
 async fn serve_texts(
     app: &App,
     route: TextRoute,
-    texts: Vec<String>,
-    options: Option<serde_json::Value>,
+    request: TextsRequest,
 ) -> Result<Response, ApiError> {
     let task = app.engine.task();
     if task != route.task {
         return Err(ApiError::WrongTask { route: route.path, needed: route.task, task });
     }
     let limits = &app.limits;
+    let texts = &request.texts;
     if texts.len() > limits.max_texts {
         return Err(ApiError::TooManyTexts { count: texts.len(), max: limits.max_texts });
     }
@@ -254,13 +293,7 @@ async fn serve_texts(
             return Err(ApiError::TextTooLong { index, chars, max: limits.max_chars });
         }
     }
-    let defaults = app.engine.default_options();
-    let options = match &options {
-        None => defaults.clone(),
-        Some(value) => parse_options(&value.to_string(), defaults)
-            .map_err(|e| ApiError::InvalidOptions(e.to_string()))?,
-    };
-    check_options(&options).map_err(|e| ApiError::InvalidOptions(e.to_string()))?;
+    let options = request.options(app.engine.default_options())?;
     // Each text is tokenized once, here: the queue and the model take these ids.
     let mut sources = Vec::with_capacity(texts.len());
     let mut tokens = Vec::with_capacity(texts.len());

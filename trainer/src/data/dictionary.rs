@@ -102,9 +102,16 @@ impl Dictionary {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| Error::InvalidUtf8 {
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Reads `dict.txt` bytes (UTF-8 checked, as [`Self::load`] does); `path` only names the
+    /// source in errors.
+    pub fn from_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::str::from_utf8(bytes).map_err(|e| Error::InvalidUtf8 {
             path: path.to_path_buf(),
-            line: text::line_number_at(&bytes, e.valid_up_to()),
+            line: text::line_number_at(bytes, e.valid_up_to()),
         })?;
         let mut d = Self::new();
         d.add_from_str(text, path)?;
