@@ -16,7 +16,8 @@
 //! text the model cannot take; 413 too many texts, too long a text (with its `index`) or too
 //! large a body; 503 with `Retry-After` when the queue is full or `--max-concurrent-requests`
 //! are in progress (then before the body is read, which bounds the bodies held in memory);
-//! 504 after `--request-timeout-ms`; 500 when the model fails.
+//! 504 after `--request-timeout-ms` (counted from admission, so a body sent too slowly is one);
+//! 500 when the model fails.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -198,11 +199,35 @@ pub(crate) fn json_response(status: StatusCode, value: &impl Serialize) -> Respo
     }
 }
 
-/// Refuses a translate request (503) before its body is read when
-/// `--max-concurrent-requests` are already in progress.
+/// Refuses a translate request before its body is read when it announces a body beyond the
+/// limit (413) or when `--max-concurrent-requests` are already in progress (503), and bounds the time of an admitted one
+/// by `--request-timeout-ms` from here, receiving its body included (504): a client that
+/// announces a body and sends it slowly, or not at all, cannot hold a permit longer.
 async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    // A body announced beyond the limit is refused at once, not read until the limit is hit
+    // (a client announcing 1 GB and sending slowly would otherwise hold a permit).
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let max = app.limits.max_body_bytes();
+    if announced.is_some_and(|n| n > max as u64) {
+        return ApiError::BodyTooLarge(format!(
+            "the request announces {} bytes; at most {max} bytes are accepted with these limits",
+            announced.unwrap_or_default()
+        ))
+        .into_response();
+    }
     match Arc::clone(&app.admission).try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
+        Ok(_permit) => match tokio::time::timeout(app.limits.timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                // Texts already queued are dropped by the batcher now rather than later.
+                app.queue.wake();
+                ApiError::Timeout { ms: app.limits.timeout.as_millis() as u64 }.into_response()
+            }
+        },
         Err(_) => ApiError::TooManyRequests {
             max: app.limits.max_concurrent,
             retry_after_s: app.retry_after_s,

@@ -89,6 +89,11 @@ pub struct Metrics {
     pub queued_requests: AtomicU64,
     /// Model batches running now.
     pub running_batches: AtomicU64,
+    /// Client connections open now (each closed by the client, by `--idle-timeout-ms`, or at
+    /// shutdown).
+    pub open_connections: AtomicU64,
+    /// Connections accepted since the start.
+    pub connections: AtomicU64,
     /// Sentences translated (texts answered with hypotheses).
     pub sentences: AtomicU64,
     /// Source tokens (EOS included, padding to `--pad-source-to-multiple` included) of the
@@ -107,6 +112,8 @@ impl Default for Metrics {
             queued_texts: AtomicU64::new(0),
             queued_requests: AtomicU64::new(0),
             running_batches: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             sentences: AtomicU64::new(0),
             source_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
@@ -156,6 +163,7 @@ impl Metrics {
                 &self.queued_requests,
             ),
             ("seqforge_running_batches", "Model batches running now.", &self.running_batches),
+            ("seqforge_open_connections", "Client connections open now.", &self.open_connections),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(
@@ -165,6 +173,7 @@ impl Metrics {
             );
         }
         let counters = [
+            ("seqforge_connections_total", "Client connections accepted.", &self.connections),
             ("seqforge_translated_sentences_total", "Sentences translated.", &self.sentences),
             (
                 "seqforge_source_tokens_total",

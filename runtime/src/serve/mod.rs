@@ -13,8 +13,11 @@
 //! Overload is refused, never buffered: a request whose texts do not fit in `--max-queue`,
 //! or that arrives while `--max-concurrent-requests` are in progress, gets 503 with
 //! `Retry-After`. `--max-texts-per-request` and `--max-chars-per-text` bound
-//! each request (413), `--request-timeout-ms` bounds its time (504). SIGTERM or Ctrl-C stops
-//! accepting connections, finishes the requests in flight, and exits 0.
+//! each request (413), `--request-timeout-ms` bounds its time, receiving the body included
+//! (504). A connection that sends no complete request head within `--idle-timeout-ms` (a new
+//! one that sends nothing or dribbles its headers, or a kept-alive one between requests) is
+//! closed. SIGTERM or Ctrl-C stops accepting connections, finishes the requests in flight,
+//! and exits 0.
 //!
 //! With `--port 0` the system picks a free port; the first line on stdout is always
 //! `listening on HOST:PORT` with the bound address. Logs go to stderr (`RUST_LOG`, default
@@ -82,6 +85,11 @@ pub struct ServeArgs {
     /// Time a request may take in all, queueing included (more: 504).
     #[arg(long, default_value_t = 30_000)]
     pub request_timeout_ms: u64,
+    /// A connection is closed when it has sent no complete request head for this long: a new
+    /// connection that sends nothing (or its headers too slowly), or a kept-alive one between
+    /// requests.
+    #[arg(long, default_value_t = 30_000)]
+    pub idle_timeout_ms: u64,
     /// The Retry-After seconds sent with 503.
     #[arg(long, default_value_t = 1)]
     pub retry_after_s: u64,
@@ -111,11 +119,13 @@ impl ServeArgs {
                 return Err(Error::InvalidArgument { flag, message: "must be at least 1".into() });
             }
         }
-        if self.request_timeout_ms == 0 {
-            return Err(Error::InvalidArgument {
-                flag: "request-timeout-ms",
-                message: "must be at least 1".into(),
-            });
+        for (flag, value) in [
+            ("request-timeout-ms", self.request_timeout_ms),
+            ("idle-timeout-ms", self.idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(Error::InvalidArgument { flag, message: "must be at least 1".into() });
+            }
         }
         if self.max_queue < self.max_texts_per_request {
             return Err(Error::InvalidArgument {
@@ -180,6 +190,7 @@ async fn serve(
         .map_err(Error::Model)?;
     let engine: Arc<dyn Engine> = Arc::new(pool);
     let metrics = Arc::new(Metrics::default());
+    let metrics_for_connections = Arc::clone(&metrics);
     let queue = Arc::new(Queue::new(
         BatchConfig {
             max_batch_tokens: args.max_batch_tokens,
@@ -194,7 +205,7 @@ async fn serve(
     let app = Arc::new(App {
         engine,
         queue: Arc::clone(&queue),
-        metrics,
+        metrics: Arc::clone(&metrics),
         limits: Limits {
             max_texts: args.max_texts_per_request,
             max_chars: args.max_chars_per_text,
@@ -222,17 +233,70 @@ async fn serve(
         max_queue = args.max_queue,
         "serving"
     );
-    let closing = Arc::clone(&queue);
-    axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing the requests in flight");
-            closing.close();
-        })
-        .await
-        .map_err(|source| Error::Io { context: "serving", source })?;
+    accept_loop(
+        listener,
+        http::router(app),
+        metrics_for_connections,
+        Duration::from_millis(args.idle_timeout_ms),
+        shutdown,
+    )
+    .await;
+    queue.close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves HTTP/1.1 connections from `listener` with `router` until `shutdown` completes, then
+/// stops accepting, lets the requests in flight finish (idle connections close at once) and
+/// returns. Each connection is closed after `idle` without a complete request head (hyper's
+/// header-read timer, which runs from the connection's start and again after each response).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    metrics: Arc<Metrics>,
+    idle: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use std::sync::atomic::Ordering;
+
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(idle).keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        metrics.connections.fetch_add(1, Ordering::Relaxed);
+        metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Timeouts, resets and malformed heads end here: the client's doing.
+                tracing::debug!(%peer, error = %e, "connection closed");
+            }
+            metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing the requests in flight");
+    graceful.shutdown().await;
 }
 
 /// A future that completes on SIGTERM or Ctrl-C (SIGINT); on Unix the handlers are installed
