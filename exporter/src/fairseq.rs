@@ -3,8 +3,9 @@
 //! fairseq's architecture defaults and state-dict upgrades, fp16 → fp32), and the result is
 //! handed to the graph builders as the [`CheckpointConfig`] and [`Weights`] a checkpoint
 //! directory would give. The dictionaries' identities are those of the data directory's
-//! `dict.{src,tgt}.txt` (the export then checks their sizes against the embeddings); the
-//! languages are those the checkpoint's task records.
+//! `dict.{src,tgt}.txt`, or a language model's `dict.txt` (the export then checks their sizes
+//! against the embeddings); the languages (or a language model's task options) are those the
+//! checkpoint's task records.
 //!
 //! The model's weights are taken (not the EMA: import with `seqforge-train import-fairseq
 //! --use-ema` for those), and `checkpoint_sha256` in the contract is the SHA-256 of the
@@ -12,7 +13,7 @@
 
 use std::path::Path;
 
-use seqforge_fairseq::{FairseqCheckpoint, Imported, Weights as Which};
+use seqforge_fairseq::{FairseqCheckpoint, ImportTask, Imported, Weights as Which};
 use seqforge_schemas::contract::Vocabulary;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -32,12 +33,20 @@ pub fn read(path: &Path, data: Option<&Path>) -> Result<(CheckpointConfig, Weigh
              --source-lang … --target-lang …` and export the directory"
         ),
     };
-    let src = imported.source_lang.clone().ok_or_else(|| missing("source language"))?;
-    let tgt = imported.target_lang.clone().ok_or_else(|| missing("target language"))?;
+    let (task, files) = match imported.task {
+        ImportTask::Translation => {
+            let src = imported.source_lang.clone().ok_or_else(|| missing("source language"))?;
+            let tgt = imported.target_lang.clone().ok_or_else(|| missing("target language"))?;
+            let files = vec![format!("dict.{src}.txt"), format!("dict.{tgt}.txt")];
+            (json!({ "source_lang": src, "target_lang": tgt }), files)
+        }
+        ImportTask::LanguageModeling => {
+            (imported.language_modeling_config(), vec!["dict.txt".to_string()])
+        }
+    };
     let mut dictionaries = Vec::new();
     if let Some(data) = data {
-        for lang in [&src, &tgt] {
-            let name = format!("dict.{lang}.txt");
+        for name in files {
             let vocab = Vocabulary::load(&data.join(&name))?;
             dictionaries.push(json!({
                 "name": name, "size": vocab.len(), "hash": vocab.identity_hash(),
@@ -47,7 +56,7 @@ pub fn read(path: &Path, data: Option<&Path>) -> Result<(CheckpointConfig, Weigh
     let config = json!({
         "arch": imported.arch,
         "model": imported.config,
-        "task": { "name": "translation", "config": { "source_lang": src, "target_lang": tgt } },
+        "task": { "name": imported.task.name(), "config": task },
         "dictionaries": dictionaries,
     });
     let config = CheckpointConfig::from_slice(path, config.to_string().as_bytes())?;

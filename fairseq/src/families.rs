@@ -1,7 +1,8 @@
 //! How each model family is imported: one [`FamilyImport`] per row of [`families`], naming
 //! the seqforge family (in [`seqforge_schemas::arch`]), the defaults fairseq's architecture
 //! functions derive from other arguments, the options seqforge does not implement, and the
-//! family's state-dict upgrades. Adding a family (e.g. `transformer_lm`) adds one row.
+//! family's state-dict upgrades, its vocabulary sizes and its task. Adding a family adds one
+//! row.
 //!
 //! **Configs.** fairseq's architecture functions (`ARCH_CONFIG_REGISTRY[arch](args)`) set every
 //! argument the checkpoint lacks to the architecture's default and keep those it has. The
@@ -60,6 +61,29 @@ pub struct Unsupported {
 /// config (which an upgrade may adjust) and the state dict.
 pub type UpgradeFn = fn(&Path, &Versions, &mut Json, &mut StateDict) -> Result<()>;
 
+/// The vocabulary sizes a family's config records (`src_vocab_size`, `vocab_size`, …), read
+/// from the upgraded state dict; an error names a missing tensor.
+pub type VocabFn = fn(&Path, &StateDict) -> Result<Vec<(&'static str, usize)>>;
+
+/// The seqforge task a family's models serve (what the imported checkpoint's `task` is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportTask {
+    /// `translation`: two dictionaries, `dict.{src}.txt` and `dict.{tgt}.txt`.
+    Translation,
+    /// `language_modeling`: one dictionary, `dict.txt`.
+    LanguageModeling,
+}
+
+impl ImportTask {
+    /// The seqforge task's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImportTask::Translation => "translation",
+            ImportTask::LanguageModeling => "language_modeling",
+        }
+    }
+}
+
 /// One importable family.
 #[derive(Debug, Clone, Copy)]
 pub struct FamilyImport {
@@ -71,15 +95,47 @@ pub struct FamilyImport {
     pub unsupported: &'static [Unsupported],
     /// The family's state-dict upgrades (may adjust the config, e.g. a missing final norm).
     pub upgrade: UpgradeFn,
-    /// The config's vocabulary sizes and the embeddings whose rows give them.
-    pub vocab_sizes: &'static [(&'static str, &'static str)],
+    /// The config's vocabulary sizes.
+    pub vocab_sizes: VocabFn,
+    /// The task its models serve.
+    pub task: ImportTask,
+}
+
+/// The rows of tensor `name`, or [`Error::MissingTensor`].
+fn rows(path: &Path, sd: &StateDict, name: &str) -> Result<usize> {
+    sd.get(name)
+        .map(|t| t.shape.first().copied().unwrap_or(0))
+        .ok_or_else(|| Error::MissingTensor { path: path.to_path_buf(), name: name.into() })
 }
 
 /// The vocabulary sizes of an encoder-decoder: the rows of its two input embeddings.
-const ENCODER_DECODER_VOCABS: &[(&str, &str)] = &[
-    ("src_vocab_size", "encoder.embed_tokens.weight"),
-    ("tgt_vocab_size", "decoder.embed_tokens.weight"),
-];
+fn encoder_decoder_vocabs(path: &Path, sd: &StateDict) -> Result<Vec<(&'static str, usize)>> {
+    Ok(vec![
+        ("src_vocab_size", rows(path, sd, "encoder.embed_tokens.weight")?),
+        ("tgt_vocab_size", rows(path, sd, "decoder.embed_tokens.weight")?),
+    ])
+}
+
+/// A language model's dictionary size: the rows of `decoder.embed_tokens.weight`, or with
+/// adaptive input the rows of its bands together (`decoder.embed_tokens.embeddings.{i}.0`).
+fn language_model_vocab(path: &Path, sd: &StateDict) -> Result<Vec<(&'static str, usize)>> {
+    if sd.contains_key("decoder.embed_tokens.weight") {
+        return Ok(vec![("vocab_size", rows(path, sd, "decoder.embed_tokens.weight")?)]);
+    }
+    let band = |i: usize| format!("decoder.embed_tokens.embeddings.{i}.0.weight");
+    let mut total = rows(path, sd, &band(0)).map_err(|_| Error::MissingTensor {
+        path: path.to_path_buf(),
+        name: "decoder.embed_tokens.weight (or adaptive input's \
+               decoder.embed_tokens.embeddings.0.0.weight)"
+            .into(),
+    })?;
+    let mut i = 1;
+    while sd.contains_key(&band(i)) {
+        total += rows(path, sd, &band(i))?;
+        i += 1;
+    }
+    Ok(vec![("vocab_size", total)])
+}
 
 /// The families fairseq checkpoints can be imported into.
 pub fn families() -> &'static [FamilyImport] {
@@ -153,7 +209,8 @@ pub fn families() -> &'static [FamilyImport] {
                 },
             ],
             upgrade: upgrade_transformer,
-            vocab_sizes: ENCODER_DECODER_VOCABS,
+            vocab_sizes: encoder_decoder_vocabs,
+            task: ImportTask::Translation,
         },
         FamilyImport {
             family: "lstm",
@@ -174,14 +231,50 @@ pub fn families() -> &'static [FamilyImport] {
                 drop_buffers(sd);
                 Ok(())
             },
-            vocab_sizes: ENCODER_DECODER_VOCABS,
+            vocab_sizes: encoder_decoder_vocabs,
+            task: ImportTask::Translation,
         },
         FamilyImport {
             family: "fconv",
             derived: &[],
             unsupported: &[],
             upgrade: upgrade_fconv,
-            vocab_sizes: ENCODER_DECODER_VOCABS,
+            vocab_sizes: encoder_decoder_vocabs,
+            task: ImportTask::Translation,
+        },
+        FamilyImport {
+            family: "transformer_lm",
+            derived: &[],
+            unsupported: &[
+                Unsupported {
+                    option: "character_embeddings",
+                    supported: OFF,
+                    reason: "no character-CNN inputs",
+                },
+                Unsupported {
+                    option: "decoder_layers_to_keep",
+                    supported: OFF,
+                    reason: "no layer pruning",
+                },
+                Unsupported { option: "base_layers", supported: OFF, reason: "no BASE layers" },
+                Unsupported {
+                    option: "quant_noise_pq",
+                    supported: OFF,
+                    reason: "no quantization noise",
+                },
+                Unsupported { option: "scale_fc", supported: OFF, reason: "no NormFormer" },
+                Unsupported { option: "scale_attn", supported: OFF, reason: "no NormFormer" },
+                Unsupported { option: "scale_heads", supported: OFF, reason: "no NormFormer" },
+                Unsupported { option: "scale_resids", supported: OFF, reason: "no NormFormer" },
+                Unsupported {
+                    option: "decoder_xformers_att_config",
+                    supported: OFF,
+                    reason: "no xFormers attention",
+                },
+            ],
+            upgrade: upgrade_transformer_lm,
+            vocab_sizes: language_model_vocab,
+            task: ImportTask::LanguageModeling,
         },
     ];
     FAMILIES
@@ -476,6 +569,24 @@ pub fn upgrade_transformer(
         sd.insert("decoder.embed_tokens.weight".into(), t);
     }
     drop_buffers(sd);
+    Ok(())
+}
+
+/// fairseq's `transformer_lm` upgrades: the decoder's of [`upgrade_transformer`], except that
+/// a model ending in an adaptive softmax has no output projection (fairseq ignores
+/// `share_decoder_input_output_embed` then).
+pub fn upgrade_transformer_lm(
+    path: &Path,
+    versions: &Versions,
+    config: &mut Json,
+    sd: &mut StateDict,
+) -> Result<()> {
+    let adaptive_softmax = config.get("adaptive_softmax_cutoff").is_some_and(|c| !c.is_null());
+    let had_projection = sd.contains_key("decoder.output_projection.weight");
+    upgrade_transformer(path, versions, config, sd)?;
+    if adaptive_softmax && !had_projection {
+        sd.remove("decoder.output_projection.weight");
+    }
     Ok(())
 }
 

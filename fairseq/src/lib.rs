@@ -29,6 +29,7 @@ use serde_json::Value as Json;
 
 pub use checkpoint::{FairseqCheckpoint, Weights};
 pub use error::{Error, Result};
+pub use families::ImportTask;
 
 use checkpoint::StateDict;
 use families::Versions;
@@ -47,6 +48,10 @@ pub struct Imported {
     /// The family's config (fairseq's argument names) with the vocabulary sizes of the
     /// embeddings, checked by the family.
     pub config: Json,
+    /// The seqforge task of the family.
+    pub task: ImportTask,
+    /// The checkpoint's task arguments (`args` or `cfg["task"]`).
+    pub task_args: checkpoint::Args,
     /// The task's `source_lang`, when recorded.
     pub source_lang: Option<String>,
     /// The task's `target_lang`, when recorded.
@@ -85,19 +90,19 @@ impl Imported {
             }
         }
         (import.upgrade)(&path, &versions, &mut config, &mut state_dict)?;
-        for &(key, tensor) in import.vocab_sizes {
-            let t = state_dict
-                .get(tensor)
-                .ok_or_else(|| Error::MissingTensor { path: path.clone(), name: tensor.into() })?;
-            config[key] = t.shape.first().copied().unwrap_or(0).into();
+        for (key, size) in (import.vocab_sizes)(&path, &state_dict)? {
+            config[key] = size.into();
         }
         (family.validate)(&config).map_err(|e| {
             families::blame(&path, &arch, family, &config, &model_args, e.to_string())
         })?;
         let lang = |key: &str| task_args.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let (source_lang, target_lang) = (lang("source_lang"), lang("target_lang"));
         Ok(Self {
-            source_lang: lang("source_lang"),
-            target_lang: lang("target_lang"),
+            task: import.task,
+            task_args,
+            source_lang,
+            target_lang,
             path,
             file,
             tensors: state_dict,
@@ -112,6 +117,32 @@ impl Imported {
     /// The checkpoint's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The seqforge `language_modeling` task config (`tokens_per_sample`, `sample_break_mode`,
+    /// `add_bos_token`, `output_dictionary_size`) from the checkpoint's task arguments, fairseq's
+    /// defaults where one is not recorded.
+    pub fn language_modeling_config(&self) -> Json {
+        let int = |key: &str, default: i64| {
+            self.task_args.get(key).and_then(pickle::Value::as_int).unwrap_or(default)
+        };
+        let mode = self
+            .task_args
+            .get("sample_break_mode")
+            .and_then(pickle::Value::as_str)
+            .unwrap_or("none")
+            .to_string();
+        let bos = match self.task_args.get("add_bos_token") {
+            Some(pickle::Value::Bool(b)) => *b,
+            Some(v) => v.as_int().is_some_and(|i| i != 0),
+            None => false,
+        };
+        serde_json::json!({
+            "tokens_per_sample": int("tokens_per_sample", 1024),
+            "sample_break_mode": mode,
+            "add_bos_token": bos,
+            "output_dictionary_size": int("output_dictionary_size", -1),
+        })
     }
 
     /// `(src_vocab_size, tgt_vocab_size)`: the rows of the encoder's and decoder's embeddings.

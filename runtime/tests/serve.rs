@@ -629,3 +629,53 @@ fn bad_startup_input_exits_non_zero_with_a_message() -> Result<()> {
     ensure!(!ok && stderr.contains("--max-texts-per-request"), "{stderr}");
     Ok(())
 }
+
+/// `--idle-timeout-ms`: a connection that sends nothing, one that dribbles its headers and a
+/// kept-alive one after its request are all closed by the server (the open-connection gauge
+/// falls back), while a request in progress is not cut; a body announced beyond the limit is
+/// refused with 413 before any of it is read.
+#[test]
+fn idle_connections_are_closed_and_oversized_bodies_refused_at_once() -> Result<()> {
+    let f = common::fixture()?;
+    let server = Server::start(&f.model, &["--idle-timeout-ms", "400"])?;
+    let addr = server.addr.as_str();
+    let closed_by_server = |mut s: TcpStream| -> Result<()> {
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut rest = Vec::new();
+        // EOF (or a reset): closed. A read timeout would be an error here.
+        match s.read_to_end(&mut rest) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let silent = TcpStream::connect(addr)?;
+    let mut dribbling = TcpStream::connect(addr)?;
+    dribbling.write_all(b"POST /v1/translate HTTP/1.1\r\nHost: x\r\n")?;
+    let mut kept = TcpStream::connect(addr)?;
+    write!(kept, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    kept.read_exact(&mut head)?;
+    ensure!(&head == b"HTTP/1.1 200", "{:?}", String::from_utf8_lossy(&head));
+    ensure!(server.metric("seqforge_open_connections")? >= 4.0, "the gauge misses connections");
+    for (what, s) in [("silent", silent), ("dribbling", dribbling), ("kept-alive", kept)] {
+        closed_by_server(s).with_context(|| format!("the {what} connection"))?;
+    }
+    // Only the connection asking is open now.
+    ensure!(server.metric("seqforge_open_connections")? == 1.0);
+    // A full request still gets its answer.
+    let answer = post(addr, &json!({"texts": ["Hola."]}))?;
+    ensure!(answer.status == 200, "{} {}", answer.status, answer.body);
+    // 1 GB announced, 10 bytes sent: 413 at once, naming the size.
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n{{\"texts\""
+    )?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    ensure!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    ensure!(answer.contains("1000000000 bytes"), "{answer}");
+    Ok(())
+}

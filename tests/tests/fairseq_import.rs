@@ -225,3 +225,157 @@ fn fairseq_checkpoints_export_directly() -> Result<()> {
     ensure!(!dir.path().join("model").exists());
     Ok(())
 }
+
+/// fairseq-eval-lm's output (`*.eval_lm.txt`): each sample's words with their natural-log
+/// probabilities (6 decimals), by sample id, and the base-2 loss (4 decimals).
+type EvalLmLines = (BTreeMap<usize, Vec<(String, f64)>>, f64);
+
+fn expected_eval_lm(path: &Path) -> Result<EvalLmLines> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let mut words = BTreeMap::new();
+    let mut loss = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Loss (base 2): ") {
+            loss = Some(rest.split(',').next().unwrap_or_default().trim().parse::<f64>()?);
+            continue;
+        }
+        let Some((id, rest)) = line.split_once(' ') else { continue };
+        let mut probs = Vec::new();
+        for item in rest.split('\t') {
+            let (word, value) = item.rsplit_once(" [").context("no [value]")?;
+            probs.push((word.to_string(), value.trim_end_matches(']').parse::<f64>()?));
+        }
+        words.insert(id.parse()?, probs);
+    }
+    Ok((words, loss.with_context(|| format!("{}: no loss line", path.display()))?))
+}
+
+/// `report`'s word probabilities and loss against fairseq-eval-lm's; the largest difference.
+fn compare_eval_lm(
+    what: &str,
+    report: &seqforge_runtime::lm::EvalLmReport,
+    expected: &EvalLmLines,
+) -> Result<f64> {
+    let (words, loss) = expected;
+    ensure!(
+        report.word_probs.len() == words.len(),
+        "{what}: {} samples scored, fairseq {}",
+        report.word_probs.len(),
+        words.len()
+    );
+    let mut worst = 0f64;
+    for (id, got) in &report.word_probs {
+        let want = words.get(id).with_context(|| format!("{what}: fairseq has no sample {id}"))?;
+        ensure!(
+            got.len() == want.len(),
+            "{what} sample {id}: {} words vs {}",
+            got.len(),
+            want.len()
+        );
+        for ((w, p), (fw, fp)) in got.iter().zip(want) {
+            ensure!(w == fw, "{what} sample {id}: word {w:?} vs fairseq {fw:?}");
+            let d = (f64::from(*p) - fp).abs();
+            worst = worst.max(d);
+            // fairseq prints 6 decimals.
+            ensure!(d < 1e-5, "{what} sample {id} {w}: {p} vs fairseq {fp}");
+        }
+    }
+    ensure!((report.loss - loss).abs() < 1e-4, "{what}: loss {} vs fairseq {loss}", report.loss);
+    println!("{what}: {} samples, max |word log-prob diff| {worst:.1e}", words.len());
+    Ok(worst)
+}
+
+/// A fairseq language model: imported, evaluated on libtorch (`seqforge-train eval-lm`),
+/// exported with the parity check and evaluated on ONNX Runtime; both must give
+/// fairseq-eval-lm's word probabilities and loss.
+fn language_model(name: &str) -> Result<()> {
+    use seqforge_runtime::lm::{EvalLmOptions, evaluate, samples_of_items};
+
+    let dir = tempfile::tempdir()?;
+    let data = fixtures().join("fairseq_import").join("lm-data");
+    let expected =
+        expected_eval_lm(&fixtures().join("fairseq_import").join(format!("{name}.eval_lm.txt")))?;
+    let checkpoint = dir.path().join("checkpoint");
+    let report = import_fairseq::run(&ImportFairseqArgs {
+        checkpoint: fixtures().join("fairseq_import").join(format!("{name}.pt")),
+        data: data.clone(),
+        out: checkpoint.clone(),
+        use_ema: false,
+        source_lang: None,
+        target_lang: None,
+        force: false,
+    })
+    .with_context(|| format!("import {name}"))?;
+    ensure!(report.family == "transformer_lm", "{name}: family {}", report.family);
+
+    let libtorch = seqforge_trainer::eval_lm::run(
+        &seqforge_trainer::eval_lm::EvalLmArgs {
+            data: data.clone(),
+            path: checkpoint.clone(),
+            gen_subset: "test".into(),
+            context_window: 0,
+            tokens_per_sample: None,
+            sample_break_mode: None,
+            batch_size: Some(1),
+            max_tokens: 36_000,
+            remove_bpe: None,
+            output_word_probs: true,
+            output_word_stats: false,
+            cpu: true,
+            threads: Some(1),
+        },
+        |_, _| {},
+    )
+    .with_context(|| format!("eval-lm {name} on libtorch"))?;
+    compare_eval_lm(&format!("{name} (libtorch)"), &libtorch.report, &expected)?;
+
+    let model_dir = dir.path().join("model");
+    export_check::run(&ExportArgs {
+        checkpoint: checkpoint.clone(),
+        data: data.clone(),
+        out: model_dir.clone(),
+        build: BuildOptions { dtype: Dtype::Fp32, kv_cache: None },
+        tokenizer: None,
+        force: false,
+        check_samples: 4,
+        check_subset: "valid".into(),
+        check_steps: 8,
+        tolerance: None,
+    })
+    .with_context(|| format!("export {name}"))?;
+    let model = Arc::new(ModelDir::open(&model_dir, &RuntimeOptions::default())?);
+    let dict = Dictionary::load(data.join("dict.txt"))?;
+    let items = IndexedDataset::open(&data.join("test"))?.read_all()?;
+    let task = &libtorch.report;
+    let options = EvalLmOptions {
+        tokens_per_sample: 32,
+        context_window: 0,
+        break_mode: if name == "lm_adaptive" {
+            seqforge_runtime::lm::BreakMode::Eos
+        } else {
+            seqforge_runtime::lm::BreakMode::None
+        },
+        max_sentences: Some(1),
+        max_tokens: 36_000,
+        word_pieces: Default::default(),
+        output_word_probs: true,
+        output_word_stats: false,
+    };
+    let samples = samples_of_items(&items, &options, dict.eos(), dict.pad())?;
+    ensure!(samples.len() == task.samples, "{name}: {} samples vs {}", samples.len(), task.samples);
+    let mut scorer = OnnxDecoder::new(Arc::clone(&model))?;
+    let symbol = |t: u32| dict.symbols().get(t as usize).cloned().unwrap_or_default();
+    let onnx = evaluate(&mut scorer, &samples, &options, dict.pad(), &symbol, |_| {})?;
+    compare_eval_lm(&format!("{name} (ONNX)"), &onnx, &expected)?;
+    Ok(())
+}
+
+#[test]
+fn language_model_gpt2_tiny_tied() -> Result<()> {
+    language_model("lm_gpt2_tied")
+}
+
+#[test]
+fn language_model_adaptive_input_and_softmax() -> Result<()> {
+    language_model("lm_adaptive")
+}

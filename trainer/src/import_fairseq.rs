@@ -8,8 +8,10 @@
 //! weights (stored fp32 here), the EMA weights with `--use-ema`. Then, before anything is
 //! written:
 //! - `DATA_BIN/dict.{src}.txt` and `dict.{tgt}.txt` (languages from the checkpoint's task, the
-//!   flags, or the data's file names) must have as many symbols as the embeddings have rows,
-//!   and their identities are recorded as the trainer records them;
+//!   flags, or the data's file names), or a language model's `dict.txt`, must have as many
+//!   symbols as the embeddings have rows, and their identities are recorded as the trainer
+//!   records them; a language model's task options (`--tokens-per-sample`,
+//!   `--sample-break-mode`, `--add-bos-token`, `--output-dictionary-size`) come along;
 //! - the model is built by the registry for the architecture, and every tensor it has must be
 //!   in the state dict with its shape, and nothing else.
 //!
@@ -20,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use seqforge_fairseq::{Imported, Weights};
+use seqforge_fairseq::{ImportTask, Imported, Weights};
 use serde_json::json;
 use tch::{Device, Kind, Tensor, nn};
 
@@ -141,16 +143,15 @@ impl ImportReport {
     }
 }
 
-/// Checks `dict.{lang}.txt` against the rows of `embedding` and returns its identity.
+/// Checks `data/name` against the rows of `embedding` and returns its identity.
 fn check_dictionary(
     data: &Path,
-    lang: &str,
+    name: &str,
     rows: usize,
     embedding: &str,
     pad: usize,
 ) -> Result<DictionaryIdentity> {
-    let name = format!("dict.{lang}.txt");
-    let path = data.join(&name);
+    let path = data.join(name);
     let dict = Dictionary::load(&path)?;
     if dict.len() != rows {
         return Err(Error::Dictionary {
@@ -168,22 +169,20 @@ fn check_dictionary(
             message: format!("<pad> is {}, the model's padding index is {pad}", dict.pad()),
         });
     }
-    Ok(DictionaryIdentity::of(name, &dict))
+    Ok(DictionaryIdentity::of(name.to_string(), &dict))
 }
 
 fn is_buffer(name: &str) -> bool {
     name.ends_with(".version") || name.ends_with("._float_tensor")
 }
 
-/// Imports `args.checkpoint` into `args.out` (see the module docs).
-pub fn run(args: &ImportFairseqArgs) -> Result<ImportReport> {
-    let start = Instant::now();
-    if args.out.exists() && !args.force {
-        return Err(Error::OutputExists { path: args.out.clone() });
-    }
-    let weights = if args.use_ema { Weights::Ema } else { Weights::Model };
-    let mut imported = Imported::open(&args.checkpoint, weights)?;
-
+/// A translation model's task, dictionaries (`dict.{src}.txt`, `dict.{tgt}.txt`, checked
+/// against the embeddings) and model context.
+fn translation_task(
+    args: &ImportFairseqArgs,
+    imported: &Imported,
+    pad: usize,
+) -> Result<(ComponentConfig, Vec<DictionaryIdentity>, ModelContext)> {
     let pick = |flag: &Option<String>, recorded: &Option<String>| flag.clone().or(recorded.clone());
     let (src, tgt) = match (
         pick(&args.source_lang, &imported.source_lang),
@@ -202,17 +201,70 @@ pub fn run(args: &ImportFairseqArgs) -> Result<ImportReport> {
             (pair.src, pair.tgt)
         }
     };
-    let pad = imported.config.get("pad_index").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
     let (src_rows, tgt_rows) = imported.vocab_sizes();
     let dictionaries = vec![
-        check_dictionary(&args.data, &src, src_rows, "encoder.embed_tokens.weight", pad)?,
-        check_dictionary(&args.data, &tgt, tgt_rows, "decoder.embed_tokens.weight", pad)?,
+        check_dictionary(
+            &args.data,
+            &format!("dict.{src}.txt"),
+            src_rows,
+            "encoder.embed_tokens.weight",
+            pad,
+        )?,
+        check_dictionary(
+            &args.data,
+            &format!("dict.{tgt}.txt"),
+            tgt_rows,
+            "decoder.embed_tokens.weight",
+            pad,
+        )?,
     ];
+    let task =
+        ComponentConfig::new("translation", json!({ "source_lang": src, "target_lang": tgt }));
+    let ctx = ModelContext { src_vocab_size: src_rows, tgt_vocab_size: tgt_rows, pad_index: pad };
+    Ok((task, dictionaries, ctx))
+}
 
+/// A language model's task (fairseq's `tokens_per_sample`, `sample_break_mode`,
+/// `add_bos_token`, `output_dictionary_size`), dictionary (`dict.txt`, checked against the
+/// input embeddings) and model context.
+fn language_modeling_task(
+    args: &ImportFairseqArgs,
+    imported: &Imported,
+    pad: usize,
+) -> Result<(ComponentConfig, Vec<DictionaryIdentity>, ModelContext)> {
+    let rows = imported.config.get("vocab_size").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let dictionary = check_dictionary(
+        &args.data,
+        crate::tasks::language_modeling::DICT_FILE,
+        rows,
+        "decoder's input embeddings",
+        pad,
+    )?;
+    let config = imported.language_modeling_config();
+    let output = config["output_dictionary_size"].as_i64().unwrap_or(-1);
+    let output_vocab = if output < 0 { rows } else { output as usize };
+    let task = ComponentConfig::new("language_modeling", config);
+    let ctx = ModelContext { src_vocab_size: rows, tgt_vocab_size: output_vocab, pad_index: pad };
+    Ok((task, vec![dictionary], ctx))
+}
+
+/// Imports `args.checkpoint` into `args.out` (see the module docs).
+pub fn run(args: &ImportFairseqArgs) -> Result<ImportReport> {
+    let start = Instant::now();
+    if args.out.exists() && !args.force {
+        return Err(Error::OutputExists { path: args.out.clone() });
+    }
+    let weights = if args.use_ema { Weights::Ema } else { Weights::Model };
+    let mut imported = Imported::open(&args.checkpoint, weights)?;
+
+    let pad = imported.config.get("pad_index").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
+    let (task, dictionaries, ctx) = match imported.task {
+        ImportTask::Translation => translation_task(args, &imported, pad)?,
+        ImportTask::LanguageModeling => language_modeling_task(args, &imported, pad)?,
+    };
     let registry = Registry::with_builtins()?;
     let architecture = registry.architectures.get(&imported.arch)?;
     let factory = registry.models.get(&architecture.model)?;
-    let ctx = ModelContext { src_vocab_size: src_rows, tgt_vocab_size: tgt_rows, pad_index: pad };
     let vs = nn::VarStore::new(Device::Cpu);
     let model = (factory.build)(&vs.root(), &imported.config, &ctx)?;
     let state_dict = model.state_dict();
@@ -237,8 +289,11 @@ pub fn run(args: &ImportFairseqArgs) -> Result<ImportReport> {
     // Saved as the trainer saves it: the architecture's config with vocabulary sizes 0 (the
     // dictionaries' identities give them).
     let mut config = imported.config.clone();
-    config["src_vocab_size"] = 0.into();
-    config["tgt_vocab_size"] = 0.into();
+    for key in ["src_vocab_size", "tgt_vocab_size", "vocab_size"] {
+        if config.get(key).is_some() {
+            config[key] = 0.into();
+        }
+    }
     let seed = 1;
     let mut state = TrainerState::fresh(seed, imported.num_updates);
     state.extra = json!({
@@ -251,10 +306,7 @@ pub fn run(args: &ImportFairseqArgs) -> Result<ImportReport> {
             format_version: checkpoint::FORMAT_VERSION,
             arch: imported.arch.clone(),
             model: config,
-            task: ComponentConfig::new(
-                "translation",
-                json!({ "source_lang": src, "target_lang": tgt }),
-            ),
+            task,
             // fairseq's training components are not converted: defaults for a resume.
             criterion: ComponentConfig::new("cross_entropy", json!({})),
             optimizer: ComponentConfig::new("adam", json!({})),

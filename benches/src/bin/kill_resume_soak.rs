@@ -10,7 +10,7 @@
 //!    random 0–30 ms). After every kill, every checkpoint folder in the save folder must load
 //!    (the atomic-save claim: a crash never leaves a torn `checkpoint_*/`). When a round
 //!    reaches `--updates`, its `checkpoint_last/` must equal the reference's bit for bit: every
-//!    model and optimizer tensor, and the trainer state (but its wall-clock training time).
+//!    model and optimizer tensor, and the trainer state (but its wall-clock times).
 //!    Rounds repeat until `--kills` kills.
 //!
 //! It prints one line per kill (when, where, what was on disk), a summary and a JSON line, and
@@ -237,12 +237,18 @@ fn same_tensors(
 fn compare(reference: &Checkpoint, resumed: &Checkpoint) -> Result<()> {
     same_tensors("model", &reference.model, &resumed.model)?;
     same_tensors("optimizer", &reference.optimizer, &resumed.optimizer)?;
-    // Everything but the wall-clock training time (fairseq's `previous_training_time`).
+    // Everything but wall-clock times (fairseq's `previous_training_time`, the epoch meter's
+    // `train_wall`), which no two runs share.
+    fn drop_walls(v: &mut serde_json::Value) {
+        if let Some(map) = v.as_object_mut() {
+            map.remove("previous_training_time");
+            map.remove("train_wall");
+            map.values_mut().for_each(drop_walls);
+        }
+    }
     let timeless = |c: &Checkpoint| {
         let mut state = c.state.clone();
-        if let Some(extra) = state.extra.as_object_mut() {
-            extra.remove("previous_training_time");
-        }
+        drop_walls(&mut state.extra);
         state
     };
     let (a, b) = (timeless(reference), timeless(resumed));

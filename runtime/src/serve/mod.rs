@@ -233,22 +233,20 @@ async fn serve(
         max_queue = args.max_queue,
         "serving"
     );
-    accept_loop(
-        listener,
-        http::router(app),
-        metrics_for_connections,
-        Duration::from_millis(args.idle_timeout_ms),
-        shutdown,
-    )
+    let closing = Arc::clone(&queue);
+    let idle = Duration::from_millis(args.idle_timeout_ms);
+    accept_loop(listener, http::router(app), metrics_for_connections, idle, shutdown, move || {
+        // Queued texts are run now, without waiting for their batches to fill.
+        closing.close()
+    })
     .await;
-    queue.close();
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Serves HTTP/1.1 connections from `listener` with `router` until `shutdown` completes, then
-/// stops accepting, lets the requests in flight finish (idle connections close at once) and
-/// returns. Each connection is closed after `idle` without a complete request head (hyper's
+/// stops accepting, calls `on_shutdown`, lets the requests in flight finish (idle connections
+/// close at once) and returns. Each connection is closed after `idle` without a complete request head (hyper's
 /// header-read timer, which runs from the connection's start and again after each response).
 async fn accept_loop(
     listener: tokio::net::TcpListener,
@@ -256,6 +254,7 @@ async fn accept_loop(
     metrics: Arc<Metrics>,
     idle: Duration,
     shutdown: impl std::future::Future<Output = ()>,
+    on_shutdown: impl FnOnce(),
 ) {
     use std::sync::atomic::Ordering;
 
@@ -296,6 +295,7 @@ async fn accept_loop(
     }
     drop(listener);
     tracing::info!("shutting down: finishing the requests in flight");
+    on_shutdown();
     graceful.shutdown().await;
 }
 
