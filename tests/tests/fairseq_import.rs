@@ -7,7 +7,9 @@
 //! prints. Covers post-/pre-norm, shared/tied/separate embeddings, sinusoidal/learned
 //! positions, layernorm_embedding, gelu, no_scale_embedding, the base architecture's derived
 //! defaults, fp16 training and fp16-stored weights, EMA weights, the legacy torch.save format,
-//! the LSTM and ConvS2S families; and `seqforge-export` taking a `.pt` directly.
+//! the LSTM and ConvS2S families; and `seqforge-export` taking a `.pt` directly. Language
+//! models (`transformer_lm_gpt2_tiny` with tied embeddings; `transformer_lm` with adaptive input
+//! and an adaptive softmax tied to it) are compared with fairseq-eval-lm's word probabilities.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -286,8 +288,9 @@ fn compare_eval_lm(
 }
 
 /// A fairseq language model: imported, evaluated on libtorch (`seqforge-train eval-lm`),
-/// exported with the parity check and evaluated on ONNX Runtime; both must give
-/// fairseq-eval-lm's word probabilities and loss.
+/// exported with the parity check and evaluated on ONNX Runtime, and exported straight from
+/// the `.pt` and evaluated again; each must give fairseq-eval-lm's word probabilities (within
+/// the 6 decimals it prints) and loss.
 fn language_model(name: &str) -> Result<()> {
     use seqforge_runtime::lm::{EvalLmOptions, evaluate, samples_of_items};
 
@@ -343,7 +346,11 @@ fn language_model(name: &str) -> Result<()> {
         tolerance: None,
     })
     .with_context(|| format!("export {name}"))?;
-    let model = Arc::new(ModelDir::open(&model_dir, &RuntimeOptions::default())?);
+    // The same model exported straight from the `.pt` (no libtorch, no import step).
+    let direct_dir = dir.path().join("model-direct");
+    let pt = fixtures().join("fairseq_import").join(format!("{name}.pt"));
+    seqforge_exporter::export(&seqforge_exporter::ExportOptions::new(&pt, &data, &direct_dir))
+        .with_context(|| format!("export {name}.pt directly"))?;
     let dict = Dictionary::load(data.join("dict.txt"))?;
     let items = IndexedDataset::open(&data.join("test"))?.read_all()?;
     let task = &libtorch.report;
@@ -363,10 +370,13 @@ fn language_model(name: &str) -> Result<()> {
     };
     let samples = samples_of_items(&items, &options, dict.eos(), dict.pad())?;
     ensure!(samples.len() == task.samples, "{name}: {} samples vs {}", samples.len(), task.samples);
-    let mut scorer = OnnxDecoder::new(Arc::clone(&model))?;
     let symbol = |t: u32| dict.symbols().get(t as usize).cloned().unwrap_or_default();
-    let onnx = evaluate(&mut scorer, &samples, &options, dict.pad(), &symbol, |_| {})?;
-    compare_eval_lm(&format!("{name} (ONNX)"), &onnx, &expected)?;
+    for (what, dir) in [("ONNX", &model_dir), ("ONNX, exported from the .pt", &direct_dir)] {
+        let model = Arc::new(ModelDir::open(dir, &RuntimeOptions::default())?);
+        let mut scorer = OnnxDecoder::new(model)?;
+        let onnx = evaluate(&mut scorer, &samples, &options, dict.pad(), &symbol, |_| {})?;
+        compare_eval_lm(&format!("{name} ({what})"), &onnx, &expected)?;
+    }
     Ok(())
 }
 

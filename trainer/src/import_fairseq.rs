@@ -396,6 +396,26 @@ mod tests {
         assert!(matches!(&e, Err(Error::Fairseq(_))), "{e:?}");
         assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("bad.pt"));
         assert!(!out.exists());
+        // A language model given a translation data directory: its dict.txt is named.
+        let e = run(&args("lm_adaptive.pt", "separate", &out)).err().ok_or("accepted")?;
+        assert!(e.to_string().contains("dict.txt"), "{e}");
+        assert!(!out.exists());
+        Ok(())
+    }
+
+    #[test]
+    fn imports_a_language_model_with_its_task() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("ckpt");
+        let lm_data = repo().join("fairseq_import").join("lm-data");
+        let report =
+            run(&ImportFairseqArgs { data: lm_data, ..args("lm_adaptive.pt", "x", &out) })?;
+        assert_eq!((report.family.as_str(), report.num_updates), ("transformer_lm", 150));
+        let ckpt = checkpoint::load(&out)?;
+        assert_eq!(ckpt.config.task.name, "language_modeling");
+        assert_eq!(ckpt.config.task.config["tokens_per_sample"], 32);
+        assert_eq!(ckpt.config.task.config["sample_break_mode"], "eos");
+        assert_eq!(ckpt.config.dictionaries[0].name, "dict.txt");
         Ok(())
     }
 }
