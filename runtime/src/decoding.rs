@@ -88,6 +88,16 @@ pub trait IncrementalDecoder {
         self.max_target_positions()
     }
 
+    /// A decoder-only model's prompts after [`IncrementalDecoder::encode`]: per sentence, the
+    /// summed log-probability of its prompt tokens (each given the leading EOS and the tokens
+    /// before it) and their count. fairseq's language-model generation decodes the prompt as a
+    /// forced prefix of every hypothesis, so a hypothesis's score and length count it; the
+    /// search adds both. `None` (the default) for an encoder-decoder model.
+    fn prompt_scores(&self, encoded: &Self::Encoded) -> Option<Vec<(f32, usize)>> {
+        let _ = encoded;
+        None
+    }
+
     /// Encodes a batch of source sentences, each a list of token ids ending with EOS.
     /// Padding is the backend's business: results must not depend on how sentences are batched.
     /// For a decoder-only model a source is a prompt (its ids, then EOS) and encoding consumes

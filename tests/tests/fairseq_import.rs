@@ -377,6 +377,80 @@ fn language_model(name: &str) -> Result<()> {
         let onnx = evaluate(&mut scorer, &samples, &options, dict.pad(), &symbol, |_| {})?;
         compare_eval_lm(&format!("{name} ({what})"), &onnx, &expected)?;
     }
+    continuations_match(name, &model_dir, &dict)
+}
+
+/// Beam-5 continuations of fairseq-interactive's prompts (`NAME.interactive.txt`) on the
+/// exported model: the same tokens after the prompt, the same positional scores for them
+/// (fairseq prints 4 decimals, base 2) and the same hypothesis score, which counts the prompt's
+/// tokens in fairseq and in seqforge.
+fn continuations_match(name: &str, model_dir: &Path, dict: &Dictionary) -> Result<()> {
+    let path = fixtures().join("fairseq_import").join(format!("{name}.interactive.txt"));
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let mut prompts = BTreeMap::new();
+    let mut hyps = BTreeMap::new();
+    let mut positional = BTreeMap::new();
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        match cols.as_slice() {
+            [tag, prompt] if tag.starts_with("S-") => {
+                prompts.insert(tag[2..].parse::<usize>()?, prompt.to_string());
+            }
+            [tag, score, tokens] if tag.starts_with("H-") => {
+                hyps.insert(
+                    tag[2..].parse::<usize>()?,
+                    (tokens.to_string(), score.parse::<f64>()?),
+                );
+            }
+            [tag, scores] if tag.starts_with("P-") => {
+                let p = scores.split(' ').map(str::parse).collect::<Result<Vec<f64>, _>>()?;
+                positional.insert(tag[2..].parse::<usize>()?, p);
+            }
+            _ => {}
+        }
+    }
+    ensure!(!prompts.is_empty() && prompts.len() == hyps.len(), "{}: S-/H- lines", path.display());
+    let index = |w: &str| dict.symbols().iter().position(|s| s == w).unwrap_or(dict.unk() as usize);
+    let sources: Vec<Vec<u32>> = prompts
+        .values()
+        .map(|p| {
+            let mut ids: Vec<u32> = p.split_whitespace().map(|w| index(w) as u32).collect();
+            ids.push(dict.eos());
+            ids
+        })
+        .collect();
+    let model = Arc::new(ModelDir::open(model_dir, &RuntimeOptions::default())?);
+    let mut decoder = OnnxDecoder::new(model)?;
+    let options = GenerationOptions { beam: 5, max_len_b: 20, ..Default::default() };
+    for ((id, prompt), source) in prompts.iter().zip(&sources) {
+        // One prompt per call: a batch of prompts must share a length.
+        let result = generate(&mut decoder, std::slice::from_ref(source), &options)?;
+        let best = result.first().and_then(|r| r.first()).context("no hypothesis")?;
+        let words: Vec<&str> = best.tokens[..best.tokens.len().saturating_sub(1)]
+            .iter()
+            .map(|&t| dict.symbols().get(t as usize).map_or("?", String::as_str))
+            .collect();
+        let prompt_len = prompt.split_whitespace().count();
+        let full = format!("{prompt} {}", words.join(" "));
+        let (want_tokens, want_score) = &hyps[id];
+        ensure!(
+            full.trim() == want_tokens,
+            "{name} prompt {prompt:?}: seqforge {full:?}, fairseq {want_tokens:?}"
+        );
+        // fairseq's score counts the prompt (base 2, as it prints it); so does seqforge's.
+        let score = f64::from(best.score) / std::f64::consts::LN_2;
+        ensure!(
+            (score - want_score).abs() < 1e-4,
+            "{name} {id}: score {score} vs fairseq {want_score}"
+        );
+        let want = &positional[id][prompt_len..];
+        ensure!(best.positional_scores.len() == want.len(), "{name} {id}: positional lengths");
+        for (a, b) in best.positional_scores.iter().zip(want) {
+            let a = f64::from(*a) / std::f64::consts::LN_2;
+            ensure!((a - b).abs() < 1e-4 + 5e-5, "{name} {id}: positional {a} vs fairseq {b}");
+        }
+    }
+    println!("{name}: {} continuations identical to fairseq-interactive's", prompts.len());
     Ok(())
 }
 

@@ -565,6 +565,8 @@ struct Prefilled {
     len: usize,
     /// Each sentence's next-token log-probabilities after its last token, `[B, V]`.
     last: Vec<f32>,
+    /// Each sentence's summed log-probability of its prompt tokens (each given those before).
+    prompt_scores: Vec<f32>,
 }
 
 /// The encoder's output for a batch (cheap to clone).
@@ -897,8 +899,15 @@ impl OnnxDecoder {
         let outputs = run_prefill(&mut self.encoder, &refs, self.special.pad)?;
         let lp = prefill_log_probs(&outputs, [b, len, v])?;
         let mut last = Vec::with_capacity(b * v);
-        for i in 0..b {
+        let mut prompt_scores = Vec::with_capacity(b);
+        for (i, row) in rows.iter().enumerate() {
             last.extend_from_slice(&lp[(i * len + len - 1) * v..(i * len + len) * v]);
+            // Position j predicts token j + 1 of `[eos] + prompt`; summed in order, in f32.
+            let mut sum = 0f32;
+            for (j, &next) in row.iter().enumerate().skip(1) {
+                sum += lp[(i * len + j - 1) * v + next as usize];
+            }
+            prompt_scores.push(sum);
         }
         let mut kept = Vec::with_capacity(self.names.past.len());
         for p in &self.names.past {
@@ -911,7 +920,7 @@ impl OnnxDecoder {
             let ty = element_type(c.dtype, p.decl.dtype);
             kept.push(host_copy(value, ty, &shape, &p.present, contract::PREFILL_FILE)?);
         }
-        let prefill = Some(Prefilled { len, last });
+        let prefill = Some(Prefilled { len, last, prompt_scores });
         Ok(Encoded(Arc::new(EncodedBatch { sentences: b, src_len: 0, outputs: kept, prefill })))
     }
 
@@ -1524,6 +1533,11 @@ impl IncrementalDecoder for OnnxDecoder {
     fn max_target_positions_for(&self, source: &[u32]) -> usize {
         let p = self.contract().max_target_positions;
         if self.lm { lm_positions_left(p, source, self.special.eos) } else { p }
+    }
+
+    fn prompt_scores(&self, encoded: &Encoded) -> Option<Vec<(f32, usize)>> {
+        let p = encoded.0.prefill.as_ref()?;
+        Some(p.prompt_scores.iter().map(|&s| (s, p.len - 1)).collect())
     }
 
     fn encode(&mut self, sources: &[Vec<u32>]) -> Result<Encoded> {

@@ -8,7 +8,7 @@
 //!    forbidden;
 //! 3. the strategy proposes candidates (`2 × beam` for beam search);
 //! 4. EOS candidates among each sentence's first `beam` candidates are finalized (score
-//!    `sum(logprob) / len^lenpen`); a sentence is finished once it has `beam` finalized
+//!    `sum(logprob) / len^lenpen`, a language model's prompt counted in both); a sentence is finished once it has `beam` finalized
 //!    hypotheses, or at its maximum length;
 //! 5. finished sentences are pruned (a shorter [`IncrementalDecoder::reorder`] index) and each
 //!    remaining sentence continues with its first `beam` non-EOS candidates.
@@ -32,7 +32,10 @@ pub struct Hypothesis {
     /// The generated tokens, ending with EOS (a forced prefix included).
     pub tokens: Vec<u32>,
     /// `sum(positional_scores) / len^lenpen` (just the sum with `normalize_scores = false`;
-    /// `-inf` for a hypothesis longer than its source under `match_source_len`).
+    /// `-inf` for a hypothesis longer than its source under `match_source_len`). For a
+    /// language model the prompt counts as in fairseq: `(prompt + sum(positional_scores)) /
+    /// (prompt tokens + len)^lenpen`, the prompt's summed log-probability and its tokens added
+    /// (the tokens and positional scores are the continuation's).
     pub score: f32,
     /// Log-probability of each token (after penalties), one per entry of `tokens`.
     pub positional_scores: Vec<f32>,
@@ -78,6 +81,10 @@ fn sentence_key(source: &[u32]) -> u64 {
 /// What is fixed per sentence for a whole run.
 struct Plan {
     max_len: usize,
+    /// A language model's prompt: its tokens' summed log-probability and count (see
+    /// [`IncrementalDecoder::prompt_scores`]); zero otherwise.
+    prompt_score: f32,
+    prompt_len: usize,
     /// Source length without EOS and padding (for `match_source_len`).
     src_len: usize,
     prefix: Vec<u32>,
@@ -131,7 +138,7 @@ fn plan_sentences(
                 }
                 None => Vec::new(),
             };
-            Ok(Plan { max_len, src_len, prefix })
+            Ok(Plan { max_len, src_len, prefix, prompt_score: 0.0, prompt_len: 0 })
         })
         .collect()
 }
@@ -314,9 +321,11 @@ impl Finalize {
             });
             previous = Some(cum);
         }
-        let mut score = eos_score;
+        // A language model's prompt is part of the hypothesis for its score and length, as in
+        // fairseq (zero for a translation model).
+        let mut score = eos_score + plan.prompt_score;
         if self.normalize {
-            score /= ((step + 1) as f64).powf(self.lenpen) as f32;
+            score /= ((step + 1 + plan.prompt_len) as f64).powf(self.lenpen) as f32;
         }
         if self.match_source_len && step > plan.src_len {
             score = f32::NEG_INFINITY;
@@ -349,7 +358,7 @@ fn run<D: IncrementalDecoder>(
         return Err(Error::BeamNotDivisibleByGroups { beam, groups });
     }
     let max_positions = |source: &[u32]| decoder.max_target_positions_for(source);
-    let plans = plan_sentences(sources, prefixes, options, special, vocab, &max_positions)?;
+    let mut plans = plan_sentences(sources, prefixes, options, special, vocab, &max_positions)?;
     let adjust = Adjust {
         special,
         temperature: match options.strategy {
@@ -390,6 +399,11 @@ fn run<D: IncrementalDecoder>(
     search.start(&keys);
 
     let encoded = decoder.encode(sources).map_err(|e| Error::decoder("encode", e))?;
+    if let Some(prompts) = decoder.prompt_scores(&encoded) {
+        for (plan, (score, len)) in plans.iter_mut().zip(prompts) {
+            (plan.prompt_score, plan.prompt_len) = (score, len);
+        }
+    }
     // One row per sentence at step 0: all of a sentence's hypotheses are the same there.
     let mut state = decoder.init_state(&encoded, 1).map_err(|e| Error::decoder("init_state", e))?;
     drop(encoded);

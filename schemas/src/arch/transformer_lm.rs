@@ -584,6 +584,11 @@ pub mod state_names {
     /// The log-probabilities `[rows, vocab]` (fp32) of the token after the prompt, left in the
     /// state by the trainer's `StepModel::start` for its first `step` to return.
     pub const PREFILL_LOG_PROBS: &str = "prefill.log_probs";
+
+    /// Each row's summed log-probability `[rows]` (fp32) of its prompt tokens (each given the
+    /// leading EOS and the tokens before it), left by `StepModel::start` for the decoder to take
+    /// before the search starts (fairseq counts the prompt in a hypothesis's score).
+    pub const PROMPT_SCORES: &str = "prefill.prompt_scores";
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use seqforge_runtime::decoding::{
     IncrementalDecoder, LogProbs, SpecialTokens, lm_input, lm_positions_left,
 };
+use seqforge_schemas::arch::transformer_lm::state_names::PROMPT_SCORES;
 use tch::{Device, Kind, Tensor};
 
 use crate::models::{Error, Result};
@@ -130,6 +131,8 @@ pub struct TorchDecoder<'m> {
     model: &'m dyn StepModel,
     info: DecodingInfo,
     special: SpecialTokens,
+    /// A decoder-only model's prompt scores and lengths from the last `encode`.
+    prompts: Option<Vec<(f32, usize)>>,
 }
 
 impl std::fmt::Debug for TorchDecoder<'_> {
@@ -143,7 +146,12 @@ impl<'m> TorchDecoder<'m> {
     pub fn new(model: &'m dyn StepModel) -> Self {
         let info = model.decoding_info();
         let pad = u32::try_from(info.pad_index).unwrap_or(u32::MAX);
-        Self { model, info, special: SpecialTokens { pad, ..SpecialTokens::default() } }
+        Self {
+            model,
+            info,
+            special: SpecialTokens { pad, ..SpecialTokens::default() },
+            prompts: None,
+        }
     }
 
     /// Uses other special token ids (the padding id must stay the model's `pad_index`).
@@ -200,6 +208,13 @@ impl TorchDecoder<'_> {
         let _guard = tch::no_grad_guard();
         let mut state = self.model.start(&tokens)?;
         state.step = t - 1;
+        self.prompts = None;
+        if state.tensors().contains_key(PROMPT_SCORES) {
+            let scores = state.take(PROMPT_SCORES)?.f_to_device(Device::Cpu)?;
+            let mut values = vec![0f32; rows.len()];
+            scores.f_copy_data(&mut values, rows.len())?;
+            self.prompts = Some(values.into_iter().map(|s| (s, t - 1)).collect());
+        }
         Ok(state)
     }
 }
@@ -267,6 +282,10 @@ impl IncrementalDecoder for TorchDecoder<'_> {
         } else {
             self.info.max_target_positions
         }
+    }
+
+    fn prompt_scores(&self, _encoded: &TorchState) -> Option<Vec<(f32, usize)>> {
+        if self.model.decoder_only() { self.prompts.clone() } else { None }
     }
 
     fn encode(&mut self, sources: &[Vec<u32>]) -> Result<TorchState> {
