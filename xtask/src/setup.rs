@@ -574,16 +574,7 @@ fn ensure_debs(
             }
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();
             if !updated {
-                // A fresh machine has empty package lists: update once and retry.
-                println!("{what}: apt-get does not know {package} yet; running apt-get update");
-                let status = Command::new("apt-get")
-                    .args(["update", "-qq"])
-                    .status()
-                    .context("running `apt-get update`")?;
-                ensure!(
-                    status.success(),
-                    "`apt-get update` failed ({status}); is the Debian archive reachable?"
-                );
+                apt_get_update(what, package)?;
                 updated = true;
                 continue;
             }
@@ -652,16 +643,7 @@ fn ensure_valgrind() -> Result<Result<PathBuf, String>> {
     };
     let mut out = install()?;
     if !out.status.success() {
-        // A fresh machine has empty package lists: update once and retry.
-        println!("valgrind: apt-get does not know valgrind yet; running apt-get update");
-        let status = Command::new("apt-get")
-            .args(["update", "-qq"])
-            .status()
-            .context("running `apt-get update`")?;
-        ensure!(
-            status.success(),
-            "`apt-get update` failed ({status}); is the Debian archive reachable?"
-        );
+        apt_get_update("valgrind", "valgrind")?;
         out = install()?;
     }
     ensure!(
@@ -679,6 +661,21 @@ fn ensure_valgrind() -> Result<Result<PathBuf, String>> {
         path.display()
     );
     Ok(Ok(path))
+}
+
+/// `apt-get update`, for a `package` apt-get does not know yet (a fresh machine has empty
+/// package lists); `what` names the component in the line printed.
+fn apt_get_update(what: &str, package: &str) -> Result<()> {
+    println!("{what}: apt-get does not know {package} yet; running apt-get update");
+    let status = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .context("running `apt-get update`")?;
+    ensure!(
+        status.success(),
+        "`apt-get update` failed ({status}); is the Debian archive reachable?"
+    );
+    Ok(())
 }
 
 /// valgrind's path on `PATH` and its `--version`, when it runs.
