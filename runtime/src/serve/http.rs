@@ -1,7 +1,7 @@
 //! The HTTP API: routes, request checks, the JSON wire format and the metrics middleware.
 //!
 //! - `POST /v1/translate` with `{"texts": [...], "options": {...}}` (`options` optional: the
-//!   fields of [`GenerationOptions`](crate::search::GenerationOptions), merged over the server's defaults; unknown fields are
+//!   fields of [`GenerationOptions`], merged over the server's defaults; unknown fields are
 //!   errors) answers `{"translations": [{"hypotheses": [{"text", "tokens", "score",
 //!   "positional_scores"}]}], "options": {...}}` with one translation per text, in order.
 //! - `POST /v1/complete` with `{"prompts": [...], "options": {...}}` on a language model
