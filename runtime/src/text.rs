@@ -112,6 +112,17 @@ pub struct TextPipeline {
     keep_end: bool,
 }
 
+/// Reads `tokenizer.json`. The file is parsed as JSON first and handed to `tokenizers` as a
+/// value: `tokenizers` 0.22 panics (`expect("Helper")` in its decoder deserializer) on some
+/// syntactically broken `decoder` fields instead of returning an error (found by `cargo xtask
+/// fuzz`, target `tokenizer`); from a valid JSON value that path cannot fail.
+fn read_tokenizer(path: &Path) -> std::result::Result<tokenizers::Tokenizer, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
 impl TextPipeline {
     /// A pipeline over the two dictionaries and, when the model has one, its `tokenizer.json`.
     pub fn new(
@@ -125,8 +136,7 @@ impl TextPipeline {
             None => None,
             Some(path) => {
                 let err = |message: String| Error::Tokenizer { path: path.to_path_buf(), message };
-                let mut tok =
-                    tokenizers::Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+                let mut tok = read_tokenizer(path).map_err(err)?;
                 tok.with_truncation(None).map_err(|e| err(e.to_string()))?;
                 tok.with_padding(None);
                 Some((path.to_path_buf(), tok))
@@ -274,6 +284,21 @@ impl TextPipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broken_tokenizer_json_is_an_error_not_a_panic() -> std::result::Result<(), String> {
+        // The shape of the inputs `cargo xtask fuzz` found (fuzz/regressions/tokenizer/).
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(
+            &path,
+            b"{\n  \"decoder\": {\n    \"add_prefix\"decoder_cp   \"F\": 3ns\": {],\n\"",
+        )
+        .map_err(|e| e.to_string())?;
+        let e = read_tokenizer(&path).err().ok_or("accepted")?;
+        assert!(e.contains("not valid JSON"), "{e}");
+        Ok(())
+    }
 
     fn vocab(words: &[&str]) -> Vocabulary {
         let mut text = String::new();
