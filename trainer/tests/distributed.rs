@@ -385,11 +385,22 @@ fn port_in_use_mismatched_world_sizes_and_backend_are_clear_errors() {
     let o = run(&a, &env(2, 2, free_port()));
     assert!(!o.status.success());
     assert!(text(&o).1.contains("rank 2 is outside the world of 2 ranks"), "{}", text(&o).1);
+    // With --cpu, NCCL is refused whatever the build; without it, a CPU libtorch refuses it
+    // naming the build (a CUDA build with no device names the missing device).
     let mut nccl = a.clone();
     nccl.extend(["--distributed-backend".to_string(), "nccl".to_string()]);
     let o = run(&nccl, &env(0, 2, free_port()));
     assert!(!o.status.success());
-    assert!(text(&o).1.contains("nccl needs a CUDA libtorch"), "{}", text(&o).1);
+    assert!(text(&o).1.contains("--cpu and --distributed-backend nccl"), "{}", text(&o).1);
+    nccl.retain(|arg| arg != "--cpu");
+    let o = run(&nccl, &env(0, 2, free_port()));
+    assert!(!o.status.success());
+    let stderr = text(&o).1;
+    if seqforge_trainer::distributed::nccl_built() {
+        assert!(stderr.contains("CUDA device"), "{stderr}");
+    } else {
+        assert!(stderr.contains("nccl needs a CUDA libtorch"), "{stderr}");
+    }
 }
 
 #[test]
