@@ -8,8 +8,8 @@
 //!    forbidden;
 //! 3. the strategy proposes candidates (`2 × beam` for beam search);
 //! 4. EOS candidates among each sentence's first `beam` candidates are finalized (score
-//!    `sum(logprob) / len^lenpen`, a language model's prompt counted in both); a sentence is finished once it has `beam` finalized
-//!    hypotheses, or at its maximum length;
+//!    `sum(logprob) / len^lenpen`, a language model's prompt counted in both); a sentence is
+//!    finished once it has `beam` finalized hypotheses, or at its maximum length;
 //! 5. finished sentences are pruned (a shorter [`IncrementalDecoder::reorder`] index) and each
 //!    remaining sentence continues with its first `beam` non-EOS candidates.
 //!

@@ -63,18 +63,14 @@ impl StepModel for TransformerLm {
     fn start(&self, tokens: &Tensor) -> Result<TorchState> {
         let (lprobs, cache) = self.prefill(tokens)?;
         let mut state = cache.into_state();
-        // The prompt tokens' log-probabilities: position j predicts token j + 1.
-        let len = tokens.size().get(1).copied().unwrap_or(0);
-        let prompt_scores = if len > 1 {
-            lprobs
-                .f_narrow(1, 0, len - 1)?
-                .f_gather(2, &tokens.f_narrow(1, 1, len - 1)?.f_unsqueeze(2)?, false)?
-                .f_squeeze_dim(2)?
-                .f_to_kind(tch::Kind::Float)?
-                .f_sum_dim_intlist(1, false, tch::Kind::Float)?
-        } else {
-            Tensor::f_zeros([tokens.size()[0]], (tch::Kind::Float, tokens.device()))?
-        };
+        // The prompt tokens' log-probabilities: position j predicts token j + 1 (an empty
+        // prompt, `[eos]` alone, sums nothing: 0).
+        let next = tokens.size().get(1).copied().unwrap_or(1).saturating_sub(1);
+        let prompt_scores = lprobs
+            .f_narrow(1, 0, next)?
+            .f_gather(2, &tokens.f_narrow(1, 1, next)?.f_unsqueeze(2)?, false)?
+            .f_squeeze_dim(2)?
+            .f_sum_dim_intlist(1, false, tch::Kind::Float)?;
         state.insert(state_names::PROMPT_SCORES, prompt_scores);
         state.insert(state_names::PREFILL_LOG_PROBS, lprobs.f_select(1, -1)?);
         Ok(state)

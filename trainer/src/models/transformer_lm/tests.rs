@@ -497,3 +497,26 @@ fn beam_search_continues_the_prompt() -> TestResult {
     assert!(worst <= 1e-4, "{worst}");
     Ok(())
 }
+
+/// The prompt scores the decoder hands the search (fairseq counts the prompt in a hypothesis's
+/// score) are the full forward's log-probabilities of the prompt tokens, summed; an empty
+/// prompt (EOS alone) scores 0 over 0 tokens.
+#[test]
+fn prompt_scores_sum_the_prompts_log_probabilities() -> TestResult {
+    let (_vs, model) = build(&adaptive())?;
+    let row: Vec<u32> = vec![EOS, 5, 17, 30, 9];
+    let full = full_lprobs(&model, std::slice::from_ref(&row))?;
+    let mut want = 0f64;
+    for j in 1..row.len() {
+        want += full.f_double_value(&[0, (j - 1) as i64, i64::from(row[j])])?;
+    }
+    let mut decoder = TorchDecoder::new(&model);
+    let encoded = decoder.encode(&as_sources(&[row.clone()]))?;
+    let got = decoder.prompt_scores(&encoded).ok_or("no prompt scores")?;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, row.len() - 1);
+    assert!((f64::from(got[0].0) - want).abs() < 1e-4, "{} vs {want}", got[0].0);
+    let encoded = decoder.encode(&[vec![EOS]])?;
+    assert_eq!(decoder.prompt_scores(&encoded), Some(vec![(0.0, 0)]));
+    Ok(())
+}
