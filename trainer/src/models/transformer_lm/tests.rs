@@ -507,11 +507,11 @@ fn prompt_scores_sum_the_prompts_log_probabilities() -> TestResult {
     let row: Vec<u32> = vec![EOS, 5, 17, 30, 9];
     let full = full_lprobs(&model, std::slice::from_ref(&row))?;
     let mut want = 0f64;
-    for j in 1..row.len() {
-        want += full.f_double_value(&[0, (j - 1) as i64, i64::from(row[j])])?;
+    for (j, &next) in row.iter().enumerate().skip(1) {
+        want += full.f_double_value(&[0, (j - 1) as i64, i64::from(next)])?;
     }
     let mut decoder = TorchDecoder::new(&model);
-    let encoded = decoder.encode(&as_sources(&[row.clone()]))?;
+    let encoded = decoder.encode(&as_sources(std::slice::from_ref(&row)))?;
     let got = decoder.prompt_scores(&encoded).ok_or("no prompt scores")?;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1, row.len() - 1);
